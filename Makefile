@@ -1,0 +1,33 @@
+# One command runs everything CI runs: `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test lint test-slow bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+# The whole suite less the long soak/fuzz runs (a bounded, seeded slice of those still runs).
+test: lint
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# Everything, including the long runs.
+test-slow: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""Cairn: local-first long-term memory for AI coding agents.
+
+>>> import cairn
+>>> with cairn.open() as store:
+...     store.remember("We deploy with blue-green releases", kind="decision")
+...     hits = store.recall("how do we ship to production?")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from cairn import config
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.errors import CairnError
+from cairn.model import Filters, Hit, Memory, RememberResult
+from cairn.service import NewMemory, Store
+from cairn.store.db import Database
+
+try:
+    __version__ = version("cairn-memory")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CairnError",
+    "Filters",
+    "Hit",
+    "Memory",
+    "NewMemory",
+    "RememberResult",
+    "Store",
+    "open",
+]
+
+
+def open(  # noqa: A001 - mirrors the builtin on purpose: cairn.open(path)
+    path: str | Path | None = None,
+    project: str | None = None,
+    source: str = "python",
+) -> Store:
+    """Open (creating if needed) the store at ``path``, default ``$CAIRN_HOME/cairn.db``."""
+    settings = config.load(source=source)
+    return build(settings, Path(path) if path else None, project)
+
+
+def build(settings: config.Settings, path: Path | None = None, project: str | None = None) -> Store:
+    """Wire a Store from settings: the composition shared by every entry point."""
+    db = Database(path or settings.db_path)
+    embedder = OnnxEmbedder(settings.model_dir, max_tokens=settings.max_tokens)
+    return Store(
+        db,
+        embedder,
+        project=project or config.default_project(),
+        source=settings.source,
+        near_duplicate=settings.near_duplicate,
+    )

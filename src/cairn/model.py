@@ -1,0 +1,274 @@
+"""Plain data types of Cairn and the rules that validate and normalise them (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cairn.errors import ContentEmpty, ContentTooLarge, InvalidInput
+
+KINDS = ("decision", "fact", "preference", "note", "gotcha", "file_chunk", "session_summary")
+"""The well-known kinds; the set is open, so any name matching ``KIND_PATTERN`` is accepted."""
+RELATION_TYPES = ("supersedes", "relates_to", "contradicts", "duplicate_of")
+DEFAULT_KIND = "note"
+DEFAULT_PROJECT = "default"
+MAX_CONTENT_BYTES = 64 * 1024
+MAX_TAGS = 32
+
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TAG_PATTERN = re.compile(r"^[^\s,]{1,64}$")
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One remembered piece of knowledge (DESIGN §2). Times are Unix milliseconds (UTC)."""
+
+    id: str
+    content: str
+    kind: str
+    project: str
+    tags: tuple[str, ...]
+    topic_key: str | None
+    source: str
+    created_at: int
+    updated_at: int
+    deleted: bool
+    content_hash: str
+    model_id: str | None
+    hlc: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "content": self.content,
+            "kind": self.kind,
+            "project": self.project,
+            "tags": list(self.tags),
+            "topic_key": self.topic_key,
+            "source": self.source,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "deleted": self.deleted,
+            "content_hash": self.content_hash,
+            "model_id": self.model_id,
+            "hlc": self.hlc,
+        }
+
+
+@dataclass(frozen=True)
+class Relation:
+    from_id: str
+    to_id: str
+    type: str
+    created_at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from_id": self.from_id,
+            "to_id": self.to_id,
+            "type": self.type,
+            "created_at": iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class Match:
+    """Why a memory matched a query: its rank and raw score on each side of hybrid search."""
+
+    semantic_rank: int | None = None
+    cosine: float | None = None
+    keyword_rank: int | None = None
+    bm25: float | None = None
+    superseded_by: str | None = None
+
+    def explain(self) -> str:
+        parts = []
+        if self.semantic_rank is not None and self.cosine is not None:
+            parts.append(f"semantic #{self.semantic_rank} (cosine {self.cosine:.2f})")
+        if self.keyword_rank is not None and self.bm25 is not None:
+            parts.append(f"keyword #{self.keyword_rank} (bm25 {self.bm25:.2f})")
+        if self.superseded_by:
+            parts.append(f"superseded by {self.superseded_by}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Hit:
+    memory: Memory
+    score: float
+    match: Match
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.memory.to_dict(),
+            "score": round(self.score, 6),
+            "why": self.match.explain(),
+            "match": {
+                "semantic_rank": self.match.semantic_rank,
+                "cosine": None if self.match.cosine is None else round(self.match.cosine, 4),
+                "keyword_rank": self.match.keyword_rank,
+                "bm25": None if self.match.bm25 is None else round(self.match.bm25, 4),
+                "superseded_by": self.match.superseded_by,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Similar:
+    """A near-duplicate found when remembering: an existing memory with a high cosine."""
+
+    id: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class RememberResult:
+    """What remembering did: created a memory, or returned an existing identical one."""
+
+    memory: Memory
+    created: bool
+    supersedes: str | None = None
+    near_duplicates: tuple[Similar, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.memory.to_dict(),
+            "created": self.created,
+            "supersedes": self.supersedes,
+            "near_duplicates": [
+                {"id": s.id, "similarity": round(s.similarity, 4)} for s in self.near_duplicates
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions on recall and list. ``tags`` must all be present on a memory."""
+
+    project: str | None = None
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.project is None
+            and not self.kinds
+            and not self.tags
+            and self.since_ms is None
+            and self.until_ms is None
+        )
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def parse_time(text: str) -> int:
+    """Unix ms from an ISO-8601 date/time (UTC if no zone) or a relative age like ``7d``."""
+    rel = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    if rel:
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[rel.group(2)]
+        return int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise InvalidInput(
+            f"cannot read the time {text!r}; use an ISO date like 2026-01-31 or an age like 7d"
+        ) from exc
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+def normalise_content(content: str) -> str:
+    """The form that identity is judged on: NFC, trimmed, runs of white space folded."""
+    return _WS.sub(" ", unicodedata.normalize("NFC", content)).strip()
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(normalise_content(content).encode("utf-8")).hexdigest()
+
+
+def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise ContentEmpty("the memory is empty; give it some text to remember")
+    size = len(content.encode("utf-8"))
+    if size > max_bytes:
+        raise ContentTooLarge(
+            f"the memory is {size} bytes, over the limit of {max_bytes}; "
+            "split it into smaller memories (or store it as several file_chunk memories)"
+        )
+    return content.strip()
+
+
+def check_kind(kind: str) -> str:
+    kind = kind.strip().lower()
+    if not KIND_PATTERN.match(kind):
+        raise InvalidInput(
+            f"kind {kind!r} is not valid; use a lowercase word such as {', '.join(KINDS)}"
+        )
+    return kind
+
+
+def check_project(project: str) -> str:
+    project = project.strip()
+    if not project or len(project) > 128:
+        raise InvalidInput("the project name must be 1 to 128 characters")
+    return project
+
+
+def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    out: set[str] = set()
+    for raw in tags:
+        tag = raw.strip().lower()
+        if not TAG_PATTERN.match(tag):
+            raise InvalidInput(
+                f"tag {raw!r} is not valid; tags are 1-64 characters with no spaces or commas"
+            )
+        out.add(tag)
+    if len(out) > MAX_TAGS:
+        raise InvalidInput(f"a memory takes at most {MAX_TAGS} tags")
+    return tuple(sorted(out))
+
+
+def check_topic_key(topic_key: str | None) -> str | None:
+    if topic_key is None:
+        return None
+    topic_key = topic_key.strip()
+    if not topic_key:
+        return None
+    if len(topic_key) > 256:
+        raise InvalidInput("topic_key must be at most 256 characters")
+    return topic_key
+
+
+def check_relation_type(type_: str) -> str:
+    if type_ not in RELATION_TYPES:
+        raise InvalidInput(
+            f"relation type {type_!r} is not valid; use one of {', '.join(RELATION_TYPES)}"
+        )
+    return type_
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """The unit of sync (DESIGN §4): one change to one entity, stamped with an HLC."""
+
+    mutation_id: str
+    device_id: str
+    hlc: str
+    entity: str
+    entity_id: str
+    op: str
+    fields: dict[str, Any]
+    vector: bytes | None = None
+    model_id: str | None = None

@@ -1,0 +1,1 @@
+"""Finding memories: the in-memory vector index and hybrid (semantic + keyword) recall."""

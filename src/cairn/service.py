@@ -1,0 +1,305 @@
+"""The verbs of Cairn (remember, recall, get, forget, list, relate, stats) over one store file.
+
+This is what every edge calls: the CLI, the MCP server, the HTTP API and the Python API.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from cairn import model
+from cairn.embedding.base import Embedder
+from cairn.errors import InvalidInput, NotFound
+from cairn.ids import uuid7
+from cairn.model import Filters, Hit, Memory, Relation, RememberResult, Similar
+from cairn.search import hybrid
+from cairn.search.vector_index import VectorIndex
+from cairn.store import memories
+from cairn.store.clock import now_ms
+from cairn.store.db import Database
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    """A memory to remember: everything but what the store assigns."""
+
+    content: str
+    kind: str = model.DEFAULT_KIND
+    project: str | None = None
+    tags: Sequence[str] = ()
+    topic_key: str | None = None
+    id: str | None = None
+    created_at: int | None = None
+
+
+class Store:
+    """A Cairn store: one SQLite file, an embedder, and the in-memory vector index over it."""
+
+    def __init__(
+        self,
+        db: Database,
+        embedder: Embedder,
+        project: str = model.DEFAULT_PROJECT,
+        source: str = "cli",
+        near_duplicate: float = 0.92,
+    ) -> None:
+        # OpenBLAS threads fight onnxruntime's pool on small machines; one BLAS thread is
+        # fastest for the matrix-vector products of exact search.
+        threadpool_limits(limits=1, user_api="blas")
+        self.db = db
+        self.embedder = embedder
+        self.project = model.check_project(project)
+        self.source = source
+        self.near_duplicate = near_duplicate
+        self._index: VectorIndex | None = None
+        self._index_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def index(self) -> VectorIndex:
+        with self._index_lock:
+            if self._index is None:
+                self._index = VectorIndex(self.db, self.embedder.model_id, self.embedder.dim)
+            return self._index
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def remember(
+        self,
+        content: str,
+        kind: str = model.DEFAULT_KIND,
+        project: str | None = None,
+        tags: Sequence[str] = (),
+        topic_key: str | None = None,
+    ) -> RememberResult:
+        """Remember one memory; identical content in the same project returns the existing one.
+
+        A memory with the same project and ``topic_key`` as a live one supersedes it, and memories
+        with a cosine of ``near_duplicate`` or more are reported (not merged).
+        """
+        item = self._validate(NewMemory(content, kind, project, tags, topic_key))
+        vector = self.embedder.embed([item.content])[0]
+        near: tuple[Similar, ...] = ()
+        allowed = None
+        index = self.index
+        index.refresh()
+        with self.db.read() as conn:
+            allowed = memories.filtered_rowids(conn, Filters(project=item.project))
+        candidates = index.search(vector, 3, allowed)
+        found = [(r, c) for r, c in candidates if c >= self.near_duplicate]
+        if found:
+            with self.db.read() as conn:
+                by_row = memories.by_rowids(conn, [r for r, _ in found])
+            near = tuple(
+                Similar(by_row[r].id, c)
+                for r, c in found
+                if r in by_row and by_row[r].content_hash != model.content_hash(item.content)
+            )
+        result = self._write([item], np.asarray([vector]))[0]
+        if not result.created:
+            return result
+        return RememberResult(result.memory, True, result.supersedes, near)
+
+    def remember_many(
+        self,
+        items: Sequence[NewMemory],
+        progress: Callable[[int], None] | None = None,
+        batch_size: int = 256,
+    ) -> list[RememberResult]:
+        """Remember many memories, embedding in batches; one transaction per batch.
+
+        All items are validated before anything is written. Near-duplicates are not reported.
+        """
+        checked = [self._validate(item) for item in items]
+        results: list[RememberResult] = []
+        for start in range(0, len(checked), batch_size):
+            batch = checked[start : start + batch_size]
+            vectors = self.embedder.embed([m.content for m in batch])
+            results.extend(self._write(batch, vectors))
+            if progress:
+                progress(len(batch))
+        return results
+
+    def remember_embedded(
+        self, items: Sequence[NewMemory], vectors: np.ndarray
+    ) -> list[RememberResult]:
+        """Remember memories whose vectors (of this store's model) were made elsewhere."""
+        return self._write([self._validate(item) for item in items], vectors)
+
+    def _validate(self, item: NewMemory) -> NewMemory:
+        return NewMemory(
+            content=model.check_content(item.content),
+            kind=model.check_kind(item.kind or model.DEFAULT_KIND),
+            project=model.check_project(item.project or self.project),
+            tags=model.check_tags(item.tags),
+            topic_key=model.check_topic_key(item.topic_key),
+            id=item.id,
+            created_at=item.created_at,
+        )
+
+    def _write(self, items: Sequence[NewMemory], vectors: np.ndarray) -> list[RememberResult]:
+        model_id = self.embedder.model_id
+        results: list[RememberResult] = []
+        with self.db.write() as conn:
+            for item, vector in zip(items, vectors, strict=True):
+                assert item.project is not None  # set by _validate
+                digest = model.content_hash(item.content)
+                existing = memories.live_by_hash(conn, item.project, digest)
+                if existing is not None:
+                    merged = memories.add_tags(conn, existing, item.tags)
+                    results.append(RememberResult(merged, created=False))
+                    continue
+                if item.id is not None and memories.get(conn, item.id) is not None:
+                    raise InvalidInput(f"a memory with id {item.id} already exists")
+                now = now_ms()
+                memory = memories.insert(
+                    conn,
+                    Memory(
+                        id=item.id or uuid7(now),
+                        content=item.content,
+                        kind=item.kind,
+                        project=item.project,
+                        tags=tuple(item.tags),
+                        topic_key=item.topic_key,
+                        source=self.source,
+                        created_at=item.created_at or now,
+                        updated_at=now,
+                        deleted=False,
+                        content_hash=digest,
+                        model_id=model_id,
+                        hlc="",
+                    ),
+                    vector,
+                )
+                superseded = None
+                if item.topic_key:
+                    older = memories.live_by_topic(conn, item.project, item.topic_key, memory.id)
+                    if older is not None:
+                        memories.add_relation(conn, memory.id, older.id, "supersedes")
+                        superseded = older.id
+                results.append(RememberResult(memory, True, superseded))
+        return results
+
+    def forget(self, memory_id: str) -> Memory:
+        """Tombstone a memory: its content, tags and vector are erased; the id stays known."""
+        with self.db.write() as conn:
+            memory = self._resolve(conn, memory_id)
+            return memories.tombstone(conn, memory)
+
+    def relate(self, from_id: str, to_id: str, type_: str) -> Relation:
+        type_ = model.check_relation_type(type_)
+        with self.db.write() as conn:
+            source = self._resolve(conn, from_id)
+            target = self._resolve(conn, to_id)
+            if source.id == target.id:
+                raise InvalidInput("a memory cannot relate to itself")
+            memories.add_relation(conn, source.id, target.id, type_)
+        return Relation(source.id, target.id, type_, now_ms())
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def recall(self, query: str, filters: Filters | None = None, limit: int = 10) -> list[Hit]:
+        """The memories that best match ``query`` by meaning and by keyword, best first."""
+        if not query or not query.strip():
+            raise InvalidInput("the query is empty; say what you are looking for")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+        vector = self.embedder.embed([query.strip()])[0]
+        return hybrid.recall(self.db, self.index, vector, query, filters or Filters(), limit)
+
+    def get(self, memory_id: str) -> Memory:
+        """A memory by id (or a unique id prefix of 8+ characters); forgotten ones are NotFound."""
+        with self.db.read() as conn:
+            return self._resolve(conn, memory_id)
+
+    def relations(self, memory_id: str) -> list[Relation]:
+        with self.db.read() as conn:
+            memory = self._resolve(conn, memory_id, allow_deleted=True)
+            return [Relation(*r) for r in memories.relations_of(conn, memory.id)]
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` this store has, live or forgotten."""
+        with self.db.read() as conn:
+            return memories.known_ids(conn, ids)
+
+    def has_relation(self, from_id: str, to_id: str, type_: str) -> bool:
+        with self.db.read() as conn:
+            return memories.has_relation(conn, from_id, to_id, type_)
+
+    def iter_with_vectors(
+        self, filters: Filters | None = None, page: int = 500
+    ) -> Iterator[tuple[Memory, str | None, bytes | None]]:
+        """Every live memory matching ``filters`` with its vector, streamed in pages."""
+        after = 0
+        while True:
+            with self.db.read() as conn:
+                rows = memories.page_with_vectors(conn, filters or Filters(), after, page)
+            for _rowid, memory, model_id, vector in rows:
+                yield memory, model_id, vector
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def all_relations(self) -> list[Relation]:
+        with self.db.read() as conn:
+            return [Relation(*r) for r in memories.relations_among(conn)]
+
+    def count(self, filters: Filters | None = None) -> int:
+        with self.db.read() as conn:
+            return memories.count_live(conn, filters or Filters())
+
+    def stats(self) -> dict[str, Any]:
+        with self.db.read() as conn:
+            data = memories.stats(conn)
+        size = sum(
+            p.stat().st_size
+            for p in (self.db.path, self.db.path.with_name(self.db.path.name + "-wal"))
+            if p.exists()
+        )
+        return {
+            **data,
+            "path": str(self.db.path),
+            "bytes": size,
+            "model_id": self.embedder.model_id,
+        }
+
+    def _resolve(self, conn: Any, memory_id: str, allow_deleted: bool = False) -> Memory:
+        memory_id = memory_id.strip()
+        memory = memories.get(conn, memory_id)
+        if memory is None and len(memory_id) >= 8:
+            matches = memories.ids_with_prefix(conn, memory_id)
+            if len(matches) > 1:
+                raise InvalidInput(f"{memory_id!r} matches several memories; give more of the id")
+            if matches:
+                memory = memories.get(conn, matches[0])
+        if memory is None:
+            raise NotFound(f"no memory has the id {memory_id!r}; `cairn list` shows the ids")
+        if memory.deleted and not allow_deleted:
+            raise NotFound(f"memory {memory.id} was forgotten")
+        return memory
+
+    # Defined last: inside the class body, `list` names this method, not the builtin.
+    def list(
+        self, filters: Filters | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Memory]:
+        """Live memories, newest first."""
+        if not 1 <= limit <= MAX_LIMIT or offset < 0:
+            raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, offset at least 0")
+        with self.db.read() as conn:
+            return memories.listing(conn, filters or Filters(), limit, offset)

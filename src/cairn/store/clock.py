@@ -1,0 +1,36 @@
+"""The device's identity and its hybrid logical clock, persisted in the store's meta table."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from cairn.hlc import HLC, tick
+from cairn.ids import new_device_id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def device_id(conn: sqlite3.Connection) -> str:
+    """This store's device id, made on first use (call inside a write transaction)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
+    if row:
+        return str(row[0])
+    value = new_device_id()
+    conn.execute("INSERT INTO meta(key, value) VALUES ('device_id', ?)", (value,))
+    return value
+
+
+def next_hlc(conn: sqlite3.Connection) -> HLC:
+    """A fresh clock value for a local change; must run inside the change's transaction."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
+    last = HLC.unpack(row[0]) if row else HLC(0, 0, device_id(conn))
+    value = tick(last, now_ms())
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('hlc', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (value.pack(),),
+    )
+    return value

@@ -1,0 +1,473 @@
+"""Memory rows, their tags and vectors: reads, and writes that log a mutation in the outbox.
+
+Every write function must run inside ``Database.write()``: the row, its FTS entry (by trigger),
+its vector and its outbox mutation then commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cairn.hlc import HLC
+from cairn.ids import uuid7
+from cairn.model import Filters, Memory, Mutation
+from cairn.store import outbox
+from cairn.store.clock import device_id, next_hlc, now_ms
+
+_COLUMNS = (
+    "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
+    "m.updated_at, m.deleted, m.content_hash, m.model_id, m.hlc"
+)
+SYNCED_FIELDS = (
+    "content",
+    "kind",
+    "project",
+    "tags",
+    "topic_key",
+    "source",
+    "created_at",
+    "updated_at",
+    "content_hash",
+    "deleted",
+)
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0])
+
+
+def _mutation(
+    conn: sqlite3.Connection,
+    hlc: HLC,
+    entity_id: str,
+    op: str,
+    fields: dict[str, Any],
+    vector: bytes | None = None,
+    model_id: str | None = None,
+    entity: str = "memory",
+) -> None:
+    outbox.append(
+        conn,
+        Mutation(
+            uuid7(), device_id(conn), hlc.pack(), entity, entity_id, op, fields, vector, model_id
+        ),
+    )
+
+
+def insert(
+    conn: sqlite3.Connection,
+    memory: Memory,
+    vector: npt.NDArray[np.float32] | None,
+) -> Memory:
+    """Write a new memory (its id must be new); returns it stamped with the change's HLC."""
+    hlc = next_hlc(conn)
+    packed = hlc.pack()
+    fields = {
+        "content": memory.content,
+        "kind": memory.kind,
+        "project": memory.project,
+        "tags": list(memory.tags),
+        "topic_key": memory.topic_key,
+        "source": memory.source,
+        "created_at": memory.created_at,
+        "updated_at": memory.updated_at,
+        "content_hash": memory.content_hash,
+        "deleted": False,
+    }
+    cur = conn.execute(
+        "INSERT INTO memories(id, content, kind, project, topic_key, source, created_at, "
+        "updated_at, deleted, content_hash, model_id, hlc, field_hlc, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        (
+            memory.id,
+            memory.content,
+            memory.kind,
+            memory.project,
+            memory.topic_key,
+            memory.source,
+            memory.created_at,
+            memory.updated_at,
+            memory.content_hash,
+            memory.model_id if vector is not None else None,
+            packed,
+            json.dumps(dict.fromkeys(fields, packed), sort_keys=True),
+            _next_seq(conn),
+        ),
+    )
+    rowid = cur.lastrowid
+    conn.executemany(
+        "INSERT INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
+        [(rowid, tag) for tag in memory.tags],
+    )
+    blob = None
+    if vector is not None and memory.model_id:
+        blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        conn.execute(
+            "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
+            (rowid, memory.model_id, blob),
+        )
+    _mutation(conn, hlc, memory.id, "upsert", fields, blob, memory.model_id if blob else None)
+    return replace(memory, hlc=packed, deleted=False)
+
+
+def add_tags(conn: sqlite3.Connection, memory: Memory, tags: Iterable[str]) -> Memory:
+    """Add tags to a live memory (no-op, no mutation, when it has them all already)."""
+    merged = tuple(sorted(set(memory.tags) | set(tags)))
+    if merged == memory.tags:
+        return memory
+    hlc = next_hlc(conn)
+    packed, updated = hlc.pack(), now_ms()
+    rowid = _rowid(conn, memory.id)
+    conn.executemany(
+        "INSERT OR IGNORE INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
+        [(rowid, tag) for tag in merged],
+    )
+    _stamp(conn, rowid, packed, updated, ("tags", "updated_at"))
+    _mutation(conn, hlc, memory.id, "upsert", {"tags": list(merged), "updated_at": updated})
+    return replace(memory, tags=merged, hlc=packed, updated_at=updated)
+
+
+def tombstone(conn: sqlite3.Connection, memory: Memory) -> Memory:
+    """Forget a memory: keep a tombstone (id, clock) but erase its content, tags and vector."""
+    hlc = next_hlc(conn)
+    packed, updated = hlc.pack(), now_ms()
+    rowid = _rowid(conn, memory.id)
+    conn.execute("DELETE FROM memory_tags WHERE memory_rowid = ?", (rowid,))
+    conn.execute("DELETE FROM memory_vectors WHERE memory_rowid = ?", (rowid,))
+    conn.execute(
+        "UPDATE memories SET deleted = 1, content = '', content_hash = '', model_id = NULL "
+        "WHERE rowid = ?",
+        (rowid,),
+    )
+    _stamp(conn, rowid, packed, updated, SYNCED_FIELDS)
+    _mutation(conn, hlc, memory.id, "delete", {"deleted": True, "updated_at": updated})
+    return replace(
+        memory,
+        content="",
+        content_hash="",
+        tags=(),
+        deleted=True,
+        model_id=None,
+        hlc=packed,
+        updated_at=updated,
+    )
+
+
+def add_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> None:
+    hlc = next_hlc(conn)
+    created = now_ms()
+    conn.execute(
+        "INSERT INTO relations(from_id, to_id, type, created_at, hlc) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (from_id, to_id, type_, created, hlc.pack()),
+    )
+    _mutation(
+        conn,
+        hlc,
+        f"{from_id}|{type_}|{to_id}",
+        "upsert",
+        {"from_id": from_id, "to_id": to_id, "type": type_, "created_at": created},
+        entity="relation",
+    )
+
+
+def _stamp(
+    conn: sqlite3.Connection, rowid: int, packed: str, updated: int, fields: Sequence[str]
+) -> None:
+    row = conn.execute("SELECT field_hlc FROM memories WHERE rowid = ?", (rowid,)).fetchone()
+    clocks = json.loads(row[0])
+    clocks.update(dict.fromkeys(fields, packed))
+    conn.execute(
+        "UPDATE memories SET hlc = ?, updated_at = ?, field_hlc = ?, seq = ? WHERE rowid = ?",
+        (packed, updated, json.dumps(clocks, sort_keys=True), _next_seq(conn), rowid),
+    )
+
+
+def _rowid(conn: sqlite3.Connection, memory_id: str) -> int:
+    return int(conn.execute("SELECT rowid FROM memories WHERE id = ?", (memory_id,)).fetchone()[0])
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def _tags_for(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, list[str]]:
+    tags: dict[int, list[str]] = {}
+    for start in range(0, len(rowids), 500):
+        chunk = rowids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for rowid, tag in conn.execute(
+            f"SELECT memory_rowid, tag FROM memory_tags WHERE memory_rowid IN ({marks})", chunk
+        ):
+            tags.setdefault(rowid, []).append(tag)
+    return tags
+
+
+def _build(rows: list[Any], tags: dict[int, list[str]]) -> list[Memory]:
+    return [
+        Memory(
+            id=r[1],
+            content=r[2],
+            kind=r[3],
+            project=r[4],
+            tags=tuple(sorted(tags.get(r[0], ()))),
+            topic_key=r[5],
+            source=r[6],
+            created_at=r[7],
+            updated_at=r[8],
+            deleted=bool(r[9]),
+            content_hash=r[10],
+            model_id=r[11],
+            hlc=r[12],
+        )
+        for r in rows
+    ]
+
+
+def _fetch(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Memory]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {where}", params).fetchall()
+    return _build(rows, _tags_for(conn, [r[0] for r in rows]))
+
+
+def get(conn: sqlite3.Connection, memory_id: str) -> Memory | None:
+    found = _fetch(conn, "m.id = ?", (memory_id,))
+    return found[0] if found else None
+
+
+def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> list[str]:
+    rows = conn.execute(
+        "SELECT id FROM memories WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+        (prefix, prefix + "\uffff", limit),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def by_rowids(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, Memory]:
+    out: dict[int, Memory] = {}
+    for start in range(0, len(rowids), 500):
+        chunk = list(rowids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({marks})", chunk
+        ).fetchall()
+        tags = _tags_for(conn, [r[0] for r in rows])
+        for row, memory in zip(rows, _build(rows, tags), strict=True):
+            out[row[0]] = memory
+    return out
+
+
+def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> Memory | None:
+    found = _fetch(
+        conn,
+        "m.content_hash = ? AND m.project = ? AND m.deleted = 0 ORDER BY m.created_at LIMIT 1",
+        (content_hash, project),
+    )
+    return found[0] if found else None
+
+
+def live_by_topic(
+    conn: sqlite3.Connection, project: str, topic_key: str, exclude_id: str
+) -> Memory | None:
+    """The newest other live memory of a project with this topic_key (the one to supersede)."""
+    found = _fetch(
+        conn,
+        "m.project = ? AND m.topic_key = ? AND m.deleted = 0 AND m.id != ? "
+        "ORDER BY m.created_at DESC, m.hlc DESC LIMIT 1",
+        (project, topic_key, exclude_id),
+    )
+    return found[0] if found else None
+
+
+def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    clauses = ["m.deleted = 0"]
+    params: list[Any] = []
+    if filters.project is not None:
+        clauses.append("m.project = ?")
+        params.append(filters.project)
+    if filters.kinds:
+        clauses.append(f"m.kind IN ({','.join('?' * len(filters.kinds))})")
+        params.extend(filters.kinds)
+    if filters.since_ms is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(filters.since_ms)
+    if filters.until_ms is not None:
+        clauses.append("m.created_at < ?")
+        params.append(filters.until_ms)
+    for tag in filters.tags:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
+        )
+        params.append(tag)
+    return " AND ".join(clauses), params
+
+
+def listing(
+    conn: sqlite3.Connection, filters: Filters, limit: int, offset: int = 0
+) -> list[Memory]:
+    where, params = _filter_sql(filters)
+    return _fetch(
+        conn,
+        f"{where} ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    )
+
+
+def count_live(conn: sqlite3.Connection, filters: Filters) -> int:
+    where, params = _filter_sql(filters)
+    return int(conn.execute(f"SELECT count(*) FROM memories m WHERE {where}", params).fetchone()[0])
+
+
+def filtered_rowids(conn: sqlite3.Connection, filters: Filters) -> npt.NDArray[np.int64]:
+    where, params = _filter_sql(filters)
+    rows = conn.execute(f"SELECT m.rowid FROM memories m WHERE {where}", params).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def keyword_search(
+    conn: sqlite3.Connection, match: str, filters: Filters, limit: int
+) -> list[tuple[int, float]]:
+    """(rowid, bm25) of the best keyword matches, best first; bm25 positive, higher is better."""
+    where, params = _filter_sql(filters)
+    rows = conn.execute(
+        "SELECT f.rowid, bm25(memories_fts) AS score FROM memories_fts f "
+        f"JOIN memories m ON m.rowid = f.rowid WHERE memories_fts MATCH ? AND {where} "
+        "ORDER BY score LIMIT ?",
+        [match, *params, limit],
+    ).fetchall()
+    return [(int(r[0]), -float(r[1])) for r in rows]
+
+
+def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    """For each id that a live memory supersedes: the newest such successor's id."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        "SELECT r.to_id, r.from_id FROM relations r JOIN memories m ON m.id = r.from_id "
+        f"WHERE r.type = 'supersedes' AND r.deleted = 0 AND m.deleted = 0 AND r.to_id IN ({marks}) "
+        "ORDER BY r.created_at",
+        list(ids),
+    ).fetchall()
+    return {to_id: from_id for to_id, from_id in rows}
+
+
+def relations_of(conn: sqlite3.Connection, memory_id: str) -> list[tuple[str, str, str, int]]:
+    return [
+        (r[0], r[1], r[2], r[3])
+        for r in conn.execute(
+            "SELECT from_id, to_id, type, created_at FROM relations "
+            "WHERE (from_id = ? OR to_id = ?) AND deleted = 0 ORDER BY created_at",
+            (memory_id, memory_id),
+        )
+    ]
+
+
+def relations_among(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+    return [
+        (r[0], r[1], r[2], r[3])
+        for r in conn.execute(
+            "SELECT from_id, to_id, type, created_at FROM relations WHERE deleted = 0 "
+            "ORDER BY created_at"
+        )
+    ]
+
+
+def vector_of(conn: sqlite3.Connection, memory_id: str) -> tuple[str, bytes] | None:
+    row = conn.execute(
+        "SELECT v.model_id, v.vector FROM memory_vectors v JOIN memories m "
+        "ON m.rowid = v.memory_rowid WHERE m.id = ?",
+        (memory_id,),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def changes_since(
+    conn: sqlite3.Connection, seq: int
+) -> list[tuple[int, int, bool, str | None, bytes | None]]:
+    """(rowid, seq, deleted, model_id, vector) of rows changed after ``seq``, in seq order."""
+    return [
+        (int(r[0]), int(r[1]), bool(r[2]), r[3], r[4])
+        for r in conn.execute(
+            "SELECT m.rowid, m.seq, m.deleted, v.model_id, v.vector FROM memories m "
+            "LEFT JOIN memory_vectors v ON v.memory_rowid = m.rowid WHERE m.seq > ? "
+            "ORDER BY m.seq",
+            (seq,),
+        )
+    ]
+
+
+def max_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0])
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE deleted = 0), count(*) FILTER (WHERE deleted = 1) "
+        "FROM memories"
+    ).fetchone()
+    by_kind = dict(
+        conn.execute(
+            "SELECT kind, count(*) FROM memories WHERE deleted = 0 GROUP BY kind ORDER BY 2 DESC"
+        ).fetchall()
+    )
+    by_project = dict(
+        conn.execute(
+            "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project "
+            "ORDER BY 2 DESC"
+        ).fetchall()
+    )
+    by_model = dict(
+        conn.execute("SELECT model_id, count(*) FROM memory_vectors GROUP BY model_id").fetchall()
+    )
+    return {
+        "memories": row[0],
+        "forgotten": row[1],
+        "by_kind": by_kind,
+        "by_project": by_project,
+        "vectors_by_model": by_model,
+        "relations": conn.execute("SELECT count(*) FROM relations").fetchone()[0],
+        "outbox_pending": outbox.count(conn),
+        "device_id": (
+            conn.execute("SELECT value FROM meta WHERE key='device_id'").fetchone() or [None]
+        )[0],
+    }
+
+
+def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` the store has, live or forgotten."""
+    out: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        out.update(
+            r[0] for r in conn.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
+        )
+    return out
+
+
+def has_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM relations WHERE from_id = ? AND to_id = ? AND type = ? AND deleted = 0",
+        (from_id, to_id, type_),
+    ).fetchone()
+    return row is not None
+
+
+def page_with_vectors(
+    conn: sqlite3.Connection, filters: Filters, after_rowid: int, limit: int
+) -> list[tuple[int, Memory, str | None, bytes | None]]:
+    """(rowid, memory, model_id, vector) of live memories after ``after_rowid``, by rowid."""
+    where, params = _filter_sql(filters)
+    rows = conn.execute(
+        f"SELECT {_COLUMNS}, v.model_id, v.vector FROM memories m LEFT JOIN memory_vectors v "
+        f"ON v.memory_rowid = m.rowid WHERE {where} AND m.rowid > ? ORDER BY m.rowid LIMIT ?",
+        [*params, after_rowid, limit],
+    ).fetchall()
+    built = _build([r[:13] for r in rows], _tags_for(conn, [r[0] for r in rows]))
+    return [(r[0], m, r[13], r[14]) for r, m in zip(rows, built, strict=True)]

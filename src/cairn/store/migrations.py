@@ -1,0 +1,92 @@
+"""Numbered schema migrations, applied in order on open (``PRAGMA user_version`` is the number).
+
+Never edit a released migration; add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: memories, tags, vectors, device metadata and the sync outbox.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE memories (
+        rowid INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        content TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        project TEXT NOT NULL,
+        topic_key TEXT,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        content_hash TEXT NOT NULL,
+        model_id TEXT,
+        hlc TEXT NOT NULL,
+        field_hlc TEXT NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX memories_seq ON memories(seq);
+    CREATE INDEX memories_project ON memories(project, deleted);
+    CREATE INDEX memories_hash ON memories(content_hash, project) WHERE deleted = 0;
+    CREATE INDEX memories_topic ON memories(project, topic_key) WHERE topic_key IS NOT NULL;
+    CREATE INDEX memories_created ON memories(created_at);
+    CREATE TABLE memory_tags (
+        memory_rowid INTEGER NOT NULL REFERENCES memories(rowid),
+        tag TEXT NOT NULL,
+        PRIMARY KEY (memory_rowid, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_tags_tag ON memory_tags(tag, memory_rowid);
+    CREATE TABLE memory_vectors (
+        memory_rowid INTEGER PRIMARY KEY REFERENCES memories(rowid),
+        model_id TEXT NOT NULL,
+        vector BLOB NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        mutation_id TEXT NOT NULL UNIQUE,
+        device_id TEXT NOT NULL,
+        hlc TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        vector BLOB,
+        model_id TEXT,
+        created_at INTEGER NOT NULL
+    );
+    """,
+    # 2: keyword search. External-content FTS5 kept in step by triggers, so it commits in the
+    # same transaction as the row; tombstones are not indexed. Rebuild indexes existing rows.
+    """
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, content='memories', content_rowid='rowid',
+        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
+    );
+    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories WHEN new.deleted = 0 BEGIN
+        INSERT INTO memories_fts(rowid, content) VALUES (new.rowid, new.content);
+    END;
+    CREATE TRIGGER memories_fts_update AFTER UPDATE OF content, deleted ON memories BEGIN
+        INSERT INTO memories_fts(memories_fts, rowid, content)
+            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
+        INSERT INTO memories_fts(rowid, content)
+            SELECT new.rowid, new.content WHERE new.deleted = 0;
+    END;
+    INSERT INTO memories_fts(memories_fts) VALUES ('rebuild');
+    INSERT INTO memories_fts(memories_fts, rowid, content)
+        SELECT 'delete', rowid, content FROM memories WHERE deleted = 1;
+    """,
+    # 3: relations between memories (supersedes, relates_to, contradicts, duplicate_of).
+    """
+    CREATE TABLE relations (
+        from_id TEXT NOT NULL,
+        to_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        hlc TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (from_id, to_id, type)
+    ) WITHOUT ROWID;
+    CREATE INDEX relations_to ON relations(to_id, type);
+    """,
+)
