@@ -189,10 +189,14 @@ class Store:
                 )
                 superseded = None
                 if item.topic_key:
-                    older = memories.live_by_topic(conn, item.project, item.topic_key, memory.id)
-                    if older is not None:
-                        memories.add_relation(conn, memory.id, older.id, "supersedes")
-                        superseded = older.id
+                    other = memories.live_by_topic(conn, item.project, item.topic_key, memory.id)
+                    # Trigger: an imported memory may be older than the one already here.
+                    # Why: supersession follows creation time, not arrival order.
+                    if other is not None and other.created_at <= memory.created_at:
+                        memories.add_relation(conn, memory.id, other.id, "supersedes")
+                        superseded = other.id
+                    elif other is not None:
+                        memories.add_relation(conn, other.id, memory.id, "supersedes")
                 results.append(RememberResult(memory, True, superseded))
         return results
 

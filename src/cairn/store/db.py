@@ -48,6 +48,7 @@ class Database:
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._check_version()  # before anything writes to a file we may not understand
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
@@ -97,13 +98,17 @@ class Database:
             row = self.conn.execute("PRAGMA data_version").fetchone()
             return int(row[0])
 
-    def _migrate(self) -> None:
+    def _check_version(self) -> int:
         version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
             raise SchemaTooNew(
                 f"{self.path} was written by a newer Cairn (schema {version}, this one knows "
                 f"{len(MIGRATIONS)}); upgrade Cairn (`pip install -U cairn-memory`)"
             )
+        return version
+
+    def _migrate(self) -> None:
+        version = self._check_version()
         for number in range(version + 1, len(MIGRATIONS) + 1):
             self.conn.execute("BEGIN IMMEDIATE")
             try:

@@ -1,0 +1,323 @@
+"""`cairn`: remember, recall and manage memories from the shell.
+
+This is the CLI's composition root: it reads the configuration and wires the store; errors map
+to exit codes through each error class's ``exit_code`` (see ``cairn.errors``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import cairn
+from cairn import config, model, transfer
+from cairn.cli import output
+from cairn.errors import CairnError, InvalidInput
+from cairn.model import Filters
+from cairn.service import Store
+
+app = typer.Typer(
+    name="cairn",
+    help="Long-term memory for AI coding agents: remember and recall knowledge, offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", "-p", help="Only memories of this project.")
+]
+KindOpt = Annotated[
+    list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")
+]
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tag", "-t", help="Only memories with this tag (repeatable; all must match)."),
+]
+SinceOpt = Annotated[
+    str | None, typer.Option(help="Only memories created since (ISO date, or an age: 7d, 12h).")
+]
+UntilOpt = Annotated[str | None, typer.Option(help="Only memories created before (ISO or age).")]
+
+
+def _open(project: str | None = None, source: str = "cli") -> Store:
+    return cairn.build(config.load(source=source), project=project)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    """Repeatable options also accept comma-separated values: -t a,b -t c."""
+    return tuple(v.strip() for raw in values or () for v in raw.split(",") if v.strip())
+
+
+def _filters(
+    project: str | None,
+    kind: list[str] | None,
+    tag: list[str] | None,
+    since: str | None,
+    until: str | None,
+) -> Filters:
+    return Filters(
+        project=model.check_project(project) if project else None,
+        kinds=tuple(model.check_kind(k) for k in _split(kind)),
+        tags=model.check_tags(_split(tag)),
+        since_ms=model.parse_time(since) if since else None,
+        until_ms=model.parse_time(until) if until else None,
+    )
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (hidden when stderr is not a terminal); yields `advance(n)`."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=output.err,
+        transient=True,
+        disable=not output.err.is_terminal,
+    )
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@app.command()
+def remember(
+    content: Annotated[str, typer.Argument(help="What to remember; `-` reads standard input.")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind", "-k", help=f"Kind of memory: {', '.join(model.KINDS)} (or your own word)."
+        ),
+    ] = model.DEFAULT_KIND,
+    project: Annotated[
+        str | None,
+        typer.Option("--project", "-p", help="Project (default: this git repository's name)."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="Tag (repeatable, or comma-separated).")
+    ] = None,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            "--topic", help="Topic key: a new memory on the same topic supersedes the old."
+        ),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Remember a piece of knowledge: a decision, fact, preference, gotcha or note."""
+    text = sys.stdin.read() if content == "-" else content
+    with _open(project) as store:
+        result = store.remember(text, kind=kind, tags=_split(tag), topic_key=topic)
+    if json_:
+        output.emit_json(result.to_dict())
+    else:
+        output.remembered(result)
+
+
+@app.command()
+def recall(
+    query: Annotated[str, typer.Argument(help="What you are looking for, in your own words.")],
+    project: ProjectOpt = None,
+    kind: KindOpt = None,
+    tag: TagOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many results.")] = 10,
+    json_: JsonFlag = False,
+) -> None:
+    """Find memories by meaning and by keyword (hybrid search), best first."""
+    filters = _filters(project, kind, tag, since, until)
+    with _open() as store:
+        results = store.recall(query, filters, limit)
+    if json_:
+        output.emit_json([h.to_dict() for h in results])
+    else:
+        output.hits(results)
+
+
+@app.command("list")
+def list_(
+    project: ProjectOpt = None,
+    kind: KindOpt = None,
+    tag: TagOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many memories.")] = 50,
+    offset: Annotated[int, typer.Option(help="Skip this many (for paging).")] = 0,
+    json_: JsonFlag = False,
+) -> None:
+    """List memories, newest first."""
+    filters = _filters(project, kind, tag, since, until)
+    with _open() as store:
+        items = store.list(filters, limit, offset)
+        total = store.count(filters)
+    if json_:
+        output.emit_json({"total": total, "memories": [m.to_dict() for m in items]})
+    else:
+        output.memories(items, total)
+
+
+@app.command()
+def show(
+    memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix).")],
+    json_: JsonFlag = False,
+) -> None:
+    """Show one memory in full, with its relations."""
+    with _open() as store:
+        item = store.get(memory_id)
+        relations = store.relations(item.id)
+    if json_:
+        output.emit_json({**item.to_dict(), "relations": [r.to_dict() for r in relations]})
+    else:
+        output.memory(item, relations)
+
+
+@app.command()
+def forget(
+    memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix).")],
+    json_: JsonFlag = False,
+) -> None:
+    """Forget a memory: its text, tags and vector are erased (a tombstone keeps the id)."""
+    with _open() as store:
+        gone = store.forget(memory_id)
+    if json_:
+        output.emit_json(gone.to_dict())
+    else:
+        output.out.print(f"forgot {gone.id}")
+
+
+@app.command()
+def export(
+    file: Annotated[
+        Path, typer.Argument(help="JSONL file to write; `-` writes standard output.")
+    ] = Path("-"),
+    project: ProjectOpt = None,
+    kind: KindOpt = None,
+    tag: TagOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Export memories (with their embeddings) and relations as JSON Lines."""
+    filters = _filters(project, kind, tag, since, until)
+    with _open() as store:
+        total = store.count(filters)
+        with _progress("exporting", total) as bar:
+            if str(file) == "-":
+                count = transfer.export(store, sys.stdout, filters, bar)
+            else:
+                partial = file.with_name(file.name + ".partial")
+                with partial.open("w", encoding="utf-8") as fh:
+                    count = transfer.export(store, fh, filters, bar)
+                partial.replace(file)  # a reader never sees a half-written export
+    summary = {"exported": count, "file": str(file)}
+    if json_:
+        output.emit_json(summary)
+    elif str(file) != "-":
+        output.err.print(f"exported {count} memories to {file}")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="JSONL file from `cairn export`; `-` reads stdin.")],
+    json_: JsonFlag = False,
+) -> None:
+    """Import memories from JSON Lines; bad lines are reported by number and skipped.
+
+    Re-importing the same file changes nothing. Embeddings made by the same model are reused.
+    """
+    if str(file) != "-" and not file.is_file():
+        raise InvalidInput(f"{file} does not exist or is not a file")
+    with _open() as store:
+        if str(file) == "-":
+            report = transfer.import_(store, sys.stdin)
+        else:
+            with file.open(encoding="utf-8") as fh:
+                total = sum(1 for _ in fh)
+            with file.open(encoding="utf-8") as fh, _progress("importing", total) as bar:
+                report = transfer.import_(store, fh, bar)
+    if json_:
+        output.emit_json(report.to_dict())
+    else:
+        output.err.print(
+            f"imported {report.imported}, unchanged {report.unchanged}, "
+            f"duplicates {report.duplicates}, relations {report.relations}, "
+            f"embedded {report.embedded}, bad lines {len(report.errors)}"
+        )
+        for number, message in report.errors[:50]:
+            output.err.print(f"  line {number}: {message}")
+        if len(report.errors) > 50:
+            output.err.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
+    if report.errors:
+        raise typer.Exit(code=InvalidInput.exit_code)
+
+
+@app.command()
+def stats(json_: JsonFlag = False) -> None:
+    """Counts by kind and project, store size, model and pending sync mutations."""
+    with _open() as store:
+        data = store.stats()
+    if json_:
+        output.emit_json(data)
+    else:
+        output.mapping(data)
+
+
+@app.command()
+def mcp() -> None:
+    """Run the MCP server on stdio (configure your agent to start `cairn mcp`)."""
+    # Imported here: the MCP SDK is slow to import and only this command needs it.
+    from cairn import mcp_server
+
+    mcp_server.run(config.load(source="mcp"))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (local only by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7777,
+) -> None:
+    """Serve the local HTTP API (OpenAPI docs at /docs)."""
+    # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
+    from cairn import api
+
+    api.run(config.load(source="http"), host, port)
+
+
+def _version(value: bool) -> None:
+    if value:
+        output.out.print(f"cairn {cairn.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Long-term memory for AI coding agents: remember and recall knowledge, offline."""
+
+
+def main() -> None:
+    """Entry point: run the app and turn Cairn errors into a message and an exit code."""
+    try:
+        app()
+    except CairnError as exc:
+        if "--json" in sys.argv:
+            output.emit_json({"error": exc.to_dict()})
+        output.err.print(f"[red]error:[/] {exc.message}")
+        sys.exit(exc.exit_code)

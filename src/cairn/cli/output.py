@@ -1,0 +1,97 @@
+"""Rendering results for people (rich) and for scripts (JSON on stdout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from cairn.model import Hit, Memory, Relation, RememberResult, iso
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+PREVIEW = 300
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def _preview(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
+
+
+def _labels(memory: Memory) -> str:
+    tags = " ".join(f"#{t}" for t in memory.tags)
+    return " · ".join(p for p in (memory.kind, memory.project, tags) if p)
+
+
+def remembered(result: RememberResult) -> None:
+    memory = result.memory
+    if result.created:
+        out.print(f"[green]remembered[/] {memory.id}  [dim]{escape(_labels(memory))}[/]")
+    else:
+        out.print(f"[yellow]already known[/] {memory.id}  [dim](identical content; not copied)[/]")
+    if result.supersedes:
+        out.print(f"  supersedes {result.supersedes} (same topic_key)")
+    for near in result.near_duplicates:
+        out.print(f"  [yellow]near-duplicate of[/] {near.id} (cosine {near.similarity:.2f})")
+
+
+def hits(results: list[Hit]) -> None:
+    if not results:
+        err.print("no memories matched")
+        return
+    for rank, hit in enumerate(results, 1):
+        memory = hit.memory
+        out.print(f"[bold]{rank}.[/] [cyan]{hit.score:.4f}[/]  [dim]{escape(_labels(memory))}[/]")
+        out.print(f"   {escape(_preview(memory.content))}")
+        out.print(f"   [dim]{memory.id} · {escape(hit.match.explain())}[/]")
+
+
+def memories(items: list[Memory], total: int) -> None:
+    if not items:
+        err.print("no memories")
+        return
+    for m in items:
+        created = iso(m.created_at)[:16].replace("T", " ")
+        out.print(f"[dim]{m.id}  {created}  {escape(_labels(m))}[/]")
+        out.print(f"   {escape(_preview(m.content))}")
+    if total > len(items):
+        err.print(f"{len(items)} of {total} shown; use --limit/--offset for more")
+
+
+def memory(item: Memory, relations: list[Relation]) -> None:
+    out.print(f"[bold]{item.id}[/]")
+    for key, value in (
+        ("kind", item.kind),
+        ("project", item.project),
+        ("tags", ", ".join(item.tags) or "-"),
+        ("topic_key", item.topic_key or "-"),
+        ("source", item.source),
+        ("created", iso(item.created_at)),
+        ("updated", iso(item.updated_at)),
+        ("model", item.model_id or "-"),
+    ):
+        out.print(f"  [dim]{key:<10}[/] {escape(value)}")
+    for rel in relations:
+        if rel.from_id == item.id:
+            out.print(f"  [dim]{rel.type:<10}[/] → {rel.to_id}")
+        else:
+            out.print(f"  [dim]{rel.type:<10}[/] ← {rel.from_id}")
+    out.print()
+    out.print(escape(item.content))
+
+
+def mapping(data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.print(f"[dim]{key}[/]")
+            for k, v in value.items():
+                out.print(f"  {escape(str(k)):<28} {v}")
+        else:
+            out.print(f"[dim]{key:<16}[/] {escape(str(value))}")

@@ -1,0 +1,165 @@
+"""The `cairn` command end to end, as a subprocess against a fresh CAIRN_HOME."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from cairn.cli.app import app
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+
+
+def run(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CAIRN, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def ok_json(env: dict[str, str], *args: str) -> object:
+    result = run(env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_remember_recall_show_list_forget(cairn_env: dict[str, str]) -> None:
+    made = ok_json(
+        cairn_env,
+        "remember",
+        "We deploy with blue-green releases on Kubernetes",
+        "--kind",
+        "decision",
+        "--project",
+        "api",
+        "--tag",
+        "deploy,k8s",
+    )
+    assert isinstance(made, dict) and made["created"] is True
+    assert made["tags"] == ["deploy", "k8s"] and made["project"] == "api"
+    ok_json(
+        cairn_env,
+        "remember",
+        "ERR_CONN_RESET means the proxy idle timeout expired",
+        "-k",
+        "gotcha",
+        "-p",
+        "web",
+    )
+    hits = ok_json(cairn_env, "recall", "how do we ship to production")
+    assert isinstance(hits, list) and hits[0]["id"] == made["id"] and hits[0]["why"]
+    only_web = ok_json(cairn_env, "recall", "ERR_CONN_RESET", "--project", "web")
+    assert isinstance(only_web, list) and [h["project"] for h in only_web] == ["web"]
+    listing = ok_json(cairn_env, "list", "--kind", "decision")
+    assert isinstance(listing, dict) and listing["total"] == 1
+    shown = ok_json(cairn_env, "show", made["id"])
+    assert isinstance(shown, dict) and shown["content"].startswith("We deploy")
+    human = run(cairn_env, "recall", "blue-green")
+    assert human.returncode == 0 and "We deploy with blue-green" in human.stdout
+    assert made["id"] in human.stdout
+    ok_json(cairn_env, "forget", made["id"])
+    gone = run(cairn_env, "show", made["id"])
+    assert gone.returncode == 4 and "forgotten" in gone.stderr
+    stats = ok_json(cairn_env, "stats")
+    assert isinstance(stats, dict) and stats["memories"] == 1 and stats["forgotten"] == 1
+
+
+def test_remember_reads_stdin_and_reports_duplicates(cairn_env: dict[str, str]) -> None:
+    first = run(cairn_env, "remember", "-", "--json", stdin="Backups run nightly at 02:00 UTC\n")
+    again = run(cairn_env, "remember", "Backups run nightly at 02:00 UTC")
+    assert json.loads(first.stdout)["created"] is True
+    assert again.returncode == 0 and "already known" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["remember", "   "], 2, "the memory is empty"),
+        (["remember", "x", "--tag", "two words"], 2, "not valid"),
+        (["recall", "x", "--since", "someday"], 2, "cannot read the time"),
+        (["show", "01234567-89ab-7cde-8f01-23456789abcd"], 4, "no memory has the id"),
+        (["import", "/nonexistent.jsonl"], 2, "does not exist"),
+    ],
+)
+def test_bad_input_gets_a_clear_message_and_exit_code(
+    cairn_env: dict[str, str], args: list[str], code: int, message: str
+) -> None:
+    result = run(cairn_env, *args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    listing = run(cairn_env, "list", "--json")
+    assert json.loads(listing.stdout)["total"] == 0
+
+
+def test_errors_are_json_on_stdout_with_json(cairn_env: dict[str, str]) -> None:
+    result = run(cairn_env, "show", "missing-id", "--json")
+    assert result.returncode == 4
+    assert json.loads(result.stdout)["error"]["code"] == "not_found"
+
+
+def test_corrupt_store_is_reported(cairn_env: dict[str, str]) -> None:
+    home = Path(cairn_env["CAIRN_HOME"])
+    home.mkdir(parents=True)
+    (home / "cairn.db").write_text("garbage " * 1000)
+    result = run(cairn_env, "list")
+    assert result.returncode == 5 and "not a readable Cairn store" in result.stderr
+
+
+def test_export_import_round_trip(cairn_env: dict[str, str], tmp_path: Path) -> None:
+    for text in ("Alpha service owns billing", "Beta service owns search", "Gamma owns email"):
+        run(cairn_env, "remember", text, "-p", "svc")
+    out = tmp_path / "export.jsonl"
+    assert ok_json(cairn_env, "export", str(out)) == {"exported": 3, "file": str(out)}
+    other = {**cairn_env, "CAIRN_HOME": str(tmp_path / "other")}
+    report = ok_json(other, "import", str(out))
+    assert isinstance(report, dict)
+    assert (report["imported"], report["embedded"], report["errors"]) == (3, 0, [])
+    again = ok_json(other, "import", str(out))
+    assert isinstance(again, dict) and again["imported"] == 0 and again["unchanged"] == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"content": "fine"}\n{oops\n')
+    result = run(other, "import", str(bad))
+    assert result.returncode == 2 and "line 2" in result.stderr
+    assert json.loads(run(other, "list", "--json").stdout)["total"] == 4
+
+
+def _commands() -> list[list[str]]:
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands")
+    return [[name] for name in sorted(group.commands)]
+
+
+def test_every_command_has_help_text() -> None:
+    commands = _commands()
+    assert {
+        "remember",
+        "recall",
+        "list",
+        "show",
+        "forget",
+        "export",
+        "import",
+        "stats",
+        "mcp",
+        "serve",
+    } <= {c[0] for c in commands}
+    group = typer.main.get_command(app)
+    for (name,) in commands:
+        command = group.commands[name]  # type: ignore[attr-defined]
+        assert command.help and len(command.help) > 15, name
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.help, f"{name} --{param.name} has no help"
+
+
+@pytest.mark.parametrize("command", [[], *(c for c in [["remember"], ["recall"], ["import"]])])
+def test_help_runs(command: list[str], cairn_env: dict[str, str]) -> None:
+    result = run(cairn_env, *command, "--help")
+    assert result.returncode == 0 and "Usage" in result.stdout

@@ -1,0 +1,90 @@
+"""Hybrid recall behaviour: filters, supersession, explanations, forgotten memories."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cairn.errors import InvalidInput
+from cairn.model import Filters
+from cairn.search.hybrid import fts_query
+from cairn.service import Store
+
+
+def test_fts_query_drops_stopwords_and_quotes_tokens() -> None:
+    assert (
+        fts_query("How do we use the ERR_CONN_RESET flag?") == '"use" OR "err_conn_reset" OR "flag"'
+    )
+    assert fts_query("what is it") is None
+
+
+def test_filters_by_project_kind_tag_and_time(store: Store) -> None:
+    api = store.remember(
+        "Postgres connection pool size is 20", kind="fact", project="api", tags=["db", "pool"]
+    )
+    store.remember(
+        "Postgres runs version 16 in production", kind="decision", project="api", tags=["db"]
+    )
+    store.remember("The web app caches Postgres query results for 5 minutes", project="web")
+    query = "postgres settings"
+    assert {h.memory.project for h in store.recall(query)} == {"api", "web"}
+    assert {h.memory.project for h in store.recall(query, Filters(project="web"))} == {"web"}
+    assert [h.memory.id for h in store.recall(query, Filters(kinds=("fact",)))] == [api.memory.id]
+    assert [h.memory.id for h in store.recall(query, Filters(tags=("db", "pool")))] == [
+        api.memory.id
+    ]
+    future = int(time.time() * 1000) + 60_000
+    assert store.recall(query, Filters(since_ms=future)) == []
+    assert len(store.recall(query, Filters(until_ms=future))) == 3
+    assert store.recall(query, Filters(project="nope")) == []
+
+
+def test_superseded_memory_ranks_below_its_successor(store: Store) -> None:
+    old = store.remember("Use Python 3.10 for the backend services", topic_key="python-version")
+    store.remember("Deploys happen on Tuesdays")
+    new = store.remember("Use Python 3.12 for the backend", topic_key="python-version")
+    assert new.supersedes == old.memory.id
+    hits = store.recall("Use Python 3.10 for the backend services")  # matches the old one best
+    ids = [h.memory.id for h in hits]
+    assert ids.index(new.memory.id) < ids.index(old.memory.id)
+    old_hit = hits[ids.index(old.memory.id)]
+    assert old_hit.match.superseded_by == new.memory.id
+    assert f"superseded by {new.memory.id}" in old_hit.match.explain()
+    assert store.get(old.memory.id).content.startswith("Use Python 3.10")  # history stays
+
+
+def test_results_say_why_they_matched(store: Store) -> None:
+    store.remember("The nightly job exports invoices to SFTP")
+    hit = store.recall("invoices export")[0]
+    assert hit.match.semantic_rank == 1 and hit.match.cosine is not None
+    assert hit.match.keyword_rank == 1 and hit.match.bm25 is not None and hit.match.bm25 > 0
+    data = hit.to_dict()
+    assert data["why"].startswith("semantic #1") and data["score"] > 0
+
+
+def test_identical_content_returns_the_existing_memory(store: Store) -> None:
+    first = store.remember("Feature flags live in LaunchDarkly", tags=["flags"])
+    again = store.remember("  Feature flags live in   LaunchDarkly ", tags=["release"])
+    assert not again.created and again.memory.id == first.memory.id
+    assert again.memory.tags == ("flags", "release")
+    assert store.count() == 1
+    elsewhere = store.remember("Feature flags live in LaunchDarkly", project="other")
+    assert elsewhere.created and store.count() == 2
+
+
+def test_near_duplicates_are_reported_not_merged(store: Store) -> None:
+    first = store.remember("We deploy the API with blue-green releases on Kubernetes")
+    near = store.remember("We deploy our API using blue green releases on Kubernetes clusters")
+    assert near.created
+    assert [s.id for s in near.near_duplicates] == [first.memory.id]
+    assert near.near_duplicates[0].similarity >= 0.92
+    unrelated = store.remember("Lunch is at noon on Fridays")
+    assert unrelated.near_duplicates == ()
+
+
+def test_bad_queries_are_refused(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        store.recall("   ")
+    with pytest.raises(InvalidInput):
+        store.recall("x", limit=0)
