@@ -95,21 +95,21 @@ class Store:
         """
         item = self._validate(NewMemory(content, kind, project, tags, topic_key))
         vector = self.embedder.embed([item.content])[0]
-        near: tuple[Similar, ...] = ()
-        allowed = None
         index = self.index
         index.refresh()
-        with self.db.read() as conn:
-            allowed = memories.filtered_rowids(conn, Filters(project=item.project))
-        candidates = index.search(vector, 3, allowed)
-        found = [(r, c) for r, c in candidates if c >= self.near_duplicate]
-        if found:
+        # Near-duplicates are advisory: look among the nearest few overall, keep this project's.
+        close = [(r, c) for r, c in index.search(vector, 10) if c >= self.near_duplicate]
+        near: tuple[Similar, ...] = ()
+        if close:
+            digest = model.content_hash(item.content)
             with self.db.read() as conn:
-                by_row = memories.by_rowids(conn, [r for r, _ in found])
+                by_row = memories.by_rowids(conn, [r for r, _ in close])
             near = tuple(
                 Similar(by_row[r].id, c)
-                for r, c in found
-                if r in by_row and by_row[r].content_hash != model.content_hash(item.content)
+                for r, c in close
+                if r in by_row
+                and by_row[r].project == item.project
+                and by_row[r].content_hash != digest
             )
         result = self._write([item], np.asarray([vector]))[0]
         if not result.created:

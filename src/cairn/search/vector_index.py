@@ -9,6 +9,8 @@ exact, and filters are a cheap row subset.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import numpy.typing as npt
 
@@ -17,7 +19,10 @@ from cairn.store.db import Database
 
 
 class VectorIndex:
+    """Safe to share between threads: refresh and search take turns under one lock."""
+
     def __init__(self, db: Database, model_id: str, dim: int) -> None:
+        self._lock = threading.RLock()
         self._db = db
         self._model_id = model_id
         self._dim = dim
@@ -32,6 +37,10 @@ class VectorIndex:
 
     def refresh(self) -> None:
         """Catch up with every change committed to the store since the last refresh."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         with self._db.read() as conn:
             if memories.max_seq(conn) == self._seq:
                 return
@@ -54,6 +63,15 @@ class VectorIndex:
         allowed: npt.NDArray[np.int64] | None = None,
     ) -> list[tuple[int, float]]:
         """(rowid, cosine) of the k nearest rows, best first; ``allowed`` restricts the rows."""
+        with self._lock:
+            return self._search(query, k, allowed)
+
+    def _search(
+        self,
+        query: npt.NDArray[np.float32],
+        k: int,
+        allowed: npt.NDArray[np.int64] | None,
+    ) -> list[tuple[int, float]]:
         if self._size == 0 or k <= 0:
             return []
         if allowed is None:
