@@ -163,3 +163,25 @@ def test_every_command_has_help_text() -> None:
 def test_help_runs(command: list[str], cairn_env: dict[str, str]) -> None:
     result = run(cairn_env, *command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_missing_model_is_reported(cairn_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**cairn_env, "CAIRN_MODEL_DIR": str(tmp_path / "no-model-here")}
+    result = run(env, "remember", "anything")
+    assert result.returncode == 6
+    assert "model.onnx is missing" in result.stderr and "model_dir" in result.stderr
+    assert (
+        not (Path(cairn_env["CAIRN_HOME"]) / "cairn.db").exists()
+        or json.loads(run(cairn_env, "list", "--json").stdout)["total"] == 0
+    )
+
+
+def test_config_file_sets_the_model_folder(cairn_env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(cairn_env["CAIRN_HOME"])
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(f'[embedding]\nmodel_dir = "{tmp_path / "absent"}"\n')
+    result = run(cairn_env, "recall", "anything")
+    assert result.returncode == 6 and str(tmp_path / "absent") in result.stderr
+    (home / "config.toml").write_text("[embedding\n")
+    broken = run(cairn_env, "list")
+    assert broken.returncode == 7 and "config.toml" in broken.stderr
