@@ -157,6 +157,24 @@ class Filters:
     since_ms: int | None = None
     until_ms: int | None = None
 
+    @classmethod
+    def parse(
+        cls,
+        project: str | None = None,
+        kinds: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        since: str | None = None,
+        until: str | None = None,
+    ) -> Filters:
+        """Filters from user input, checked and normalised like stored values."""
+        return cls(
+            project=check_project(project) if project else None,
+            kinds=tuple(dict.fromkeys(check_kind(k) for k in kinds)),
+            tags=check_tags(tags),
+            since_ms=parse_time(since) if since else None,
+            until_ms=parse_time(until) if until else None,
+        )
+
     @property
     def empty(self) -> bool:
         return (
@@ -174,16 +192,15 @@ def iso(ms: int) -> str:
 
 def parse_time(text: str) -> int:
     """Unix ms from an ISO-8601 date/time (UTC if no zone) or a relative age like ``7d``."""
-    rel = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    hint = f"cannot read the time {text!r}; use an ISO date like 2026-01-31 or an age like 7d"
+    rel = re.fullmatch(r"(\d{1,9})\s*([smhdw])", text.strip())
     if rel:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[rel.group(2)]
         return int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise InvalidInput(
-            f"cannot read the time {text!r}; use an ISO date like 2026-01-31 or an age like 7d"
-        ) from exc
+        raise InvalidInput(hint) from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)

@@ -25,6 +25,7 @@ from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
 MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def warm_up(self) -> None:
+        """Load the model and the vector index now rather than on the first request."""
+        self.embedder.load()
+        self.index.refresh()
 
     @property
     def index(self) -> VectorIndex:
@@ -303,7 +309,9 @@ class Store:
         self, filters: Filters | None = None, limit: int = 50, offset: int = 0
     ) -> list[Memory]:
         """Live memories, newest first."""
-        if not 1 <= limit <= MAX_LIMIT or offset < 0:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}, offset at least 0")
+        if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(
+                f"limit must be between 1 and {MAX_LIMIT}, offset between 0 and {MAX_OFFSET}"
+            )
         with self.db.read() as conn:
             return memories.listing(conn, filters or Filters(), limit, offset)

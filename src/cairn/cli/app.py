@@ -64,13 +64,7 @@ def _filters(
     since: str | None,
     until: str | None,
 ) -> Filters:
-    return Filters(
-        project=model.check_project(project) if project else None,
-        kinds=tuple(model.check_kind(k) for k in _split(kind)),
-        tags=model.check_tags(_split(tag)),
-        since_ms=model.parse_time(since) if since else None,
-        until_ms=model.parse_time(until) if until else None,
-    )
+    return Filters.parse(project, _split(kind), _split(tag), since, until)
 
 
 @contextmanager

@@ -20,6 +20,10 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
+    def load(self) -> None:
+        """Get ready to embed now (servers call it at start so the first request is fast)."""
+        ...
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         """One row per text, in order; rows have unit length."""
         ...

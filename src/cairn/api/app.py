@@ -1,0 +1,267 @@
+"""The local HTTP API that ``cairn serve`` runs: the store's verbs as JSON routes under ``/v1``.
+
+Every error leaves as ``{"error": {"code", "message"}}`` with the status from ``cairn.errors``.
+The API has no authentication, so it listens on 127.0.0.1 by default and answers only requests
+whose Host header names this machine: a web page cannot reach it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from cairn import __version__, build, model
+from cairn.api.schemas import (
+    ErrorOut,
+    HealthOut,
+    ListOut,
+    MemoryDetailOut,
+    MemoryOut,
+    RecallOut,
+    RecallRequest,
+    RememberOut,
+    RememberRequest,
+    StatsOut,
+)
+from cairn.config import Settings
+from cairn.errors import CairnError, InvalidInput
+from cairn.model import Filters
+from cairn.service import MAX_LIMIT, Store
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7777
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
+
+# Errors that are not CairnErrors (unknown route, wrong method, foreign Host) get a code too.
+_HTTP_CODES = {403: "host_not_allowed", 404: "not_found", 405: "method_not_allowed"}
+
+# OpenAPI entries for the errors each route can return (all in the ErrorOut shape).
+_Responses = dict[int | str, dict[str, Any]]
+_INVALID: _Responses = {422: {"model": ErrorOut, "description": "Invalid input; nothing changed."}}
+_NOT_FOUND: _Responses = {404: {"model": ErrorOut, "description": "No such (live) memory."}}
+_TOO_LARGE: _Responses = {413: {"model": ErrorOut, "description": "Content over 64 KiB."}}
+
+
+def create_app(store: Store, allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+    """The API over ``store``; ``allowed_hosts=None`` accepts any Host header."""
+
+    def check_host(request: Request) -> None:
+        if allowed_hosts is None:
+            return
+        host = _host_name(request.headers.get("host", ""))
+        if host not in allowed_hosts:
+            raise HTTPException(
+                403,
+                f"this Cairn API answers only requests to {', '.join(sorted(allowed_hosts))}, "
+                f"not {host!r}; use http://127.0.0.1 or start `cairn serve --host` on that name",
+            )
+
+    app = FastAPI(
+        title="Cairn",
+        version=__version__,
+        summary="Local memory for AI coding agents: remember, recall, list, forget.",
+        description=(
+            "The HTTP API of one local Cairn store. Errors are "
+            '`{"error": {"code": ..., "message": ...}}`; bad input changes nothing.'
+        ),
+        dependencies=[Depends(check_host)],
+        exception_handlers={
+            CairnError: _on_cairn_error,
+            RequestValidationError: _on_invalid_request,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected,
+        },
+    )
+
+    @app.post(
+        "/v1/memories",
+        status_code=201,
+        response_model=RememberOut,
+        tags=["memories"],
+        summary="Remember a memory",
+        description=(
+            "Stores the content with its embedding. 201 when a memory was created; 200 when an "
+            "identical memory already lives in the project (it is returned, with the new tags "
+            "added). A memory with the same project and topic_key as a live one supersedes it."
+        ),
+        response_description="Created.",
+        responses={
+            200: {"model": RememberOut, "description": "An identical memory already existed."},
+            **_TOO_LARGE,
+            **_INVALID,
+        },
+    )
+    def remember(body: RememberRequest, response: Response) -> dict[str, Any]:
+        result = store.remember(
+            body.content,
+            kind=body.kind or model.DEFAULT_KIND,
+            project=body.project,
+            tags=body.tags,
+            topic_key=body.topic_key,
+        )
+        if not result.created:
+            response.status_code = 200
+        return result.to_dict()
+
+    @app.post(
+        "/v1/recall",
+        response_model=RecallOut,
+        tags=["memories"],
+        summary="Recall memories by meaning and keyword",
+        description=(
+            "Hybrid search (embedding similarity fused with BM25 keyword rank), then filters. "
+            "Each result says `why` it matched."
+        ),
+        responses=_INVALID,
+    )
+    def recall(body: RecallRequest) -> dict[str, Any]:
+        filters = Filters.parse(body.project, body.kinds, body.tags, body.since, body.until)
+        hits = store.recall(body.query, filters, body.limit)
+        return {"results": [hit.to_dict() for hit in hits]}
+
+    @app.get(
+        "/v1/memories",
+        response_model=ListOut,
+        tags=["memories"],
+        summary="List memories, newest first",
+        description="`kind` and `tag` may repeat: any of the kinds, all of the tags.",
+        responses=_INVALID,
+    )
+    def list_memories(
+        project: Annotated[str | None, Query(description="Only this project.")] = None,
+        kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
+        tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        filters = Filters.parse(project, kind or [], tag or [])
+        return {
+            "memories": [m.to_dict() for m in store.list(filters, limit, offset)],
+            "total": store.count(filters),
+        }
+
+    @app.get(
+        "/v1/memories/{memory_id}",
+        response_model=MemoryDetailOut,
+        tags=["memories"],
+        summary="Get a memory and its relations",
+        description="`memory_id` is the full id or a unique prefix of 8 or more characters.",
+        responses={**_NOT_FOUND, **_INVALID},
+    )
+    def get_memory(memory_id: str) -> dict[str, Any]:
+        memory = store.get(memory_id)
+        relations = store.relations(memory.id)
+        return {**memory.to_dict(), "relations": [r.to_dict() for r in relations]}
+
+    @app.delete(
+        "/v1/memories/{memory_id}",
+        response_model=MemoryOut,
+        tags=["memories"],
+        summary="Forget a memory",
+        description=(
+            "Turns the memory into a tombstone (content, tags and vector erased; the id stays "
+            "known so the deletion syncs) and returns the tombstone. Forgetting it again is 404."
+        ),
+        responses={**_NOT_FOUND, **_INVALID},
+    )
+    def forget(memory_id: str) -> dict[str, Any]:
+        return store.forget(memory_id).to_dict()
+
+    @app.get(
+        "/v1/stats",
+        response_model=StatsOut,
+        tags=["store"],
+        summary="Counts and facts about the store",
+    )
+    def stats() -> dict[str, Any]:
+        return store.stats()
+
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        tags=["store"],
+        summary="Liveness check",
+        description="200 with status ok while the server is up.",
+    )
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app
+
+
+def run(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve the API over the store named by ``settings`` until interrupted.
+
+    The model and the vector index load before the port opens, so a missing model fails here
+    with its CairnError, and the first request is as fast as the rest.
+    """
+    store = build(settings)
+    try:
+        store.warm_up()
+        # Listening beyond this machine was asked for, so requests will name other hosts.
+        hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}
+        uvicorn.run(create_app(store, allowed_hosts=hosts), host=host, port=port)
+    finally:
+        store.close()
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header or a bind address, without port or IPv6 brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _on_cairn_error(request: Request, exc: CairnError) -> JSONResponse:
+    return _error(exc.http_status, exc.code, exc.message)
+
+
+async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return await _on_cairn_error(request, InvalidInput(_describe(exc.errors())))
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = str(exc.detail)
+    if exc.status_code in (404, 405):
+        message = f"{request.method} {request.url.path}: {exc.detail}; /docs lists the routes"
+    return _error(exc.status_code, code, message)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises after this response, so the traceback still reaches the server log.
+    return await _on_cairn_error(
+        request, CairnError(f"unexpected {type(exc).__name__}; see the `cairn serve` log")
+    )
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    """One sentence from pydantic's validation errors, naming each bad field."""
+    parts = []
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return (
+                f"the request body is not valid JSON ({error['ctx']['error']} at character "
+                f"{error['loc'][-1]}); send a JSON object as shown in /docs"
+            )
+        loc = [str(part) for part in error["loc"]]
+        if loc == ["body"]:
+            return (
+                "the request body must be a JSON object sent with "
+                "Content-Type: application/json; /docs shows the expected shape"
+            )
+        parts.append(f"{'.'.join(loc[1:]) or loc[0]}: {error['msg']}")
+    return "; ".join(parts) + "; /docs shows the expected shape"

@@ -1,0 +1,145 @@
+"""The JSON shapes of the local HTTP API, as pydantic models so /docs and /openapi.json show them.
+
+Request models only check types and forbid unknown fields (a misspelt ``tag`` for ``tags`` is
+an error, not silently ignored); the rules on values (empty content, size, kind and tag syntax)
+live in ``cairn.model`` and are applied by the service, so every edge enforces the same ones.
+Response models mirror the ``to_dict`` methods of ``cairn.model``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cairn.service import MAX_LIMIT
+
+_TIME = "an ISO-8601 date or time (UTC if no zone), or an age such as 30m, 12h, 7d, 2w"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RememberRequest(_Request):
+    content: str = Field(
+        description="The text to remember (at most 64 KiB of UTF-8).",
+        examples=["We deploy with blue-green releases behind the load balancer"],
+    )
+    kind: str | None = Field(
+        None,
+        description="decision, fact, preference, note (default), gotcha, ...",
+        examples=["decision"],
+    )
+    project: str | None = Field(
+        None, description="The project it belongs to; default: the server's default project."
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags, e.g. deploy or infra.")
+    topic_key: str | None = Field(
+        None,
+        description="A later memory with the same project and topic_key supersedes this one.",
+    )
+
+
+class RecallRequest(_Request):
+    query: str = Field(
+        description="What you are looking for, in words.",
+        examples=["how do we ship to production?"],
+    )
+    project: str | None = Field(None, description="Only this project; default: every project.")
+    kinds: list[str] = Field(default_factory=list, description="Only these kinds.")
+    tags: list[str] = Field(default_factory=list, description="Only memories with all these tags.")
+    since: str | None = Field(None, description=f"Only memories created at or after: {_TIME}.")
+    until: str | None = Field(None, description=f"Only memories created before: {_TIME}.")
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many results at most.")
+
+
+class MemoryOut(BaseModel):
+    id: str = Field(description="UUIDv7; any unique prefix of 8+ characters also finds it.")
+    content: str
+    kind: str
+    project: str
+    tags: list[str]
+    topic_key: str | None
+    source: str = Field(description="The device or agent that wrote it.")
+    created_at: str = Field(description="ISO-8601, UTC.")
+    updated_at: str = Field(description="ISO-8601, UTC.")
+    deleted: bool = Field(description="True for a tombstone: content and tags are erased.")
+    content_hash: str
+    model_id: str | None = Field(description="The embedding model that made its vector.")
+    hlc: str
+
+
+class SimilarOut(BaseModel):
+    id: str
+    similarity: float = Field(description="Cosine similarity to the new memory.")
+
+
+class RememberOut(MemoryOut):
+    created: bool = Field(description="False when an identical memory already existed.")
+    supersedes: str | None = Field(description="The id of the memory this one superseded.")
+    near_duplicates: list[SimilarOut] = Field(
+        description="Existing memories so similar that this one may repeat them (not merged)."
+    )
+
+
+class MatchOut(BaseModel):
+    semantic_rank: int | None
+    cosine: float | None
+    keyword_rank: int | None
+    bm25: float | None
+    superseded_by: str | None
+
+
+class HitOut(MemoryOut):
+    score: float = Field(description="Fused rank score; only the order matters.")
+    why: str = Field(description="Why it matched, e.g. 'semantic #1 (cosine 0.71)'.")
+    match: MatchOut
+
+
+class RecallOut(BaseModel):
+    results: list[HitOut] = Field(description="Best first.")
+
+
+class ListOut(BaseModel):
+    memories: list[MemoryOut] = Field(description="Newest first.")
+    total: int = Field(description="How many live memories match the filters, over all pages.")
+
+
+class RelationOut(BaseModel):
+    from_id: str
+    to_id: str
+    type: str = Field(description="supersedes, relates_to, contradicts or duplicate_of.")
+    created_at: str
+
+
+class MemoryDetailOut(MemoryOut):
+    relations: list[RelationOut] = Field(description="Relations from and to this memory.")
+
+
+class StatsOut(BaseModel):
+    memories: int = Field(description="Live memories.")
+    forgotten: int = Field(description="Tombstones.")
+    by_kind: dict[str, int]
+    by_project: dict[str, int]
+    vectors_by_model: dict[str, int]
+    relations: int
+    outbox_pending: int = Field(description="Local changes not yet synced.")
+    device_id: str | None
+    path: str = Field(description="The store file.")
+    bytes: int = Field(description="Size of the store file and its write-ahead log.")
+    model_id: str = Field(description="The embedding model in use.")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, for programs: not_found, content_too_large, ...")
+    message: str = Field(description="For people: what went wrong and what to do next.")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,258 @@
+"""The MCP server: Cairn's verbs as tools an agent calls over stdio (`cairn mcp`).
+
+``run`` is the composition root of this edge; ``create_server`` registers the tools against a
+store that is already built, so tests and other hosts can wire their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+import cairn
+from cairn import model
+from cairn.config import Settings
+from cairn.errors import CairnError
+from cairn.model import Filters, Hit, Memory, RememberResult
+from cairn.service import MAX_LIMIT, Store
+
+INSTRUCTIONS = """\
+Cairn is your long-term memory across sessions, shared with the user's other agents.
+Call `recall` at the start of a task and whenever you are unsure about a decision, convention,
+preference or past problem. Call `remember` when you learn something worth keeping after this
+conversation ends: one self-contained idea per memory, never secrets."""
+
+_KINDS = ", ".join(model.KINDS)
+
+
+@contextmanager
+def tool_errors() -> Iterator[None]:
+    """Turn a CairnError into a tool error: the one error mapping of this edge.
+
+    The agent gets ``is_error`` with the text ``<code>: <message>``, the message saying what to
+    do next. Any other exception is a crash, which the SDK logs and reports to the agent only as
+    "Error executing tool <name>".
+    """
+    try:
+        yield
+    except CairnError as exc:
+        raise ToolError(f"{exc.code}: {exc.message}") from exc
+
+
+# --- results ----------------------------------------------------------------------------------
+# Trimmed views of the model's to_dict(): what an agent needs to act, not the sync bookkeeping.
+
+
+class MemoryOut(BaseModel):
+    id: str = Field(description="UUIDv7; any unique prefix of 8+ characters also finds it.")
+    content: str
+    kind: str
+    project: str
+    tags: list[str]
+    topic_key: str | None
+    created_at: str = Field(description="ISO-8601, UTC.")
+
+    @classmethod
+    def of(cls, memory: Memory) -> MemoryOut:
+        return cls.model_validate(memory.to_dict())
+
+
+class SimilarOut(BaseModel):
+    id: str
+    similarity: float = Field(description="Cosine similarity to the new memory.")
+
+
+class RememberOut(MemoryOut):
+    created: bool = Field(description="False when identical content was already remembered.")
+    supersedes: str | None = Field(description="The id of the older memory on this topic_key.")
+    near_duplicates: list[SimilarOut] = Field(
+        description="Existing memories that say nearly the same thing (kept, not merged)."
+    )
+
+    @classmethod
+    def of_result(cls, result: RememberResult) -> RememberOut:
+        return cls.model_validate(result.to_dict())
+
+
+class HitOut(MemoryOut):
+    score: float = Field(description="Fused rank score; only the order matters.")
+    why: str = Field(description="How it matched, e.g. 'semantic #1 (cosine 0.71)'.")
+    superseded_by: str | None = Field(
+        description="The id of a newer memory on the same topic; prefer that one."
+    )
+
+    @classmethod
+    def of_hit(cls, hit: Hit) -> HitOut:
+        data = hit.to_dict()
+        return cls.model_validate({**data, "superseded_by": data["match"]["superseded_by"]})
+
+
+class RecallOut(BaseModel):
+    results: list[HitOut] = Field(description="Best first; empty when nothing matched.")
+
+
+class ListOut(BaseModel):
+    memories: list[MemoryOut] = Field(description="Newest first.")
+    total: int = Field(description="How many memories match the filters, beyond the limit too.")
+
+
+class ForgetOut(BaseModel):
+    id: str = Field(description="The full id of the forgotten memory.")
+    forgotten: bool
+
+
+# --- arguments --------------------------------------------------------------------------------
+# Module level: with postponed annotations the SDK resolves these names in this module.
+
+Content = Annotated[
+    str,
+    Field(description="The knowledge, self-contained (name the thing, say why); max 64 KiB."),
+]
+Kind = Annotated[
+    str,
+    Field(description=f"What sort of memory: one of {_KINDS} (any lowercase word is accepted)."),
+]
+OwnProject = Annotated[
+    str | None, Field(description="The project it belongs to; omit for the current project.")
+]
+Tags = Annotated[
+    Sequence[str],
+    Field(description="Short labels, e.g. ['deploy', 'ci']; lowercased, no spaces or commas."),
+]
+TopicKey = Annotated[
+    str | None,
+    Field(
+        description="A stable name for the topic, e.g. 'deploy-strategy'; a later memory with "
+        "the same project and topic_key supersedes this one."
+    ),
+]
+Query = Annotated[
+    str, Field(description="What you are looking for, in plain words or exact terms.")
+]
+ProjectFilter = Annotated[
+    str | None, Field(description="Only this project; omit for every project.")
+]
+KindsFilter = Annotated[
+    Sequence[str], Field(description="Only these kinds (any of them); empty for every kind.")
+]
+TagsFilter = Annotated[
+    Sequence[str], Field(description="Only memories with all of these tags; empty for no filter.")
+]
+MemoryId = Annotated[
+    str, Field(description="The memory's id, or a unique prefix of at least 8 characters.")
+]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many memories at most.")]
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+def create_server(store: Store) -> MCPServer:
+    """An MCP server whose tools call ``store``; the caller keeps ownership of the store."""
+    server = MCPServer(
+        "cairn", version=cairn.__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    # The SDK serves requests concurrently and runs each sync tool on a worker thread; a Store
+    # is safe to share between threads, so the tools call it directly.
+    everywhere = f"Without project, it covers every project; the current one is {store.project!r}."
+
+    @server.tool(
+        description=(
+            "Save one piece of knowledge to long-term memory so that you or another agent can "
+            "recall it in a later session. Call it when you learn something worth keeping after "
+            "this conversation ends: a decision and its reason (kind decision), a fact about the "
+            "code or its environment (fact), something the user prefers (preference), a trap "
+            "that cost time (gotcha); anything else is a note. One self-contained idea per "
+            "memory, in words that make sense without this conversation; never secrets. "
+            "Identical content in the same project is stored once: remembering it again returns "
+            "the existing memory with created=false. With topic_key, the new memory supersedes "
+            "the older one on that topic (the old one stays as history and ranks below it). "
+            "near_duplicates lists existing memories that say nearly the same thing; forget one "
+            "if it is now wrong. Without project, the memory goes to the current project, "
+            f"{store.project!r}."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
+    )
+    def remember(
+        content: Content,
+        kind: Kind = model.DEFAULT_KIND,
+        project: OwnProject = None,
+        tags: Tags = (),
+        topic_key: TopicKey = None,
+    ) -> RememberOut:
+        with tool_errors():
+            result = store.remember(content, kind, project, tags, topic_key)
+        return RememberOut.of_result(result)
+
+    @server.tool(
+        description=(
+            "Search long-term memory by meaning and by keyword; results come best first. Call it "
+            "at the start of a task, before a decision the team may already have made, and "
+            "whenever you are unsure about a convention, preference or past problem. Ask in "
+            "plain words ('how do we deploy to production?'); exact names match by keyword too. "
+            "Each result has the memory (id, content, kind, project, tags, created_at), a score "
+            "(only the order matters), why (how it matched, e.g. 'semantic #1 (cosine 0.71); "
+            "keyword #2 (bm25 3.10)') and superseded_by (a newer memory on the same topic; "
+            f"trust that one). {everywhere}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=True),
+    )
+    def recall(
+        query: Query,
+        project: ProjectFilter = None,
+        kinds: KindsFilter = (),
+        tags: TagsFilter = (),
+        limit: Limit = 10,
+    ) -> RecallOut:
+        with tool_errors():
+            hits = store.recall(query, Filters.parse(project, kinds, tags), limit)
+        return RecallOut(results=[HitOut.of_hit(hit) for hit in hits])
+
+    @server.tool(
+        description=(
+            "Forget a memory by id (from recall or list_memories). Use it when a memory is "
+            "wrong, obsolete, or saved by mistake: its content, tags and embedding are erased "
+            "for good and it no longer appears in recall or list_memories. To update knowledge, "
+            "prefer remember with the same topic_key, which keeps the history."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True),
+    )
+    def forget(id: MemoryId) -> ForgetOut:
+        with tool_errors():
+            memory = store.forget(id)
+        return ForgetOut(id=memory.id, forgotten=True)
+
+    @server.tool(
+        description=(
+            "List memories newest first, without a query: to see what is known about a project "
+            "or to find ids. Filters combine. total is how many memories match the filters, so "
+            f"you can tell when limit cut the list. {everywhere}"
+        ),
+        annotations=ToolAnnotations(read_only_hint=True),
+    )
+    def list_memories(
+        project: ProjectFilter = None,
+        kinds: KindsFilter = (),
+        tags: TagsFilter = (),
+        limit: Limit = 20,
+    ) -> ListOut:
+        with tool_errors():
+            filters = Filters.parse(project, kinds, tags)
+            memories = store.list(filters, limit)
+            total = store.count(filters)
+        return ListOut(memories=[MemoryOut.of(m) for m in memories], total=total)
+
+    return server
+
+
+def run(settings: Settings) -> None:
+    """Serve the tools on stdin/stdout until the client disconnects, then close the store."""
+    with cairn.build(settings) as store:
+        store.warm_up()  # so the agent's first recall is not slow
+        create_server(store).run("stdio")
