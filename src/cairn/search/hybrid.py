@@ -91,15 +91,24 @@ def recall(
 
 
 def _successors_first(hits: list[Hit]) -> list[Hit]:
-    """Move any superseded hit below its successor when both are in the list."""
-    position = {h.memory.id: i for i, h in enumerate(hits)}
-    ordered = list(hits)
+    """Hold back each superseded hit until its successor (when also listed) has been placed."""
+    listed = {h.memory.id for h in hits}
+    waiting: dict[str, list[Hit]] = {}
+    ordered: list[Hit] = []
+    placed: set[str] = set()
+
+    def place(hit: Hit) -> None:
+        ordered.append(hit)
+        placed.add(hit.memory.id)
+        for held in waiting.pop(hit.memory.id, []):
+            place(held)
+
     for hit in hits:
         successor = hit.match.superseded_by
-        if successor in position and position[successor] > position[hit.memory.id]:
-            ordered.remove(hit)
-            ordered.insert(
-                ordered.index(next(h for h in ordered if h.memory.id == successor)) + 1, hit
-            )
-            position = {h.memory.id: i for i, h in enumerate(ordered)}
+        if successor in listed and successor not in placed:
+            waiting.setdefault(successor, []).append(hit)
+        else:
+            place(hit)
+    # A supersession cycle (possible after concurrent edits) must not hide its members.
+    ordered.extend(h for held in waiting.values() for h in held)
     return ordered
