@@ -7,8 +7,8 @@ import time
 import pytest
 
 from cairn.errors import InvalidInput
-from cairn.model import Filters
-from cairn.search.hybrid import fts_query
+from cairn.model import Filters, Hit, Match, Memory
+from cairn.search.hybrid import _successors_first, fts_query
 from cairn.service import Store
 
 
@@ -88,3 +88,15 @@ def test_bad_queries_are_refused(store: Store) -> None:
         store.recall("   ")
     with pytest.raises(InvalidInput):
         store.recall("x", limit=0)
+
+
+def _hit(memory_id: str, score: float, superseded_by: str | None = None) -> Hit:
+    memory = Memory(memory_id, "x", "note", "p", (), None, "t", 0, 0, False, "h", None, "")
+    return Hit(memory, score, Match(superseded_by=superseded_by))
+
+
+def test_successor_ordering_keeps_every_hit_even_in_a_cycle() -> None:
+    chain = [_hit("old", 3, "mid"), _hit("mid", 2, "new"), _hit("x", 1.5), _hit("new", 1)]
+    assert [h.memory.id for h in _successors_first(chain)] == ["x", "new", "mid", "old"]
+    cycle = [_hit("a", 2, "b"), _hit("b", 1, "a")]
+    assert sorted(h.memory.id for h in _successors_first(cycle)) == ["a", "b"]
