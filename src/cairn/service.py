@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,11 @@ class Store:
         self.near_duplicate = near_duplicate
         self._index: VectorIndex | None = None
         self._index_lock = threading.Lock()
+        # Runs the keyword half of recall next to the semantic half (see search.hybrid).
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cairn-recall")
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -230,8 +234,15 @@ class Store:
             raise InvalidInput("the query is empty; say what you are looking for")
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
-        vector = self.embedder.embed([query.strip()])[0]
-        return hybrid.recall(self.db, self.index, vector, query, filters or Filters(), limit)
+        return hybrid.recall(
+            self.db,
+            self.index,
+            lambda text: self.embedder.embed([text.strip()])[0],
+            query,
+            filters or Filters(),
+            limit,
+            self._pool,
+        )
 
     def get(self, memory_id: str) -> Memory:
         """A memory by id (or a unique id prefix of 8+ characters); forgotten ones are NotFound."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from concurrent.futures import Executor
 
 import numpy as np
 import numpy.typing as npt
@@ -48,46 +50,65 @@ def fts_query(text: str) -> str | None:
 def recall(
     db: Database,
     index: VectorIndex,
-    query_vector: npt.NDArray[np.float32] | None,
+    embed: Callable[[str], npt.NDArray[np.float32]],
     query: str,
     filters: Filters,
     limit: int,
+    pool: Executor,
 ) -> list[Hit]:
+    """The best ``limit`` memories for ``query``.
+
+    The keyword search runs on ``pool`` while this thread embeds the query and scans the
+    vectors: SQLite and numpy both release the GIL, so on two cores the two sides overlap.
+    """
     depth = max(limit * 4, 50)
     index.refresh()
+    allowed = None
+    if not filters.empty:
+        with db.read() as conn:
+            allowed = memories.filtered_rowids(conn, filters)
+    match = fts_query(query)
+    pending = pool.submit(_keyword, db, match, filters, depth) if match else None
+    semantic = [(r, c) for r, c in index.search(embed(query), depth, allowed) if c >= MIN_COSINE]
+    keyword = pending.result() if pending else []
+    fused: dict[int, float] = {}
+    for ranked in (semantic, keyword):
+        for rank, (rowid, _score) in enumerate(ranked, 1):
+            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
+    if not fused:
+        return []
     with db.read() as conn:
-        allowed = None if filters.empty else memories.filtered_rowids(conn, filters)
-        semantic = [] if query_vector is None else index.search(query_vector, depth, allowed)
-        semantic = [(r, c) for r, c in semantic if c >= MIN_COSINE]
-        match = fts_query(query)
-        keyword = [] if match is None else memories.keyword_search(conn, match, filters, depth)
-        fused: dict[int, float] = {}
-        for rank, (rowid, _c) in enumerate(semantic, 1):
-            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
-        for rank, (rowid, _s) in enumerate(keyword, 1):
-            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
-        if not fused:
-            return []
-        found = memories.by_rowids(conn, list(fused))
-        successors = memories.successors(conn, [m.id for m in found.values()])
+        brief = memories.briefs(conn, list(fused))  # a row may be gone since the searches
+        successors = memories.successors(conn, [memory_id for memory_id, _ in brief.values()])
     sem = {r: (i, c) for i, (r, c) in enumerate(semantic, 1)}
     kw = {r: (i, s) for i, (r, s) in enumerate(keyword, 1)}
     now = now_ms()
-    hits = []
-    for rowid, score in fused.items():
-        memory = found.get(rowid)
-        if memory is None or memory.deleted:  # changed under us between the two reads
-            continue
-        age_days = max(0.0, (now - memory.created_at) / 86_400_000)
-        score *= 1.0 + RECENCY_WEIGHT * math.exp(-age_days * math.log(2) / RECENCY_HALF_LIFE_DAYS)
-        successor = successors.get(memory.id)
+    scored: list[tuple[float, str, int, Match]] = []
+    for rowid, (memory_id, created_at) in brief.items():
+        age_days = max(0.0, (now - created_at) / 86_400_000)
+        decay = math.exp(-age_days * math.log(2) / RECENCY_HALF_LIFE_DAYS)
+        score = fused[rowid] * (1.0 + RECENCY_WEIGHT * decay)
+        successor = successors.get(memory_id)
         if successor is not None:
             score *= SUPERSEDED_FACTOR
         s_rank, cosine = sem.get(rowid, (None, None))
         k_rank, bm25 = kw.get(rowid, (None, None))
-        hits.append(Hit(memory, score, Match(s_rank, cosine, k_rank, bm25, successor)))
-    hits.sort(key=lambda h: (-h.score, h.memory.id))
-    return _successors_first(hits)[:limit]
+        scored.append((score, memory_id, rowid, Match(s_rank, cosine, k_rank, bm25, successor)))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    top = scored[:limit]
+    with db.read() as conn:
+        found = memories.by_rowids(conn, [rowid for _s, _id, rowid, _m in top])
+    hits = [
+        Hit(found[rowid], score, match)
+        for score, _id, rowid, match in top
+        if rowid in found and not found[rowid].deleted
+    ]
+    return _successors_first(hits)
+
+
+def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
+    with db.read() as conn:
+        return memories.keyword_search(conn, match, filters, depth)
 
 
 def _successors_first(hits: list[Hit]) -> list[Hit]:

@@ -9,6 +9,7 @@ exact, and filters are a cheap row subset.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import numpy as np
@@ -42,19 +43,18 @@ class VectorIndex:
 
     def _refresh(self) -> None:
         with self._db.read() as conn:
-            if memories.max_seq(conn) == self._seq:
+            top = memories.max_seq(conn)
+            if top == self._seq:
                 return
-            changes = memories.changes_since(conn, self._seq)
-        if self._seq == 0:
-            self._bulk_load(changes)
-        else:
-            for rowid, _seq, deleted, model_id, vector in changes:
-                if deleted or vector is None or model_id != self._model_id:
-                    self._remove(rowid)
-                else:
-                    self._put(rowid, np.frombuffer(vector, dtype="<f4"))
-        if changes:
-            self._seq = changes[-1][1]
+            if self._seq == 0:
+                self._bulk_load(conn)
+            else:
+                for rowid, deleted, model_id, vector in memories.changes_since(conn, self._seq):
+                    if deleted or vector is None or model_id != self._model_id:
+                        self._remove(rowid)
+                    else:
+                        self._put(rowid, np.frombuffer(vector, dtype="<f4"))
+            self._seq = top  # read in the same snapshot as the rows
 
     def search(
         self,
@@ -89,23 +89,22 @@ class VectorIndex:
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(int(rowids[i]), float(scores[i])) for i in top]
 
-    def _bulk_load(self, changes: list[tuple[int, int, bool, str | None, bytes | None]]) -> None:
-        live = [
-            (rowid, vector)
-            for rowid, _seq, deleted, model_id, vector in changes
-            if not deleted and vector is not None and model_id == self._model_id
-        ]
-        self._size = len(live)
-        capacity = max(1024, self._size * 2)
+    def _bulk_load(self, conn: sqlite3.Connection) -> None:
+        """Load every vector of the model, streamed in pages straight into the matrix."""
+        count = memories.count_vectors(conn, self._model_id)
+        capacity = count + max(1024, count // 8)
         self._matrix = np.zeros((capacity, self._dim), dtype=np.float32)
         self._rowids = np.zeros(capacity, dtype=np.int64)
-        if live:
-            self._matrix[: self._size] = np.frombuffer(
-                b"".join(v for _r, v in live), dtype="<f4"
-            ).reshape(self._size, self._dim)
-            self._rowids[: self._size] = [r for r, _v in live]
+        self._size = 0
+        # One read snapshot: the pages hold exactly `count` rows.
+        for rows in memories.vector_pages(conn, self._model_id):
+            end = self._size + len(rows)
+            block = np.frombuffer(b"".join(v for _r, v in rows), dtype="<f4")
+            self._matrix[self._size : end] = block.reshape(len(rows), self._dim)
+            self._rowids[self._size : end] = [r for r, _v in rows]
+            self._size = end
         top = int(self._rowids[: self._size].max()) + 1 if self._size else 0
-        self._pos = np.full(max(1024, top * 2), -1, dtype=np.int64)
+        self._pos = np.full(max(1024, top + top // 8), -1, dtype=np.int64)
         self._pos[self._rowids[: self._size]] = np.arange(self._size)
 
     def _put(self, rowid: int, vector: npt.NDArray[np.float32]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -333,14 +333,33 @@ def keyword_search(
     conn: sqlite3.Connection, match: str, filters: Filters, limit: int
 ) -> list[tuple[int, float]]:
     """(rowid, bm25) of the best keyword matches, best first; bm25 positive, higher is better."""
-    where, params = _filter_sql(filters)
-    rows = conn.execute(
-        "SELECT f.rowid, bm25(memories_fts) AS score FROM memories_fts f "
-        f"JOIN memories m ON m.rowid = f.rowid WHERE memories_fts MATCH ? AND {where} "
-        "ORDER BY score LIMIT ?",
-        [match, *params, limit],
-    ).fetchall()
+    if filters.empty:  # tombstones are not indexed, so the FTS table alone answers
+        rows = conn.execute(
+            "SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ? ORDER BY rank LIMIT ?",
+            (match, limit),
+        ).fetchall()
+    else:
+        where, params = _filter_sql(filters)
+        rows = conn.execute(
+            "SELECT f.rowid, f.rank FROM memories_fts f JOIN memories m ON m.rowid = f.rowid "
+            f"WHERE memories_fts MATCH ? AND {where} ORDER BY f.rank LIMIT ?",
+            [match, *params, limit],
+        ).fetchall()
     return [(int(r[0]), -float(r[1])) for r in rows]
+
+
+def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[str, int]]:
+    """rowid -> (id, created_at) of live memories: what ranking needs, without the content."""
+    out: dict[int, tuple[str, int]] = {}
+    for start in range(0, len(rowids), 500):
+        chunk = list(rowids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        for rowid, memory_id, created in conn.execute(
+            f"SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})",
+            chunk,
+        ):
+            out[rowid] = (memory_id, created)
+    return out
 
 
 def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
@@ -389,17 +408,33 @@ def vector_of(conn: sqlite3.Connection, memory_id: str) -> tuple[str, bytes] | N
 
 def changes_since(
     conn: sqlite3.Connection, seq: int
-) -> list[tuple[int, int, bool, str | None, bytes | None]]:
-    """(rowid, seq, deleted, model_id, vector) of rows changed after ``seq``, in seq order."""
+) -> list[tuple[int, bool, str | None, bytes | None]]:
+    """(rowid, deleted, model_id, vector) of rows changed after ``seq``, in seq order."""
     return [
-        (int(r[0]), int(r[1]), bool(r[2]), r[3], r[4])
+        (int(r[0]), bool(r[1]), r[2], r[3])
         for r in conn.execute(
-            "SELECT m.rowid, m.seq, m.deleted, v.model_id, v.vector FROM memories m "
+            "SELECT m.rowid, m.deleted, v.model_id, v.vector FROM memories m "
             "LEFT JOIN memory_vectors v ON v.memory_rowid = m.rowid WHERE m.seq > ? "
             "ORDER BY m.seq",
             (seq,),
         )
     ]
+
+
+def count_vectors(conn: sqlite3.Connection, model_id: str) -> int:
+    row = conn.execute("SELECT count(*) FROM memory_vectors WHERE model_id = ?", (model_id,))
+    return int(row.fetchone()[0])
+
+
+def vector_pages(
+    conn: sqlite3.Connection, model_id: str, page: int = 4096
+) -> Iterator[list[tuple[int, bytes]]]:
+    """Every (rowid, vector) of one model, a page at a time (vectors exist only for live rows)."""
+    cursor = conn.execute(
+        "SELECT memory_rowid, vector FROM memory_vectors WHERE model_id = ?", (model_id,)
+    )
+    while rows := cursor.fetchmany(page):
+        yield rows
 
 
 def max_seq(conn: sqlite3.Connection) -> int:
