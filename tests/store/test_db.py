@@ -23,10 +23,10 @@ def _version_1_file(path: Path, embedder: OnnxEmbedder) -> None:
     conn.execute("PRAGMA user_version = 1")
     conn.execute(
         "INSERT INTO memories(id, content, kind, project, topic_key, source, created_at, "
-        "updated_at, deleted, content_hash, model_id, hlc, field_hlc, seq) VALUES "
+        "updated_at, deleted, content_hash, model_id, created_hlc, hlc, seq) VALUES "
         "('018f0000-0000-7000-8000-000000000001', 'The billing cron job runs at 03:00 UTC', "
         "'fact', 'ops', NULL, 'cli', 1700000000000, 1700000000000, 0, 'h', ?, "
-        "'1700000000000-0000-dev', '{}', 1)",
+        "'1700000000000-0000-dev', '1700000000000-0000-dev', 1)",
         (embedder.model_id,),
     )
     vector = embedder.embed(["The billing cron job runs at 03:00 UTC"])[0]

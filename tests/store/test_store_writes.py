@@ -136,3 +136,15 @@ def test_an_open_store_sees_writes_and_forgets_from_another_process(
         with Store(Database(path), embedder) as writer:
             writer.forget(added.memory.id)
         assert all(h.memory.id != added.memory.id for h in reader.recall("CDN cache images"))
+
+
+def test_field_clocks_record_which_fields_changed_when(store: Store) -> None:
+    made = store.remember("Service owners are listed in OWNERS.md", tags=["docs"])
+    tagged = store.remember("Service owners are listed in OWNERS.md", tags=["ownership"])
+    created_hlc, hlc, clocks = store.db.conn.execute(
+        "SELECT created_hlc, hlc, field_hlc FROM memories WHERE id = ?", (made.memory.id,)
+    ).fetchone()
+    assert created_hlc == made.memory.hlc < hlc == tagged.memory.hlc
+    assert json.loads(clocks) == {"tags": hlc, "updated_at": hlc}  # the rest: created_hlc
+    outbox_bytes = store.db.conn.execute("SELECT sum(length(fields)) FROM outbox").fetchone()[0]
+    assert outbox_bytes < 1000  # vectors are not copied into the outbox

@@ -48,7 +48,9 @@ class Database:
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._check_version()  # before anything writes to a file we may not understand
+            if self._check_version() == 0:  # before anything writes to a file we may not understand
+                # 8 KiB pages hold five 384-d vectors; 4 KiB pages hold only two.
+                self.conn.execute("PRAGMA page_size = 8192")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute("PRAGMA foreign_keys = ON")

@@ -49,15 +49,10 @@ def _mutation(
     entity_id: str,
     op: str,
     fields: dict[str, Any],
-    vector: bytes | None = None,
-    model_id: str | None = None,
     entity: str = "memory",
 ) -> None:
     outbox.append(
-        conn,
-        Mutation(
-            uuid7(), device_id(conn), hlc.pack(), entity, entity_id, op, fields, vector, model_id
-        ),
+        conn, Mutation(uuid7(), device_id(conn), hlc.pack(), entity, entity_id, op, fields)
     )
 
 
@@ -83,7 +78,7 @@ def insert(
     }
     cur = conn.execute(
         "INSERT INTO memories(id, content, kind, project, topic_key, source, created_at, "
-        "updated_at, deleted, content_hash, model_id, hlc, field_hlc, seq) "
+        "updated_at, deleted, content_hash, model_id, created_hlc, hlc, seq) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
         (
             memory.id,
@@ -97,7 +92,7 @@ def insert(
             memory.content_hash,
             memory.model_id if vector is not None else None,
             packed,
-            json.dumps(dict.fromkeys(fields, packed), sort_keys=True),
+            packed,
             _next_seq(conn),
         ),
     )
@@ -106,14 +101,12 @@ def insert(
         "INSERT INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
         [(rowid, tag) for tag in memory.tags],
     )
-    blob = None
     if vector is not None and memory.model_id:
-        blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         conn.execute(
             "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
-            (rowid, memory.model_id, blob),
+            (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
         )
-    _mutation(conn, hlc, memory.id, "upsert", fields, blob, memory.model_id if blob else None)
+    _mutation(conn, hlc, memory.id, "upsert", fields)
     return replace(memory, hlc=packed, deleted=False)
 
 
@@ -395,15 +388,6 @@ def relations_among(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]
             "ORDER BY created_at"
         )
     ]
-
-
-def vector_of(conn: sqlite3.Connection, memory_id: str) -> tuple[str, bytes] | None:
-    row = conn.execute(
-        "SELECT v.model_id, v.vector FROM memory_vectors v JOIN memories m "
-        "ON m.rowid = v.memory_rowid WHERE m.id = ?",
-        (memory_id,),
-    ).fetchone()
-    return (row[0], row[1]) if row else None
 
 
 def changes_since(

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: memories, tags, vectors, device metadata and the sync outbox.
+    # Clocks: a field's HLC is field_hlc[field] if present, else created_hlc (kept compact).
+    # The outbox stores no vector: pending() attaches the memory's vector while its content is
+    # the one the mutation carries, so each vector is stored once.
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE memories (
@@ -22,8 +25,9 @@ MIGRATIONS: tuple[str, ...] = (
         deleted INTEGER NOT NULL DEFAULT 0,
         content_hash TEXT NOT NULL,
         model_id TEXT,
+        created_hlc TEXT NOT NULL,
         hlc TEXT NOT NULL,
-        field_hlc TEXT NOT NULL,
+        field_hlc TEXT NOT NULL DEFAULT '{}',
         seq INTEGER NOT NULL
     );
     CREATE UNIQUE INDEX memories_seq ON memories(seq);
@@ -51,8 +55,6 @@ MIGRATIONS: tuple[str, ...] = (
         entity_id TEXT NOT NULL,
         op TEXT NOT NULL,
         fields TEXT NOT NULL,
-        vector BLOB,
-        model_id TEXT,
         created_at INTEGER NOT NULL
     );
     """,

@@ -1,6 +1,8 @@
 """The outbox: mutations written in the same transaction as the change they describe.
 
-Sync (a later layer) sends them and deletes each only after the remote acknowledged it.
+Sync (a later layer) sends them and deletes each only after the remote acknowledged it. A memory
+mutation that carries content travels with that content's vector; the vector is not copied into
+the outbox but joined from ``memory_vectors`` while the memory's content hash still matches.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from cairn.store.clock import now_ms
 
 def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
     conn.execute(
-        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, op, fields, vector, "
-        "model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, op, fields, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             mutation.mutation_id,
             mutation.device_id,
@@ -24,8 +26,6 @@ def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
             mutation.entity_id,
             mutation.op,
             json.dumps(mutation.fields, sort_keys=True, separators=(",", ":")),
-            mutation.vector,
-            mutation.model_id,
             now_ms(),
         ),
     )
@@ -33,8 +33,12 @@ def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
 
 def pending(conn: sqlite3.Connection, limit: int = 1000) -> list[Mutation]:
     rows = conn.execute(
-        "SELECT mutation_id, device_id, hlc, entity, entity_id, op, fields, vector, model_id "
-        "FROM outbox ORDER BY seq LIMIT ?",
+        "SELECT o.mutation_id, o.device_id, o.hlc, o.entity, o.entity_id, o.op, o.fields, "
+        "v.vector, v.model_id FROM outbox o "
+        "LEFT JOIN memories m ON o.entity = 'memory' AND m.id = o.entity_id "
+        "AND m.content_hash = json_extract(o.fields, '$.content_hash') "
+        "LEFT JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+        "ORDER BY o.seq LIMIT ?",
         (limit,),
     ).fetchall()
     return [
