@@ -34,7 +34,7 @@ from cairn.service import NewMemory, Store
 
 FORMAT = "cairn-jsonl"
 VERSION = 1
-BATCH = 256
+BATCH = 2048
 
 
 @dataclass
@@ -211,8 +211,11 @@ def _flush(
     for i, (_n, _item, v) in enumerate(fresh):
         if v is not None:
             vectors[i] = v
+    if progress:
+        progress(len(batch) - len(missing))
     if missing:
-        vectors[missing] = store.embedder.embed([fresh[i][1].content for i in missing])
+        texts = [fresh[i][1].content for i in missing]
+        vectors[missing] = store.embedder.embed(texts, progress)
         report.embedded += len(missing)
     results = store.remember_embedded([item for _n, item, _v in fresh], vectors)
     for result in results:
@@ -220,8 +223,6 @@ def _flush(
             report.imported += 1
         else:
             report.duplicates += 1
-    if progress:
-        progress(len(batch))
 
 
 def _relate(store: Store, number: int, rel: dict[str, Any], report: ImportReport) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +24,10 @@ class Embedder(Protocol):
         """Get ready to embed now (servers call it at start so the first request is fast)."""
         ...
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        """One row per text, in order; rows have unit length."""
+    def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> Vectors:
+        """One row per text, in order; rows have unit length. ``progress(n)`` after each batch.
+
+        Give bulk work in large calls (thousands of texts): texts of similar length are batched
+        together, so a larger call wastes less on padding.
+        """
         ...

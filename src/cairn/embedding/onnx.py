@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class OnnxEmbedder:
             self._tokenizer = tokenizer
             self._session = session
 
-    def embed(self, texts: Sequence[str]) -> Vectors:
+    def embed(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> Vectors:
         if self._session is None:
             self.load()
         if not texts:
@@ -126,6 +126,8 @@ class OnnxEmbedder:
         for start in range(0, len(order), self._batch_size):
             idx = order[start : start + self._batch_size]
             out[idx] = self._embed_batch([texts[i] for i in idx])
+            if progress:
+                progress(len(idx))
         self.texts_embedded += len(texts)
         return out
 
