@@ -19,6 +19,19 @@ def test_fts_query_drops_stopwords_and_quotes_tokens() -> None:
     assert fts_query("what is it") is None
 
 
+def test_fts_query_keeps_compound_words_together() -> None:
+    assert fts_query("flaky onboarding-proxy tests") == '"flaky" OR "onboarding proxy" OR "tests"'
+    assert fts_query("see docs/oncall.md") == '"see" OR "docs oncall md"'
+
+
+def test_compound_identifiers_match_only_side_by_side(store: Store) -> None:
+    wanted = store.remember("The onboarding-proxy drops idle connections after 30 s")
+    store.remember("The proxy in front of onboarding was replaced last year")
+    hits = store.recall("onboarding-proxy")
+    keyword = [h.memory.id for h in hits if h.match.keyword_rank is not None]
+    assert keyword == [wanted.memory.id]
+
+
 def test_filters_by_project_kind_tag_and_time(store: Store) -> None:
     api = store.remember(
         "Postgres connection pool size is 20", kind="fact", project="api", tags=["db", "pool"]

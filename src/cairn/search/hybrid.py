@@ -37,14 +37,20 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression: the query's distinct non-stopword tokens, OR-ed and quoted."""
+    """An FTS5 MATCH expression: the query's distinct words, OR-ed, stop words dropped.
+
+    A word made of several tokens (``onboarding-proxy``, ``pnpm-lock.yaml``, ``docs/oncall.md``)
+    becomes a phrase, so it matches those tokens side by side rather than each one anywhere:
+    more precise, and far fewer rows for BM25 to score.
+    """
     seen: dict[str, None] = {}
-    for token in _TOKEN.findall(text.lower()):
-        if token not in _STOPWORDS and token.strip("_"):
-            seen.setdefault(token, None)
-    if not seen:
-        return None
-    return " OR ".join(f'"{t}"' for t in seen)
+    for word in text.lower().split():
+        tokens = [t for t in _TOKEN.findall(word) if t.strip("_")]
+        if len(tokens) > 1:
+            seen.setdefault('"' + " ".join(tokens) + '"', None)
+        elif tokens and tokens[0] not in _STOPWORDS:
+            seen.setdefault(f'"{tokens[0]}"', None)
+    return " OR ".join(seen) or None
 
 
 def recall(
