@@ -104,6 +104,10 @@ class Store:
         with a cosine of ``near_duplicate`` or more are reported (not merged).
         """
         item = self._validate(NewMemory(content, kind, project, tags, topic_key))
+        with self.db.write() as conn:  # an exact duplicate needs no embedding
+            known = self._known(conn, item)
+        if known is not None:
+            return known
         vector = self.embedder.embed([item.content])[0]
         index = self.index
         index.refresh()
@@ -169,11 +173,9 @@ class Store:
         with self.db.write() as conn:
             for item, vector in zip(items, vectors, strict=True):
                 assert item.project is not None  # set by _validate
-                digest = model.content_hash(item.content)
-                existing = memories.live_by_hash(conn, item.project, digest)
-                if existing is not None:
-                    merged = memories.add_tags(conn, existing, item.tags)
-                    results.append(RememberResult(merged, created=False))
+                known = self._known(conn, item)
+                if known is not None:
+                    results.append(known)
                     continue
                 if item.id is not None and memories.get(conn, item.id) is not None:
                     raise InvalidInput(f"a memory with id {item.id} already exists")
@@ -191,7 +193,7 @@ class Store:
                         created_at=item.created_at or now,
                         updated_at=now,
                         deleted=False,
-                        content_hash=digest,
+                        content_hash=model.content_hash(item.content),
                         model_id=model_id,
                         hlc="",
                     ),
@@ -209,6 +211,15 @@ class Store:
                         memories.add_relation(conn, other.id, memory.id, "supersedes")
                 results.append(RememberResult(memory, True, superseded))
         return results
+
+    @staticmethod
+    def _known(conn: Any, item: NewMemory) -> RememberResult | None:
+        """The live memory of the item's project with identical content, given its new tags."""
+        assert item.project is not None  # set by _validate
+        existing = memories.live_by_hash(conn, item.project, model.content_hash(item.content))
+        if existing is None:
+            return None
+        return RememberResult(memories.add_tags(conn, existing, item.tags), created=False)
 
     def forget(self, memory_id: str) -> Memory:
         """Tombstone a memory: its content, tags and vector are erased; the id stays known."""

@@ -78,7 +78,9 @@ def test_results_say_why_they_matched(store: Store) -> None:
 
 def test_identical_content_returns_the_existing_memory(store: Store) -> None:
     first = store.remember("Feature flags live in LaunchDarkly", tags=["flags"])
+    calls = store.embedder.texts_embedded  # type: ignore[attr-defined]
     again = store.remember("  Feature flags live in   LaunchDarkly ", tags=["release"])
+    assert store.embedder.texts_embedded == calls  # type: ignore[attr-defined]
     assert not again.created and again.memory.id == first.memory.id
     assert again.memory.tags == ("flags", "release")
     assert store.count() == 1
