@@ -1,0 +1,235 @@
+"""Shared benchmark plumbing: timing statistics, tables, result files and cached stores.
+
+Cached stores live in ``bench/.cache/`` (gitignored), one SQLite file per corpus size, built
+once with the real model and reused; a bigger one is built by extending the largest smaller one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import corpus
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.service import NewMemory, Store
+from cairn.store.db import Database
+from cairn.store.migrations import MIGRATIONS
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+CACHE = BENCH / ".cache"
+PROJECT = corpus.PROJECTS[0]
+"""The store's default project, and the one most project-filtered benchmarks use."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout stays the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def stats_ms(seconds: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / mean / min / max of timings given in seconds, reported in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "min_ms": round(float(ms.min()), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Wall times in seconds of ``repeat`` calls of ``fn``."""
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A markdown table on stdout."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    sys.stdout.flush()
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def environment() -> dict[str, Any]:
+    """What a number depends on: machine, versions, commit."""
+    import onnxruntime
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "commit": commit,
+        "corpus_version": corpus.VERSION,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # Other work on the machine skews timings; a load average well above 0 flags that.
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_results(name: str, args: dict[str, Any], results: dict[str, Any]) -> Path:
+    """``bench/results/<name>.json``: the arguments, the environment and the numbers."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "args": args, "environment": environment(), **results}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    log(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def new_embedder(batch_size: int = 32) -> OnnxEmbedder:
+    """The bundled model, loaded now so that no timing includes the load."""
+    embedder = OnnxEmbedder(batch_size=batch_size)
+    embedder.load()
+    return embedder
+
+
+def open_store(path: Path, embedder: OnnxEmbedder | None = None) -> Store:
+    """A Store wired like ``cairn.build`` but without reading config or the environment."""
+    return Store(Database(path), embedder or new_embedder(), project=PROJECT, source="bench")
+
+
+def new_memories(items: Sequence[corpus.Item]) -> list[NewMemory]:
+    return [
+        NewMemory(
+            content=i.content,
+            kind=i.kind,
+            project=i.project,
+            tags=i.tags,
+            created_at=i.created_at,
+        )
+        for i in items
+    ]
+
+
+def _cache_key() -> str:
+    """Corpus version and schema fingerprint: a cached store from another schema is not reused."""
+    schema = hashlib.sha256("".join(MIGRATIONS).encode()).hexdigest()[:8]
+    return f"store-v{corpus.VERSION}-{schema}"
+
+
+def store_path(n: int) -> Path:
+    return CACHE / f"{_cache_key()}-{n}.db"
+
+
+def _cached_sizes() -> list[int]:
+    sizes = []
+    for path in CACHE.glob(f"{_cache_key()}-*.db"):
+        tail = path.stem.rsplit("-", 1)[-1]
+        if tail.isdigit():
+            sizes.append(int(tail))
+    return sorted(sizes)
+
+
+def cached_store(n: int, chunk: int = 5000) -> Path:
+    """The path of a store holding corpus items ``0..n-1``, built (and cached) if missing.
+
+    Building embeds every text with the real model (~4 min per 100k texts on 2 cores beyond
+    the largest smaller cached store, which is copied and extended).
+    """
+    path = store_path(n)
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(path.stem + ".building.db")
+    for leftover in (building, *(Path(f"{building}{s}") for s in ("-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    base = max((m for m in _cached_sizes() if m < n), default=0)
+    if base:
+        shutil.copyfile(store_path(base), building)
+    log(f"building the {n:,}-memory store in {building.relative_to(ROOT)} from item {base:,}")
+    start = time.perf_counter()
+    store = open_store(building)
+    done = base
+    try:
+        for first in range(base, n, chunk):
+            batch = corpus.items(min(chunk, n - first), start=first)
+            store.remember_many(new_memories(batch))
+            done = first + len(batch)
+            rate = (done - base) / (time.perf_counter() - start)
+            log(f"  {done:,}/{n:,} memories ({rate:,.0f}/s)")
+        rows = store.count()
+    finally:
+        store.close()
+    os.replace(building, path)
+    meta = {
+        "items": n,
+        "live_memories": rows,
+        "extended_from": base,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log(f"built {path.relative_to(ROOT)}: {meta}")
+    return path
+
+
+def copy_store(n: int, dest: Path) -> Path:
+    """A private copy of the cached n-memory store, for benchmarks that write to it."""
+    shutil.copyfile(cached_store(n), dest)
+    return dest
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build (and cache) benchmark stores.")
+    parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
+    for n in sorted(parser.parse_args().sizes):
+        print(cached_store(n))
+
+
+if __name__ == "__main__":
+    main()
