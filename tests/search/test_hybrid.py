@@ -115,3 +115,17 @@ def test_successor_ordering_keeps_every_hit_even_in_a_cycle() -> None:
     assert [h.memory.id for h in _successors_first(chain)] == ["x", "new", "mid", "old"]
     cycle = [_hit("a", 2, "b"), _hit("b", 1, "a")]
     assert sorted(h.memory.id for h in _successors_first(cycle)) == ["a", "b"]
+
+
+def test_project_filter_stays_right_as_the_index_changes(store: Store) -> None:
+    first = store.remember("Alpha uses Redis for rate limiting", project="alpha")
+    store.remember("Beta uses Redis for sessions", project="beta")
+    assert [h.memory.project for h in store.recall("redis", Filters(project="alpha"))] == ["alpha"]
+    added = store.remember("Alpha caches Redis lookups for a minute", project="alpha")
+    store.remember("Beta pins Redis 7.2", project="beta")
+    store.forget(first.memory.id)  # the index moves its last row into the hole
+    hits = store.recall("redis", Filters(project="alpha"))
+    assert [h.memory.id for h in hits] == [added.memory.id]
+    assert hits[0].match.semantic_rank == 1
+    assert {h.memory.project for h in store.recall("redis", Filters(project="beta"))} == {"beta"}
+    assert store.recall("redis", Filters(project="gamma")) == []

@@ -70,12 +70,15 @@ def recall(
     depth = max(limit * 4, 50)
     index.refresh()
     allowed = None
-    if not filters.empty:
+    project_only = filters == Filters(project=filters.project)
+    if not filters.empty and not project_only:
         with db.read() as conn:
             allowed = memories.filtered_rowids(conn, filters)
     match = fts_query(query)
     pending = pool.submit(_keyword, db, match, filters, depth) if match else None
-    semantic = [(r, c) for r, c in index.search(embed(query), depth, allowed) if c >= MIN_COSINE]
+    project = filters.project if project_only else None  # the index filters projects itself
+    nearest = index.search(embed(query), depth, allowed, project)
+    semantic = [(r, c) for r, c in nearest if c >= MIN_COSINE]
     keyword = pending.result() if pending else []
     fused: dict[int, float] = {}
     for ranked in (semantic, keyword):

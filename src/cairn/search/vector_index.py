@@ -29,6 +29,9 @@ class VectorIndex:
         self._dim = dim
         self._matrix = np.zeros((0, dim), dtype=np.float32)
         self._rowids = np.zeros(0, dtype=np.int64)
+        # Each row's project as a small code, so a project filter needs no SQL round trip.
+        self._projects = np.zeros(0, dtype=np.int32)
+        self._codes: dict[str, int] = {}
         self._size = 0
         self._pos = np.full(0, -1, dtype=np.int64)  # rowid -> row of the matrix, -1 if absent
         self._seq = 0
@@ -49,11 +52,13 @@ class VectorIndex:
             if self._seq == 0:
                 self._bulk_load(conn)
             else:
-                for rowid, deleted, model_id, vector in memories.changes_since(conn, self._seq):
+                for rowid, deleted, project, model_id, vector in memories.changes_since(
+                    conn, self._seq
+                ):
                     if deleted or vector is None or model_id != self._model_id:
                         self._remove(rowid)
                     else:
-                        self._put(rowid, np.frombuffer(vector, dtype="<f4"))
+                        self._put(rowid, np.frombuffer(vector, dtype="<f4"), project)
             self._seq = top  # read in the same snapshot as the rows
 
     def search(
@@ -61,9 +66,18 @@ class VectorIndex:
         query: npt.NDArray[np.float32],
         k: int,
         allowed: npt.NDArray[np.int64] | None = None,
+        project: str | None = None,
     ) -> list[tuple[int, float]]:
-        """(rowid, cosine) of the k nearest rows, best first; ``allowed`` restricts the rows."""
+        """(rowid, cosine) of the k nearest rows, best first.
+
+        ``allowed`` (rowids) or ``project`` restricts the rows searched.
+        """
         with self._lock:
+            if project is not None:
+                code = self._codes.get(project)
+                if code is None:
+                    return []
+                allowed = self._rowids[: self._size][self._projects[: self._size] == code]
             return self._search(query, k, allowed)
 
     def _search(
@@ -95,19 +109,24 @@ class VectorIndex:
         capacity = count + max(1024, count // 8)
         self._matrix = np.zeros((capacity, self._dim), dtype=np.float32)
         self._rowids = np.zeros(capacity, dtype=np.int64)
+        self._projects = np.zeros(capacity, dtype=np.int32)
         self._size = 0
         # One read snapshot: the pages hold exactly `count` rows.
         for rows in memories.vector_pages(conn, self._model_id):
             end = self._size + len(rows)
-            block = np.frombuffer(b"".join(v for _r, v in rows), dtype="<f4")
+            block = np.frombuffer(b"".join(v for _r, v, _p in rows), dtype="<f4")
             self._matrix[self._size : end] = block.reshape(len(rows), self._dim)
-            self._rowids[self._size : end] = [r for r, _v in rows]
+            self._rowids[self._size : end] = [r for r, _v, _p in rows]
+            self._projects[self._size : end] = [self._code(p) for _r, _v, p in rows]
             self._size = end
         top = int(self._rowids[: self._size].max()) + 1 if self._size else 0
         self._pos = np.full(max(1024, top + top // 8), -1, dtype=np.int64)
         self._pos[self._rowids[: self._size]] = np.arange(self._size)
 
-    def _put(self, rowid: int, vector: npt.NDArray[np.float32]) -> None:
+    def _code(self, project: str) -> int:
+        return self._codes.setdefault(project, len(self._codes))
+
+    def _put(self, rowid: int, vector: npt.NDArray[np.float32], project: str) -> None:
         if rowid >= self._pos.size:
             grown = np.full(max(1024, (rowid + 1) * 2), -1, dtype=np.int64)
             grown[: self._pos.size] = self._pos
@@ -118,11 +137,13 @@ class VectorIndex:
                 grow = max(1024, self._size)
                 self._matrix = np.vstack([self._matrix, np.zeros((grow, self._dim), np.float32)])
                 self._rowids = np.concatenate([self._rowids, np.zeros(grow, np.int64)])
+                self._projects = np.concatenate([self._projects, np.zeros(grow, np.int32)])
             pos = self._size
             self._size += 1
             self._pos[rowid] = pos
             self._rowids[pos] = rowid
         self._matrix[pos] = vector
+        self._projects[pos] = self._code(project)
 
     def _remove(self, rowid: int) -> None:
         pos = int(self._pos[rowid]) if rowid < self._pos.size else -1
@@ -134,5 +155,6 @@ class VectorIndex:
             moved = int(self._rowids[last])
             self._matrix[pos] = self._matrix[last]
             self._rowids[pos] = moved
+            self._projects[pos] = self._projects[last]
             self._pos[moved] = pos
         self._size = last

@@ -392,12 +392,12 @@ def relations_among(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]
 
 def changes_since(
     conn: sqlite3.Connection, seq: int
-) -> list[tuple[int, bool, str | None, bytes | None]]:
-    """(rowid, deleted, model_id, vector) of rows changed after ``seq``, in seq order."""
+) -> list[tuple[int, bool, str, str | None, bytes | None]]:
+    """(rowid, deleted, project, model_id, vector) of rows changed after ``seq``, in seq order."""
     return [
-        (int(r[0]), bool(r[1]), r[2], r[3])
+        (int(r[0]), bool(r[1]), r[2], r[3], r[4])
         for r in conn.execute(
-            "SELECT m.rowid, m.deleted, v.model_id, v.vector FROM memories m "
+            "SELECT m.rowid, m.deleted, m.project, v.model_id, v.vector FROM memories m "
             "LEFT JOIN memory_vectors v ON v.memory_rowid = m.rowid WHERE m.seq > ? "
             "ORDER BY m.seq",
             (seq,),
@@ -412,10 +412,12 @@ def count_vectors(conn: sqlite3.Connection, model_id: str) -> int:
 
 def vector_pages(
     conn: sqlite3.Connection, model_id: str, page: int = 4096
-) -> Iterator[list[tuple[int, bytes]]]:
-    """Every (rowid, vector) of one model, a page at a time (vectors exist only for live rows)."""
+) -> Iterator[list[tuple[int, bytes, str]]]:
+    """Every (rowid, vector, project) of one model, a page at a time (only live rows have one)."""
     cursor = conn.execute(
-        "SELECT memory_rowid, vector FROM memory_vectors WHERE model_id = ?", (model_id,)
+        "SELECT v.memory_rowid, v.vector, m.project FROM memory_vectors v "
+        "JOIN memories m ON m.rowid = v.memory_rowid WHERE v.model_id = ?",
+        (model_id,),
     )
     while rows := cursor.fetchmany(page):
         yield rows
