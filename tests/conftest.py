@@ -7,10 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.service import Store
 from cairn.store.db import Database
+
+# Property tests print the blob that replays a failure; CI runs them derandomized (seeded).
+settings.register_profile("dev", print_blob=True)
+settings.register_profile("ci", print_blob=True, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
