@@ -6,6 +6,7 @@ once with the real model and reused; a bigger one is built by extending the larg
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -223,8 +224,6 @@ def copy_store(n: int, dest: Path) -> Path:
 
 
 def main() -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(description="Build (and cache) benchmark stores.")
     parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
     for n in sorted(parser.parse_args().sizes):

@@ -5,6 +5,7 @@ This is what every edge calls: the CLI, the MCP server, the HTTP API and the Pyt
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -213,7 +214,7 @@ class Store:
         return results
 
     @staticmethod
-    def _known(conn: Any, item: NewMemory) -> RememberResult | None:
+    def _known(conn: sqlite3.Connection, item: NewMemory) -> RememberResult | None:
         """The live memory of the item's project with identical content, given its new tags."""
         assert item.project is not None  # set by _validate
         existing = memories.live_by_hash(conn, item.project, model.content_hash(item.content))
@@ -311,7 +312,9 @@ class Store:
             "model_id": self.embedder.model_id,
         }
 
-    def _resolve(self, conn: Any, memory_id: str, allow_deleted: bool = False) -> Memory:
+    def _resolve(
+        self, conn: sqlite3.Connection, memory_id: str, allow_deleted: bool = False
+    ) -> Memory:
         memory_id = memory_id.strip()
         memory = memories.get(conn, memory_id)
         if memory is None and len(memory_id) >= 8:

@@ -159,7 +159,7 @@ def test_every_command_has_help_text() -> None:
                 assert param.help, f"{name} --{param.name} has no help"
 
 
-@pytest.mark.parametrize("command", [[], *(c for c in [["remember"], ["recall"], ["import"]])])
+@pytest.mark.parametrize("command", [[], ["remember"], ["recall"], ["import"]])
 def test_help_runs(command: list[str], cairn_env: dict[str, str]) -> None:
     result = run(cairn_env, *command, "--help")
     assert result.returncode == 0 and "Usage" in result.stdout

@@ -94,12 +94,6 @@ class Database:
                 if self.conn.in_transaction:
                     self.conn.execute("COMMIT")
 
-    def data_version(self) -> int:
-        """Changes when another connection commits to the file (cheap; no disk read)."""
-        with self.lock:
-            row = self.conn.execute("PRAGMA data_version").fetchone()
-            return int(row[0])
-
     def _check_version(self) -> int:
         version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):

@@ -190,15 +190,18 @@ def _rowid(conn: sqlite3.Connection, memory_id: str) -> int:
 # --- reads ------------------------------------------------------------------------------------
 
 
+def _rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+    """Rows of ``sql``, whose ``{marks}`` is filled with one ``?`` per value, 500 at a time."""
+    for start in range(0, len(values), 500):
+        chunk = list(values[start : start + 500])
+        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+
 def _tags_for(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {}
-    for start in range(0, len(rowids), 500):
-        chunk = rowids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for rowid, tag in conn.execute(
-            f"SELECT memory_rowid, tag FROM memory_tags WHERE memory_rowid IN ({marks})", chunk
-        ):
-            tags.setdefault(rowid, []).append(tag)
+    sql = "SELECT memory_rowid, tag FROM memory_tags WHERE memory_rowid IN ({marks})"
+    for rowid, tag in _rows_in(conn, sql, rowids):
+        tags.setdefault(rowid, []).append(tag)
     return tags
 
 
@@ -242,17 +245,11 @@ def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> li
 
 
 def by_rowids(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, Memory]:
-    out: dict[int, Memory] = {}
-    for start in range(0, len(rowids), 500):
-        chunk = list(rowids[start : start + 500])
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({marks})", chunk
-        ).fetchall()
-        tags = _tags_for(conn, [r[0] for r in rows])
-        for row, memory in zip(rows, _build(rows, tags), strict=True):
-            out[row[0]] = memory
-    return out
+    rows = list(
+        _rows_in(conn, f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({{marks}})", rowids)
+    )
+    built = _build(rows, _tags_for(conn, [r[0] for r in rows]))
+    return {row[0]: memory for row, memory in zip(rows, built, strict=True)}
 
 
 def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> Memory | None:
@@ -343,30 +340,21 @@ def keyword_search(
 
 def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[str, int]]:
     """rowid -> (id, created_at) of live memories: what ranking needs, without the content."""
-    out: dict[int, tuple[str, int]] = {}
-    for start in range(0, len(rowids), 500):
-        chunk = list(rowids[start : start + 500])
-        marks = ",".join("?" * len(chunk))
-        for rowid, memory_id, created in conn.execute(
-            f"SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})",
-            chunk,
-        ):
-            out[rowid] = (memory_id, created)
-    return out
+    sql = "SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})"
+    return {
+        rowid: (memory_id, created) for rowid, memory_id, created in _rows_in(conn, sql, rowids)
+    }
 
 
 def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """For each id that a live memory supersedes: the newest such successor's id."""
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        "SELECT r.to_id, r.from_id FROM relations r JOIN memories m ON m.id = r.from_id "
-        f"WHERE r.type = 'supersedes' AND r.deleted = 0 AND m.deleted = 0 AND r.to_id IN ({marks}) "
-        "ORDER BY r.created_at",
-        list(ids),
-    ).fetchall()
-    return {to_id: from_id for to_id, from_id in rows}
+    sql = (
+        "SELECT r.to_id, r.from_id, r.created_at FROM relations r JOIN memories m "
+        "ON m.id = r.from_id WHERE r.type = 'supersedes' AND r.deleted = 0 AND m.deleted = 0 "
+        "AND r.to_id IN ({marks})"
+    )
+    rows = sorted(_rows_in(conn, sql, ids), key=lambda r: r[2])
+    return {to_id: from_id for to_id, from_id, _created in rows}
 
 
 def relations_of(conn: sqlite3.Connection, memory_id: str) -> list[tuple[str, str, str, int]]:
@@ -462,14 +450,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` the store has, live or forgotten."""
-    out: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start : start + 500])
-        marks = ",".join("?" * len(chunk))
-        out.update(
-            r[0] for r in conn.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)
-        )
-    return out
+    return {r[0] for r in _rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}
 
 
 def has_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
