@@ -14,20 +14,26 @@ LAYERS: dict[str, int] = {
     "cairn.ids": 0,
     "cairn.hlc": 0,
     "cairn.config": 0,
+    "cairn.protocol": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
+    "cairn.remotes": 1,
+    "cairn.server.storage": 1,
     # mechanisms
     "cairn.embedding": 2,
     "cairn.search": 2,
+    "cairn.sync": 2,
     # the verbs
     "cairn.service": 3,
     "cairn.transfer": 3,
+    "cairn.syncing": 3,
     # the Python API's composition root (cairn/__init__.py)
     "cairn": 4,
     # edges: parse, call, format
     "cairn.cli": 5,
     "cairn.mcp_server": 5,
     "cairn.api": 5,
+    "cairn.server": 5,
 }
 
 

@@ -15,7 +15,19 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
     │   └── SchemaTooNew            5  500  schema_too_new
     ├── EmbeddingError              6  500  embedding_failed
     │   └── ModelNotFound           6  500  model_not_found
-    └── ConfigError                 7  500  config_invalid
+    ├── ConfigError                 7  500  config_invalid
+    └── SyncError                   8  502  sync_failed
+        ├── SyncNotConfigured       8  400  sync_not_configured
+        ├── RemoteUnreachable       8  503  unreachable
+        ├── AuthFailed              9  401  auth_failed
+        ├── Forbidden               9  403  forbidden
+        ├── RemoteConflict          8  409  conflict
+        ├── PayloadTooLarge         8  413  payload_too_large
+        ├── MutationRejected        8  422  invalid_mutation
+        └── RateLimited             8  429  rate_limited
+
+Sync errors travel over HTTP by code: ``error_for(code, message)`` rebuilds the class on the
+client side of a remote, so the same table serves both ends.
 """
 
 from __future__ import annotations
@@ -95,3 +107,87 @@ class ModelNotFound(EmbeddingError):
 class ConfigError(CairnError):
     code = "config_invalid"
     exit_code = 7
+
+
+class SyncError(CairnError):
+    """Syncing with a remote failed; local memories are untouched and nothing was lost."""
+
+    code = "sync_failed"
+    exit_code = 8
+    http_status = 502
+
+
+class SyncNotConfigured(SyncError):
+    code = "sync_not_configured"
+    http_status = 400
+
+
+class RemoteUnreachable(SyncError):
+    code = "unreachable"
+    http_status = 503
+
+
+class AuthFailed(SyncError):
+    code = "auth_failed"
+    exit_code = 9
+    http_status = 401
+
+
+class Forbidden(SyncError):
+    code = "forbidden"
+    exit_code = 9
+    http_status = 403
+
+
+class RemoteConflict(SyncError):
+    code = "conflict"
+    http_status = 409
+
+
+class PayloadTooLarge(SyncError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class MutationRejected(SyncError):
+    """The remote refused some mutations of a batch (none of the batch was applied).
+
+    ``rejected`` maps each refused mutation id to ``(code, message)`` so the client can set
+    exactly those aside (dead-letter them) and send the rest again.
+    """
+
+    code = "invalid_mutation"
+    http_status = 422
+
+    def __init__(self, message: str, rejected: dict[str, tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rejected = dict(rejected or {})
+
+    def to_dict(self) -> dict[str, object]:  # type: ignore[override]
+        data: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.rejected:
+            data["rejected"] = [
+                {"mutation_id": mid, "code": code, "message": msg}
+                for mid, (code, msg) in self.rejected.items()
+            ]
+        return data
+
+
+class RateLimited(SyncError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def error_for(code: str, message: str) -> CairnError:
+    """The error whose stable ``code`` this is (a plain CairnError if unknown), with ``message``."""
+    pending: list[type[CairnError]] = [CairnError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return CairnError(message)

@@ -1,0 +1,166 @@
+"""The sync protocol: what a remote stores and returns for each mutation (no I/O).
+
+A remote sees only this envelope: opaque ids, the HLC, the device id, a blind scope tag and the
+payload as opaque bytes. What the payload holds (the memory's fields and vector) is the sync
+engine's business; the encryption layer seals it without any remote changing.
+
+On the wire (JSON), a mutation is::
+
+    {"v": 1, "mutation_id": "...", "device_id": "...", "hlc": "...", "entity_id": "...",
+     "scope": "hex or null", "payload": "base64", "seq": 42}
+
+``seq`` is assigned by the remote when it stores the mutation; pushes omit it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cairn.errors import InvalidInput, MutationRejected
+
+VERSION = 1
+"""The mutation envelope version this code reads and writes."""
+
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_BATCH = 10_000
+MAX_PULL_LIMIT = 10_000
+
+_ID = re.compile(r"^[0-9A-Za-z_.:|-]{1,160}$")
+_HLC = re.compile(r"^\d{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}$")
+_SCOPE = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+@dataclass(frozen=True)
+class WireMutation:
+    """One mutation as a remote stores it."""
+
+    mutation_id: str
+    device_id: str
+    hlc: str
+    entity_id: str
+    scope: str | None
+    payload: bytes
+    seq: int | None = None
+    version: int = VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "v": self.version,
+            "mutation_id": self.mutation_id,
+            "device_id": self.device_id,
+            "hlc": self.hlc,
+            "entity_id": self.entity_id,
+            "scope": self.scope,
+            "payload": base64.b64encode(self.payload).decode("ascii"),
+        }
+        if self.seq is not None:
+            data["seq"] = self.seq
+        return data
+
+    def with_seq(self, seq: int) -> WireMutation:
+        return WireMutation(
+            self.mutation_id,
+            self.device_id,
+            self.hlc,
+            self.entity_id,
+            self.scope,
+            self.payload,
+            seq,
+            self.version,
+        )
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a remote did with a pushed batch: every mutation is now durably stored."""
+
+    stored: int
+    duplicates: int
+    last_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class PullPage:
+    """Mutations after a cursor, in the remote's order; ``cursor`` resumes after the page."""
+
+    mutations: Sequence[WireMutation]
+    cursor: str
+    has_more: bool
+
+
+def problem(mutation: WireMutation) -> str | None:
+    """Why a remote must refuse this mutation, or None when it is well-formed."""
+    if mutation.version != VERSION:
+        return f"mutation version {mutation.version} is not supported (this end speaks {VERSION})"
+    if not _ID.match(mutation.mutation_id):
+        return "mutation_id must be 1-160 characters of letters, digits and -_.:|"
+    if not _ID.match(mutation.device_id):
+        return "device_id must be 1-160 characters of letters, digits and -_.:|"
+    if not _ID.match(mutation.entity_id):
+        return "entity_id must be 1-160 characters of letters, digits and -_.:|"
+    if not _HLC.match(mutation.hlc):
+        return "hlc is not a packed hybrid logical clock"
+    if mutation.scope is not None and not _SCOPE.match(mutation.scope):
+        return "scope must be 8-64 lowercase hex digits (a blind scope tag) or null"
+    if len(mutation.payload) > MAX_PAYLOAD_BYTES:
+        return f"payload is {len(mutation.payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit"
+    return None
+
+
+def check_batch(mutations: Sequence[WireMutation]) -> None:
+    """Refuse the whole batch (naming each bad mutation) if any mutation is malformed."""
+    if len(mutations) > MAX_BATCH:
+        raise InvalidInput(f"a push takes at most {MAX_BATCH} mutations; split the batch")
+    rejected = {}
+    for mutation in mutations:
+        reason = problem(mutation)
+        if reason is not None:
+            code = "unsupported_version" if mutation.version != VERSION else "invalid_mutation"
+            rejected[mutation.mutation_id] = (code, reason)
+    if rejected:
+        first = next(iter(rejected.items()))
+        raise MutationRejected(
+            f"{len(rejected)} mutation(s) refused, nothing applied; first: {first[0]}: "
+            f"{first[1][1]}",
+            rejected,
+        )
+
+
+def from_json(data: Any) -> WireMutation:
+    """A mutation from its JSON form; InvalidInput when it is not one."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput("each mutation must be a JSON object")
+    try:
+        version = data["v"]
+        fields = [data[k] for k in ("mutation_id", "device_id", "hlc", "entity_id")]
+        scope = data.get("scope")
+        payload = base64.b64decode(data["payload"], validate=True)
+        seq = data.get("seq")
+    except KeyError as exc:
+        raise InvalidInput(f"a mutation is missing the field {exc.args[0]!r}") from exc
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise InvalidInput("a mutation's payload is not valid base64") from exc
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidInput("a mutation's v (version) must be an integer")
+    if not all(isinstance(f, str) for f in fields):
+        raise InvalidInput("mutation_id, device_id, hlc and entity_id must be strings")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidInput("a mutation's scope must be a string or null")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise InvalidInput("a mutation's seq must be an integer")
+    return WireMutation(fields[0], fields[1], fields[2], fields[3], scope, payload, seq, version)
+
+
+def many_from_json(items: Any) -> list[WireMutation]:
+    if not isinstance(items, list):
+        raise InvalidInput("mutations must be a JSON array")
+    return [from_json(item) for item in items]
+
+
+def to_json(mutations: Iterable[WireMutation]) -> list[dict[str, Any]]:
+    return [m.to_json() for m in mutations]

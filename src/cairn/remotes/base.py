@@ -1,0 +1,62 @@
+"""The one narrow interface every sync remote implements (server, in-memory; S3, folder later).
+
+A remote stores opaque mutation envelopes (``cairn.protocol``) and hands them back in a stable
+order after a cursor. It never sees plaintext: it cannot read payloads and must not need to.
+
+Contract (checked by ``tests/remotes/test_conformance.py`` against every implementation):
+
+- ``push`` stores a batch all-or-nothing and is idempotent by ``mutation_id``: pushing a stored
+  mutation again stores nothing new and still succeeds. A malformed batch raises
+  ``MutationRejected`` naming each bad mutation, and stores nothing.
+- ``pull`` returns mutations after ``cursor`` (None = from the start) in the order they were
+  stored; a mutation stored after a pull returned is never skipped by the next pull from the
+  returned cursor. ``scopes`` keeps only mutations with one of those scope tags (or none).
+  ``wait`` > 0 blocks up to that many seconds while nothing is available (long-poll).
+- the keyring is one opaque blob with a version, replaced only by compare-and-swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cairn.protocol import PullPage, PushResult, WireMutation
+
+
+@dataclass(frozen=True)
+class KeyringBlob:
+    blob: bytes
+    version: int
+
+
+class Remote(Protocol):
+    """Where a device's mutations meet every other device's."""
+
+    @property
+    def url(self) -> str:
+        """Where this remote is, for messages (never holds a secret)."""
+        ...
+
+    def push(self, mutations: Sequence[WireMutation]) -> PushResult: ...
+
+    def pull(
+        self,
+        cursor: str | None,
+        limit: int = 1000,
+        scopes: Sequence[str] | None = None,
+        wait: float = 0.0,
+    ) -> PullPage: ...
+
+    def get_keyring(self) -> KeyringBlob | None: ...
+
+    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
+        """Store the keyring if its version is still ``expected_version`` (None: no keyring
+        yet); returns the new version, or raises ``RemoteConflict``."""
+        ...
+
+    def register_device(self, device_id: str, name: str) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

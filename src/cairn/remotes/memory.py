@@ -1,0 +1,96 @@
+"""An in-process remote: the reference implementation of the contract, used by tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cairn.errors import InvalidInput, RemoteConflict
+from cairn.protocol import MAX_PULL_LIMIT, PullPage, PushResult, WireMutation, check_batch
+from cairn.remotes.base import KeyringBlob
+
+
+class MemoryRemote:
+    """Mutations in a list, in push order; every method is thread-safe."""
+
+    def __init__(self) -> None:
+        self._log: list[WireMutation] = []
+        self._ids: set[str] = set()
+        self._keyring: KeyringBlob | None = None
+        self._devices: dict[str, str] = {}
+        self._changed = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        return "memory://"
+
+    def push(self, mutations: Sequence[WireMutation]) -> PushResult:
+        check_batch(mutations)
+        with self._changed:
+            fresh = []
+            for mutation in mutations:
+                if mutation.mutation_id not in self._ids:
+                    self._ids.add(mutation.mutation_id)
+                    fresh.append(mutation.with_seq(len(self._log) + len(fresh) + 1))
+            self._log.extend(fresh)
+            if fresh:
+                self._changed.notify_all()
+            return PushResult(len(fresh), len(mutations) - len(fresh), len(self._log))
+
+    def pull(
+        self,
+        cursor: str | None,
+        limit: int = 1000,
+        scopes: Sequence[str] | None = None,
+        wait: float = 0.0,
+    ) -> PullPage:
+        if not 1 <= limit <= MAX_PULL_LIMIT:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PULL_LIMIT}")
+        try:
+            since = int(cursor or 0)
+        except ValueError as exc:
+            raise InvalidInput(f"cursor {cursor!r} is not one this remote gave out") from exc
+        deadline = time.monotonic() + max(0.0, wait)
+        with self._changed:
+            while len(self._log) <= since and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            wanted = set(scopes) if scopes is not None else None
+            page = [
+                m
+                for m in self._log[since:]
+                if wanted is None or m.scope is None or m.scope in wanted
+            ][:limit]
+            last = page[-1].seq if len(page) == limit and page[-1].seq else len(self._log)
+            return PullPage(page, str(last), last < len(self._log))
+
+    def get_keyring(self) -> KeyringBlob | None:
+        with self._changed:
+            return self._keyring
+
+    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
+        with self._changed:
+            current = self._keyring.version if self._keyring else None
+            if current != expected_version:
+                raise RemoteConflict(
+                    "the keyring changed on the remote since it was read; read it again"
+                )
+            self._keyring = KeyringBlob(blob, (current or 0) + 1)
+            return self._keyring.version
+
+    def register_device(self, device_id: str, name: str) -> None:
+        with self._changed:
+            self._devices[device_id] = name
+
+    def status(self) -> dict[str, Any]:
+        with self._changed:
+            return {
+                "remote": self.url,
+                "latest_seq": len(self._log),
+                "mutations": len(self._log),
+                "devices": len(self._devices),
+            }
+
+    def close(self) -> None:
+        return None
