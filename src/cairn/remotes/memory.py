@@ -29,7 +29,7 @@ class MemoryRemote:
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         check_batch(mutations)
         with self._changed:
-            fresh = []
+            fresh: list[WireMutation] = []
             for mutation in mutations:
                 if mutation.mutation_id not in self._ids:
                     self._ids.add(mutation.mutation_id)
