@@ -9,7 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -200,16 +200,7 @@ class Store:
                     ),
                     vector,
                 )
-                superseded = None
-                if item.topic_key:
-                    other = memories.live_by_topic(conn, item.project, item.topic_key, memory.id)
-                    # Trigger: an imported memory may be older than the one already here.
-                    # Why: supersession follows creation time, not arrival order.
-                    if other is not None and other.created_at <= memory.created_at:
-                        memories.add_relation(conn, memory.id, other.id, "supersedes")
-                        superseded = other.id
-                    elif other is not None:
-                        memories.add_relation(conn, other.id, memory.id, "supersedes")
+                superseded = memories.link_topic(conn, memory)
                 results.append(RememberResult(memory, True, superseded))
         return results
 
@@ -221,6 +212,45 @@ class Store:
         if existing is None:
             return None
         return RememberResult(memories.add_tags(conn, existing, item.tags), created=False)
+
+    def edit(
+        self,
+        memory_id: str,
+        content: str | None = None,
+        kind: str | None = None,
+        settles: Sequence[str] = (),
+    ) -> Memory:
+        """Change a memory's content (embedded again) and/or kind; the change syncs like any.
+
+        ``settles`` names conflict versions (by clock) that this edit resolves.
+        """
+        if content is None and kind is None and not settles:
+            raise InvalidInput("nothing to change; give new content and/or --kind")
+        text = model.check_content(content) if content is not None else None
+        kind = model.check_kind(kind) if kind is not None else None
+        with self.db.read() as conn:
+            current = self._resolve(conn, memory_id)
+        changes_text = text is not None and model.content_hash(text) != current.content_hash
+        vector = self.embedder.embed([text])[0] if changes_text and text is not None else None
+        with self.db.write() as conn:
+            memory = self._resolve(conn, current.id)
+            if changes_text and text is not None:
+                same = memories.live_by_hash(conn, memory.project, model.content_hash(text))
+                if same is not None and same.id != memory.id:
+                    raise InvalidInput(
+                        f"memory {same.id} already says exactly this; forget one of them instead"
+                    )
+            new_text = text if changes_text else (memory.content if settles else None)
+            if vector is not None:
+                memory = replace(memory, model_id=self.embedder.model_id)
+            return memories.edit(
+                conn,
+                memory,
+                content=new_text,
+                vector=vector,
+                kind=kind,
+                settles=settles,
+            )
 
     def forget(self, memory_id: str) -> Memory:
         """Tombstone a memory: its content, tags and vector are erased; the id stays known."""

@@ -13,7 +13,7 @@ import pytest
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import NotFound
 from cairn.service import NewMemory, Store
-from cairn.store import outbox
+from cairn.store import outbox, replica
 from cairn.store.db import Database
 
 
@@ -27,31 +27,34 @@ def _counts(store: Store) -> tuple[int, int, int, int]:
     )
 
 
-def test_each_change_writes_exactly_one_mutation(store: Store) -> None:
+def test_each_change_writes_exactly_one_outbox_entry(store: Store) -> None:
     first = store.remember(
         "Retries use exponential backoff", kind="decision", tags=["net"], topic_key="retries"
     )
     second = store.remember("Retries use exponential backoff with jitter", topic_key="retries")
     store.remember("Retries use exponential backoff", tags=["http"])  # identical: adds a tag
     store.forget(second.memory.id)
-    with store.db.read() as conn:
-        mutations = outbox.pending(conn)
-    summary = [(m.entity, m.op, m.entity_id) for m in mutations]
-    assert summary == [
-        ("memory", "upsert", first.memory.id),
-        ("memory", "upsert", second.memory.id),
-        ("relation", "upsert", f"{second.memory.id}|supersedes|{first.memory.id}"),
-        ("memory", "upsert", first.memory.id),
-        ("memory", "delete", second.memory.id),
+    rows = store.db.conn.execute("SELECT entity, entity_id, hlc FROM outbox ORDER BY seq")
+    rows = rows.fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("memory", first.memory.id),
+        ("memory", second.memory.id),
+        ("relation", f"{second.memory.id}|supersedes|{first.memory.id}"),
+        ("memory", first.memory.id),
+        ("memory", second.memory.id),
     ]
-    created = mutations[0]
-    assert created.fields["content"] == "Retries use exponential backoff"
-    assert created.fields["tags"] == ["net"]
-    assert created.vector is not None and len(created.vector) == 384 * 4
-    assert created.model_id == store.embedder.model_id
-    assert mutations[3].fields["tags"] == ["http", "net"]
-    hlcs = [m.hlc for m in mutations]
+    hlcs = [r[2] for r in rows]
     assert hlcs == sorted(hlcs) and len(set(hlcs)) == len(hlcs)
+    with store.db.read() as conn:
+        queued = outbox.pending(conn)
+        states = replica.memory_states(conn, [first.memory.id])
+    # A push sends each entity once, as its whole current state.
+    assert [p.mutation.entity_id for p in queued] == [rows[2][1], rows[3][1], rows[4][1]]
+    _rowid, state = states[first.memory.id]
+    assert state.memory.content == "Retries use exponential backoff"
+    assert state.memory.tags == ("http", "net")
+    assert state.vector is not None and len(state.vector) == 384 * 4
+    assert state.memory.model_id == store.embedder.model_id
 
 
 def test_a_failure_inside_the_transaction_leaves_no_trace(store: Store) -> None:
@@ -112,10 +115,8 @@ def test_two_processes_write_one_file_concurrently(tmp_path: Path, embedder: Onn
         assert _counts(store) == (50, 50, 50, 50)
         seqs = [r[0] for r in store.db.conn.execute("SELECT seq FROM memories")]
         assert len(set(seqs)) == 50
-        contents = {
-            json.loads(r[0])["content"] for r in store.db.conn.execute("SELECT fields FROM outbox")
-        }
-        assert len(contents) == 50
+        queued = {r[0] for r in store.db.conn.execute("SELECT entity_id FROM outbox")}
+        assert queued == {r[0] for r in store.db.conn.execute("SELECT id FROM memories")}
         hits = store.recall("worker 2 fact number 13 about service 91", limit=3)
         assert hits[0].memory.content == "Worker 2 learned fact number 13 about service 91"
 
@@ -144,7 +145,11 @@ def test_field_clocks_record_which_fields_changed_when(store: Store) -> None:
     created_hlc, hlc, clocks = store.db.conn.execute(
         "SELECT created_hlc, hlc, field_hlc FROM memories WHERE id = ?", (made.memory.id,)
     ).fetchone()
+    # Tags merge as a set, so adding one moves only the memory's latest clock.
     assert created_hlc == made.memory.hlc < hlc == tagged.memory.hlc
-    assert json.loads(clocks) == {"tags": hlc, "updated_at": hlc}  # the rest: created_hlc
-    outbox_bytes = store.db.conn.execute("SELECT sum(length(fields)) FROM outbox").fetchone()[0]
-    assert outbox_bytes < 1000  # vectors are not copied into the outbox
+    assert json.loads(clocks) == {}
+    edited = store.edit(made.memory.id, kind="decision")
+    clocks = store.db.conn.execute(
+        "SELECT field_hlc FROM memories WHERE id = ?", (made.memory.id,)
+    ).fetchone()[0]
+    assert json.loads(clocks) == {"kind": edited.hlc}  # the rest: created_hlc

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from cairn.hlc import HLC
 from cairn.ids import uuid7
-from cairn.model import Filters, Memory, Mutation
+from cairn.model import Filters, Memory, Mutation, content_hash
 from cairn.store import outbox
 from cairn.store.clock import device_id, next_hlc, now_ms
 
@@ -25,35 +25,14 @@ _COLUMNS = (
     "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
     "m.updated_at, m.deleted, m.content_hash, m.model_id, m.hlc"
 )
-SYNCED_FIELDS = (
-    "content",
-    "kind",
-    "project",
-    "tags",
-    "topic_key",
-    "source",
-    "created_at",
-    "updated_at",
-    "content_hash",
-    "deleted",
-)
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0])
 
 
-def _mutation(
-    conn: sqlite3.Connection,
-    hlc: HLC,
-    entity_id: str,
-    op: str,
-    fields: dict[str, Any],
-    entity: str = "memory",
-) -> None:
-    outbox.append(
-        conn, Mutation(uuid7(), device_id(conn), hlc.pack(), entity, entity_id, op, fields)
-    )
+def _mutation(conn: sqlite3.Connection, hlc: HLC, entity_id: str, entity: str = "memory") -> None:
+    outbox.append(conn, Mutation(uuid7(), device_id(conn), hlc.pack(), entity, entity_id))
 
 
 def insert(
@@ -64,18 +43,6 @@ def insert(
     """Write a new memory (its id must be new); returns it stamped with the change's HLC."""
     hlc = next_hlc(conn)
     packed = hlc.pack()
-    fields = {
-        "content": memory.content,
-        "kind": memory.kind,
-        "project": memory.project,
-        "tags": list(memory.tags),
-        "topic_key": memory.topic_key,
-        "source": memory.source,
-        "created_at": memory.created_at,
-        "updated_at": memory.updated_at,
-        "content_hash": memory.content_hash,
-        "deleted": False,
-    }
     cur = conn.execute(
         "INSERT INTO memories(id, content, kind, project, topic_key, source, created_at, "
         "updated_at, deleted, content_hash, model_id, created_hlc, hlc, seq) "
@@ -106,7 +73,7 @@ def insert(
             "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
             (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
         )
-    _mutation(conn, hlc, memory.id, "upsert", fields)
+    _mutation(conn, hlc, memory.id)
     return replace(memory, hlc=packed, deleted=False)
 
 
@@ -122,25 +89,27 @@ def add_tags(conn: sqlite3.Connection, memory: Memory, tags: Iterable[str]) -> M
         "INSERT OR IGNORE INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
         [(rowid, tag) for tag in merged],
     )
-    _stamp(conn, rowid, packed, updated, ("tags", "updated_at"))
-    _mutation(conn, hlc, memory.id, "upsert", {"tags": list(merged), "updated_at": updated})
+    _stamp(conn, rowid, packed, updated, ())
+    _mutation(conn, hlc, memory.id)
     return replace(memory, tags=merged, hlc=packed, updated_at=updated)
 
 
 def tombstone(conn: sqlite3.Connection, memory: Memory) -> Memory:
-    """Forget a memory: keep a tombstone (id, clock) but erase its content, tags and vector."""
+    """Forget a memory: keep a tombstone (id, clock) but erase its content, tags, vector and
+    any conflicting versions of its content."""
     hlc = next_hlc(conn)
     packed, updated = hlc.pack(), now_ms()
     rowid = _rowid(conn, memory.id)
     conn.execute("DELETE FROM memory_tags WHERE memory_rowid = ?", (rowid,))
     conn.execute("DELETE FROM memory_vectors WHERE memory_rowid = ?", (rowid,))
+    conn.execute("DELETE FROM conflicts WHERE memory_id = ?", (memory.id,))
     conn.execute(
         "UPDATE memories SET deleted = 1, content = '', content_hash = '', model_id = NULL "
         "WHERE rowid = ?",
         (rowid,),
     )
-    _stamp(conn, rowid, packed, updated, SYNCED_FIELDS)
-    _mutation(conn, hlc, memory.id, "delete", {"deleted": True, "updated_at": updated})
+    _stamp(conn, rowid, packed, updated, ("deleted",))
+    _mutation(conn, hlc, memory.id)
     return replace(
         memory,
         content="",
@@ -153,22 +122,114 @@ def tombstone(conn: sqlite3.Connection, memory: Memory) -> Memory:
     )
 
 
-def add_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> None:
+def edit(
+    conn: sqlite3.Connection,
+    memory: Memory,
+    content: str | None = None,
+    vector: npt.NDArray[np.float32] | None = None,
+    kind: str | None = None,
+    settles: Sequence[str] = (),
+) -> Memory:
+    """Change a live memory's content (with its new vector) and/or kind.
+
+    The new content version lists the current one, and every conflict version in ``settles``,
+    as its ancestors: on every replica those stop being conflicts.
+    """
     hlc = next_hlc(conn)
-    created = now_ms()
+    packed, updated = hlc.pack(), now_ms()
+    row = conn.execute(
+        "SELECT rowid, created_hlc, field_hlc, ancestors FROM memories WHERE id = ?",
+        (memory.id,),
+    ).fetchone()
+    rowid, clocks = row[0], json.loads(row[2])
+    stamped: list[str] = []
+    if kind is not None and kind != memory.kind:
+        conn.execute("UPDATE memories SET kind = ? WHERE rowid = ?", (kind, rowid))
+        stamped.append("kind")
+    if content is not None:
+        ancestors = sorted({*json.loads(row[3]), clocks.get("content", row[1]), *settles})
+        conn.execute(
+            "UPDATE memories SET content = ?, content_hash = ?, model_id = ?, ancestors = ? "
+            "WHERE rowid = ?",
+            (content, content_hash(content), memory.model_id, json.dumps(ancestors), rowid),
+        )
+        conn.executemany(
+            "DELETE FROM conflicts WHERE memory_id = ? AND hlc = ?",
+            [(memory.id, hlc) for hlc in ancestors],
+        )
+        if vector is not None and memory.model_id:
+            conn.execute(
+                "INSERT OR REPLACE INTO memory_vectors(memory_rowid, model_id, vector) "
+                "VALUES (?, ?, ?)",
+                (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
+            )
+        stamped.append("content")
+    if not stamped:
+        return memory
+    _stamp(conn, rowid, packed, updated, stamped)
+    _mutation(conn, hlc, memory.id)
+    found = get(conn, memory.id)
+    assert found is not None
+    return found
+
+
+def add_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
+    """Relate two memories; False (and no mutation) when the relation exists already."""
+    if has_relation(conn, from_id, to_id, type_):
+        return False
+    hlc = next_hlc(conn)
     conn.execute(
         "INSERT INTO relations(from_id, to_id, type, created_at, hlc) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        (from_id, to_id, type_, created, hlc.pack()),
+        "ON CONFLICT DO UPDATE SET deleted = 0, hlc = excluded.hlc",
+        (from_id, to_id, type_, now_ms(), hlc.pack()),
     )
-    _mutation(
-        conn,
-        hlc,
-        f"{from_id}|{type_}|{to_id}",
-        "upsert",
-        {"from_id": from_id, "to_id": to_id, "type": type_, "created_at": created},
-        entity="relation",
+    _mutation(conn, hlc, relation_key(from_id, type_, to_id), entity="relation")
+    return True
+
+
+def remove_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> None:
+    if not has_relation(conn, from_id, to_id, type_):
+        return
+    hlc = next_hlc(conn)
+    conn.execute(
+        "UPDATE relations SET deleted = 1, hlc = ? WHERE from_id = ? AND to_id = ? AND type = ?",
+        (hlc.pack(), from_id, to_id, type_),
     )
+    _mutation(conn, hlc, relation_key(from_id, type_, to_id), entity="relation")
+
+
+def relation_key(from_id: str, type_: str, to_id: str) -> str:
+    return f"{from_id}|{type_}|{to_id}"
+
+
+def link_topic(conn: sqlite3.Connection, memory: Memory) -> str | None:
+    """Put a memory in its topic's chain, ordered by creation; returns the one it supersedes.
+
+    Each memory of a (project, topic_key) supersedes the one created just before it. The chain
+    depends only on which memories exist, never on the order they arrived in, so replicas that
+    learn of them in different orders end with the same relations: a link that a newly placed
+    memory now sits inside is removed.
+    """
+    if not memory.topic_key:
+        return None
+    key = (memory.project, memory.topic_key, memory.id, memory.created_at, memory.id)
+    before = conn.execute(
+        "SELECT id FROM memories WHERE project = ? AND topic_key = ? AND id != ? "
+        "AND (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT 1",
+        key,
+    ).fetchone()
+    after = conn.execute(
+        "SELECT id FROM memories WHERE project = ? AND topic_key = ? AND id != ? "
+        "AND (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT 1",
+        key,
+    ).fetchone()
+    if before:
+        add_relation(conn, memory.id, before[0], "supersedes")
+    if after:
+        add_relation(conn, after[0], memory.id, "supersedes")
+    if before and after:
+        remove_relation(conn, after[0], before[0], "supersedes")
+    return str(before[0]) if before else None
 
 
 def _stamp(
@@ -261,17 +322,13 @@ def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> M
     return found[0] if found else None
 
 
-def live_by_topic(
-    conn: sqlite3.Connection, project: str, topic_key: str, exclude_id: str
-) -> Memory | None:
-    """The newest other live memory of a project with this topic_key (the one to supersede)."""
-    found = _fetch(
+def live_with_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> list[Memory]:
+    """Every live memory of a project with this content, smallest id first."""
+    return _fetch(
         conn,
-        "m.project = ? AND m.topic_key = ? AND m.deleted = 0 AND m.id != ? "
-        "ORDER BY m.created_at DESC, m.hlc DESC LIMIT 1",
-        (project, topic_key, exclude_id),
+        "m.content_hash = ? AND m.project = ? AND m.deleted = 0 ORDER BY m.id",
+        (content_hash, project),
     )
-    return found[0] if found else None
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:

@@ -91,4 +91,30 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX relations_to ON relations(to_id, type);
     """,
+    # 4: sync. The outbox names changed entities only: a push sends each entity's whole current
+    # state (a state-based merge), so several local changes to one memory travel once.
+    # Content versions: `ancestors` lists the clocks a memory's content was written over;
+    # `conflicts` keeps losing concurrent versions; `dead_letters` what a remote refused.
+    """
+    ALTER TABLE outbox DROP COLUMN fields;
+    ALTER TABLE outbox DROP COLUMN op;
+    CREATE INDEX outbox_entity ON outbox(entity_id, seq);
+    ALTER TABLE memories ADD COLUMN ancestors TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE conflicts (
+        memory_id TEXT NOT NULL,
+        hlc TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        PRIMARY KEY (memory_id, hlc)
+    ) WITHOUT ROWID;
+    CREATE TABLE dead_letters (
+        mutation_id TEXT PRIMARY KEY,
+        direction TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        failed_at INTEGER NOT NULL
+    );
+    """,
 )

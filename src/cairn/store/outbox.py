@@ -1,50 +1,134 @@
-"""The outbox: mutations written in the same transaction as the change they describe.
+"""The outbox: which entities changed locally and are not yet acknowledged by the remote.
 
-Sync (a later layer) sends them and deletes each only after the remote acknowledged it. A memory
-mutation that carries content travels with that content's vector; the vector is not copied into
-the outbox but joined from ``memory_vectors`` while the memory's content hash still matches.
+Each local change appends an entry in the same transaction as the change. A push sends each
+changed entity's whole current state once, under the id of its newest entry, and removes the
+entries up to that one only after the remote acknowledged it. What the remote refuses moves to
+the dead-letter list with its reason; it never blocks the entries behind it.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from cairn.ids import uuid7
 from cairn.model import Mutation
 from cairn.store.clock import now_ms
 
 
+@dataclass(frozen=True)
+class Pending:
+    """The newest outbox entry of one entity; acknowledging it clears the older ones too."""
+
+    seq: int
+    mutation: Mutation
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    mutation_id: str
+    direction: str
+    entity: str
+    entity_id: str
+    code: str
+    message: str
+    failed_at: int
+
+
 def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
     conn.execute(
-        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, op, fields, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         (
             mutation.mutation_id,
             mutation.device_id,
             mutation.hlc,
             mutation.entity,
             mutation.entity_id,
-            mutation.op,
-            json.dumps(mutation.fields, sort_keys=True, separators=(",", ":")),
             now_ms(),
         ),
     )
 
 
-def pending(conn: sqlite3.Connection, limit: int = 1000) -> list[Mutation]:
+def pending(conn: sqlite3.Connection, limit: int = 1000, after_seq: int = 0) -> list[Pending]:
+    """Changed entities, oldest newest-change first: one entry per entity."""
     rows = conn.execute(
-        "SELECT o.mutation_id, o.device_id, o.hlc, o.entity, o.entity_id, o.op, o.fields, "
-        "v.vector, v.model_id FROM outbox o "
-        "LEFT JOIN memories m ON o.entity = 'memory' AND m.id = o.entity_id "
-        "AND m.content_hash = json_extract(o.fields, '$.content_hash') "
-        "LEFT JOIN memory_vectors v ON v.memory_rowid = m.rowid "
-        "ORDER BY o.seq LIMIT ?",
-        (limit,),
+        "SELECT o.seq, o.mutation_id, o.device_id, o.hlc, o.entity, o.entity_id FROM outbox o "
+        "WHERE o.seq > ? AND o.seq = (SELECT max(seq) FROM outbox p WHERE p.entity_id = "
+        "o.entity_id) ORDER BY o.seq LIMIT ?",
+        (after_seq, limit),
     ).fetchall()
-    return [
-        Mutation(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8]) for r in rows
-    ]
+    return [Pending(r[0], Mutation(r[1], r[2], r[3], r[4], r[5])) for r in rows]
+
+
+def acknowledge(conn: sqlite3.Connection, done: Iterable[Pending]) -> None:
+    """Drop each entity's entries up to the acknowledged one (later changes stay queued)."""
+    conn.executemany(
+        "DELETE FROM outbox WHERE entity_id = ? AND seq <= ?",
+        [(p.mutation.entity_id, p.seq) for p in done],
+    )
 
 
 def count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    """How many entities wait to be pushed."""
+    return int(conn.execute("SELECT count(DISTINCT entity_id) FROM outbox").fetchone()[0])
+
+
+def enqueue_all(conn: sqlite3.Connection, device_id: str, hlc: str) -> int:
+    """Queue every memory and relation again (after the sync rules or the remote changed)."""
+    entities = [("memory", r[0]) for r in conn.execute("SELECT id FROM memories")]
+    entities += [
+        ("relation", f"{r[0]}|{r[2]}|{r[1]}")
+        for r in conn.execute("SELECT from_id, to_id, type FROM relations")
+    ]
+    conn.executemany(
+        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(uuid7(), device_id, hlc, entity, entity_id, now_ms()) for entity, entity_id in entities],
+    )
+    return len(entities)
+
+
+def dead_letter(
+    conn: sqlite3.Connection, direction: str, entries: Sequence[Mutation], code: str, message: str
+) -> None:
+    """Set mutations aside with the reason (pushes: their outbox entries leave the queue)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO dead_letters(mutation_id, direction, entity, entity_id, code, "
+        "message, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (m.mutation_id, direction, m.entity, m.entity_id, code, message, now_ms())
+            for m in entries
+        ],
+    )
+    if direction == "push":
+        conn.executemany(
+            "DELETE FROM outbox WHERE entity_id = ? AND seq <= "
+            "(SELECT seq FROM outbox WHERE mutation_id = ?)",
+            [(m.entity_id, m.mutation_id) for m in entries],
+        )
+
+
+def dead_letters(conn: sqlite3.Connection) -> list[DeadLetter]:
+    return [
+        DeadLetter(*r)
+        for r in conn.execute(
+            "SELECT mutation_id, direction, entity, entity_id, code, message, failed_at "
+            "FROM dead_letters ORDER BY failed_at"
+        )
+    ]
+
+
+def requeue_dead_letters(conn: sqlite3.Connection, device_id: str, hlc: str) -> int:
+    """Queue the entities of refused pushes again, under new mutation ids; clears the list."""
+    rows = conn.execute(
+        "SELECT DISTINCT entity, entity_id FROM dead_letters WHERE direction = 'push'"
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(uuid7(), device_id, hlc, r[0], r[1], now_ms()) for r in rows],
+    )
+    conn.execute("DELETE FROM dead_letters")
+    return len(rows)

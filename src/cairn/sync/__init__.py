@@ -1,0 +1,1 @@
+"""The sync engine: payload encoding, the merge rules, applying pulled state, scope tags."""

@@ -1,0 +1,86 @@
+"""The merge rule (DESIGN §4): deterministic, the same on every replica, whatever the order.
+
+Merging two states of one memory is commutative, associative and idempotent, so replicas that
+have seen the same states hold the same memory however those states arrived:
+
+- each field in ``CLOCKED_FIELDS`` takes the value with the newer clock (last writer wins);
+- tags are the union of both sides (a set that only grows while the memory lives);
+- a tombstone wins: once either side is deleted, the merge is deleted and holds no content;
+- content versions carry their ancestors; a losing version that is not an ancestor of the
+  winner was written concurrently: it is kept in ``revisions`` (a conflict) until a later
+  version names it as an ancestor (``cairn sync resolve``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from cairn.model import CLOCKED_FIELDS, CONTENT_CLOCK, MemoryState, RelationState, Revision
+
+
+@dataclass(frozen=True)
+class Merged:
+    state: MemoryState
+    changed: bool
+    content_changed: bool
+
+
+def merge_memory(local: MemoryState | None, incoming: MemoryState) -> Merged:
+    if local is None:
+        return Merged(incoming, True, True)
+    created_hlc = min(local.created_hlc, incoming.created_hlc)
+    winners = {f: incoming if incoming.clock(f) > local.clock(f) else local for f in CLOCKED_FIELDS}
+    clocks = {f: max(local.clock(f), incoming.clock(f)) for f in CLOCKED_FIELDS}
+    ancestors = tuple(sorted({*local.ancestors, *incoming.ancestors}))
+    deleted = local.memory.deleted or incoming.memory.deleted
+    text = winners[CONTENT_CLOCK]
+    loser = local if text is incoming else incoming
+    revisions = {r.hlc: r for r in (*local.revisions, *incoming.revisions)}
+    lost = loser.clock(CONTENT_CLOCK)
+    revisions.setdefault(lost, Revision(lost, loser.memory.content, loser.memory.content_hash))
+    current = text.clock(CONTENT_CLOCK)
+    kept = tuple(
+        revisions[h]
+        for h in sorted(revisions)
+        if not deleted and h != current and h not in ancestors
+    )
+    memory = replace(
+        local.memory,
+        content=text.memory.content,
+        content_hash=text.memory.content_hash,
+        model_id=text.memory.model_id,
+        kind=winners["kind"].memory.kind,
+        project=winners["project"].memory.project,
+        topic_key=winners["topic_key"].memory.topic_key,
+        source=winners["source"].memory.source,
+        created_at=winners["created_at"].memory.created_at,
+        updated_at=max(local.memory.updated_at, incoming.memory.updated_at),
+        tags=tuple(sorted({*local.memory.tags, *incoming.memory.tags})),
+        deleted=deleted,
+        hlc=max(local.hlc, incoming.hlc),
+    )
+    vector = text.vector
+    if deleted:
+        memory = replace(memory, content="", content_hash="", tags=(), model_id=None)
+        vector = None
+    state = MemoryState(
+        memory,
+        created_hlc,
+        {f: c for f, c in clocks.items() if c != created_hlc},
+        ancestors,
+        vector,
+        kept,
+    )
+    return Merged(
+        state,
+        changed=state != local,
+        content_changed=memory.content_hash != local.memory.content_hash,
+    )
+
+
+def merge_relation(local: RelationState | None, incoming: RelationState) -> RelationState:
+    """Whether a relation exists follows its newest change; it dates from its first."""
+    if local is None:
+        return incoming
+    newest = incoming if incoming.hlc > local.hlc else local
+    return replace(newest, created_at=min(local.created_at, incoming.created_at), hlc=newest.hlc)

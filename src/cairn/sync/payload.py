@@ -1,0 +1,176 @@
+"""A mutation's payload: an entity's whole state as bytes, and the envelope around it.
+
+Layout (version 1)::
+
+    b"\x01" | kind (b"m" memory, b"r" relation) | uint32 big-endian JSON length | JSON | vector
+
+The vector (little-endian float32) rides raw after the JSON, so a pull never re-embeds and never
+base64-decodes twice. The remote sees these bytes as opaque (the encryption issue seals them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from typing import Any
+
+from cairn.errors import InvalidInput
+from cairn.model import Memory, MemoryState, RelationState, Revision
+from cairn.protocol import WireMutation
+
+FORMAT = 1
+_HEAD = struct.Struct(">BcI")
+
+
+class PayloadError(InvalidInput):
+    """A pulled payload is not a state this version of Cairn can read; it is set aside."""
+
+    code = "bad_payload"
+
+
+def scope_tag(scope_key: bytes, project: str) -> str:
+    """A blind scope tag: the remote can filter by it without learning the project's name."""
+    return hmac.new(scope_key, project.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def relation_entity_id(state: RelationState) -> str:
+    """An opaque entity id for a relation (its endpoints and type stay in the payload)."""
+    return "rel-" + hashlib.sha256(state.key.encode("utf-8")).hexdigest()[:32]
+
+
+def encode_memory(state: MemoryState) -> bytes:
+    m = state.memory
+    body = {
+        "id": m.id,
+        "content": m.content,
+        "kind": m.kind,
+        "project": m.project,
+        "tags": list(m.tags),
+        "topic_key": m.topic_key,
+        "source": m.source,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+        "deleted": m.deleted,
+        "content_hash": m.content_hash,
+        "model_id": m.model_id if state.vector is not None else None,
+        "hlc": state.hlc,
+        "created_hlc": state.created_hlc,
+        "field_hlc": state.field_hlc,
+        "ancestors": list(state.ancestors),
+        "revisions": [[r.hlc, r.content, r.content_hash] for r in state.revisions],
+    }
+    return _pack(b"m", body, state.vector or b"")
+
+
+def encode_relation(state: RelationState) -> bytes:
+    body = {
+        "from_id": state.from_id,
+        "to_id": state.to_id,
+        "type": state.type,
+        "created_at": state.created_at,
+        "deleted": state.deleted,
+        "hlc": state.hlc,
+    }
+    return _pack(b"r", body, b"")
+
+
+def _pack(kind: bytes, body: dict[str, Any], tail: bytes) -> bytes:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _HEAD.pack(FORMAT, kind, len(data)) + data + tail
+
+
+def decode(mutation: WireMutation) -> MemoryState | RelationState:
+    """The state a pulled mutation carries; PayloadError if it is not a readable one."""
+    payload = mutation.payload
+    try:
+        version, kind, size = _HEAD.unpack_from(payload)
+        if version != FORMAT:
+            raise PayloadError(f"payload format {version} is newer than this Cairn; upgrade")
+        body = json.loads(payload[_HEAD.size : _HEAD.size + size])
+        tail = payload[_HEAD.size + size :]
+        if kind == b"m":
+            return _memory(body, tail, mutation)
+        if kind == b"r":
+            state = RelationState(
+                _str(body, "from_id"),
+                _str(body, "to_id"),
+                _str(body, "type"),
+                _int(body, "created_at"),
+                bool(body["deleted"]),
+                _str(body, "hlc"),
+            )
+            if relation_entity_id(state) != mutation.entity_id:
+                raise PayloadError("a relation payload does not belong to its entity id")
+            return state
+        raise PayloadError(f"unknown payload kind {kind!r}")
+    except PayloadError:
+        raise
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise PayloadError(
+            f"mutation {mutation.mutation_id} has an unreadable payload ({exc})"
+        ) from exc
+
+
+def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> MemoryState:
+    if _str(body, "id") != mutation.entity_id:
+        raise PayloadError("a memory payload does not belong to its entity id")
+    if len(vector) % 4:
+        raise PayloadError("a memory's vector is not whole float32 values")
+    field_hlc = body["field_hlc"]
+    ancestors = body["ancestors"]
+    tags = body["tags"]
+    if not isinstance(field_hlc, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in field_hlc.items()
+    ):
+        raise PayloadError("field_hlc must map field names to clocks")
+    if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
+        raise PayloadError("ancestors must be a list of clocks")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise PayloadError("tags must be a list of strings")
+    revisions = body["revisions"]
+    if not isinstance(revisions, list) or not all(
+        isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r)
+        for r in revisions
+    ):
+        raise PayloadError("revisions must be a list of [clock, content, hash]")
+    topic_key = body["topic_key"]
+    model_id = body["model_id"]
+    memory = Memory(
+        id=body["id"],
+        content=_str(body, "content"),
+        kind=_str(body, "kind"),
+        project=_str(body, "project"),
+        tags=tuple(sorted(set(tags))),
+        topic_key=topic_key if isinstance(topic_key, str) else None,
+        source=_str(body, "source"),
+        created_at=_int(body, "created_at"),
+        updated_at=_int(body, "updated_at"),
+        deleted=bool(body["deleted"]),
+        content_hash=_str(body, "content_hash"),
+        model_id=model_id if isinstance(model_id, str) and vector else None,
+        hlc=_str(body, "hlc"),
+    )
+    return MemoryState(
+        memory,
+        _str(body, "created_hlc"),
+        dict(field_hlc),
+        tuple(ancestors),
+        vector or None,
+        tuple(Revision(*r) for r in revisions),
+    )
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body[key]
+    if not isinstance(value, str):
+        raise PayloadError(f"{key} must be a string")
+    return value
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PayloadError(f"{key} must be an integer")
+    return value
