@@ -1,0 +1,471 @@
+"""The sync server's embedded database: one SQLite file (WAL), so `cairn server run` needs nothing.
+
+Each thread gets its own connection, so pulls read a snapshot while a push writes. Every write
+is one ``BEGIN IMMEDIATE`` transaction: SQLite then admits one writer at a time, which is what
+makes per-workspace sequence numbers commit in order (a reader can never see seq 8 before 7).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cairn.errors import (
+    InvalidInput,
+    NotFound,
+    RemoteConflict,
+    SchemaTooNew,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+)
+from cairn.protocol import PullPage, PushResult, WireMutation
+from cairn.server.storage import (
+    ApiKey,
+    Device,
+    Keyring,
+    Totals,
+    Workspace,
+    WorkspaceStats,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_SCOPES = 1000
+
+# Numbered migrations: PRAGMA user_version is how many ran. Never edit one; add the next.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: workspaces (with the last seq handed out), keys, the mutation log, devices, keyrings.
+    """
+    CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        mode TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        latest_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_keys_workspace ON api_keys(workspace_id, created_at);
+    CREATE TABLE mutations (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        seq INTEGER NOT NULL,
+        mutation_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        hlc TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        scope TEXT,
+        payload BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (workspace_id, seq),
+        UNIQUE (workspace_id, mutation_id)
+    );
+    CREATE TABLE devices (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        device_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        pushed INTEGER NOT NULL DEFAULT 0,
+        last_push_at INTEGER,
+        last_pull_at INTEGER,
+        PRIMARY KEY (workspace_id, device_id)
+    );
+    CREATE TABLE keyrings (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        version INTEGER NOT NULL,
+        blob BLOB NOT NULL
+    );
+    """,
+)
+
+_KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
+_DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
+
+
+class SqliteStorage:
+    """``ServerStorage`` over one SQLite file; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {path.parent}: {exc}; check the --data path") from exc
+        self._migrate()
+
+    # -- workspaces ---------------------------------------------------------------------------
+
+    def create_workspace(self, workspace_id: str, name: str, now: int) -> Workspace:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone():
+                raise InvalidInput(
+                    f"a workspace named {name!r} already exists; pick another name "
+                    "(`cairn server workspace list` shows them)"
+                )
+            conn.execute(
+                "INSERT INTO workspaces (id, name, mode, created_at) VALUES (?, ?, 'e2e', ?)",
+                (workspace_id, name, now),
+            )
+        return Workspace(workspace_id, name, "e2e", now)
+
+    def workspace(self, name: str) -> Workspace:
+        row = self._one("SELECT id, name, mode, created_at FROM workspaces WHERE name = ?", name)
+        if row is None:
+            raise NotFound(f"no workspace named {name!r}; `cairn server workspace list` shows them")
+        return Workspace(*row)
+
+    def workspace_by_id(self, workspace_id: str) -> Workspace:
+        row = self._one(
+            "SELECT id, name, mode, created_at FROM workspaces WHERE id = ?", workspace_id
+        )
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return Workspace(*row)
+
+    def workspaces(self) -> list[Workspace]:
+        rows = self._all("SELECT id, name, mode, created_at FROM workspaces ORDER BY created_at")
+        return [Workspace(*row) for row in rows]
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    def add_key(self, key: ApiKey) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.workspace_id,
+                    key.name,
+                    ",".join(key.scopes),
+                    key.created_at,
+                    key.last_used_at,
+                    key.revoked_at,
+                    key.secret_hash,
+                ),
+            )
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        # The one query not filtered by workspace: a request's key is how its workspace is known.
+        row = self._one(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", key_id)
+        return _key(row) if row else None
+
+    def keys(self, workspace_id: str) -> list[ApiKey]:
+        rows = self._all(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE workspace_id = ? ORDER BY created_at, id",
+            workspace_id,
+        )
+        return [_key(row) for row in rows]
+
+    def revoke_key(self, workspace_id: str, key_id: str, now: int) -> ApiKey:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? "
+                "WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
+                (now, workspace_id, key_id),
+            )
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE workspace_id = ? AND id = ?",
+                (workspace_id, key_id),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"this workspace has no API key {key_id!r}; list them to check the id")
+        return _key(row)
+
+    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE workspace_id = ? AND id = ?",
+                (now, workspace_id, key_id),
+            )
+
+    # -- the mutation log ---------------------------------------------------------------------
+
+    def push(
+        self,
+        workspace_id: str,
+        mutations: Sequence[WireMutation],
+        device_id: str | None,
+        now: int,
+    ) -> PushResult:
+        with self._write() as conn:
+            seq = self._latest(conn, workspace_id)
+            stored = 0
+            for m in mutations:
+                inserted = conn.execute(
+                    "INSERT INTO mutations (workspace_id, seq, mutation_id, version, device_id, "
+                    "hlc, entity_id, scope, payload, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (workspace_id, mutation_id) DO NOTHING",
+                    (
+                        workspace_id,
+                        seq + 1,
+                        m.mutation_id,
+                        m.version,
+                        m.device_id,
+                        m.hlc,
+                        m.entity_id,
+                        m.scope,
+                        m.payload,
+                        now,
+                    ),
+                ).rowcount
+                seq += inserted
+                stored += inserted
+            if stored:
+                conn.execute(
+                    "UPDATE workspaces SET latest_seq = ? WHERE id = ?", (seq, workspace_id)
+                )
+            if device_id is not None:
+                conn.execute(
+                    "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                    "pushed, last_push_at) VALUES (?, ?, '', ?, ?, ?, ?) "
+                    "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                    "last_seen = excluded.last_seen, pushed = pushed + excluded.pushed, "
+                    "last_push_at = excluded.last_push_at",
+                    (workspace_id, device_id, now, now, stored, now),
+                )
+        return PushResult(stored, len(mutations) - stored, seq)
+
+    def pull(
+        self,
+        workspace_id: str,
+        since: int,
+        limit: int,
+        scopes: Sequence[str] | None,
+    ) -> PullPage:
+        sql = (
+            "SELECT seq, mutation_id, version, device_id, hlc, entity_id, scope, payload "
+            "FROM mutations WHERE workspace_id = ? AND seq > ?"
+        )
+        args: list[Any] = [workspace_id, since]
+        if scopes is not None:
+            wanted = sorted(set(scopes))
+            if len(wanted) > MAX_SCOPES:
+                raise InvalidInput(f"a pull takes at most {MAX_SCOPES} scopes")
+            marks = ", ".join("?" * len(wanted))
+            sql += f" AND (scope IS NULL OR scope IN ({marks}))" if wanted else " AND scope IS NULL"
+            args.extend(wanted)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        # One snapshot for the page and the latest seq: the cursor cannot pass an unseen row.
+        with self._read() as conn:
+            latest = self._latest(conn, workspace_id)
+            rows = conn.execute(sql, args).fetchall()
+        page = [
+            WireMutation(mid, device, hlc, entity, scope, bytes(payload), seq, version)
+            for seq, mid, version, device, hlc, entity, scope, payload in rows
+        ]
+        last = page[-1].seq if len(page) == limit and page[-1].seq else latest
+        return PullPage(page, str(last), last < latest)
+
+    def latest_seq(self, workspace_id: str) -> int:
+        with self._read() as conn:
+            return self._latest(conn, workspace_id)
+
+    def stats(self, workspace_id: str) -> WorkspaceStats:
+        with self._read() as conn:
+            latest = self._latest(conn, workspace_id)
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM mutations WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
+            (devices,) = conn.execute(
+                "SELECT COUNT(*) FROM devices WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
+        return WorkspaceStats(latest, count, devices)
+
+    def totals(self) -> Totals:
+        row = self._one(
+            "SELECT COUNT(*), COALESCE(SUM(latest_seq), 0), COALESCE(MAX(latest_seq), 0) "
+            "FROM workspaces"
+        )
+        assert row is not None  # an aggregate always returns one row
+        return Totals(*row)
+
+    # -- keyring and devices ------------------------------------------------------------------
+
+    def keyring(self, workspace_id: str) -> Keyring | None:
+        row = self._one("SELECT blob, version FROM keyrings WHERE workspace_id = ?", workspace_id)
+        return Keyring(bytes(row[0]), row[1]) if row else None
+
+    def put_keyring(self, workspace_id: str, blob: bytes, expected_version: int | None) -> int:
+        with self._write() as conn:
+            self._latest(conn, workspace_id)  # NotFound for an unknown workspace
+            row = conn.execute(
+                "SELECT version FROM keyrings WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
+            current = row[0] if row else None
+            if current != expected_version:
+                raise RemoteConflict(
+                    "the keyring changed on the server since it was read; read it again"
+                )
+            version = (current or 0) + 1
+            conn.execute(
+                "INSERT INTO keyrings (workspace_id, version, blob) VALUES (?, ?, ?) "
+                "ON CONFLICT (workspace_id) DO UPDATE SET version = excluded.version, "
+                "blob = excluded.blob",
+                (workspace_id, version, blob),
+            )
+        return version
+
+    def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
+        with self._write() as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                "name = excluded.name, last_seen = excluded.last_seen",
+                (workspace_id, device_id, name, now, now),
+            )
+
+    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+        with self._write() as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                "last_pull_at) VALUES (?, ?, '', ?, ?, ?) "
+                "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                "last_seen = excluded.last_seen, "
+                "last_pull_at = COALESCE(excluded.last_pull_at, last_pull_at)",
+                (workspace_id, device_id, now, now, now if pulled else None),
+            )
+
+    def devices(self, workspace_id: str) -> list[Device]:
+        rows = self._all(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = ? "
+            "ORDER BY first_seen, device_id",
+            workspace_id,
+        )
+        return [Device(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                isolation_level=None,
+                check_same_thread=False,  # close() closes every thread's connection
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # An acknowledged push must survive a power cut: fsync on every commit.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        with self._lock:
+            self._connections.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _migrate(self) -> None:
+        with self._write() as tx:
+            (version,) = tx.execute("PRAGMA user_version").fetchone()
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"{self.path} was written by a newer Cairn server (schema {version}, this "
+                    f"one knows {len(MIGRATIONS)}); upgrade cairn"
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same snapshot."""
+        with self._transaction("BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._translate(exc) from exc
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise self._translate(exc) from exc
+
+    def _one(self, sql: str, *args: Any) -> Any:
+        with self._read() as conn:
+            return conn.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: Any) -> list[Any]:
+        with self._read() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    @staticmethod
+    def _latest(conn: sqlite3.Connection, workspace_id: str) -> int:
+        row = conn.execute(
+            "SELECT latest_seq FROM workspaces WHERE id = ?", (workspace_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        latest: int = row[0]
+        return latest
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return StoreLocked(
+                f"the server database {self.path} stayed locked for "
+                f"{BUSY_TIMEOUT_MS // 1000} s; retry shortly"
+            )
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreCorrupt(
+                f"{self.path} is not a readable Cairn server database ({exc}); restore it "
+                "from a backup or point --data elsewhere"
+            )
+        return StoreError(f"SQLite error on {self.path}: {exc}")
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    key_id, workspace_id, name, scopes, created, used, revoked, secret_hash = row
+    return ApiKey(
+        key_id, workspace_id, name, tuple(scopes.split(",")), created, used, revoked, secret_hash
+    )

@@ -1,0 +1,175 @@
+"""What the sync server needs from its database: one narrow interface, many backends.
+
+Embedded SQLite (``cairn.server.sqlite_storage``) implements it today; a PostgreSQL backend must
+pass the same tests (``tests/server/test_storage.py``). Every method that touches a workspace's
+data takes its ``workspace_id``, and implementations filter every query by it: a workspace can
+never see another's rows.
+
+Contract for ``push``: one transaction, all-or-nothing; idempotent by ``mutation_id`` (a stored
+mutation is counted as a duplicate and not stored again); sequence numbers are assigned per
+workspace inside the write transaction, so commit order equals ``seq`` order and a pull of
+``seq > since`` can never skip a mutation that commits later.
+
+Times are Unix milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cairn.protocol import PullPage, PushResult, WireMutation
+
+SCOPES = ("read", "write", "admin")
+"""API key scopes, weakest first: each one grants everything the ones before it grant."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A tenant: its own mutation log, keyring, devices and API keys."""
+
+    id: str
+    name: str
+    mode: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key's record; the secret itself is never stored, only its SHA-256."""
+
+    id: str
+    workspace_id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: int
+    last_used_at: int | None = None
+    revoked_at: int | None = None
+    secret_hash: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device that registered or synced, with what it did last."""
+
+    device_id: str
+    name: str
+    first_seen: int
+    last_seen: int
+    pushed: int = 0
+    last_push_at: int | None = None
+    last_pull_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The workspace's keyring: an opaque (encrypted) blob and its compare-and-swap version."""
+
+    blob: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class WorkspaceStats:
+    latest_seq: int
+    mutations: int
+    devices: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Figures over every workspace, for metrics (no names: they may be private)."""
+
+    workspaces: int
+    mutations: int
+    max_seq: int
+
+
+class ServerStorage(Protocol):
+    """The sync server's database; every method is safe to call from any thread."""
+
+    def create_workspace(self, workspace_id: str, name: str, now: int) -> Workspace:
+        """A new workspace; InvalidInput if the name is taken."""
+        ...
+
+    def workspace(self, name: str) -> Workspace:
+        """The workspace called ``name``; NotFound if there is none."""
+        ...
+
+    def workspace_by_id(self, workspace_id: str) -> Workspace:
+        """The workspace with this id; NotFound if there is none."""
+        ...
+
+    def workspaces(self) -> list[Workspace]:
+        """Every workspace, oldest first."""
+        ...
+
+    def add_key(self, key: ApiKey) -> None:
+        """Store a new key record (its id must be new)."""
+        ...
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id in any workspace (how a request finds its workspace)."""
+        ...
+
+    def keys(self, workspace_id: str) -> list[ApiKey]:
+        """The workspace's keys, revoked ones included, oldest first."""
+        ...
+
+    def revoke_key(self, workspace_id: str, key_id: str, now: int) -> ApiKey:
+        """Revoke a key of this workspace (again is a no-op); NotFound if it is not one."""
+        ...
+
+    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
+        """Record that the key was just used."""
+        ...
+
+    def push(
+        self,
+        workspace_id: str,
+        mutations: Sequence[WireMutation],
+        device_id: str | None,
+        now: int,
+    ) -> PushResult:
+        """Store a checked batch all-or-nothing (see the module contract)."""
+        ...
+
+    def pull(
+        self,
+        workspace_id: str,
+        since: int,
+        limit: int,
+        scopes: Sequence[str] | None,
+    ) -> PullPage:
+        """Mutations with ``seq > since`` in seq order, as ``MemoryRemote.pull`` pages them."""
+        ...
+
+    def latest_seq(self, workspace_id: str) -> int:
+        """The highest seq stored in the workspace (0 when empty)."""
+        ...
+
+    def stats(self, workspace_id: str) -> WorkspaceStats: ...
+
+    def totals(self) -> Totals: ...
+
+    def keyring(self, workspace_id: str) -> Keyring | None: ...
+
+    def put_keyring(self, workspace_id: str, blob: bytes, expected_version: int | None) -> int:
+        """Replace the keyring if its version is ``expected_version`` (None: none yet); the new
+        version, or RemoteConflict."""
+        ...
+
+    def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
+        """Add or rename a device."""
+        ...
+
+    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+        """Record that the device was seen (and pulled, if ``pulled``); adds it if unknown."""
+        ...
+
+    def devices(self, workspace_id: str) -> list[Device]:
+        """The workspace's devices, first seen first."""
+        ...
+
+    def close(self) -> None: ...

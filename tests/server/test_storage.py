@@ -1,0 +1,169 @@
+"""The sync server's storage contract (``cairn.server.storage``), for every backend.
+
+A PostgreSQL backend joins by adding a param to the ``server_storage`` fixture.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew
+from cairn.protocol import WireMutation
+from cairn.server import keys
+from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage import ServerStorage
+
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture(params=["sqlite"])
+def server_storage(tmp_path: Path) -> Iterator[ServerStorage]:
+    storage = SqliteStorage(tmp_path / "server.db")
+    yield storage
+    storage.close()
+
+
+def mutation(n: int, device: str = "dev-a", scope: str | None = None) -> WireMutation:
+    return WireMutation(
+        f"m-{device}-{n:05d}", device, f"{NOW + n:013d}-0000-{device}", f"e-{n}", scope, b"p"
+    )
+
+
+def test_workspaces_are_named_uniquely(server_storage: ServerStorage) -> None:
+    made = server_storage.create_workspace("w1", "team", NOW)
+    assert server_storage.workspace("team") == made == server_storage.workspace_by_id("w1")
+    with pytest.raises(InvalidInput, match="already exists"):
+        server_storage.create_workspace("w2", "team", NOW)
+    with pytest.raises(NotFound):
+        server_storage.workspace("nobody")
+    assert [w.name for w in server_storage.workspaces()] == ["team"]
+
+
+def test_one_workspace_never_sees_another_workspaces_rows(server_storage: ServerStorage) -> None:
+    a = server_storage.create_workspace("wa", "a", NOW)
+    b = server_storage.create_workspace("wb", "b", NOW)
+    server_storage.push(a.id, [mutation(1), mutation(2)], "dev-a", NOW)
+    server_storage.push(b.id, [mutation(1)], None, NOW)  # the same mutation id, stored again
+    server_storage.put_keyring(a.id, b"ring-a", None)
+    key_a, _ = keys.issue(server_storage, a.id, "alice", ["admin"], NOW)
+    assert [m.seq for m in server_storage.pull(b.id, 0, 100, None).mutations] == [1]
+    assert server_storage.stats(b.id).devices == 0 and server_storage.stats(a.id).devices == 1
+    assert server_storage.keyring(b.id) is None
+    assert key_a.id not in {k.id for k in server_storage.keys(b.id)}
+    with pytest.raises(NotFound):
+        server_storage.revoke_key(b.id, key_a.id, NOW)
+    assert server_storage.find_key(key_a.id) == key_a  # still live
+    assert server_storage.totals().mutations == 3
+
+
+def test_push_assigns_seq_once_per_new_mutation(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    first = server_storage.push(ws.id, [mutation(1), mutation(2)], "dev-a", NOW)
+    again = server_storage.push(ws.id, [mutation(2), mutation(3), mutation(3)], "dev-a", NOW + 5)
+    assert (first.stored, first.duplicates, first.last_seq) == (2, 0, 2)
+    assert (again.stored, again.duplicates, again.last_seq) == (1, 2, 3)
+    page = server_storage.pull(ws.id, 0, 100, None)
+    assert [(m.seq, m.mutation_id) for m in page.mutations] == [
+        (1, "m-dev-a-00001"),
+        (2, "m-dev-a-00002"),
+        (3, "m-dev-a-00003"),
+    ]
+    (device,) = server_storage.devices(ws.id)
+    assert (device.pushed, device.first_seen, device.last_push_at) == (3, NOW, NOW + 5)
+
+
+def test_pushes_into_an_unknown_workspace_store_nothing(server_storage: ServerStorage) -> None:
+    with pytest.raises(NotFound):
+        server_storage.push("nowhere", [mutation(1)], None, NOW)
+    assert server_storage.totals().mutations == 0
+
+
+def test_concurrent_pushes_get_gapless_seqs_in_commit_order(
+    server_storage: ServerStorage,
+) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    seen: list[int] = []
+
+    def pusher(device: str) -> None:
+        for batch in range(10):
+            server_storage.push(
+                ws.id, [mutation(batch * 5 + i, device) for i in range(5)], device, NOW
+            )
+
+    def reader() -> None:
+        cursor, deadline = 0, time.monotonic() + 30
+        while cursor < 200 and time.monotonic() < deadline:
+            page = server_storage.pull(ws.id, cursor, 7, None)
+            seen.extend(m.seq or 0 for m in page.mutations)
+            cursor = int(page.cursor)
+
+    threads = [threading.Thread(target=pusher, args=(f"dev-{i}",)) for i in range(4)]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    watcher.join()
+    assert seen == list(range(1, 201))
+
+
+def test_keyring_compare_and_swap(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    assert server_storage.put_keyring(ws.id, b"one", None) == 1
+    with pytest.raises(RemoteConflict):
+        server_storage.put_keyring(ws.id, b"two", None)
+    assert server_storage.put_keyring(ws.id, b"two", 1) == 2
+    ring = server_storage.keyring(ws.id)
+    assert ring is not None and (ring.blob, ring.version) == (b"two", 2)
+
+
+def test_devices_remember_pushes_pulls_and_names(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    server_storage.register_device(ws.id, "dev-a", "laptop", NOW)
+    server_storage.touch_device(ws.id, "dev-a", NOW + 10, pulled=True)
+    server_storage.touch_device(ws.id, "dev-a", NOW + 20, pulled=False)
+    server_storage.touch_device(ws.id, "dev-b", NOW + 30, pulled=True)
+    a, b = server_storage.devices(ws.id)
+    assert (a.name, a.first_seen, a.last_seen, a.last_pull_at) == (
+        "laptop",
+        NOW,
+        NOW + 20,
+        NOW + 10,
+    )
+    assert (b.device_id, b.name, b.last_pull_at) == ("dev-b", "", NOW + 30)
+
+
+def test_revoking_and_touching_keys(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    key, _ = keys.issue(server_storage, ws.id, "ci", ["read"], NOW)
+    server_storage.touch_key(ws.id, key.id, NOW + 1)
+    revoked = server_storage.revoke_key(ws.id, key.id, NOW + 2)
+    assert (revoked.last_used_at, revoked.revoked_at) == (NOW + 1, NOW + 2)
+    assert server_storage.revoke_key(ws.id, key.id, NOW + 3).revoked_at == NOW + 2
+
+
+def test_the_database_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    first = SqliteStorage(path)
+    ws = first.create_workspace("w", "team", NOW)
+    first.push(ws.id, [mutation(1)], None, NOW)
+    first.close()
+    second = SqliteStorage(path)
+    assert second.latest_seq(ws.id) == 1
+    second.close()
+
+
+def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    SqliteStorage(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(SchemaTooNew, match="upgrade"):
+        SqliteStorage(path)
