@@ -1,15 +1,24 @@
-"""Shared fixtures: one real embedder per test session, a fresh store file per test."""
+"""Shared fixtures: one real embedder per session, a fresh store file per test, sync servers."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
 from hypothesis import settings
 
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.server import keys
+from cairn.server.app import create_app
+from cairn.server.context import ServerSettings, now_ms
+from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage import Workspace
 from cairn.service import Store
 from cairn.store.db import Database
 
@@ -39,3 +48,67 @@ def cairn_env(tmp_path: Path) -> dict[str, str]:
     env["CAIRN_HOME"] = str(tmp_path / "home")
     env.pop("CAIRN_DB", None)
     return env
+
+
+@dataclass
+class SyncServer:
+    """A real sync server (uvicorn on 127.0.0.1) over a fresh data dir, with one workspace."""
+
+    url: str
+    data: Path
+    storage: SqliteStorage
+    workspace: Workspace
+    admin_key: str
+
+    def new_key(self, scopes: Sequence[str] = ("write",), workspace_id: str | None = None) -> str:
+        """A fresh API key (the full token) in this server's workspace or ``workspace_id``."""
+        _, token = keys.issue(
+            self.storage, workspace_id or self.workspace.id, "test", scopes, now_ms()
+        )
+        return token
+
+    def new_workspace(self, name: str) -> tuple[Workspace, str]:
+        """Another workspace on the same server, and its admin key."""
+        return keys.create_workspace(self.storage, name, now_ms())
+
+
+@pytest.fixture
+def sync_server_factory(tmp_path: Path) -> Iterator[Callable[..., SyncServer]]:
+    """Starts sync servers with the given ``ServerSettings``; all stop after the test."""
+    running: list[tuple[uvicorn.Server, threading.Thread, SqliteStorage]] = []
+
+    def start(settings: ServerSettings | None = None) -> SyncServer:
+        data = tmp_path / f"server-{len(running)}"
+        storage = SqliteStorage(data / "server.db")
+        workspace, admin_key = keys.create_workspace(storage, "test", now_ms())
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(storage, settings),
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                timeout_graceful_shutdown=1,
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread, storage))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive(), "the sync server thread died while starting"
+            assert time.monotonic() < deadline, "the sync server did not start within 30 s"
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return SyncServer(f"http://127.0.0.1:{port}", data, storage, workspace, admin_key)
+
+    yield start
+    for server, thread, storage in running:
+        server.should_exit = True
+        thread.join(timeout=10)
+        storage.close()
+
+
+@pytest.fixture
+def sync_server(sync_server_factory: Callable[..., SyncServer]) -> SyncServer:
+    """A sync server with default settings but no rate limit (tests fire requests fast)."""
+    return sync_server_factory(ServerSettings(rate_limit=0))

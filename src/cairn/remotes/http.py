@@ -1,0 +1,174 @@
+"""A Cairn sync server as a remote: the ``Remote`` interface over HTTP (``cairn server run``).
+
+Failures come back as the same exception classes the server raised (rebuilt by their error
+code), so the sync engine handles a server exactly like any other remote. The API key travels
+only in the Authorization header; no message ever includes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    MutationRejected,
+    NotFound,
+    RateLimited,
+    RemoteUnreachable,
+    SyncError,
+    error_for,
+)
+from cairn.protocol import PullPage, PushResult, WireMutation, many_from_json, to_json
+from cairn.remotes.base import KeyringBlob
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class HttpRemote:
+    """One workspace on a sync server, through one API key; keeps its connection alive."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        device_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._url = url.rstrip("/")
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {api_key}", "User-Agent": "cairn-http-remote"}
+        if device_id is not None:
+            headers["X-Cairn-Device"] = device_id
+        self._client = httpx.Client(base_url=self._url, headers=headers, timeout=timeout)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def push(self, mutations: Sequence[WireMutation]) -> PushResult:
+        body = self._call("POST", "/v1/sync/push", json={"mutations": to_json(mutations)})
+        return PushResult(
+            _int(body, "stored", self._url),
+            _int(body, "duplicates", self._url),
+            body.get("last_seq"),
+        )
+
+    def pull(
+        self,
+        cursor: str | None,
+        limit: int = 1000,
+        scopes: Sequence[str] | None = None,
+        wait: float = 0.0,
+    ) -> PullPage:
+        params: list[tuple[str, str | int | float]] = [("since", cursor or "0"), ("limit", limit)]
+        if scopes is not None:
+            # An empty string asks for untagged mutations only (no scope param means no filter).
+            params += [("scope", s) for s in scopes] or [("scope", "")]
+        if wait > 0:
+            params.append(("wait", wait))
+        # A long-poll may hold the answer back for `wait` seconds before the usual timeout runs.
+        body = self._call("GET", "/v1/sync/pull", params=params, timeout=self.timeout + wait)
+        try:
+            mutations = many_from_json(body["mutations"])
+            return PullPage(mutations, str(body["next"]), bool(body["has_more"]))
+        except (KeyError, CairnError) as exc:
+            raise SyncError(f"{self._url} sent a pull page this client cannot read") from exc
+
+    def get_keyring(self) -> KeyringBlob | None:
+        response = self._send("GET", "/v1/keyring")
+        if response.status_code == 404:
+            return None
+        body = self._body(response)
+        try:
+            return KeyringBlob(base64.b64decode(body["blob"], validate=True), int(body["version"]))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise SyncError(f"{self._url} sent a keyring this client cannot read") from exc
+
+    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
+        body = self._call(
+            "PUT",
+            "/v1/keyring",
+            json={
+                "blob": base64.b64encode(blob).decode("ascii"),
+                "expected_version": expected_version,
+            },
+        )
+        return _int(body, "version", self._url)
+
+    def register_device(self, device_id: str, name: str) -> None:
+        self._call("POST", "/v1/devices", json={"device_id": device_id, "name": name})
+
+    def status(self) -> dict[str, Any]:
+        return {"remote": self._url, **self._call("GET", "/v1/sync/status")}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._body(self._send(method, path, **kwargs))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise RemoteUnreachable(
+                f"{self._url} did not answer in time ({type(exc).__name__}); "
+                "check the server and the network, then sync again"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise RemoteUnreachable(
+                f"cannot reach {self._url} ({type(exc).__name__}: {exc}); check the URL and "
+                "that the server is running, then sync again"
+            ) from exc
+
+    def _body(self, response: httpx.Response) -> dict[str, Any]:
+        """The JSON object of a 2xx answer; for any other, the error it stands for."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and isinstance(body, dict):
+            return body
+        if response.is_success:
+            raise SyncError(f"{self._url} answered with something other than a JSON object")
+        raise _error(response, body, self._url)
+
+
+def _error(response: httpx.Response, body: Any, url: str) -> CairnError:
+    """The exception a server's error answer stands for (its class comes from the code)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return SyncError(
+            f"{url} answered HTTP {response.status_code} without a Cairn error; "
+            "is this URL a Cairn sync server?"
+        )
+    exc = error_for(error["code"], str(error.get("message", "")))
+    if not isinstance(exc, SyncError | InvalidInput | NotFound):
+        # The server's own failures (its database, a bug) are not this machine's store errors.
+        kind = RemoteUnreachable if response.status_code == 503 else SyncError
+        return kind(f"the server at {url} failed ({exc.code}): {exc.message}; sync again later")
+    if isinstance(exc, MutationRejected):
+        exc.rejected = {
+            str(item.get("mutation_id")): (str(item.get("code")), str(item.get("message")))
+            for item in error.get("rejected") or []
+            if isinstance(item, dict)
+        }
+    if isinstance(exc, RateLimited):
+        try:
+            exc.retry_after = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            exc.retry_after = 1.0
+    return exc
+
+
+def _int(body: dict[str, Any], field: str, url: str) -> int:
+    value = body.get(field)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SyncError(f"{url} sent no integer {field!r}; is this URL a Cairn sync server?")
+    return value

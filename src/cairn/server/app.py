@@ -1,0 +1,121 @@
+"""The sync server's FastAPI app and its runner; every error leaves as one JSON shape.
+
+Errors are ``{"error": {"code", "message"}}`` with the status from ``cairn.errors`` (a refused
+batch adds ``"rejected": [{mutation_id, code, message}]``), for unknown routes and wrong
+methods too, so a client maps any failure back to an exception by its code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from cairn import __version__
+from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited
+from cairn.server.context import ServerContext, ServerSettings
+from cairn.server.limits import BodyLimit
+from cairn.server.metrics import RequestMetrics
+from cairn.server.routes import router
+from cairn.server.storage import ServerStorage
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+# Seconds a stopping server gives open requests (long-polls included) before closing them.
+SHUTDOWN_GRACE = 5
+
+# Errors that are not CairnErrors (unknown route, wrong method) get a code too.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def create_app(storage: ServerStorage, settings: ServerSettings | None = None) -> FastAPI:
+    """The sync server over ``storage``; the caller owns (and closes) the storage."""
+    context = ServerContext(storage, settings or ServerSettings())
+    app = FastAPI(
+        title="Cairn sync server",
+        version=__version__,
+        summary="Stores each workspace's encrypted mutation log for Cairn devices to sync.",
+        description=(
+            "Authenticate with `Authorization: Bearer cairn_...`. Errors are "
+            '`{"error": {"code": ..., "message": ...}}`; a refused request changes nothing.'
+        ),
+        exception_handlers={
+            CairnError: _on_cairn_error,
+            RequestValidationError: _on_invalid_request,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected,
+        },
+    )
+    app.state.cairn = context
+    app.include_router(router)
+    # Added last = outermost: metrics count the body limit's 413s too.
+    app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)
+    app.add_middleware(RequestMetrics, metrics=context.metrics)
+    return app
+
+
+def run(
+    storage: ServerStorage,
+    settings: ServerSettings | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+) -> None:
+    """Serve until interrupted."""
+    uvicorn.run(
+        create_app(storage, settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+
+
+def _error(exc: CairnError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
+
+
+async def _on_cairn_error(request: Request, exc: CairnError) -> JSONResponse:
+    if isinstance(exc, RateLimited):
+        return _error(exc, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+    if isinstance(exc, AuthFailed):
+        return _error(exc, {"WWW-Authenticate": 'Bearer realm="cairn"'})
+    return _error(exc)
+
+
+async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(InvalidInput(_describe(exc.errors())))
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if exc.status_code in (404, 405):
+        message = f"{request.method} {request.url.path}: {exc.detail}; /docs lists the routes"
+    body = {"error": {"code": _HTTP_CODES.get(exc.status_code, "http_error"), "message": message}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises after this response, so the traceback still reaches the server log.
+    return _error(CairnError(f"unexpected {type(exc).__name__}; see the `cairn server run` log"))
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    """One sentence from pydantic's validation errors, naming each bad field."""
+    parts = []
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return "the request body is not valid JSON; send a JSON object as shown in /docs"
+        loc = [str(part) for part in error["loc"]]
+        if loc == ["body"]:
+            return (
+                "the request body must be a JSON object sent with "
+                "Content-Type: application/json; /docs shows the expected shape"
+            )
+        parts.append(f"{'.'.join(loc)}: {error['msg']}")
+    return "; ".join(parts) + "; /docs shows the expected shape"

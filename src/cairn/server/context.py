@@ -1,0 +1,47 @@
+"""What every route of the sync server shares: its storage, settings and in-process state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cairn.server.limits import RateLimiter, Throttle
+from cairn.server.metrics import Metrics
+from cairn.server.notify import Notifier
+from cairn.server.storage import ServerStorage
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Tunables of one server process (the CLI sets them from its options)."""
+
+    max_body: int = 8 * MiB
+    """Largest request body accepted; bigger pushes get 413 and are split by the client."""
+    rate_limit: float = 200.0
+    """Requests per second per API key on average; 0 turns rate limiting off."""
+    rate_burst: float = 400.0
+    """Requests per API key allowed in a burst above the average."""
+    touch_interval: float = 60.0
+    """Seconds between writes of a key's last_used_at (and a device's last pull)."""
+    recheck: float = 1.0
+    """Seconds between database checks during a long-poll (sees other processes' pushes)."""
+
+
+@dataclass
+class ServerContext:
+    storage: ServerStorage
+    settings: ServerSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    notifier: Notifier = field(default_factory=Notifier)
+    limiter: RateLimiter = field(init=False)
+    touches: Throttle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
+        self.touches = Throttle(self.settings.touch_interval)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

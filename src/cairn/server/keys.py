@@ -1,0 +1,117 @@
+"""API keys: ``cairn_<id>_<secret>``, shown once, stored as a SHA-256 of the secret, scoped.
+
+Scopes nest: ``admin`` grants ``write``, which grants ``read``. The key id is public (it names
+the key in lists and logs); only the secret authenticates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from cairn.errors import AuthFailed, Forbidden, InvalidInput
+from cairn.ids import uuid7
+from cairn.model import iso
+from cairn.server.storage import SCOPES, ApiKey, ServerStorage, Workspace
+
+PREFIX = "cairn_"
+_TOKEN = re.compile(r"^cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})$")
+_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HOW_TO_GET_ONE = (
+    "send `Authorization: Bearer cairn_...` with a key from `cairn server workspace create` "
+    "or `cairn server key create`"
+)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """The scopes, deduplicated, weakest first; InvalidInput naming any unknown one."""
+    given = set(scopes)
+    unknown = given - set(SCOPES)
+    if unknown or not given:
+        raise InvalidInput(
+            f"scopes must be one or more of {', '.join(SCOPES)} "
+            f"(got {', '.join(sorted(unknown)) or 'none'})"
+        )
+    return tuple(s for s in SCOPES if s in given)
+
+
+def grants(scopes: Iterable[str], needed: str) -> bool:
+    """True when a key with ``scopes`` may do what ``needed`` allows (admin > write > read)."""
+    return max(SCOPES.index(s) for s in scopes) >= SCOPES.index(needed)
+
+
+def issue(
+    storage: ServerStorage, workspace_id: str, name: str, scopes: Iterable[str], now: int
+) -> tuple[ApiKey, str]:
+    """A new key for the workspace, and its full token (shown once; never stored)."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise InvalidInput("a key name must be 1-100 characters, e.g. the device or person")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    key = ApiKey(
+        id=key_id,
+        workspace_id=workspace_id,
+        name=name,
+        scopes=check_scopes(scopes),
+        created_at=now,
+        secret_hash=hash_secret(secret),
+    )
+    storage.add_key(key)
+    return key, f"{PREFIX}{key_id}_{secret}"
+
+
+def to_json(key: ApiKey) -> dict[str, Any]:
+    """A key's record for people and scripts; never its secret or hash."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scopes": list(key.scopes),
+        "created_at": iso(key.created_at),
+        "last_used_at": None if key.last_used_at is None else iso(key.last_used_at),
+        "revoked_at": None if key.revoked_at is None else iso(key.revoked_at),
+    }
+
+
+def create_workspace(storage: ServerStorage, name: str, now: int) -> tuple[Workspace, str]:
+    """A new workspace and the token of its first admin key (shown once)."""
+    if not _WORKSPACE_NAME.match(name):
+        raise InvalidInput(
+            "a workspace name is 1-64 letters, digits and _.- (starting with a letter or digit)"
+        )
+    workspace = storage.create_workspace(uuid7(now), name, now)
+    _, token = issue(storage, workspace.id, "admin", ["admin"], now)
+    return workspace, token
+
+
+def authenticate(storage: ServerStorage, authorization: str | None) -> ApiKey:
+    """The live key an ``Authorization: Bearer`` header carries; AuthFailed otherwise."""
+    if not authorization:
+        raise AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}")
+    scheme, _, token = authorization.partition(" ")
+    match = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
+    if match is None:
+        raise AuthFailed(f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}")
+    key = storage.find_key(match.group(1))
+    if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))):
+        raise AuthFailed("this API key is not valid here; check it or create a new one")
+    if key.revoked_at is not None:
+        raise AuthFailed(f"API key {key.id} was revoked; ask a workspace admin for a new one")
+    return key
+
+
+def require(key: ApiKey, needed: str) -> None:
+    """Forbidden unless ``key`` grants ``needed``."""
+    if not grants(key.scopes, needed):
+        raise Forbidden(
+            f"API key {key.id} has scope {', '.join(key.scopes)}; this needs {needed}. "
+            f"Use a key with the {needed} scope (`cairn server key create --scope {needed}`)"
+        )

@@ -1,0 +1,253 @@
+"""The sync server's routes under ``/v1``: push, pull, status, keyring, devices and API keys.
+
+Every route but /healthz and /metrics authenticates an API key and works inside that key's
+workspace only; the workspace comes from the key, never from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from cairn import __version__, protocol
+from cairn.errors import InvalidInput, NotFound
+from cairn.model import iso
+from cairn.protocol import MAX_PULL_LIMIT, PullPage, WireMutation
+from cairn.server import keys
+from cairn.server.context import ServerContext, now_ms
+from cairn.server.metrics import CONTENT_TYPE
+from cairn.server.storage import ApiKey, Device
+
+MAX_WAIT = 60.0
+ID_PATTERN = r"^[0-9A-Za-z_.:|-]{1,160}$"  # what cairn.protocol accepts as a device id
+
+router = APIRouter()
+
+
+def _context(request: Request) -> ServerContext:
+    context: ServerContext = request.app.state.cairn
+    return context
+
+
+Context = Annotated[ServerContext, Depends(_context)]
+DeviceHeader = Annotated[
+    str | None,
+    Header(pattern=ID_PATTERN, description="The calling device's id, to track its activity."),
+]
+
+
+def _caller(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The request's API key, authenticated and within its rate limit."""
+    key = keys.authenticate(ctx.storage, authorization)
+    ctx.limiter.check(key.id)
+    if ctx.touches.due(("key", key.id)):
+        ctx.storage.touch_key(key.workspace_id, key.id, now_ms())
+    return key
+
+
+class _Needs:
+    """A dependency: the caller's key, if it has the ``needed`` scope (else 403)."""
+
+    def __init__(self, needed: str) -> None:
+        self.needed = needed
+
+    def __call__(self, key: Annotated[ApiKey, Depends(_caller)]) -> ApiKey:
+        keys.require(key, self.needed)
+        return key
+
+
+Reader = Annotated[ApiKey, Depends(_Needs("read"))]
+Writer = Annotated[ApiKey, Depends(_Needs("write"))]
+Admin = Annotated[ApiKey, Depends(_Needs("admin"))]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyringIn(_Request):
+    blob: str = Field(description="The keyring, base64 (the server never reads it).")
+    expected_version: int | None = Field(
+        None, description="The version this replaces (null: there is no keyring yet)."
+    )
+
+
+class DeviceIn(_Request):
+    device_id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(max_length=200, description="A name people recognise, e.g. a hostname.")
+
+
+class KeyIn(_Request):
+    name: str = Field(description="Who or what uses the key, e.g. a device or a person.")
+    scopes: list[str] = Field(description="read, write and/or admin (admin > write > read).")
+
+
+@router.get("/healthz", tags=["server"], summary="Liveness check (no key needed)")
+def health() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/metrics", tags=["server"], summary="Prometheus metrics (no key needed)")
+def metrics(ctx: Context) -> Response:
+    text = ctx.metrics.render(ctx.storage.totals())
+    return Response(text, media_type=CONTENT_TYPE)
+
+
+@router.post("/v1/sync/push", tags=["sync"], summary="Store a batch of mutations")
+async def push(
+    request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
+) -> dict[str, int | None]:
+    """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
+    mutations = await run_in_threadpool(_decode_batch, await request.body())
+    result = await run_in_threadpool(
+        ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms()
+    )
+    ctx.metrics.pushed(result.stored, result.duplicates, sum(len(m.payload) for m in mutations))
+    if result.stored:
+        ctx.notifier.notify(key.workspace_id)
+    return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
+
+
+@router.get("/v1/sync/pull", tags=["sync"], summary="Mutations after a sequence number")
+async def pull(
+    request: Request,
+    ctx: Context,
+    key: Reader,
+    since: Annotated[int, Query(ge=0, description="The `next` of the previous page.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PULL_LIMIT)] = 1000,
+    scope: Annotated[
+        list[str] | None,
+        Query(description="Only these scope tags, and untagged mutations (repeatable, or a,b)."),
+    ] = None,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait when nothing is new.")
+    ] = 0.0,
+    x_cairn_device: DeviceHeader = None,
+) -> Response:
+    """In seq order; ``next`` resumes after this page and ``has_more`` says whether to."""
+    scopes = None if scope is None else [s.strip() for raw in scope for s in raw.split(",")]
+    wanted = None if scopes is None else [s for s in scopes if s]
+    workspace = key.workspace_id
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        news = ctx.notifier.subscribe(workspace)  # before reading, so no push slips between
+        page = await run_in_threadpool(ctx.storage.pull, workspace, since, limit, wanted)
+        left = deadline - loop.time()
+        if int(page.cursor) != since or left <= 0 or await request.is_disconnected():
+            break
+        await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
+    if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
+        await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
+    ctx.metrics.pulled(len(page.mutations), sum(len(m.payload) for m in page.mutations))
+    return await run_in_threadpool(_page_response, page)
+
+
+@router.get("/v1/sync/status", tags=["sync"], summary="This workspace's log, devices and key")
+def status(ctx: Context, key: Reader) -> dict[str, Any]:
+    workspace = ctx.storage.workspace_by_id(key.workspace_id)
+    stats = ctx.storage.stats(key.workspace_id)
+    return {
+        "workspace": workspace.name,
+        "workspace_id": workspace.id,
+        "latest_seq": stats.latest_seq,
+        "mutations": stats.mutations,
+        "devices": stats.devices,
+        "key": {"id": key.id, "name": key.name, "scopes": list(key.scopes)},
+    }
+
+
+@router.get("/v1/keyring", tags=["keyring"], summary="The workspace's keyring blob")
+def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
+    keyring = ctx.storage.keyring(key.workspace_id)
+    if keyring is None:
+        raise NotFound("this workspace has no keyring yet; the first device to set up sync puts it")
+    return {"blob": base64.b64encode(keyring.blob).decode("ascii"), "version": keyring.version}
+
+
+@router.put("/v1/keyring", tags=["keyring"], summary="Replace the keyring (compare-and-swap)")
+def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
+    try:
+        blob = base64.b64decode(body.blob, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("blob must be base64") from exc
+    return {"version": ctx.storage.put_keyring(key.workspace_id, blob, body.expected_version)}
+
+
+@router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")
+def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
+    ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
+    return {"device_id": body.device_id, "name": body.name}
+
+
+@router.get("/v1/devices", tags=["devices"], summary="The workspace's devices")
+def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
+    return {"devices": [_device(d) for d in ctx.storage.devices(key.workspace_id)]}
+
+
+@router.post("/v1/auth/keys", status_code=201, tags=["keys"], summary="Create an API key")
+def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
+    """The response holds the key itself: it is shown this once and never stored."""
+    made, token = keys.issue(ctx.storage, key.workspace_id, body.name, body.scopes, now_ms())
+    return {**keys.to_json(made), "key": token}
+
+
+@router.get("/v1/auth/keys", tags=["keys"], summary="The workspace's API keys (no secrets)")
+def list_keys(ctx: Context, key: Admin) -> dict[str, list[dict[str, Any]]]:
+    return {"keys": [keys.to_json(k) for k in ctx.storage.keys(key.workspace_id)]}
+
+
+@router.delete("/v1/auth/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
+def revoke_key(key_id: str, ctx: Context, key: Admin) -> dict[str, Any]:
+    return keys.to_json(ctx.storage.revoke_key(key.workspace_id, key_id, now_ms()))
+
+
+def _device(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "first_seen": iso(device.first_seen),
+        "last_seen": iso(device.last_seen),
+        "pushed": device.pushed,
+        "last_push_at": _iso(device.last_push_at),
+        "last_pull_at": _iso(device.last_pull_at),
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else iso(ms)
+
+
+def _decode_batch(body: bytes) -> Sequence[WireMutation]:
+    """The checked mutations of a push body; InvalidInput or MutationRejected otherwise."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(
+            f'the request body is not valid JSON ({exc}); send {{"mutations": [...]}}'
+        ) from exc
+    if not isinstance(data, dict) or set(data) != {"mutations"}:
+        raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
+    mutations = protocol.many_from_json(data["mutations"])
+    protocol.check_batch(mutations)
+    return mutations
+
+
+def _page_response(page: PullPage) -> JSONResponse:
+    """Encoded off the event loop: a page can hold megabytes of base64."""
+    return JSONResponse(
+        {
+            "mutations": protocol.to_json(page.mutations),
+            "next": page.cursor,
+            "has_more": page.has_more,
+        }
+    )
