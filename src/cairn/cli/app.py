@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
+from cairn.cli.server import server_app
 from cairn.errors import CairnError, InvalidInput
 from cairn.model import Filters
 from cairn.service import Store
@@ -30,6 +31,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(server_app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProjectOpt = Annotated[

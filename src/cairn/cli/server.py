@@ -1,0 +1,226 @@
+"""`cairn server`: run the sync server and manage its workspaces and API keys.
+
+This is the sync server's composition root: it reads the environment and the options, opens
+the storage under ``--data`` and wires the app. The admin commands work on that database
+directly (no server needs to be running), so whoever can read the folder is its administrator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cairn.cli import output
+from cairn.errors import NotFound
+from cairn.model import iso
+from cairn.server import keys
+from cairn.server.sqlite_storage import SqliteStorage
+
+DB_FILE = "server.db"
+
+server_app = typer.Typer(
+    name="server",
+    help="Run a Cairn sync server and manage its workspaces and API keys.",
+    no_args_is_help=True,
+)
+workspace_app = typer.Typer(
+    help="Workspaces: each has its own mutation log, keyring, devices and API keys.",
+    no_args_is_help=True,
+)
+key_app = typer.Typer(
+    help="API keys of a workspace: shown once when created, stored hashed, revocable.",
+    no_args_is_help=True,
+)
+server_app.add_typer(workspace_app, name="workspace")
+server_app.add_typer(key_app, name="key")
+
+
+class Scope(StrEnum):
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Server data folder (default: $CAIRN_SERVER_DATA, else $CAIRN_HOME/server, "
+        "else ~/.cairn/server).",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="The workspace's name.")]
+
+
+def data_dir(data: Path | None) -> Path:
+    """Where the server keeps its database: --data, else the environment, else ~/.cairn."""
+    if data is not None:
+        return data.expanduser()
+    if os.environ.get("CAIRN_SERVER_DATA"):
+        return Path(os.environ["CAIRN_SERVER_DATA"]).expanduser()
+    home = os.environ.get("CAIRN_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cairn") / "server"
+
+
+def _open(data: Path | None) -> SqliteStorage:
+    return SqliteStorage(data_dir(data) / DB_FILE)
+
+
+@server_app.command()
+def run(
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 for every interface).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    data: DataOpt = None,
+    max_body: Annotated[
+        int, typer.Option(help="Largest request body in bytes; bigger pushes get 413.")
+    ] = 8 * 1024 * 1024,
+    rate_limit: Annotated[
+        float, typer.Option(help="Requests per second per API key (bursts of twice that); 0: off.")
+    ] = 200.0,
+) -> None:
+    """Run the sync server (HTTP) until interrupted; devices sync through it with an API key."""
+    # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
+    from cairn.server import app
+    from cairn.server.context import ServerSettings
+
+    settings = ServerSettings(max_body=max_body, rate_limit=rate_limit, rate_burst=2 * rate_limit)
+    storage = _open(data)
+    try:
+        output.err.print(f"cairn sync server on http://{host}:{port}, data in {storage.path}")
+        app.run(storage, settings, host, port)
+    finally:
+        storage.close()
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: Annotated[str, typer.Argument(help="A short name: letters, digits and _.-")],
+    data: DataOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Create a workspace and print its first admin key (shown this once only)."""
+    storage = _open(data)
+    try:
+        workspace, token = keys.create_workspace(storage, name, _now())
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json(
+            {**_workspace_json(workspace.id, name, workspace.created_at), "key": token}
+        )
+        return
+    output.out.print(f"created workspace {name} ({workspace.id})")
+    output.out.print(f"admin key: {token}")
+    output.out.print("store it now; it is not shown again (it is stored only as a hash).")
+
+
+@workspace_app.command("list")
+def workspace_list(data: DataOpt = None, json_: JsonFlag = False) -> None:
+    """List the workspaces with how many mutations, devices and keys each holds."""
+    storage = _open(data)
+    try:
+        rows = []
+        for workspace in storage.workspaces():
+            stats = storage.stats(workspace.id)
+            live = [k for k in storage.keys(workspace.id) if k.revoked_at is None]
+            rows.append(
+                {
+                    **_workspace_json(workspace.id, workspace.name, workspace.created_at),
+                    "latest_seq": stats.latest_seq,
+                    "mutations": stats.mutations,
+                    "devices": stats.devices,
+                    "keys": len(live),
+                }
+            )
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json(rows)
+        return
+    if not rows:
+        output.err.print("no workspaces; create one with `cairn server workspace create NAME`")
+    for row in rows:
+        output.out.print(
+            f"{row['name']}  {row['id']}  mutations {row['mutations']}  devices "
+            f"{row['devices']}  keys {row['keys']}  created {row['created_at']}"
+        )
+
+
+@key_app.command("create")
+def key_create(
+    workspace: WorkspaceOpt,
+    name: Annotated[str, typer.Option("--name", "-n", help="Who or what will use the key.")],
+    scope: Annotated[
+        Scope, typer.Option(help="read: pull; write: also push; admin: also manage keys.")
+    ] = Scope.write,
+    data: DataOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Create an API key in a workspace and print it (shown this once only)."""
+    storage = _open(data)
+    try:
+        key, token = keys.issue(
+            storage, storage.workspace(workspace).id, name, [scope.value], _now()
+        )
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json({**keys.to_json(key), "key": token})
+        return
+    output.out.print(f"created key {key.id} ({name}, {scope.value}) in workspace {workspace}")
+    output.out.print(f"key: {token}")
+    output.out.print("store it now; it is not shown again (it is stored only as a hash).")
+
+
+@key_app.command("list")
+def key_list(workspace: WorkspaceOpt, data: DataOpt = None, json_: JsonFlag = False) -> None:
+    """List a workspace's API keys (never their secrets), revoked ones included."""
+    storage = _open(data)
+    try:
+        listed = storage.keys(storage.workspace(workspace).id)
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json([keys.to_json(k) for k in listed])
+        return
+    for key in listed:
+        state = f"revoked {iso(key.revoked_at)}" if key.revoked_at else "live"
+        used = iso(key.last_used_at) if key.last_used_at else "never"
+        output.out.print(f"{key.id}  {key.name}  {','.join(key.scopes)}  {state}  last used {used}")
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (from key list).")],
+    data: DataOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Revoke an API key: requests with it fail from now on (on a running server too)."""
+    storage = _open(data)
+    try:
+        found = storage.find_key(key_id)
+        if found is None:
+            raise NotFound(f"no API key {key_id!r}; `cairn server key list -w NAME` shows them")
+        key = storage.revoke_key(found.workspace_id, key_id, _now())
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json(keys.to_json(key))
+    else:
+        output.out.print(f"revoked key {key.id} ({key.name})")
+
+
+def _workspace_json(workspace_id: str, name: str, created_at: int) -> dict[str, Any]:
+    return {"id": workspace_id, "name": name, "created_at": iso(created_at)}
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,167 @@
+"""`cairn server ...` end to end: admin commands and `cairn server run`, as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from cairn.cli.app import app
+from cairn.errors import AuthFailed, Forbidden
+from cairn.protocol import WireMutation
+from cairn.remotes.http import HttpRemote
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+
+
+@pytest.fixture
+def env(cairn_env: dict[str, str]) -> dict[str, str]:
+    """A fresh CAIRN_HOME; the server's data then defaults to $CAIRN_HOME/server."""
+    cairn_env.pop("CAIRN_SERVER_DATA", None)
+    return cairn_env
+
+
+def cairn(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CAIRN, "server", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def ok_json(env: dict[str, str], *args: str) -> object:
+    result = cairn(env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def server_url(env: dict[str, str]) -> Iterator[str]:
+    """`cairn server run` as a subprocess on a free port, over $CAIRN_HOME/server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [CAIRN, "server", "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "`cairn server run` did not answer within 30 s"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield url
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=15)
+    assert f"on http://127.0.0.1:{port}" in stderr
+    assert str(Path(env["CAIRN_HOME"]) / "server" / "server.db") in stderr
+
+
+def mutation(n: int) -> WireMutation:
+    return WireMutation(
+        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, b"x"
+    )
+
+
+def test_a_new_workspace_key_is_shown_once_and_works(env: dict[str, str], server_url: str) -> None:
+    created = cairn(env, "workspace", "create", "team")
+    assert created.returncode == 0, created.stderr
+    assert "not shown again" in created.stdout
+    (token,) = [w for w in created.stdout.split() if w.startswith("cairn_")]
+    listed = cairn(env, "workspace", "list")
+    assert "team" in listed.stdout and token not in listed.stdout
+
+    remote = HttpRemote(server_url, token)
+    assert remote.push([mutation(1)]).stored == 1
+    assert remote.status()["workspace"] == "team"
+    remote.close()
+
+
+def test_keys_are_created_listed_and_revoked(env: dict[str, str], server_url: str) -> None:
+    made = ok_json(env, "workspace", "create", "team")
+    assert isinstance(made, dict) and made["name"] == "team" and made["key"].startswith("cairn_")
+    key = ok_json(env, "key", "create", "--workspace", "team", "--name", "ci", "--scope", "read")
+    assert isinstance(key, dict) and key["scopes"] == ["read"]
+
+    reader = HttpRemote(server_url, key["key"])
+    assert reader.pull(None).mutations == []
+    with pytest.raises(Forbidden):
+        reader.push([mutation(1)])
+
+    listed = ok_json(env, "key", "list", "--workspace", "team")
+    assert isinstance(listed, list) and [k["name"] for k in listed] == ["admin", "ci"]
+    assert key["key"] not in json.dumps(listed)
+    assert next(k for k in listed if k["name"] == "ci")["last_used_at"] is not None
+
+    revoked = ok_json(env, "key", "revoke", key["id"])
+    assert isinstance(revoked, dict) and revoked["revoked_at"]
+    with pytest.raises(AuthFailed, match="revoked"):  # the running server sees it at once
+        reader.pull(None)
+    reader.close()
+    workspaces = ok_json(env, "workspace", "list")
+    assert isinstance(workspaces, list) and workspaces[0]["keys"] == 1
+
+
+def test_admin_errors_say_what_to_do_and_exit_nonzero(env: dict[str, str], tmp_path: Path) -> None:
+    data = str(tmp_path / "elsewhere")
+    assert cairn(env, "workspace", "create", "team", "--data", data).returncode == 0
+    again = cairn(env, "workspace", "create", "team", "--data", data)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    missing = cairn(env, "key", "list", "--workspace", "team")  # the default data dir is empty
+    assert missing.returncode == 4 and "workspace list" in missing.stderr
+    unknown = cairn(env, "key", "revoke", "000000000000", "--data", data)
+    assert unknown.returncode == 4
+    bad_name = cairn(env, "workspace", "create", "no spaces please", "--data", data)
+    assert bad_name.returncode == 2 and "workspace name" in bad_name.stderr
+    env_data = {**env, "CAIRN_SERVER_DATA": data}
+    assert "team" in cairn(env_data, "workspace", "list").stdout
+
+
+def _server_commands() -> list[tuple[list[str], Any]]:
+    """Every command under `cairn server`, groups included (typer vendors its own click)."""
+    root: Any = typer.main.get_command(app)
+    found: list[tuple[list[str], Any]] = []
+    pending: list[tuple[list[str], Any]] = [(["server"], root.commands["server"])]
+    while pending:
+        path, command = pending.pop()
+        found.append((path, command))
+        subcommands = getattr(command, "commands", {})
+        pending += [([*path, name], sub) for name, sub in subcommands.items()]
+    return found
+
+
+def test_every_server_command_has_help() -> None:
+    commands = _server_commands()
+    assert {" ".join(p) for p, _ in commands} >= {
+        "server run",
+        "server workspace create",
+        "server workspace list",
+        "server key create",
+        "server key list",
+        "server key revoke",
+    }
+    runner = CliRunner()
+    for path, command in commands:
+        assert command.help and len(command.help) > 15, path
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert getattr(param, "help", None), f"{path} --{param.name} has no help"
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, path
