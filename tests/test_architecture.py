@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "cairn.store": 1,
     "cairn.remotes": 1,
     "cairn.server.storage": 1,
+    "cairn.server.sqlite_db": 1,
     "cairn.server.sqlite_storage": 1,
     # mechanisms
     "cairn.embedding": 2,

@@ -1,29 +1,20 @@
 """The sync server's embedded database: one SQLite file (WAL), so `cairn server run` needs nothing.
 
-Each thread gets its own connection, so pulls read a snapshot while a push writes. Every write
-is one ``BEGIN IMMEDIATE`` transaction: SQLite then admits one writer at a time, which is what
-makes per-workspace sequence numbers commit in order (a reader can never see seq 8 before 7).
+Every write is one ``BEGIN IMMEDIATE`` transaction (``cairn.server.sqlite_db``): SQLite admits
+one writer at a time, which is what makes per-workspace sequence numbers commit in order (a
+reader can never see seq 8 before 7).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cairn.errors import (
-    InvalidInput,
-    NotFound,
-    RemoteConflict,
-    SchemaTooNew,
-    StoreCorrupt,
-    StoreError,
-    StoreLocked,
-)
+from cairn.errors import InvalidInput, NotFound, RemoteConflict
 from cairn.protocol import PullPage, PushResult, WireMutation
+from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     ApiKey,
     Device,
@@ -33,7 +24,6 @@ from cairn.server.storage import (
     WorkspaceStats,
 )
 
-BUSY_TIMEOUT_MS = 10_000
 MAX_SCOPES = 1000
 
 # Numbered migrations: PRAGMA user_version is how many ran. Never edit one; add the next.
@@ -100,19 +90,12 @@ class SqliteStorage:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create {path.parent}: {exc}; check the --data path") from exc
-        self._migrate()
+        self._db = SqliteFile(path, MIGRATIONS)
 
     # -- workspaces ---------------------------------------------------------------------------
 
     def create_workspace(self, workspace_id: str, name: str, now: int) -> Workspace:
-        with self._write() as conn:
+        with self._db.write() as conn:
             if conn.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone():
                 raise InvalidInput(
                     f"a workspace named {name!r} already exists; pick another name "
@@ -145,7 +128,7 @@ class SqliteStorage:
     # -- API keys -----------------------------------------------------------------------------
 
     def add_key(self, key: ApiKey) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -173,7 +156,7 @@ class SqliteStorage:
         return [_key(row) for row in rows]
 
     def revoke_key(self, workspace_id: str, key_id: str, now: int) -> ApiKey:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE api_keys SET revoked_at = ? "
                 "WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
@@ -188,7 +171,7 @@ class SqliteStorage:
         return _key(row)
 
     def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "UPDATE api_keys SET last_used_at = ? WHERE workspace_id = ? AND id = ?",
                 (now, workspace_id, key_id),
@@ -203,7 +186,7 @@ class SqliteStorage:
         device_id: str | None,
         now: int,
     ) -> PushResult:
-        with self._write() as conn:
+        with self._db.write() as conn:
             seq = self._latest(conn, workspace_id)
             stored = 0
             for m in mutations:
@@ -264,7 +247,7 @@ class SqliteStorage:
         sql += " ORDER BY seq LIMIT ?"
         args.append(limit)
         # One snapshot for the page and the latest seq: the cursor cannot pass an unseen row.
-        with self._read() as conn:
+        with self._db.read() as conn:
             latest = self._latest(conn, workspace_id)
             rows = conn.execute(sql, args).fetchall()
         page = [
@@ -275,11 +258,11 @@ class SqliteStorage:
         return PullPage(page, str(last), last < latest)
 
     def latest_seq(self, workspace_id: str) -> int:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return self._latest(conn, workspace_id)
 
     def stats(self, workspace_id: str) -> WorkspaceStats:
-        with self._read() as conn:
+        with self._db.read() as conn:
             latest = self._latest(conn, workspace_id)
             (count,) = conn.execute(
                 "SELECT COUNT(*) FROM mutations WHERE workspace_id = ?", (workspace_id,)
@@ -304,7 +287,7 @@ class SqliteStorage:
         return Keyring(bytes(row[0]), row[1]) if row else None
 
     def put_keyring(self, workspace_id: str, blob: bytes, expected_version: int | None) -> int:
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._latest(conn, workspace_id)  # NotFound for an unknown workspace
             row = conn.execute(
                 "SELECT version FROM keyrings WHERE workspace_id = ?", (workspace_id,)
@@ -324,7 +307,7 @@ class SqliteStorage:
         return version
 
     def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen) "
@@ -334,7 +317,7 @@ class SqliteStorage:
             )
 
     def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
-        with self._write() as conn:
+        with self._db.write() as conn:
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
@@ -354,89 +337,16 @@ class SqliteStorage:
         return [Device(*row) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._db.close()
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        try:
-            conn = sqlite3.connect(
-                str(self.path),
-                isolation_level=None,
-                check_same_thread=False,  # close() closes every thread's connection
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # An acknowledged push must survive a power cut: fsync on every commit.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
-        with self._lock:
-            self._connections.append(conn)
-        self._local.conn = conn
-        return conn
-
-    def _migrate(self) -> None:
-        with self._write() as tx:
-            (version,) = tx.execute("PRAGMA user_version").fetchone()
-            if version > len(MIGRATIONS):
-                raise SchemaTooNew(
-                    f"{self.path} was written by a newer Cairn server (schema {version}, this "
-                    f"one knows {len(MIGRATIONS)}); upgrade cairn"
-                )
-            for number in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
-                tx.execute(f"PRAGMA user_version = {number + 1}")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: everything inside commits together or not at all."""
-        with self._transaction("BEGIN IMMEDIATE") as conn:
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction: every query inside sees the same snapshot."""
-        with self._transaction("BEGIN") as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
-        try:
-            yield conn
-        except BaseException as exc:
-            conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._translate(exc) from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise self._translate(exc) from exc
-
     def _one(self, sql: str, *args: Any) -> Any:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return conn.execute(sql, args).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[Any]:
-        with self._read() as conn:
+        with self._db.read() as conn:
             return conn.execute(sql, args).fetchall()
 
     @staticmethod
@@ -448,20 +358,6 @@ class SqliteStorage:
             raise NotFound(f"no workspace with id {workspace_id!r}")
         latest: int = row[0]
         return latest
-
-    def _translate(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            return StoreLocked(
-                f"the server database {self.path} stayed locked for "
-                f"{BUSY_TIMEOUT_MS // 1000} s; retry shortly"
-            )
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
-            return StoreCorrupt(
-                f"{self.path} is not a readable Cairn server database ({exc}); restore it "
-                "from a backup or point --data elsewhere"
-            )
-        return StoreError(f"SQLite error on {self.path}: {exc}")
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
