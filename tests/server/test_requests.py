@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -193,3 +195,19 @@ def test_metrics_count_requests_and_sync_traffic(
     assert samples["cairn_workspaces"] == 2 and samples["cairn_mutations_stored"] == 3
     assert samples["cairn_latest_seq_max"] == 2
     assert "acme" not in response.text  # workspace names are private
+
+
+def test_a_long_poll_sees_pushes_that_bypass_this_process(sync_server: SyncServer) -> None:
+    # Writing to the storage directly, as another server process on the same database would,
+    # wakes no in-process waiter: only the periodic recheck can see it.
+    remote = HttpRemote(sync_server.url, sync_server.admin_key)
+    started = time.monotonic()
+    timer = threading.Timer(
+        0.3, lambda: sync_server.storage.push(sync_server.workspace.id, [wire(1)], None, 0)
+    )
+    timer.start()
+    page = remote.pull(None, wait=20)
+    timer.join()
+    assert [m.mutation_id for m in page.mutations] == ["m-1"]
+    assert time.monotonic() - started < 5
+    remote.close()
