@@ -134,8 +134,10 @@ async def pull(
     x_cairn_device: DeviceHeader = None,
 ) -> Response:
     """In seq order; ``next`` resumes after this page and ``has_more`` says whether to."""
-    scopes = None if scope is None else [s.strip() for raw in scope for s in raw.split(",")]
-    wanted = None if scopes is None else [s for s in scopes if s]
+    # `scope=` (present but empty) asks for untagged mutations only; no `scope` means all.
+    wanted = (
+        None if scope is None else [s.strip() for r in scope for s in r.split(",") if s.strip()]
+    )
     workspace = key.workspace_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
