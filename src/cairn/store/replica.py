@@ -231,3 +231,23 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def set_vector(
+    conn: sqlite3.Connection, memory_id: str, content_hash: str, model_id: str, vector: bytes
+) -> None:
+    """Store a vector made here for a pulled memory, if its content is still the embedded one."""
+    row = conn.execute(
+        "SELECT rowid FROM memories WHERE id = ? AND content_hash = ? AND deleted = 0",
+        (memory_id, content_hash),
+    ).fetchone()
+    if row is None:
+        return
+    seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0]
+    conn.execute(
+        "INSERT OR REPLACE INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
+        (row[0], model_id, vector),
+    )
+    conn.execute(
+        "UPDATE memories SET model_id = ?, seq = ? WHERE rowid = ?", (model_id, seq, row[0])
+    )

@@ -1,0 +1,456 @@
+"""The sync verbs over one store and one remote: join, push, pull, now, status, conflicts, resolve.
+
+A push sends each changed entity's current state and clears its outbox entries only once the
+remote acknowledged the batch; a batch the remote finds too large is split; mutations it refuses
+go to the dead-letter list (with the reason) and the rest still go. A pull applies each page in
+one transaction together with the cursor that follows it, so a crash never skips or half-applies
+a page. Pulled memories keep the vector they were sent with: nothing is embedded again unless it
+came from another embedding model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    MutationRejected,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RemoteConflict,
+    SyncError,
+)
+from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
+from cairn.protocol import WireMutation
+from cairn.remotes.base import Remote
+from cairn.service import Store
+from cairn.store import outbox, replica
+from cairn.store.clock import device_id, next_hlc, now_ms
+from cairn.sync import payload
+from cairn.sync.apply import apply
+
+CURSOR = "sync.cursor"
+TARGET = "sync.target"
+LAST_PUSH = "sync.last_push_at"
+LAST_PULL = "sync.last_pull_at"
+KEYRING_FORMAT = "cairn-keyring/0"
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): how far a push or pull has come (total may grow during a pull)."""
+
+
+@dataclass(frozen=True)
+class PushReport:
+    pushed: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    kept_local: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PullReport:
+    received: int = 0
+    applied: int = 0
+    unchanged: int = 0
+    own: int = 0
+    filtered: int = 0
+    failed: int = 0
+    embedded: int = 0
+    duplicates_merged: int = 0
+    pages: int = 0
+
+
+def join(remote: Remote) -> bytes:
+    """The workspace's scope key, read from the remote's keyring (made there if it has none).
+
+    Until end-to-end encryption wraps it (DESIGN §5), the keyring holds the key as is.
+    """
+    for _attempt in range(3):
+        found = remote.get_keyring()
+        if found is not None:
+            try:
+                data = json.loads(found.blob)
+                if data.get("format") != KEYRING_FORMAT:
+                    raise ValueError(data.get("format"))
+                return base64.b64decode(data["scope_key"], validate=True)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SyncError(
+                    f"the keyring on {remote.url} is not one this Cairn can read; "
+                    "upgrade Cairn or point sync at another workspace"
+                ) from exc
+        key = secrets.token_bytes(32)
+        blob = json.dumps(
+            {"format": KEYRING_FORMAT, "scope_key": base64.b64encode(key).decode()}
+        ).encode()
+        try:
+            remote.put_keyring(blob, None)
+            return key
+        except RemoteConflict:
+            continue  # another device made it first: read theirs
+    raise SyncError(f"the keyring on {remote.url} keeps changing; retry in a moment")
+
+
+class Syncer:
+    """Sync one store with one remote under selective-sync rules."""
+
+    def __init__(
+        self,
+        store: Store,
+        remote: Remote,
+        scope_key: bytes,
+        rules: SyncRules | None = None,
+        batch_bytes: int = 6 * 1024 * 1024,
+        batch_size: int = 5000,
+        page_size: int = 5000,
+    ) -> None:
+        self.store = store
+        self.remote = remote
+        self.scope_key = scope_key
+        self.rules = rules or SyncRules()
+        self.batch_bytes = batch_bytes
+        self.batch_size = batch_size
+        self.page_size = page_size
+        with store.db.write() as conn:
+            self.device_id = device_id(conn)
+            self._retarget(conn)
+
+    def _retarget(self, conn: Any) -> None:
+        """A new remote or new rules: send everything again and read the remote from the start."""
+        target = f"{self.remote.url}#{self.rules.fingerprint()}"
+        if replica.get_meta(conn, TARGET) == target:
+            return
+        outbox.enqueue_all(conn, self.device_id, next_hlc(conn).pack())
+        replica.set_meta(conn, CURSOR, None)
+        replica.set_meta(conn, TARGET, target)
+
+    # --- push -------------------------------------------------------------------------------
+
+    def push(self, progress: Progress | None = None) -> PushReport:
+        """Send every pending change; returns what happened (raises on transport failures)."""
+        with self.store.db.read() as conn:
+            total = outbox.count(conn)
+        report = PushReport()
+        after = 0
+        done = 0
+        while True:
+            with self.store.db.read() as conn:
+                queued = outbox.pending(conn, self.batch_size, after)
+                wire, local_only = self._envelopes(conn, queued)
+            if not queued:
+                break
+            after = queued[-1].seq
+            if local_only:
+                with self.store.db.write() as conn:
+                    outbox.acknowledge(conn, local_only)
+            stored, duplicates, dead, batches, sent_bytes = self._send_all(wire)
+            report = PushReport(
+                report.pushed + len(wire) - dead,
+                report.stored + stored,
+                report.duplicates + duplicates,
+                report.kept_local + len(local_only),
+                report.dead_lettered + dead,
+                report.batches + batches,
+                report.bytes + sent_bytes,
+            )
+            done += len(queued)
+            if progress:
+                progress(done, max(total, done))
+        if report.batches:
+            with self.store.db.write() as conn:
+                replica.set_meta(conn, LAST_PUSH, str(now_ms()))
+        return report
+
+    def _envelopes(
+        self, conn: Any, queued: Sequence[outbox.Pending]
+    ) -> tuple[list[tuple[outbox.Pending, WireMutation]], list[outbox.Pending]]:
+        """Each pending entity's state, sealed in an envelope; and the ones rules keep local."""
+        memory_ids = [p.mutation.entity_id for p in queued if p.mutation.entity == "memory"]
+        relations = replica.relation_states(
+            conn, [p.mutation.entity_id for p in queued if p.mutation.entity == "relation"]
+        )
+        ends = {e for r in relations.values() for e in (r.from_id, r.to_id)}
+        states = replica.memory_states(conn, [*memory_ids, *ends])
+        wire: list[tuple[outbox.Pending, WireMutation]] = []
+        local_only: list[outbox.Pending] = []
+        for pending in queued:
+            entity_id = pending.mutation.entity_id
+            if pending.mutation.entity == "memory" and entity_id in states:
+                state = states[entity_id][1]
+                if not self.rules.allows(state.memory):
+                    local_only.append(pending)
+                    continue
+                body, hlc, project = payload.encode_memory(state), state.hlc, state.memory.project
+                wire_id = entity_id
+            elif entity_id in relations:
+                relation = relations[entity_id]
+                endpoints = [states.get(e) for e in (relation.from_id, relation.to_id)]
+                if any(e is None or not self.rules.allows(e[1].memory) for e in endpoints):
+                    local_only.append(pending)
+                    continue
+                body, hlc = payload.encode_relation(relation), relation.hlc
+                project = endpoints[0][1].memory.project if endpoints[0] else ""
+                wire_id = payload.relation_entity_id(relation)
+            else:  # nothing to send (cannot happen: rows are never removed)
+                local_only.append(pending)
+                continue
+            wire.append(
+                (
+                    pending,
+                    WireMutation(
+                        pending.mutation.mutation_id,
+                        self.device_id,
+                        hlc,
+                        wire_id,
+                        payload.scope_tag(self.scope_key, project),
+                        body,
+                    ),
+                )
+            )
+        return wire, local_only
+
+    def _send_all(
+        self, items: list[tuple[outbox.Pending, WireMutation]]
+    ) -> tuple[int, int, int, int, int]:
+        """(stored, duplicates, dead-lettered, batches, bytes) after sending ``items``."""
+        totals = [0, 0, 0, 0, 0]
+        batch: list[tuple[outbox.Pending, WireMutation]] = []
+        size = 0
+        for item in items:
+            cost = len(item[1].payload) * 4 // 3 + 400  # base64 and JSON keys
+            if batch and size + cost > self.batch_bytes:
+                self._send(batch, totals)
+                batch, size = [], 0
+            batch.append(item)
+            size += cost
+        if batch:
+            self._send(batch, totals)
+        return totals[0], totals[1], totals[2], totals[3], totals[4]
+
+    def _send(self, batch: list[tuple[outbox.Pending, WireMutation]], totals: list[int]) -> None:
+        """Push one batch; split it when too large; dead-letter what the remote refuses."""
+        for attempt in range(5):
+            try:
+                result = self.remote.push([w for _, w in batch])
+                break
+            except PayloadTooLarge as exc:
+                if len(batch) == 1:
+                    self._dead_letter(batch, exc.code, exc.message, totals)
+                    return
+                half = len(batch) // 2
+                self._send(batch[:half], totals)
+                self._send(batch[half:], totals)
+                return
+            except MutationRejected as exc:
+                refused = [item for item in batch if item[1].mutation_id in exc.rejected]
+                if not refused:  # the remote named none: the batch as a whole is refused
+                    self._dead_letter(batch, exc.code, exc.message, totals)
+                    return
+                for item in refused:
+                    code, message = exc.rejected[item[1].mutation_id]
+                    self._dead_letter([item], code, message, totals)
+                rest = [item for item in batch if item[1].mutation_id not in exc.rejected]
+                if rest:
+                    self._send(rest, totals)
+                return
+            except RateLimited as exc:
+                if attempt == 4:
+                    raise
+                time.sleep(min(exc.retry_after, 30.0))
+        with self.store.db.write() as conn:
+            outbox.acknowledge(conn, [p for p, _ in batch])
+        totals[0] += result.stored
+        totals[1] += result.duplicates
+        totals[3] += 1
+        totals[4] += sum(len(w.payload) for _, w in batch)
+
+    def _dead_letter(
+        self,
+        items: Sequence[tuple[outbox.Pending, WireMutation]],
+        code: str,
+        message: str,
+        totals: list[int],
+    ) -> None:
+        with self.store.db.write() as conn:
+            outbox.dead_letter(conn, "push", [p.mutation for p, _ in items], code, message)
+        totals[2] += len(items)
+
+    # --- pull -------------------------------------------------------------------------------
+
+    def pull(self, progress: Progress | None = None, wait: float = 0.0) -> PullReport:
+        """Apply everything the remote has after this device's cursor."""
+        scopes = [payload.scope_tag(self.scope_key, p) for p in self.rules.include_projects]
+        counts = PullReport()
+        while True:
+            with self.store.db.read() as conn:
+                cursor = replica.get_meta(conn, CURSOR)
+            page = self.remote.pull(cursor, self.page_size, scopes or None, wait)
+            wait = 0.0
+            counts = self._apply_page(page.mutations, page.cursor, counts)
+            if progress:
+                progress(
+                    counts.received, counts.received + (self.page_size if page.has_more else 0)
+                )
+            if not page.has_more:
+                break
+        if counts.received:
+            with self.store.db.write() as conn:
+                replica.set_meta(conn, LAST_PULL, str(now_ms()))
+        return counts
+
+    def _apply_page(
+        self, mutations: Sequence[WireMutation], cursor: str, counts: PullReport
+    ) -> PullReport:
+        states: list[MemoryState | RelationState] = []
+        failed: list[tuple[WireMutation, CairnError]] = []
+        own = filtered = 0
+        for mutation in mutations:
+            if mutation.device_id == self.device_id:
+                own += 1  # this device's own change: already here
+                continue
+            try:
+                state = payload.decode(mutation)
+            except payload.PayloadError as exc:
+                failed.append((mutation, exc))
+                continue
+            if isinstance(state, MemoryState) and not self.rules.allows(state.memory):
+                filtered += 1
+                continue
+            states.append(state)
+        with self.store.db.write() as conn:
+            result = apply(conn, states, self.store.embedder.model_id)
+            for bad, error in failed:
+                entry = Mutation(bad.mutation_id, bad.device_id, bad.hlc, "?", bad.entity_id)
+                outbox.dead_letter(conn, "pull", [entry], error.code, error.message)
+            replica.set_meta(conn, CURSOR, cursor)
+        embedded = self._embed_missing(result.needs_vector)
+        return PullReport(
+            counts.received + len(mutations),
+            counts.applied + result.memories + result.relations,
+            counts.unchanged + result.unchanged,
+            counts.own + own,
+            counts.filtered + filtered,
+            counts.failed + len(failed),
+            counts.embedded + embedded,
+            counts.duplicates_merged + result.duplicates_merged,
+            counts.pages + 1,
+        )
+
+    def _embed_missing(self, memory_ids: Sequence[str]) -> int:
+        """Embed pulled memories that came without a vector of this device's model."""
+        if not memory_ids:
+            return 0
+        with self.store.db.read() as conn:
+            states = replica.memory_states(conn, memory_ids)
+        todo = [s for _, s in states.values() if not s.memory.deleted and s.vector is None]
+        if not todo:
+            return 0
+        vectors = self.store.embedder.embed([s.memory.content for s in todo])
+        with self.store.db.write() as conn:
+            for state, vector in zip(todo, vectors, strict=True):
+                replica.set_vector(
+                    conn,
+                    state.memory.id,
+                    state.memory.content_hash,
+                    self.store.embedder.model_id,
+                    np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+                )
+        return len(todo)
+
+    # --- together, and what the user sees ------------------------------------------------------
+
+    def now(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Push, pull, then push what the pull caused (merged duplicates, topic links)."""
+        pushed = self.push(progress)
+        pulled = self.pull(progress)
+        again = self.push(progress)
+        return {"push": asdict(pushed), "pull": asdict(pulled), "push_after_pull": asdict(again)}
+
+    def status(self) -> dict[str, Any]:
+        """Local sync state, plus the remote's if it answers (offline is not an error here)."""
+        with self.store.db.read() as conn:
+            local = {
+                "remote": self.remote.url,
+                "device_id": self.device_id,
+                "pending": outbox.count(conn),
+                "dead_letters": len(outbox.dead_letters(conn)),
+                "conflicts": len(replica.conflicts(conn)),
+                "cursor": replica.get_meta(conn, CURSOR),
+                "last_push_at": _iso(replica.get_meta(conn, LAST_PUSH)),
+                "last_pull_at": _iso(replica.get_meta(conn, LAST_PULL)),
+                "rules": asdict(self.rules),
+            }
+        try:
+            local["remote_status"] = self.remote.status()
+            local["reachable"] = True
+        except SyncError as exc:
+            local["reachable"] = False
+            local["error"] = exc.to_dict()
+        return local
+
+    def conflicts(self) -> list[Conflict]:
+        with self.store.db.read() as conn:
+            return replica.conflicts(conn)
+
+    def resolve(self, ref: str, keep: str) -> dict[str, Any]:
+        """Settle a conflict: keep ``local`` (the content shown now), ``remote`` (the kept
+        version) or ``both`` (the kept version becomes a memory of its own)."""
+        if keep not in ("local", "remote", "both"):
+            raise InvalidInput("--keep must be local, remote or both")
+        ref = ref.strip()
+        found = [
+            c
+            for c in self.conflicts()
+            if ref == c.id or ref == c.memory_id or (len(ref) >= 8 and c.memory_id.startswith(ref))
+        ]
+        if not found:
+            raise NotFound(f"no open conflict matches {ref!r}; `cairn sync conflicts` lists them")
+        if len(found) > 1:
+            ids = ", ".join(c.id for c in found)
+            raise InvalidInput(f"{ref!r} matches several conflicts ({ids}); give one conflict id")
+        conflict = found[0]
+        created = None
+        if keep == "both":
+            current = self.store.get(conflict.memory_id)
+            created = self.store.remember(
+                conflict.content, current.kind, current.project, current.tags, None
+            ).memory.id
+        memory = self.store.edit(
+            conflict.memory_id,
+            content=conflict.content if keep == "remote" else None,
+            settles=[conflict.hlc],
+        )
+        return {
+            "conflict": conflict.id,
+            "kept": keep,
+            "memory": memory.to_dict(),
+            "created": created,
+        }
+
+    def dead_letters(self) -> list[outbox.DeadLetter]:
+        with self.store.db.read() as conn:
+            return outbox.dead_letters(conn)
+
+    def retry_dead_letters(self) -> int:
+        """Queue refused pushes again (after fixing their cause) and clear the list."""
+        with self.store.db.write() as conn:
+            return outbox.requeue_dead_letters(conn, self.device_id, next_hlc(conn).pack())
+
+    def close(self) -> None:
+        self.remote.close()
+
+
+def _iso(ms: str | None) -> str | None:
+    return iso(int(ms)) if ms else None

@@ -1,0 +1,87 @@
+"""Replicas for sync tests: separate store files sharing one real embedder and one remote."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.model import SyncRules
+from cairn.remotes.base import Remote
+from cairn.remotes.memory import MemoryRemote
+from cairn.service import Store
+from cairn.store.db import Database
+from cairn.syncing import Syncer, join
+
+Replica = tuple[Store, Syncer]
+
+
+@pytest.fixture
+def remote() -> MemoryRemote:
+    return MemoryRemote()
+
+
+@pytest.fixture
+def make_replica(
+    tmp_path: Path, embedder: OnnxEmbedder, remote: MemoryRemote
+) -> Iterator[Callable[..., Replica]]:
+    opened: list[Store] = []
+
+    def make(
+        name: str, rules: SyncRules | None = None, via: Remote | None = None, project: str = "p"
+    ) -> Replica:
+        store = Store(Database(tmp_path / f"{name}.db"), embedder, project=project, source=name)
+        opened.append(store)
+        target = via or remote
+        return store, Syncer(store, target, join(target), rules, page_size=7)
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def sync_all(*syncers: Syncer) -> None:
+    """Push and pull every replica until nothing moves (two quiet rounds)."""
+    for _round in range(3):
+        for syncer in syncers:
+            syncer.push()
+        for syncer in syncers:
+            syncer.pull()
+    for syncer in syncers:
+        syncer.push()
+
+
+def snapshot(store: Store) -> dict[str, object]:
+    """Everything replicas must agree on, in a comparable form."""
+    conn = store.db.conn
+    memories = {
+        r[0]: r[1:]
+        for r in conn.execute(
+            "SELECT id, content, kind, project, topic_key, deleted, content_hash, ancestors "
+            "FROM memories"
+        )
+    }
+    tags = sorted(
+        conn.execute(
+            "SELECT m.id, t.tag FROM memory_tags t JOIN memories m ON m.rowid = t.memory_rowid"
+        ).fetchall()
+    )
+    relations = sorted(
+        conn.execute("SELECT from_id, to_id, type, deleted FROM relations").fetchall()
+    )
+    conflicts = sorted(conn.execute("SELECT memory_id, hlc, content FROM conflicts").fetchall())
+    vectors = sorted(
+        conn.execute(
+            "SELECT m.id, v.vector FROM memory_vectors v JOIN memories m "
+            "ON m.rowid = v.memory_rowid"
+        ).fetchall()
+    )
+    return {
+        "memories": memories,
+        "tags": tags,
+        "relations": relations,
+        "conflicts": conflicts,
+        "vectors": vectors,
+    }
