@@ -13,10 +13,13 @@ from pathlib import Path
 
 from cairn import config
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.errors import CairnError
+from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
 from cairn.service import NewMemory, Store
+from cairn.remotes.base import Remote
+from cairn.remotes.http import HttpRemote
 from cairn.store.db import Database
+from cairn.syncing import Syncer
 
 try:
     __version__ = version("cairn-memory")
@@ -56,3 +59,23 @@ def build(settings: config.Settings, path: Path | None = None, project: str | No
         source=settings.source,
         near_duplicate=settings.near_duplicate,
     )
+
+
+def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> Remote:
+    """The remote a sync URL names (this release: a Cairn sync server over http(s))."""
+    if url.startswith(("http://", "https://")):
+        if not api_key:
+            raise InvalidInput("a sync server needs an API key: pass --api-key (or CAIRN_API_KEY)")
+        return HttpRemote(url, api_key, device_id=device_id)
+    raise InvalidInput(f"cannot sync with {url!r}: give the server's http:// or https:// URL")
+
+
+def build_syncer(settings: config.Settings, store: Store) -> Syncer:
+    """Wire a Syncer for ``store`` from the saved sync settings."""
+    sync = settings.sync
+    if sync.remote is None or sync.scope_key is None:
+        raise SyncNotConfigured(
+            "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
+        )
+    remote = open_remote(sync.remote, sync.api_key, store.device_id())
+    return Syncer(store, remote, sync.scope_key, sync.rules)

@@ -11,18 +11,47 @@ config.toml::
 
     [recall]
     near_duplicate = 0.92           # cosine at or above which remember reports a near-duplicate
+
+    [sync]                          # selective sync; empty include lists mean "all"
+    include_projects = ["api"]
+    exclude_projects = ["scratch"]
+    include_kinds = []
+    exclude_kinds = ["session_summary"]
+    include_tags = []               # a memory needs one of these (when any are given)
+    exclude_tags = ["private"]
+    file_chunks = false             # file_chunk memories stay on this device unless true
+
+Where to sync to (the remote, the API key and the workspace's scope key) is written by
+``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cairn.errors import ConfigError
+from cairn.errors import ConfigError, InvalidInput
+from cairn.model import SyncRules, check_kind, check_project, check_tags
+
+SYNC_FILE = "sync.json"
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Where this device syncs to, and what it shares (``remote`` None: sync not set up)."""
+
+    remote: str | None = None
+    api_key: str | None = None
+    scope_key: bytes | None = None
+    device_name: str = field(default_factory=socket.gethostname)
+    rules: SyncRules = field(default_factory=SyncRules)
 
 
 @dataclass(frozen=True)
@@ -33,6 +62,7 @@ class Settings:
     max_tokens: int = 256
     near_duplicate: float = 0.92
     source: str = "cli"
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
 
 def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Settings:
@@ -57,7 +87,75 @@ def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Setti
         max_tokens=max_tokens,
         near_duplicate=near_dup,
         source=source,
+        sync=_sync(home, _section(data, "sync")),
     )
+
+
+def _sync(home: Path, table: dict[str, Any]) -> SyncSettings:
+    rules = _rules(table)
+    path = home / "keys" / SYNC_FILE
+    if not path.exists():
+        return SyncSettings(rules=rules)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return SyncSettings(
+            remote=str(saved["remote"]),
+            api_key=saved.get("api_key"),
+            scope_key=base64.b64decode(saved["scope_key"], validate=True),
+            device_name=str(saved.get("device_name") or socket.gethostname()),
+            rules=rules,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot read {path} ({exc}); run `cairn sync setup` again to rewrite it"
+        ) from exc
+
+
+def _rules(table: dict[str, Any]) -> SyncRules:
+    def names(key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config.toml: sync.{key} must be a list of strings")
+        return tuple(value)
+
+    unknown = (
+        set(table)
+        - {f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags")}
+        - {"file_chunks"}
+    )
+    if unknown:
+        raise ConfigError(f"config.toml: [sync] has unknown keys {sorted(unknown)}")
+    try:
+        return SyncRules(
+            include_projects=tuple(check_project(p) for p in names("include_projects")),
+            exclude_projects=tuple(check_project(p) for p in names("exclude_projects")),
+            include_kinds=tuple(check_kind(k) for k in names("include_kinds")),
+            exclude_kinds=tuple(check_kind(k) for k in names("exclude_kinds")),
+            include_tags=check_tags(names("include_tags")),
+            exclude_tags=check_tags(names("exclude_tags")),
+            file_chunks=bool(table.get("file_chunks", False)),
+        )
+    except InvalidInput as exc:
+        raise ConfigError(f"config.toml: [sync]: {exc}") from exc
+
+
+def save_sync(home: Path, remote: str, api_key: str | None, scope_key: bytes, name: str) -> Path:
+    """Write where this device syncs to, readable by this user only (atomically)."""
+    folder = home / "keys"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / SYNC_FILE
+    temp = folder / f".{SYNC_FILE}.tmp"
+    data = {
+        "remote": remote,
+        "api_key": api_key,
+        "scope_key": base64.b64encode(scope_key).decode("ascii"),
+        "device_name": name,
+    }
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(temp, path)
+    return path
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from cairn.ids import uuid7
 from cairn.model import Filters, Hit, Memory, Relation, RememberResult, Similar
 from cairn.search import hybrid
 from cairn.search.vector_index import VectorIndex
-from cairn.store import memories
+from cairn.store import clock, memories
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
@@ -88,6 +88,11 @@ class Store:
             if self._index is None:
                 self._index = VectorIndex(self.db, self.embedder.model_id, self.embedder.dim)
             return self._index
+
+    def device_id(self) -> str:
+        """This store's device id (made on first use)."""
+        with self.db.write() as conn:
+            return clock.device_id(conn)
 
     # --- writing ------------------------------------------------------------------------------
 

@@ -7,21 +7,19 @@ to exit codes through each error class's ``exit_code`` (see ``cairn.errors``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
+from cairn.cli.common import JsonFlag, open_store, progress, split
 from cairn.cli.server import server_app
+from cairn.cli.sync import sync_app
 from cairn.errors import CairnError, InvalidInput
 from cairn.model import Filters
-from cairn.service import Store
 
 app = typer.Typer(
     name="cairn",
@@ -32,8 +30,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(server_app)
+app.add_typer(sync_app)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProjectOpt = Annotated[
     str | None, typer.Option("--project", "-p", help="Only memories of this project.")
 ]
@@ -50,15 +48,6 @@ SinceOpt = Annotated[
 UntilOpt = Annotated[str | None, typer.Option(help="Only memories created before (ISO or age).")]
 
 
-def _open(project: str | None = None, source: str = "cli") -> Store:
-    return cairn.build(config.load(source=source), project=project)
-
-
-def _split(values: list[str] | None) -> tuple[str, ...]:
-    """Repeatable options also accept comma-separated values: -t a,b -t c."""
-    return tuple(v.strip() for raw in values or () for v in raw.split(",") if v.strip())
-
-
 def _filters(
     project: str | None,
     kind: list[str] | None,
@@ -66,24 +55,7 @@ def _filters(
     since: str | None,
     until: str | None,
 ) -> Filters:
-    return Filters.parse(project, _split(kind), _split(tag), since, until)
-
-
-@contextmanager
-def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr (hidden when stderr is not a terminal); yields `advance(n)`."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=output.err,
-        transient=True,
-        disable=not output.err.is_terminal,
-    )
-    with bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    return Filters.parse(project, split(kind), split(tag), since, until)
 
 
 @app.command()
@@ -112,8 +84,8 @@ def remember(
 ) -> None:
     """Remember a piece of knowledge: a decision, fact, preference, gotcha or note."""
     text = sys.stdin.read() if content == "-" else content
-    with _open(project) as store:
-        result = store.remember(text, kind=kind, tags=_split(tag), topic_key=topic)
+    with open_store(project) as store:
+        result = store.remember(text, kind=kind, tags=split(tag), topic_key=topic)
     if json_:
         output.emit_json(result.to_dict())
     else:
@@ -133,7 +105,7 @@ def recall(
 ) -> None:
     """Find memories by meaning and by keyword (hybrid search), best first."""
     filters = _filters(project, kind, tag, since, until)
-    with _open() as store:
+    with open_store() as store:
         results = store.recall(query, filters, limit)
     if json_:
         output.emit_json([h.to_dict() for h in results])
@@ -154,7 +126,7 @@ def list_(
 ) -> None:
     """List memories, newest first."""
     filters = _filters(project, kind, tag, since, until)
-    with _open() as store:
+    with open_store() as store:
         items = store.list(filters, limit, offset)
         total = store.count(filters)
     if json_:
@@ -169,7 +141,7 @@ def show(
     json_: JsonFlag = False,
 ) -> None:
     """Show one memory in full, with its relations."""
-    with _open() as store:
+    with open_store() as store:
         item = store.get(memory_id)
         relations = store.relations(item.id)
     if json_:
@@ -179,12 +151,31 @@ def show(
 
 
 @app.command()
+def edit(
+    memory_id: Annotated[str, typer.Argument(help="The memory's id (or a unique 8+ prefix).")],
+    content: Annotated[
+        str | None, typer.Argument(help="The new content; `-` reads standard input.")
+    ] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help="A new kind.")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Change a memory's content (embedded again) or kind; the change syncs."""
+    text = sys.stdin.read() if content == "-" else content
+    with open_store() as store:
+        memory = store.edit(memory_id, content=text, kind=kind)
+    if json_:
+        output.emit_json(memory.to_dict())
+    else:
+        output.out.print(f"[green]edited[/] {memory.id}")
+
+
+@app.command()
 def forget(
     memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix).")],
     json_: JsonFlag = False,
 ) -> None:
     """Forget a memory: its text, tags and vector are erased (a tombstone keeps the id)."""
-    with _open() as store:
+    with open_store() as store:
         gone = store.forget(memory_id)
     if json_:
         output.emit_json(gone.to_dict())
@@ -206,9 +197,9 @@ def export(
 ) -> None:
     """Export memories (with their embeddings) and relations as JSON Lines."""
     filters = _filters(project, kind, tag, since, until)
-    with _open() as store:
+    with open_store() as store:
         total = store.count(filters)
-        with _progress("exporting", total) as bar:
+        with progress("exporting", total) as bar:
             if str(file) == "-":
                 count = transfer.export(store, sys.stdout, filters, bar)
             else:
@@ -234,13 +225,13 @@ def import_(
     """
     if str(file) != "-" and not file.is_file():
         raise InvalidInput(f"{file} does not exist or is not a file")
-    with _open() as store:
+    with open_store() as store:
         if str(file) == "-":
             report = transfer.import_(store, sys.stdin)
         else:
             with file.open(encoding="utf-8") as fh:
                 total = sum(1 for _ in fh)
-            with file.open(encoding="utf-8") as fh, _progress("importing", total) as bar:
+            with file.open(encoding="utf-8") as fh, progress("importing", total) as bar:
                 report = transfer.import_(store, fh, bar)
     if json_:
         output.emit_json(report.to_dict())
@@ -261,7 +252,7 @@ def import_(
 @app.command()
 def stats(json_: JsonFlag = False) -> None:
     """Counts by kind and project, store size, model and pending sync mutations."""
-    with _open() as store:
+    with open_store() as store:
         data = store.stats()
     if json_:
         output.emit_json(data)

@@ -1,0 +1,55 @@
+"""What every `cairn` command shares: opening the store, options, and progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import cairn
+from cairn import config
+from cairn.cli import output
+from cairn.service import Store
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def open_store(project: str | None = None, source: str = "cli") -> Store:
+    return cairn.build(config.load(source=source), project=project)
+
+
+def split(values: list[str] | None) -> tuple[str, ...]:
+    """Repeatable options also accept comma-separated values: -t a,b -t c."""
+    return tuple(v.strip() for raw in values or () for v in raw.split(",") if v.strip())
+
+
+def _bar() -> Progress:
+    """A progress bar on stderr, hidden when stderr is not a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=output.err,
+        transient=True,
+        disable=not output.err.is_terminal,
+    )
+
+
+@contextmanager
+def progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Yields ``advance(n)``."""
+    with _bar() as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def progress_to(label: str) -> Iterator[Callable[[int, int], None]]:
+    """Yields ``update(done, total)`` for work whose total is learnt along the way."""
+    with _bar() as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

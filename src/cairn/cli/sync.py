@@ -1,0 +1,225 @@
+"""`cairn sync`: set up, run and inspect sync between this device and a remote."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+import cairn
+from cairn import config
+from cairn.cli import output
+from cairn.cli.common import JsonFlag, open_store, progress_to
+from cairn.model import iso
+from cairn.syncing import Syncer, join
+
+sync_app = typer.Typer(
+    name="sync",
+    help="Sync memories with other devices through a Cairn sync server.",
+    no_args_is_help=True,
+)
+
+
+class Keep(StrEnum):
+    local = "local"
+    remote = "remote"
+    both = "both"
+
+
+@contextmanager
+def _syncer() -> Iterator[Syncer]:
+    settings = config.load()
+    with open_store() as store:
+        syncer = cairn.build_syncer(settings, store)
+        try:
+            yield syncer
+        finally:
+            syncer.close()
+
+
+@sync_app.command()
+def setup(
+    server: Annotated[str, typer.Option("--server", help="The sync server's URL.")],
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="CAIRN_API_KEY",
+            help="An API key of the workspace (or set "
+            "CAIRN_API_KEY, which keeps it out of your shell history).",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="This device's name (default: the host name).")
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Connect this device to a workspace on a sync server (checks the key, joins, saves)."""
+    settings = config.load()
+    device_name = name or settings.sync.device_name
+    with open_store() as store:
+        remote = cairn.open_remote(server, api_key, store.device_id())
+        try:
+            remote_status = remote.status()  # fails fast on a wrong URL or key
+            scope_key = join(remote)
+            remote.register_device(store.device_id(), device_name)
+            path = config.save_sync(settings.home, remote.url, api_key, scope_key, device_name)
+            syncer = Syncer(store, remote, scope_key, settings.sync.rules)
+            pending = syncer.status()["pending"]
+        finally:
+            remote.close()
+    result = {
+        "remote": remote.url,
+        "workspace": remote_status.get("workspace"),
+        "device_id": syncer.device_id,
+        "device_name": device_name,
+        "pending": pending,
+        "saved_to": str(path),
+    }
+    if json_:
+        output.emit_json(result)
+        return
+    output.out.print(
+        f"[green]sync set up[/]: {result['remote']} (workspace {result['workspace']}), "
+        f"this device is {device_name} ({syncer.device_id})"
+    )
+    output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+
+
+@sync_app.command()
+def push(json_: JsonFlag = False) -> None:
+    """Send this device's changes to the remote."""
+    with _syncer() as syncer, progress_to("pushing") as update:
+        report = asdict(syncer.push(update))
+    _report({"push": report}, json_)
+
+
+@sync_app.command()
+def pull(
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for new changes when there are none.")
+    ] = 0.0,
+    json_: JsonFlag = False,
+) -> None:
+    """Apply the changes other devices sent to the remote."""
+    with _syncer() as syncer, progress_to("pulling") as update:
+        report = asdict(syncer.pull(update, wait=wait))
+    _report({"pull": report}, json_)
+
+
+@sync_app.command()
+def now(json_: JsonFlag = False) -> None:
+    """Push, then pull, then push what the pull changed: one full round."""
+    with _syncer() as syncer, progress_to("syncing") as update:
+        report = syncer.now(update)
+    _report(report, json_)
+
+
+def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
+    if json_:
+        output.emit_json(report)
+        return
+    for step, counts in report.items():
+        shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
+        output.out.print(f"{step.replace('_', ' ')}: {shown or 'nothing to do'}")
+        if counts.get("dead_lettered") or counts.get("failed"):
+            output.out.print(
+                "[yellow]some changes were set aside[/]; `cairn sync dead-letters` shows why"
+            )
+
+
+@sync_app.command()
+def status(json_: JsonFlag = False) -> None:
+    """Where this device syncs to, what waits to be sent, and whether the remote answers."""
+    with _syncer() as syncer:
+        data = syncer.status()
+    if json_:
+        output.emit_json(data)
+        return
+    reach = (
+        "[green]reachable[/]"
+        if data["reachable"]
+        else f"[red]unreachable[/] ({data['error']['message']})"
+    )
+    output.out.print(f"remote        {data['remote']}  {reach}")
+    output.out.print(f"device        {data['device_id']}")
+    output.out.print(f"pending       {data['pending']}")
+    output.out.print(f"dead letters  {data['dead_letters']}")
+    output.out.print(f"conflicts     {data['conflicts']}")
+    output.out.print(f"last push     {data['last_push_at'] or 'never'}")
+    output.out.print(f"last pull     {data['last_pull_at'] or 'never'}")
+
+
+@sync_app.command()
+def conflicts(json_: JsonFlag = False) -> None:
+    """Memories whose content two devices changed at once: the kept version and the current."""
+    with _syncer() as syncer:
+        found = syncer.conflicts()
+    if json_:
+        output.emit_json([c.to_dict() for c in found])
+        return
+    if not found:
+        output.out.print("no conflicts")
+        return
+    for c in found:
+        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}  from device {c.device_id}")
+        output.out.print(f"  current (local): {escape(c.current)}")
+        output.out.print(f"  other (remote):  {escape(c.content)}")
+    output.out.print("settle one with `cairn sync resolve ID --keep local|remote|both`")
+
+
+@sync_app.command()
+def resolve(
+    conflict: Annotated[str, typer.Argument(help="A conflict id, or the memory's id.")],
+    keep: Annotated[
+        Keep,
+        typer.Option(
+            help="local: keep the content shown now; remote: keep the other version; "
+            "both: keep the current one and make the other version a memory of its own."
+        ),
+    ],
+    json_: JsonFlag = False,
+) -> None:
+    """Settle a conflict; the choice syncs to every device like any other change."""
+    with _syncer() as syncer:
+        result = syncer.resolve(conflict, keep.value)
+    if json_:
+        output.emit_json(result)
+        return
+    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {keep.value}")
+    if result["created"]:
+        output.out.print(f"  the other version is now memory {result['created']}")
+
+
+@sync_app.command("dead-letters")
+def dead_letters(
+    retry: Annotated[
+        bool, typer.Option("--retry", help="Queue the refused changes to be sent again.")
+    ] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Changes the remote refused (or pulled ones that could not be read), with the reason."""
+    with _syncer() as syncer:
+        letters = syncer.dead_letters()
+        requeued = syncer.retry_dead_letters() if retry else 0
+    if json_:
+        output.emit_json(
+            {
+                "dead_letters": [asdict(d) | {"failed_at": iso(d.failed_at)} for d in letters],
+                "requeued": requeued,
+            }
+        )
+        return
+    if not letters:
+        output.out.print("no dead letters")
+    for d in letters:
+        output.out.print(
+            f"{d.direction:4} {d.entity} {d.entity_id}  [red]{d.code}[/]: {escape(d.message)}"
+        )
+    if retry:
+        output.out.print(f"{requeued} change(s) queued again; run `cairn sync push`")

@@ -1,0 +1,174 @@
+"""Three devices (separate CAIRN_HOMEs) syncing through a real `cairn server run` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+Device = Callable[..., Any]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(url, admin key) of a sync server process with one workspace."""
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
+    data = str(tmp_path / "server-data")
+    made = subprocess.run(
+        [CAIRN, "server", "workspace", "create", "team", "--data", data, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = json.loads(made.stdout)["key"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [CAIRN, "server", "run", "--port", str(port), "--data", data, "--rate-limit", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+    yield url, key
+    process.terminate()
+    process.wait(10)
+
+
+def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / name)}
+    env.pop("CAIRN_DB", None)
+    env.pop("CAIRN_API_KEY", None)
+
+    def run(*args: str, ok: bool = True) -> Any:
+        result = subprocess.run(
+            [CAIRN, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        if ok:
+            assert result.returncode == 0, f"cairn {' '.join(args)}: {result.stderr}"
+        return json.loads(result.stdout) if "--json" in args and result.stdout else result
+
+    url, key = server
+    run("sync", "setup", "--server", url, "--api-key", key, "--name", name, "--json")
+    return run
+
+
+def _state(device: Device) -> list[tuple[str, str, list[str]]]:
+    listed = device("list", "--limit", "100", "--json")["memories"]
+    return sorted((m["id"], m["content"], m["tags"]) for m in listed)
+
+
+def test_three_devices_converge_through_a_server_process(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    a, b, c = (_device(tmp_path, n, server) for n in ("laptop", "desktop", "ci"))
+    ci_memory = a(
+        "remember", "Deploys run on GitHub Actions", "-k", "decision", "-t", "ci", "--json"
+    )
+    flags = a("remember", "Feature flags live in LaunchDarkly", "--json")
+    old_db = a("remember", "Staging runs Postgres 15", "--topic", "staging-db", "--json")
+    doomed = a("remember", "Temporary note about a flaky test", "--json")
+    for device in (a, b, c):
+        device("sync", "now", "--json")
+
+    b("edit", ci_memory["id"], "Deploys run on GitHub Actions, then Argo CD rolls them out")
+    c("remember", "Feature flags live in LaunchDarkly", "-t", "flags")  # tags an existing one
+    new_db = c("remember", "Staging runs Postgres 16", "--topic", "staging-db", "--json")
+    a("forget", doomed["id"])
+    for device in (a, b, c, a, b, c):
+        report = device("sync", "now", "--json")
+        assert report["pull"]["embedded"] == 0  # pulled memories keep their vectors
+
+    states = [_state(d) for d in (a, b, c)]
+    assert states[0] == states[1] == states[2]
+    contents = {content: tags for _id, content, tags in states[0]}
+    assert contents == {
+        "Deploys run on GitHub Actions, then Argo CD rolls them out": ["ci"],
+        "Feature flags live in LaunchDarkly": ["flags"],
+        "Staging runs Postgres 15": [],
+        "Staging runs Postgres 16": [],
+    }
+    assert flags["id"] in {i for i, _c, _t in states[0]}
+
+    hits = c("recall", "how do we deploy to production?", "-n", "1", "--json")
+    assert hits[0]["id"] == ci_memory["id"]  # written on A, edited on B, found on C
+    db_hits = a("recall", "which postgres version does staging run", "-n", "4", "--json")
+    assert db_hits[0]["id"] == new_db["id"]
+    [old_hit] = [h for h in db_hits if h["id"] == old_db["id"]]
+    assert old_hit["match"]["superseded_by"] == new_db["id"]  # superseded on C, seen on A
+
+    for device in (a, b, c):
+        status = device("sync", "status", "--json")
+        assert (status["pending"], status["conflicts"], status["reachable"]) == (0, 0, True)
+        assert status["dead_letters"] == 0
+
+
+def test_a_conflict_is_listed_and_resolved_from_the_cli(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    a, b = (_device(tmp_path, n, server) for n in ("laptop", "desktop"))
+    memory = a("remember", "The API allows 100 requests per minute", "--json")
+    a("sync", "now")
+    b("sync", "now")
+    a("edit", memory["id"], "The API allows 200 requests per minute")
+    b("edit", memory["id"], "The API allows 500 requests per minute")
+    for device in (a, b, a):
+        device("sync", "now")
+    [conflict] = a("sync", "conflicts", "--json")
+    assert b("sync", "conflicts", "--json")[0]["id"] == conflict["id"]
+    shown = a("sync", "conflicts")
+    assert conflict["id"] in shown.stdout and "requests per minute" in shown.stdout
+    a("sync", "resolve", conflict["id"], "--keep", "remote")
+    for device in (a, b):
+        device("sync", "now")
+    assert a("sync", "conflicts", "--json") == [] == b("sync", "conflicts", "--json")
+    assert a("show", memory["id"], "--json")["content"] == conflict["revision"]
+    assert _state(a) == _state(b)
+    missing = a("sync", "resolve", "nope-nope", "--keep", "local", ok=False)
+    assert missing.returncode == 4 and "no open conflict" in missing.stderr
+
+
+def test_sync_commands_explain_what_is_missing(tmp_path: Path) -> None:
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "fresh")}
+    result = subprocess.run(
+        [CAIRN, "sync", "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 8
+    assert json.loads(result.stdout)["error"]["code"] == "sync_not_configured"
+    assert "cairn sync setup" in result.stderr
+    bad = subprocess.run(
+        [CAIRN, "sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", "cairn_x_y"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 8 and "127.0.0.1:9" in bad.stderr
+    assert not (tmp_path / "fresh" / "keys" / "sync.json").exists()
