@@ -1,0 +1,82 @@
+"""The sync engine through a real sync server: body limits, refusals, scopes, read-only keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.errors import Forbidden
+from cairn.model import SyncRules
+from cairn.remotes.http import HttpRemote
+from cairn.server.context import ServerSettings
+from cairn.service import NewMemory, Store
+from cairn.store import outbox
+from cairn.store.db import Database
+from cairn.syncing import Syncer, join
+
+from ..conftest import SyncServer
+
+
+def _replica(tmp_path: Path, embedder: OnnxEmbedder, name: str, url: str, key: str) -> Syncer:
+    store = Store(Database(tmp_path / f"{name}.db"), embedder, project="p")
+    remote = HttpRemote(url, key, device_id=store.device_id())
+    return Syncer(store, remote, join(remote))
+
+
+def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside(
+    tmp_path: Path,
+    embedder: OnnxEmbedder,
+    sync_server_factory: Callable[..., SyncServer],
+) -> None:
+    server = sync_server_factory(ServerSettings(max_body=48 * 1024, rate_limit=0))
+    a = _replica(tmp_path, embedder, "a", server.url, server.admin_key)
+    a.store.remember_many(
+        [NewMemory(f"Runbook step {i}: restart the worker pool") for i in range(40)]
+    )
+    huge = a.store.remember("x " * 30_000).memory  # 60 KB: fits a memory, not a request
+    report = a.push()
+    assert report.pushed == 40 and report.batches > 1  # split to fit under 48 KiB
+    assert report.dead_lettered == 1
+    [letter] = a.dead_letters()
+    assert (letter.entity_id, letter.code) == (huge.id, "payload_too_large")
+    with a.store.db.read() as conn:
+        assert outbox.count(conn) == 0  # nothing blocks: the rest went through
+    b = _replica(tmp_path, embedder, "b", server.url, server.admin_key)
+    before = embedder.texts_embedded
+    assert b.pull().applied == 40
+    assert embedder.texts_embedded == before
+    assert b.store.count() == 40
+
+
+def test_a_read_only_device_pulls_but_cannot_push(
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+) -> None:
+    writer = _replica(tmp_path, embedder, "w", sync_server.url, sync_server.admin_key)
+    writer.store.remember("Incident reviews happen on Fridays")
+    writer.push()
+    reader = _replica(tmp_path, embedder, "r", sync_server.url, sync_server.new_key(["read"]))
+    assert reader.pull().applied == 1
+    reader.store.remember("A note the reader may not share")
+    with pytest.raises(Forbidden):
+        reader.push()
+    with reader.store.db.read() as conn:
+        assert outbox.count(conn) >= 1  # kept for when the key allows it
+
+
+def test_the_server_filters_pulls_by_blind_scope_tag(
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+) -> None:
+    a = _replica(tmp_path, embedder, "a", sync_server.url, sync_server.admin_key)
+    a.store.remember("Alpha uses gRPC", project="alpha")
+    a.store.remember("Beta uses REST", project="beta")
+    a.push()
+    store = Store(Database(tmp_path / "b.db"), embedder, project="p")
+    remote = HttpRemote(sync_server.url, sync_server.admin_key, device_id=store.device_id())
+    b = Syncer(store, remote, join(remote), SyncRules(include_projects=("beta",)))
+    assert b.pull().received == 1
+    assert [m.content for m in store.list()] == ["Beta uses REST"]
+    scopes = {m.scope for m in remote.pull(None).mutations}
+    assert len(scopes) == 2 and scopes.isdisjoint({"alpha", "beta", None})
