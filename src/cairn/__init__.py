@@ -15,9 +15,9 @@ from cairn import config
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
-from cairn.service import NewMemory, Store
 from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
+from cairn.service import NewMemory, Store
 from cairn.store.db import Database
 from cairn.syncing import Syncer
 

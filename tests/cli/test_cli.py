@@ -136,27 +136,46 @@ def _commands() -> list[list[str]]:
     return [[name] for name in sorted(group.commands)]
 
 
+def _walk(group: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """Every command under ``group``, sub-groups included, with its path of names."""
+    found = []
+    for name, command in sorted(group.commands.items()):  # type: ignore[attr-defined]
+        found.append(((*path, name), command))
+        if hasattr(command, "commands"):
+            found.extend(_walk(command, (*path, name)))
+    return found
+
+
 def test_every_command_has_help_text() -> None:
-    commands = _commands()
+    commands = _walk(typer.main.get_command(app))
+    names = {" ".join(path) for path, _command in commands}
     assert {
         "remember",
         "recall",
         "list",
         "show",
+        "edit",
         "forget",
         "export",
         "import",
         "stats",
         "mcp",
         "serve",
-    } <= {c[0] for c in commands}
-    group = typer.main.get_command(app)
-    for (name,) in commands:
-        command = group.commands[name]  # type: ignore[attr-defined]
-        assert command.help and len(command.help) > 15, name
-        for param in command.params:
+        "sync setup",
+        "sync push",
+        "sync pull",
+        "sync now",
+        "sync status",
+        "sync conflicts",
+        "sync resolve",
+        "sync dead-letters",
+        "server run",
+    } <= names
+    for path, command in commands:
+        assert command.help and len(command.help) > 15, path  # type: ignore[attr-defined]
+        for param in command.params:  # type: ignore[attr-defined]
             if param.param_type_name == "option" and param.name != "help":
-                assert param.help, f"{name} --{param.name} has no help"
+                assert param.help, f"{path} --{param.name} has no help"
 
 
 @pytest.mark.parametrize("command", [[], ["remember"], ["recall"], ["import"]])
