@@ -331,6 +331,15 @@ def live_with_hash(conn: sqlite3.Connection, project: str, content_hash: str) ->
     )
 
 
+def shared_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> set[tuple[str, str]]:
+    """(project, content_hash) pairs among ``hashes`` held by more than one live memory."""
+    sql = (
+        "SELECT project, content_hash FROM memories WHERE deleted = 0 AND content_hash IN "
+        "({marks}) GROUP BY project, content_hash HAVING count(*) > 1"
+    )
+    return {(r[0], r[1]) for r in _rows_in(conn, sql, hashes)}
+
+
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
     clauses = ["m.deleted = 0"]
     params: list[Any] = []

@@ -87,20 +87,22 @@ def apply(
         result.relations += 1
 
     fresh_ids = {s.memory.id for s in fresh}
+    live = [s.memory for s in touched if not s.memory.deleted]
+    shared = memories.shared_hashes(conn, list({m.content_hash for m in live}))
     for state in touched:
         memory = state.memory
         if memory.topic_key and memory.id in fresh_ids:
             memories.link_topic(conn, memory)
-        if not memory.deleted:
-            result.duplicates_merged += _collapse_duplicates(
-                conn, memory.project, memory.content_hash
-            )
-            if state.vector is None:
-                result.needs_vector.append(memory.id)
+        if memory.deleted:
+            continue
+        if (memory.project, memory.content_hash) in shared:
+            result.duplicates_merged += _collapse(conn, memory.project, memory.content_hash)
+        if state.vector is None:
+            result.needs_vector.append(memory.id)
     return result
 
 
-def _collapse_duplicates(conn: sqlite3.Connection, project: str, content_hash: str) -> int:
+def _collapse(conn: sqlite3.Connection, project: str, content_hash: str) -> int:
     """Collapse live memories with identical content onto the smallest id; returns how many."""
     same = memories.live_with_hash(conn, project, content_hash)
     if len(same) < 2:
