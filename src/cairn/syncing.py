@@ -49,7 +49,7 @@ Progress = Callable[[int, int], None]
 """progress(done, total): how far a push or pull has come (total may grow during a pull)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class PushReport:
     pushed: int = 0
     stored: int = 0
@@ -60,7 +60,7 @@ class PushReport:
     bytes: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class PullReport:
     received: int = 0
     applied: int = 0
@@ -155,16 +155,8 @@ class Syncer:
             if local_only:
                 with self.store.db.write() as conn:
                     outbox.acknowledge(conn, local_only)
-            stored, duplicates, dead, batches, sent_bytes = self._send_all(wire)
-            report = PushReport(
-                report.pushed + len(wire) - dead,
-                report.stored + stored,
-                report.duplicates + duplicates,
-                report.kept_local + len(local_only),
-                report.dead_lettered + dead,
-                report.batches + batches,
-                report.bytes + sent_bytes,
-            )
+                report.kept_local += len(local_only)
+            self._send_all(wire, report)
             done += len(queued)
             if progress:
                 progress(done, max(total, done))
@@ -222,24 +214,22 @@ class Syncer:
         return wire, local_only
 
     def _send_all(
-        self, items: list[tuple[outbox.Pending, WireMutation]]
-    ) -> tuple[int, int, int, int, int]:
-        """(stored, duplicates, dead-lettered, batches, bytes) after sending ``items``."""
-        totals = [0, 0, 0, 0, 0]
+        self, items: list[tuple[outbox.Pending, WireMutation]], report: PushReport
+    ) -> None:
+        """Send ``items`` in batches under the byte budget, counting into ``report``."""
         batch: list[tuple[outbox.Pending, WireMutation]] = []
         size = 0
         for item in items:
             cost = len(item[1].payload) * 4 // 3 + 400  # base64 and JSON keys
             if batch and size + cost > self.batch_bytes:
-                self._send(batch, totals)
+                self._send(batch, report)
                 batch, size = [], 0
             batch.append(item)
             size += cost
         if batch:
-            self._send(batch, totals)
-        return totals[0], totals[1], totals[2], totals[3], totals[4]
+            self._send(batch, report)
 
-    def _send(self, batch: list[tuple[outbox.Pending, WireMutation]], totals: list[int]) -> None:
+    def _send(self, batch: list[tuple[outbox.Pending, WireMutation]], report: PushReport) -> None:
         """Push one batch; split it when too large; dead-letter what the remote refuses."""
         for attempt in range(5):
             try:
@@ -247,23 +237,23 @@ class Syncer:
                 break
             except PayloadTooLarge as exc:
                 if len(batch) == 1:
-                    self._dead_letter(batch, exc.code, exc.message, totals)
+                    self._dead_letter(batch, exc.code, exc.message, report)
                     return
                 half = len(batch) // 2
-                self._send(batch[:half], totals)
-                self._send(batch[half:], totals)
+                self._send(batch[:half], report)
+                self._send(batch[half:], report)
                 return
             except MutationRejected as exc:
                 refused = [item for item in batch if item[1].mutation_id in exc.rejected]
                 if not refused:  # the remote named none: the batch as a whole is refused
-                    self._dead_letter(batch, exc.code, exc.message, totals)
+                    self._dead_letter(batch, exc.code, exc.message, report)
                     return
                 for item in refused:
                     code, message = exc.rejected[item[1].mutation_id]
-                    self._dead_letter([item], code, message, totals)
+                    self._dead_letter([item], code, message, report)
                 rest = [item for item in batch if item[1].mutation_id not in exc.rejected]
                 if rest:
-                    self._send(rest, totals)
+                    self._send(rest, report)
                 return
             except RateLimited as exc:
                 if attempt == 4:
@@ -271,21 +261,22 @@ class Syncer:
                 time.sleep(min(exc.retry_after, 30.0))
         with self.store.db.write() as conn:
             outbox.acknowledge(conn, [p for p, _ in batch])
-        totals[0] += result.stored
-        totals[1] += result.duplicates
-        totals[3] += 1
-        totals[4] += sum(len(w.payload) for _, w in batch)
+        report.pushed += len(batch)
+        report.stored += result.stored
+        report.duplicates += result.duplicates
+        report.batches += 1
+        report.bytes += sum(len(w.payload) for _, w in batch)
 
     def _dead_letter(
         self,
         items: Sequence[tuple[outbox.Pending, WireMutation]],
         code: str,
         message: str,
-        totals: list[int],
+        report: PushReport,
     ) -> None:
         with self.store.db.write() as conn:
             outbox.dead_letter(conn, "push", [p.mutation for p, _ in items], code, message)
-        totals[2] += len(items)
+        report.dead_lettered += len(items)
 
     # --- pull -------------------------------------------------------------------------------
 
@@ -298,7 +289,7 @@ class Syncer:
                 cursor = replica.get_meta(conn, CURSOR)
             page = self.remote.pull(cursor, self.page_size, scopes or None, wait)
             wait = 0.0
-            counts = self._apply_page(page.mutations, page.cursor, counts)
+            self._apply_page(page.mutations, page.cursor, counts)
             if progress:
                 progress(
                     counts.received, counts.received + (self.page_size if page.has_more else 0)
@@ -312,7 +303,7 @@ class Syncer:
 
     def _apply_page(
         self, mutations: Sequence[WireMutation], cursor: str, counts: PullReport
-    ) -> PullReport:
+    ) -> None:
         states: list[MemoryState | RelationState] = []
         failed: list[tuple[WireMutation, CairnError]] = []
         own = filtered = 0
@@ -335,18 +326,15 @@ class Syncer:
                 entry = Mutation(bad.mutation_id, bad.device_id, bad.hlc, "?", bad.entity_id)
                 outbox.dead_letter(conn, "pull", [entry], error.code, error.message)
             replica.set_meta(conn, CURSOR, cursor)
-        embedded = self._embed_missing(result.needs_vector)
-        return PullReport(
-            counts.received + len(mutations),
-            counts.applied + result.memories + result.relations,
-            counts.unchanged + result.unchanged,
-            counts.own + own,
-            counts.filtered + filtered,
-            counts.failed + len(failed),
-            counts.embedded + embedded,
-            counts.duplicates_merged + result.duplicates_merged,
-            counts.pages + 1,
-        )
+        counts.received += len(mutations)
+        counts.applied += result.memories + result.relations
+        counts.unchanged += result.unchanged
+        counts.own += own
+        counts.filtered += filtered
+        counts.failed += len(failed)
+        counts.embedded += self._embed_missing(result.needs_vector)
+        counts.duplicates_merged += result.duplicates_merged
+        counts.pages += 1
 
     def _embed_missing(self, memory_ids: Sequence[str]) -> int:
         """Embed pulled memories that came without a vector of this device's model."""

@@ -251,22 +251,22 @@ def _rowid(conn: sqlite3.Connection, memory_id: str) -> int:
 # --- reads ------------------------------------------------------------------------------------
 
 
-def _rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
+def rows_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[Any]:
     """Rows of ``sql``, whose ``{marks}`` is filled with one ``?`` per value, 500 at a time."""
     for start in range(0, len(values), 500):
         chunk = list(values[start : start + 500])
         yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
 
-def _tags_for(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, list[str]]:
+def tags_for(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {}
     sql = "SELECT memory_rowid, tag FROM memory_tags WHERE memory_rowid IN ({marks})"
-    for rowid, tag in _rows_in(conn, sql, rowids):
+    for rowid, tag in rows_in(conn, sql, rowids):
         tags.setdefault(rowid, []).append(tag)
     return tags
 
 
-def _build(rows: list[Any], tags: dict[int, list[str]]) -> list[Memory]:
+def build_memories(rows: list[Any], tags: dict[int, list[str]]) -> list[Memory]:
     return [
         Memory(
             id=r[1],
@@ -289,7 +289,7 @@ def _build(rows: list[Any], tags: dict[int, list[str]]) -> list[Memory]:
 
 def _fetch(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Memory]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {where}", params).fetchall()
-    return _build(rows, _tags_for(conn, [r[0] for r in rows]))
+    return build_memories(rows, tags_for(conn, [r[0] for r in rows]))
 
 
 def get(conn: sqlite3.Connection, memory_id: str) -> Memory | None:
@@ -307,9 +307,9 @@ def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> li
 
 def by_rowids(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, Memory]:
     rows = list(
-        _rows_in(conn, f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({{marks}})", rowids)
+        rows_in(conn, f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({{marks}})", rowids)
     )
-    built = _build(rows, _tags_for(conn, [r[0] for r in rows]))
+    built = build_memories(rows, tags_for(conn, [r[0] for r in rows]))
     return {row[0]: memory for row, memory in zip(rows, built, strict=True)}
 
 
@@ -337,7 +337,7 @@ def shared_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> set[tuple[
         "SELECT project, content_hash FROM memories WHERE deleted = 0 AND content_hash IN "
         "({marks}) GROUP BY project, content_hash HAVING count(*) > 1"
     )
-    return {(r[0], r[1]) for r in _rows_in(conn, sql, hashes)}
+    return {(r[0], r[1]) for r in rows_in(conn, sql, hashes)}
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
@@ -407,9 +407,7 @@ def keyword_search(
 def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[str, int]]:
     """rowid -> (id, created_at) of live memories: what ranking needs, without the content."""
     sql = "SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})"
-    return {
-        rowid: (memory_id, created) for rowid, memory_id, created in _rows_in(conn, sql, rowids)
-    }
+    return {rowid: (memory_id, created) for rowid, memory_id, created in rows_in(conn, sql, rowids)}
 
 
 def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
@@ -419,7 +417,7 @@ def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
         "ON m.id = r.from_id WHERE r.type = 'supersedes' AND r.deleted = 0 AND m.deleted = 0 "
         "AND r.to_id IN ({marks})"
     )
-    rows = sorted(_rows_in(conn, sql, ids), key=lambda r: r[2])
+    rows = sorted(rows_in(conn, sql, ids), key=lambda r: r[2])
     return {to_id: from_id for to_id, from_id, _created in rows}
 
 
@@ -516,7 +514,7 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` the store has, live or forgotten."""
-    return {r[0] for r in _rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}
+    return {r[0] for r in rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}
 
 
 def has_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
@@ -537,5 +535,5 @@ def page_with_vectors(
         f"ON v.memory_rowid = m.rowid WHERE {where} AND m.rowid > ? ORDER BY m.rowid LIMIT ?",
         [*params, after_rowid, limit],
     ).fetchall()
-    built = _build([r[:13] for r in rows], _tags_for(conn, [r[0] for r in rows]))
+    built = build_memories([r[:13] for r in rows], tags_for(conn, [r[0] for r in rows]))
     return [(r[0], m, r[13], r[14]) for r, m in zip(rows, built, strict=True)]

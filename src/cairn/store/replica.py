@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from cairn.hlc import HLC, observe
 from cairn.model import Conflict, MemoryState, RelationState, Revision
 from cairn.store.clock import device_id, now_ms
-from cairn.store.memories import _build, _rows_in, _tags_for
+from cairn.store.memories import build_memories, rows_in, tags_for
 
 _STATE_COLUMNS = (
     "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
@@ -28,14 +28,14 @@ def memory_states(
 ) -> dict[str, tuple[int, MemoryState]]:
     """id -> (rowid, whole state with vector) for the ids this store has."""
     rows = list(
-        _rows_in(
+        rows_in(
             conn,
             f"SELECT {_STATE_COLUMNS} FROM memories m LEFT JOIN memory_vectors v "
             "ON v.memory_rowid = m.rowid WHERE m.id IN ({marks})",
             ids,
         )
     )
-    built = _build([r[:13] for r in rows], _tags_for(conn, [r[0] for r in rows]))
+    built = build_memories([r[:13] for r in rows], tags_for(conn, [r[0] for r in rows]))
     revisions = _revisions_of(conn, [m.id for m in built])
     return {
         memory.id: (
@@ -158,7 +158,7 @@ def put_relation(conn: sqlite3.Connection, state: RelationState) -> None:
 def _revisions_of(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, list[Revision]]:
     found: dict[str, list[Revision]] = {}
     sql = "SELECT memory_id, hlc, content, content_hash FROM conflicts WHERE memory_id IN ({marks})"
-    for memory_id, hlc, content, digest in _rows_in(conn, sql, ids):
+    for memory_id, hlc, content, digest in rows_in(conn, sql, ids):
         found.setdefault(memory_id, []).append(Revision(hlc, content, digest))
     return found
 
