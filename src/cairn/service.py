@@ -22,7 +22,7 @@ from cairn.ids import uuid7
 from cairn.model import Filters, Hit, Memory, Relation, RememberResult, Similar
 from cairn.search import hybrid
 from cairn.search.vector_index import VectorIndex
-from cairn.store import clock, memories
+from cairn.store import clock, memories, relations
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
@@ -205,7 +205,7 @@ class Store:
                     ),
                     vector,
                 )
-                superseded = memories.link_topic(conn, memory)
+                superseded = relations.link_topic(conn, memory)
                 results.append(RememberResult(memory, True, superseded))
         return results
 
@@ -270,7 +270,7 @@ class Store:
             target = self._resolve(conn, to_id)
             if source.id == target.id:
                 raise InvalidInput("a memory cannot relate to itself")
-            memories.add_relation(conn, source.id, target.id, type_)
+            relations.add_relation(conn, source.id, target.id, type_)
         return Relation(source.id, target.id, type_, now_ms())
 
     # --- reading ------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class Store:
     def relations(self, memory_id: str) -> list[Relation]:
         with self.db.read() as conn:
             memory = self._resolve(conn, memory_id, allow_deleted=True)
-            return [Relation(*r) for r in memories.relations_of(conn, memory.id)]
+            return [Relation(*r) for r in relations.relations_of(conn, memory.id)]
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` this store has, live or forgotten."""
@@ -308,7 +308,7 @@ class Store:
 
     def has_relation(self, from_id: str, to_id: str, type_: str) -> bool:
         with self.db.read() as conn:
-            return memories.has_relation(conn, from_id, to_id, type_)
+            return relations.has_relation(conn, from_id, to_id, type_)
 
     def iter_with_vectors(
         self, filters: Filters | None = None, page: int = 500
@@ -326,7 +326,7 @@ class Store:
 
     def all_relations(self) -> list[Relation]:
         with self.db.read() as conn:
-            return [Relation(*r) for r in memories.relations_among(conn)]
+            return [Relation(*r) for r in relations.relations_among(conn)]
 
     def count(self, filters: Filters | None = None) -> int:
         with self.db.read() as conn:

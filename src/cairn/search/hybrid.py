@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from cairn.model import Filters, Hit, Match
 from cairn.search.vector_index import VectorIndex
-from cairn.store import memories
+from cairn.store import memories, relations
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
@@ -88,7 +88,7 @@ def recall(
         return []
     with db.read() as conn:
         brief = memories.briefs(conn, list(fused))  # a row may be gone since the searches
-        successors = memories.successors(conn, [memory_id for memory_id, _ in brief.values()])
+        successors = relations.successors(conn, [memory_id for memory_id, _ in brief.values()])
     sem = {r: (i, c) for i, (r, c) in enumerate(semantic, 1)}
     kw = {r: (i, s) for i, (r, s) in enumerate(keyword, 1)}
     now = now_ms()

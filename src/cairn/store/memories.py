@@ -31,7 +31,9 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0])
 
 
-def _mutation(conn: sqlite3.Connection, hlc: HLC, entity_id: str, entity: str = "memory") -> None:
+def record_change(
+    conn: sqlite3.Connection, hlc: HLC, entity_id: str, entity: str = "memory"
+) -> None:
     outbox.append(conn, Mutation(uuid7(), device_id(conn), hlc.pack(), entity, entity_id))
 
 
@@ -73,7 +75,7 @@ def insert(
             "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
             (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
         )
-    _mutation(conn, hlc, memory.id)
+    record_change(conn, hlc, memory.id)
     return replace(memory, hlc=packed, deleted=False)
 
 
@@ -90,7 +92,7 @@ def add_tags(conn: sqlite3.Connection, memory: Memory, tags: Iterable[str]) -> M
         [(rowid, tag) for tag in merged],
     )
     _stamp(conn, rowid, packed, updated, ())
-    _mutation(conn, hlc, memory.id)
+    record_change(conn, hlc, memory.id)
     return replace(memory, tags=merged, hlc=packed, updated_at=updated)
 
 
@@ -109,7 +111,7 @@ def tombstone(conn: sqlite3.Connection, memory: Memory) -> Memory:
         (rowid,),
     )
     _stamp(conn, rowid, packed, updated, ("deleted",))
-    _mutation(conn, hlc, memory.id)
+    record_change(conn, hlc, memory.id)
     return replace(
         memory,
         content="",
@@ -167,69 +169,10 @@ def edit(
     if not stamped:
         return memory
     _stamp(conn, rowid, packed, updated, stamped)
-    _mutation(conn, hlc, memory.id)
+    record_change(conn, hlc, memory.id)
     found = get(conn, memory.id)
     assert found is not None
     return found
-
-
-def add_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
-    """Relate two memories; False (and no mutation) when the relation exists already."""
-    if has_relation(conn, from_id, to_id, type_):
-        return False
-    hlc = next_hlc(conn)
-    conn.execute(
-        "INSERT INTO relations(from_id, to_id, type, created_at, hlc) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO UPDATE SET deleted = 0, hlc = excluded.hlc",
-        (from_id, to_id, type_, now_ms(), hlc.pack()),
-    )
-    _mutation(conn, hlc, relation_key(from_id, type_, to_id), entity="relation")
-    return True
-
-
-def remove_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> None:
-    if not has_relation(conn, from_id, to_id, type_):
-        return
-    hlc = next_hlc(conn)
-    conn.execute(
-        "UPDATE relations SET deleted = 1, hlc = ? WHERE from_id = ? AND to_id = ? AND type = ?",
-        (hlc.pack(), from_id, to_id, type_),
-    )
-    _mutation(conn, hlc, relation_key(from_id, type_, to_id), entity="relation")
-
-
-def relation_key(from_id: str, type_: str, to_id: str) -> str:
-    return f"{from_id}|{type_}|{to_id}"
-
-
-def link_topic(conn: sqlite3.Connection, memory: Memory) -> str | None:
-    """Put a memory in its topic's chain, ordered by creation; returns the one it supersedes.
-
-    Each memory of a (project, topic_key) supersedes the one created just before it. The chain
-    depends only on which memories exist, never on the order they arrived in, so replicas that
-    learn of them in different orders end with the same relations: a link that a newly placed
-    memory now sits inside is removed.
-    """
-    if not memory.topic_key:
-        return None
-    key = (memory.project, memory.topic_key, memory.id, memory.created_at, memory.id)
-    before = conn.execute(
-        "SELECT id FROM memories WHERE project = ? AND topic_key = ? AND id != ? "
-        "AND (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT 1",
-        key,
-    ).fetchone()
-    after = conn.execute(
-        "SELECT id FROM memories WHERE project = ? AND topic_key = ? AND id != ? "
-        "AND (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT 1",
-        key,
-    ).fetchone()
-    if before:
-        add_relation(conn, memory.id, before[0], "supersedes")
-    if after:
-        add_relation(conn, after[0], memory.id, "supersedes")
-    if before and after:
-        remove_relation(conn, after[0], before[0], "supersedes")
-    return str(before[0]) if before else None
 
 
 def _stamp(
@@ -410,38 +353,6 @@ def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[s
     return {rowid: (memory_id, created) for rowid, memory_id, created in rows_in(conn, sql, rowids)}
 
 
-def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-    """For each id that a live memory supersedes: the newest such successor's id."""
-    sql = (
-        "SELECT r.to_id, r.from_id, r.created_at FROM relations r JOIN memories m "
-        "ON m.id = r.from_id WHERE r.type = 'supersedes' AND r.deleted = 0 AND m.deleted = 0 "
-        "AND r.to_id IN ({marks})"
-    )
-    rows = sorted(rows_in(conn, sql, ids), key=lambda r: r[2])
-    return {to_id: from_id for to_id, from_id, _created in rows}
-
-
-def relations_of(conn: sqlite3.Connection, memory_id: str) -> list[tuple[str, str, str, int]]:
-    return [
-        (r[0], r[1], r[2], r[3])
-        for r in conn.execute(
-            "SELECT from_id, to_id, type, created_at FROM relations "
-            "WHERE (from_id = ? OR to_id = ?) AND deleted = 0 ORDER BY created_at",
-            (memory_id, memory_id),
-        )
-    ]
-
-
-def relations_among(conn: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
-    return [
-        (r[0], r[1], r[2], r[3])
-        for r in conn.execute(
-            "SELECT from_id, to_id, type, created_at FROM relations WHERE deleted = 0 "
-            "ORDER BY created_at"
-        )
-    ]
-
-
 def changes_since(
     conn: sqlite3.Connection, seq: int
 ) -> list[tuple[int, bool, str, str | None, bytes | None]]:
@@ -515,14 +426,6 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
 def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` the store has, live or forgotten."""
     return {r[0] for r in rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}
-
-
-def has_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM relations WHERE from_id = ? AND to_id = ? AND type = ? AND deleted = 0",
-        (from_id, to_id, type_),
-    ).fetchone()
-    return row is not None
 
 
 def page_with_vectors(

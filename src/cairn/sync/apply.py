@@ -4,7 +4,7 @@ Runs inside one write transaction per pulled page. Memories new to this device a
 bulk; known ones are merged (``cairn.sync.merge``). Then two rules that every replica applies the
 same way, so they converge without coordination:
 
-- topic chains: a memory with a ``topic_key`` is placed in its chain (``memories.link_topic``);
+- topic chains: a memory with a ``topic_key`` is placed in its chain (``relations.link_topic``);
 - duplicates: live memories of one project with identical content collapse onto the one with the
   smallest id; the others become tombstones marked ``duplicate_of`` it, their tags merged in.
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from cairn.model import MemoryState, RelationState
-from cairn.store import memories, replica
+from cairn.store import memories, relations, replica
 from cairn.sync.merge import merge_memory, merge_relation
 
 
@@ -41,10 +41,10 @@ def apply(
     """Merge ``states`` into the store (call inside ``Database.write()``)."""
     result = Applied()
     incoming: dict[str, MemoryState] = {}
-    relations: dict[str, RelationState] = {}
+    links: dict[str, RelationState] = {}
     for state in states:
         if isinstance(state, RelationState):
-            relations[state.key] = merge_relation(relations.get(state.key), state)
+            links[state.key] = merge_relation(links.get(state.key), state)
             continue
         if state.memory.model_id != model_id and state.vector is not None:
             # Trigger: a vector from another embedding model. Why: it cannot be searched next to
@@ -52,9 +52,9 @@ def apply(
             state = replace(state, vector=None, memory=replace(state.memory, model_id=None))
         previous = incoming.get(state.memory.id)
         incoming[state.memory.id] = merge_memory(previous, state).state if previous else state
-    if not incoming and not relations:
+    if not incoming and not links:
         return result
-    hlcs = [s.hlc for s in incoming.values()] + [r.hlc for r in relations.values()]
+    hlcs = [s.hlc for s in incoming.values()] + [r.hlc for r in links.values()]
     replica.observe_clock(conn, max(hlcs))
 
     local = replica.memory_states(conn, list(incoming))
@@ -77,8 +77,8 @@ def apply(
     replica.insert_states(conn, fresh)
     result.memories += len(fresh)
 
-    known_relations = replica.relation_states(conn, list(relations))
-    for key, relation in relations.items():
+    known_relations = replica.relation_states(conn, list(links))
+    for key, relation in links.items():
         merged_relation = merge_relation(known_relations.get(key), relation)
         if merged_relation == known_relations.get(key):
             result.unchanged += 1
@@ -92,7 +92,7 @@ def apply(
     for state in touched:
         memory = state.memory
         if memory.topic_key and memory.id in fresh_ids:
-            memories.link_topic(conn, memory)
+            relations.link_topic(conn, memory)
         if memory.deleted:
             continue
         if (memory.project, memory.content_hash) in shared:
@@ -111,5 +111,5 @@ def _collapse(conn: sqlite3.Connection, project: str, content_hash: str) -> int:
     for other in others:
         keeper = memories.add_tags(conn, keeper, other.tags)
         memories.tombstone(conn, other)
-        memories.add_relation(conn, other.id, keeper.id, "duplicate_of")
+        relations.add_relation(conn, other.id, keeper.id, "duplicate_of")
     return len(others)
