@@ -22,6 +22,7 @@ FULL: dict[str, list[str]] = {
     "recall": [],
     "vector": [],
     "coldstart": [],
+    "sync": [],
 }
 QUICK: dict[str, list[str]] = {
     "embed": ["--texts", "256", "--queries", "50"],
@@ -29,6 +30,7 @@ QUICK: dict[str, list[str]] = {
     "recall": ["--sizes", "1000", "--queries", "50"],
     "vector": ["--sizes", "10000", "--queries", "50", "--real", "1000"],
     "coldstart": ["--size", "1000", "--runs", "2"],
+    "sync": ["--quick"],
 }
 
 
