@@ -1,6 +1,6 @@
 """Memory rows, their tags and vectors: reads, and writes that log a mutation in the outbox.
 
-Every write function must run inside ``Database.write()``: the row, its FTS entry (by trigger),
+Every write function must run inside ``Database.write()``: the row, its FTS entry,
 its vector and its outbox mutation then commit together or not at all.
 """
 
@@ -66,6 +66,7 @@ def insert(
         ),
     )
     rowid = cur.lastrowid
+    conn.execute("INSERT INTO memories_fts(rowid, content) VALUES (?, ?)", (rowid, memory.content))
     conn.executemany(
         "INSERT INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
         [(rowid, tag) for tag in memory.tags],

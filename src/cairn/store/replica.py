@@ -89,7 +89,7 @@ def _row(state: MemoryState) -> tuple[object, ...]:
 
 
 def insert_states(conn: sqlite3.Connection, states: Sequence[MemoryState]) -> None:
-    """Write memories this store has never seen, in bulk (rows, tags, vectors, FTS by trigger)."""
+    """Write memories this store has never seen, in bulk: rows, tags, vectors, keyword index."""
     if not states:
         return
     first_rowid, first_seq = conn.execute(
@@ -100,6 +100,11 @@ def insert_states(conn: sqlite3.Connection, states: Sequence[MemoryState]) -> No
         "updated_at, deleted, content_hash, model_id, created_hlc, hlc, field_hlc, ancestors, "
         "rowid, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(*_row(s), first_rowid + i, first_seq + i) for i, s in enumerate(states)],
+    )
+    conn.execute(
+        "INSERT INTO memories_fts(rowid, content) SELECT rowid, content FROM memories "
+        "WHERE rowid >= ? AND deleted = 0",
+        (first_rowid,),
     )
     conn.executemany(
         "INSERT INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
