@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -244,12 +243,9 @@ def _decode_batch(body: bytes) -> Sequence[WireMutation]:
     return mutations
 
 
-def _page_response(page: PullPage) -> JSONResponse:
+def _page_response(page: PullPage) -> Response:
     """Encoded off the event loop: a page can hold megabytes of base64."""
-    return JSONResponse(
-        {
-            "mutations": protocol.to_json(page.mutations),
-            "next": page.cursor,
-            "has_more": page.has_more,
-        }
+    return Response(
+        protocol.page_body(page.mutations, page.cursor, page.has_more),
+        media_type="application/json",
     )

@@ -1,0 +1,61 @@
+"""The sync envelope: what a remote accepts, and the page encoding the server writes by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cairn.errors import InvalidInput, MutationRejected
+from cairn.protocol import WireMutation, check_batch, from_json, many_from_json, page_body
+
+GOOD = WireMutation(
+    "01a2039b-fd3c-7fed-ae31-34aab9db734a",
+    "05bf889a470f671d",
+    "1795356884284-0001-05bf889a470f671d",
+    "rel-0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef",
+    bytes(range(256)) * 3,
+    7,
+)
+
+
+def test_a_page_written_by_hand_reads_back_as_the_same_mutations() -> None:
+    untagged = WireMutation("m-2", "dev", "1795356884284-0002-dev", "e", None, b"", 8)
+    body = json.loads(page_body([GOOD, untagged], "8", True))
+    assert body["next"] == "8" and body["has_more"] is True
+    assert many_from_json(body["mutations"]) == [GOOD, untagged]
+    assert body["mutations"][1] == untagged.to_json()
+    assert json.loads(page_body([], "0", False)) == {
+        "mutations": [],
+        "next": "0",
+        "has_more": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"payload": "***"}, "base64"),
+        ({"v": "1"}, "integer"),
+        ({"hlc": 5}, "strings"),
+        ({"seq": True}, "seq"),
+        ({"scope": 3}, "scope"),
+    ],
+)
+def test_malformed_mutations_are_invalid_input(change: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        from_json({**GOOD.to_json(), **change})
+    with pytest.raises(InvalidInput, match="mutation_id"):
+        from_json({k: v for k, v in GOOD.to_json().items() if k != "mutation_id"})
+
+
+def test_a_batch_with_bad_mutations_is_refused_whole_naming_each() -> None:
+    old = WireMutation("m-1", "dev", GOOD.hlc, "e", None, b"x", version=2)
+    bad_clock = WireMutation("m-2", "dev", "yesterday", "e", None, b"x")
+    with pytest.raises(MutationRejected) as caught:
+        check_batch([GOOD, old, bad_clock])
+    assert caught.value.rejected["m-1"][0] == "unsupported_version"
+    assert caught.value.rejected["m-2"][0] == "invalid_mutation"
+    assert GOOD.mutation_id not in caught.value.rejected
+    check_batch([GOOD])  # a good batch passes
