@@ -556,7 +556,7 @@ def main() -> None:
     if missed:
         print("- missed: " + "; ".join(missed))
     write_results(
-        "sync",
+        "bench_sync",
         vars(args),
         {
             "notes": notes,
