@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -143,7 +144,7 @@ class Syncer:
             self.device_id = device_id(conn)
             self._retarget(conn)
 
-    def _retarget(self, conn: Any) -> None:
+    def _retarget(self, conn: sqlite3.Connection) -> None:
         """A new remote or new rules: send everything again and read the remote from the start."""
         target = f"{self.remote.url}#{self.rules.fingerprint()}"
         if replica.get_meta(conn, TARGET) == target:
@@ -189,7 +190,7 @@ class Syncer:
         return report
 
     def _envelopes(
-        self, conn: Any, queued: Sequence[outbox.Pending]
+        self, conn: sqlite3.Connection, queued: Sequence[outbox.Pending]
     ) -> tuple[list[tuple[outbox.Pending, WireMutation]], list[outbox.Pending]]:
         """Each pending entity's state, sealed in an envelope; and the ones rules keep local."""
         memory_ids = [p.mutation.entity_id for p in queued if p.mutation.entity == "memory"]
