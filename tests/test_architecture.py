@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "cairn.embedding": 2,
     "cairn.search": 2,
     "cairn.sync": 2,
+    "cairn.crypto": 2,
     # the verbs
     "cairn.service": 3,
     "cairn.transfer": 3,

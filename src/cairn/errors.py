@@ -24,7 +24,11 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
         ├── RemoteConflict          8  409  conflict
         ├── PayloadTooLarge         8  413  payload_too_large
         ├── MutationRejected        8  422  invalid_mutation
-        └── RateLimited             8  429  rate_limited
+        ├── RateLimited             8  429  rate_limited
+        └── CryptoError            10  400  crypto_failed
+            ├── WrongPassphrase    10  401  wrong_passphrase
+            ├── KeyMismatch        10  409  key_mismatch
+            └── PayloadTampered    10  422  payload_tampered
 
 Sync errors travel over HTTP by code: ``error_for(code, message)`` rebuilds the class on the
 client side of a remote, so the same table serves both ends.
@@ -180,6 +184,33 @@ class RateLimited(SyncError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CryptoError(SyncError):
+    """End-to-end encryption refused something; nothing from it was applied or changed."""
+
+    code = "crypto_failed"
+    exit_code = 10
+    http_status = 400
+
+
+class WrongPassphrase(CryptoError):
+    code = "wrong_passphrase"
+    http_status = 401
+
+
+class KeyMismatch(CryptoError):
+    """The keyring or a payload belongs to another workspace (or to a key this device lacks)."""
+
+    code = "key_mismatch"
+    http_status = 409
+
+
+class PayloadTampered(CryptoError):
+    """A sealed payload failed authentication: altered, truncated or moved to another slot."""
+
+    code = "payload_tampered"
+    http_status = 422
 
 
 def error_for(code: str, message: str) -> CairnError:

@@ -1,0 +1,275 @@
+"""The workspace keyring: data keys wrapped for the people and devices that may read them.
+
+Hierarchy (DESIGN §5)::
+
+    passphrase --Argon2id--> KEK ─┐
+                                  ├─ wraps the master key (random, 256-bit)
+    recovery key --HKDF----> KEK ─┘        └─ wraps each data key (random, 256-bit, by key id)
+
+A device that joined keeps the master key (never the passphrase). Changing the passphrase
+re-wraps only the master key, a few hundred bytes; rotating adds a data key under a new id and
+makes it current, and old ids stay readable. The keyring travels to the remote as one opaque
+JSON blob; everything secret in it is wrapped, and every wrap is bound to the keyring's id, so a
+wrap cannot be moved between keyrings or between slots.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from cairn.errors import CryptoError, KeyMismatch, WrongPassphrase
+
+FORMAT = "cairn-keyring/1"
+KEY_BYTES = 32
+RECOVERY_GROUP = 4
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id parameters, stored with the keyring so later devices derive the same KEK."""
+
+    memory_kib: int = 64 * 1024
+    iterations: int = 3
+    lanes: int = 4
+    salt: bytes = field(default_factory=lambda: os.urandom(16))
+
+    def derive(self, passphrase: str) -> bytes:
+        return Argon2id(
+            salt=self.salt,
+            length=KEY_BYTES,
+            iterations=self.iterations,
+            lanes=self.lanes,
+            memory_cost=self.memory_kib,
+        ).derive(passphrase.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The blob the remote stores: nothing in it opens without the passphrase or recovery key."""
+
+    keyring_id: str
+    kdf: KdfParams
+    master_by_passphrase: bytes
+    master_by_recovery: bytes
+    data_keys: dict[int, bytes]  # key id -> data key wrapped by the master key
+    current: int
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "keyring_id": self.keyring_id,
+                "kdf": {
+                    "alg": "argon2id",
+                    "memory_kib": self.kdf.memory_kib,
+                    "iterations": self.kdf.iterations,
+                    "lanes": self.kdf.lanes,
+                    "salt": _b64(self.kdf.salt),
+                },
+                "master_by_passphrase": _b64(self.master_by_passphrase),
+                "master_by_recovery": _b64(self.master_by_recovery),
+                "data_keys": {str(k): _b64(v) for k, v in sorted(self.data_keys.items())},
+                "current": self.current,
+            },
+            indent=1,
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Keyring:
+        try:
+            data = json.loads(blob)
+            if data.get("format") != FORMAT:
+                raise CryptoError(
+                    f"the remote's keyring has format {data.get('format')!r}; this Cairn reads "
+                    f"{FORMAT}: upgrade Cairn"
+                )
+            kdf = data["kdf"]
+            if kdf["alg"] != "argon2id":
+                raise CryptoError(f"unknown key derivation {kdf['alg']!r} in the keyring")
+            keyring = cls(
+                keyring_id=str(data["keyring_id"]),
+                kdf=KdfParams(
+                    int(kdf["memory_kib"]),
+                    int(kdf["iterations"]),
+                    int(kdf["lanes"]),
+                    _unb64(kdf["salt"]),
+                ),
+                master_by_passphrase=_unb64(data["master_by_passphrase"]),
+                master_by_recovery=_unb64(data["master_by_recovery"]),
+                data_keys={int(k): _unb64(v) for k, v in data["data_keys"].items()},
+                current=int(data["current"]),
+            )
+        except CryptoError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            raise CryptoError(f"the remote's keyring is not readable ({exc})") from exc
+        if keyring.current not in keyring.data_keys:
+            raise CryptoError("the remote's keyring names a current key it does not hold")
+        return keyring
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """What a device keeps after joining: the master key and the data keys it opens."""
+
+    keyring_id: str
+    master: bytes
+    data_keys: dict[int, bytes]
+    current: int
+
+    def key(self, key_id: int) -> bytes | None:
+        return self.data_keys.get(key_id)
+
+    @property
+    def scope_key(self) -> bytes:
+        """The key of blind scope tags: fixed for the workspace's life (derived from key 1)."""
+        first = self.data_keys[min(self.data_keys)]
+        return _hkdf(first, b"cairn scope tags")
+
+
+def create(passphrase: str, kdf: KdfParams | None = None) -> tuple[Keyring, Unlocked, str]:
+    """A new keyring with one data key; returns it, its unlocked form and the recovery key
+    (to show the user once)."""
+    _check_passphrase(passphrase)
+    kdf = kdf or KdfParams()
+    keyring_id = base64.b32encode(os.urandom(10)).decode().lower()
+    master, data_key, recovery = (os.urandom(KEY_BYTES) for _ in range(3))
+    keyring = Keyring(
+        keyring_id=keyring_id,
+        kdf=kdf,
+        master_by_passphrase=_wrap(kdf.derive(passphrase), master, keyring_id, b"master/pass"),
+        master_by_recovery=_wrap(_recovery_kek(recovery), master, keyring_id, b"master/recovery"),
+        data_keys={1: _wrap(master, data_key, keyring_id, b"data/1")},
+        current=1,
+    )
+    return keyring, Unlocked(keyring_id, master, {1: data_key}, 1), format_recovery(recovery)
+
+
+def unlock(
+    keyring: Keyring, passphrase: str | None = None, recovery: str | None = None
+) -> Unlocked:
+    """Open the keyring with the passphrase or the recovery key (WrongPassphrase if neither)."""
+    try:
+        if recovery is not None:
+            kek, wrapped, slot = (
+                _recovery_kek(parse_recovery(recovery)),
+                keyring.master_by_recovery,
+                b"master/recovery",
+            )
+        elif passphrase is not None:
+            kek, wrapped, slot = (
+                keyring.kdf.derive(passphrase),
+                keyring.master_by_passphrase,
+                b"master/pass",
+            )
+        else:
+            raise WrongPassphrase("give the workspace's passphrase or its recovery key")
+        master = _unwrap(kek, wrapped, keyring.keyring_id, slot)
+    except InvalidTag as exc:
+        what = "recovery key" if recovery is not None else "passphrase"
+        raise WrongPassphrase(
+            f"the {what} did not unlock this workspace's keyring; check it and run "
+            "`cairn sync setup` again (or use the other of passphrase / recovery key)"
+        ) from exc
+    return open_data_keys(keyring, master)
+
+
+def open_data_keys(keyring: Keyring, master: bytes) -> Unlocked:
+    """Every data key of the keyring, opened by a master key this device already holds."""
+    keys = {}
+    try:
+        for key_id, wrapped in keyring.data_keys.items():
+            keys[key_id] = _unwrap(master, wrapped, keyring.keyring_id, b"data/%d" % key_id)
+    except InvalidTag as exc:
+        raise KeyMismatch(
+            "this device's key does not open the remote's keyring: it belongs to another "
+            "workspace or was replaced; run `cairn sync setup` again"
+        ) from exc
+    return Unlocked(keyring.keyring_id, master, keys, keyring.current)
+
+
+def change_passphrase(keyring: Keyring, unlocked: Unlocked, passphrase: str) -> Keyring:
+    """The same keyring with the master key wrapped by a new passphrase (new salt); no data key
+    and no payload changes."""
+    _check_passphrase(passphrase)
+    kdf = replace(keyring.kdf, salt=os.urandom(16))
+    wrapped = _wrap(kdf.derive(passphrase), unlocked.master, keyring.keyring_id, b"master/pass")
+    return replace(keyring, kdf=kdf, master_by_passphrase=wrapped)
+
+
+def rotate(keyring: Keyring, unlocked: Unlocked) -> tuple[Keyring, Unlocked]:
+    """Add a data key under the next id and make it current; earlier ids stay readable."""
+    key_id = max(keyring.data_keys) + 1
+    data_key = os.urandom(KEY_BYTES)
+    wrapped = _wrap(unlocked.master, data_key, keyring.keyring_id, b"data/%d" % key_id)
+    new_ring = replace(keyring, data_keys={**keyring.data_keys, key_id: wrapped}, current=key_id)
+    return new_ring, Unlocked(
+        keyring.keyring_id, unlocked.master, {**unlocked.data_keys, key_id: data_key}, key_id
+    )
+
+
+def format_recovery(key: bytes) -> str:
+    """A recovery key a person can write down: base32 in dash-separated groups of four."""
+    text = base64.b32encode(key).decode().rstrip("=")
+    check = base64.b32encode(hashlib.sha256(key).digest()[:5]).decode()[:4]
+    groups = [text[i : i + RECOVERY_GROUP] for i in range(0, len(text), RECOVERY_GROUP)]
+    return "-".join([*groups, check])
+
+
+def parse_recovery(text: str) -> bytes:
+    """The key in a recovery key as typed (case, spaces and dashes do not matter)."""
+    clean = "".join(ch for ch in text.upper() if ch.isalnum())
+    body, check = clean[:-4], clean[-4:]
+    try:
+        key = base64.b32decode(body + "=" * (-len(body) % 8))
+    except binascii.Error as exc:
+        raise WrongPassphrase("that is not a recovery key (letters A-Z and digits 2-7)") from exc
+    if len(key) != KEY_BYTES or format_recovery(key).replace("-", "")[-4:] != check:
+        raise WrongPassphrase("that recovery key is mistyped (its check letters do not match)")
+    return key
+
+
+def _check_passphrase(passphrase: str) -> None:
+    if len(passphrase) < 8:
+        raise CryptoError("a passphrase needs at least 8 characters; a few words is best")
+
+
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(key)
+
+
+def _recovery_kek(recovery: bytes) -> bytes:
+    return _hkdf(recovery, b"cairn recovery kek")
+
+
+def _wrap(kek: bytes, secret: bytes, keyring_id: str, slot: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(kek).encrypt(nonce, secret, keyring_id.encode() + b"|" + slot)
+
+
+def _unwrap(kek: bytes, wrapped: bytes, keyring_id: str, slot: bytes) -> bytes:
+    if len(wrapped) < 12 + 16:
+        raise InvalidTag()
+    return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], keyring_id.encode() + b"|" + slot)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)
