@@ -3,7 +3,8 @@
 The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min of embedding on
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
-.venv/bin/python bench/run_all.py [--quick] [--only embed ingest recall vector coldstart]
+.venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
+    coldstart sync crypto)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FULL: dict[str, list[str]] = {
     "vector": [],
     "coldstart": [],
     "sync": [],
+    "crypto": [],
 }
 QUICK: dict[str, list[str]] = {
     "embed": ["--texts", "256", "--queries", "50"],
@@ -31,6 +33,7 @@ QUICK: dict[str, list[str]] = {
     "vector": ["--sizes", "10000", "--queries", "50", "--real", "1000"],
     "coldstart": ["--size", "1000", "--runs", "2"],
     "sync": ["--quick"],
+    "crypto": ["--quick"],
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +38,8 @@ def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside
     a.store.remember_many(
         [NewMemory(f"Runbook step {i}: restart the worker pool") for i in range(40)]
     )
-    huge = a.store.remember("x " * 30_000).memory  # 60 KB: fits a memory, not a request
+    noise = base64.b64encode(os.urandom(45_000)).decode()  # 60 KB that barely compresses
+    huge = a.store.remember(noise).memory  # fits a memory, not a request
     report = a.push()
     assert report.pushed == 40 and report.batches > 1  # split to fit under 48 KiB
     assert report.dead_lettered == 1

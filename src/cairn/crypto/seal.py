@@ -10,15 +10,14 @@ under the same ids; random 96-bit nonces under one long-lived key would bound ho
 are safe). The header and the caller's associated data (workspace, entity and mutation ids) are
 authenticated: a payload altered, truncated, or moved to another slot fails to open.
 
-The plaintext is prefixed by one flag byte: 1 when it was zlib-compressed (only when that saves at
-least an eighth; vectors barely compress, text does).
+Compression is the payload codec's business (it knows the text compresses and the vector does
+not); sealing adds 49 bytes and nothing else.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -33,7 +32,6 @@ HEADER = struct.Struct(">BI16s12s")
 TAG_BYTES = 16
 KEY_BYTES = 32
 _INFO = b"cairn payload v1"
-_RAW, _ZLIB = b"\x00", b"\x01"
 
 
 def _message_key(data_key: bytes, salt: bytes) -> AESGCM:
@@ -42,17 +40,12 @@ def _message_key(data_key: bytes, salt: bytes) -> AESGCM:
 
 
 def seal(data_key: bytes, key_id: int, plaintext: bytes, aad: bytes) -> bytes:
-    """Compress (when it pays) and encrypt ``plaintext``, bound to ``aad``."""
+    """Encrypt ``plaintext`` under a key of its own, bound to ``aad``."""
     if len(data_key) != KEY_BYTES:
         raise ValueError("a data key is 32 bytes")
-    body = _RAW + plaintext
-    if len(plaintext) > 64:
-        packed = zlib.compress(plaintext, 1)
-        if len(packed) <= len(plaintext) * 7 // 8:
-            body = _ZLIB + packed
     salt, nonce = os.urandom(16), os.urandom(12)
     header = HEADER.pack(VERSION, key_id, salt, nonce)
-    return header + _message_key(data_key, salt).encrypt(nonce, body, header + aad)
+    return header + _message_key(data_key, salt).encrypt(nonce, plaintext, header + aad)
 
 
 def header(envelope: bytes) -> tuple[int, int] | None:
@@ -83,12 +76,9 @@ def open_sealed(keys: Callable[[int], bytes | None], envelope: bytes, aad: bytes
     _version, _key_id, salt, nonce = HEADER.unpack_from(envelope)
     head = envelope[: HEADER.size]
     try:
-        body = _message_key(data_key, salt).decrypt(nonce, envelope[HEADER.size :], head + aad)
+        return _message_key(data_key, salt).decrypt(nonce, envelope[HEADER.size :], head + aad)
     except InvalidTag as exc:
         raise PayloadTampered(
             "a sealed payload failed authentication (altered, truncated or moved to another "
             "entry); it was not applied"
         ) from exc
-    if body[:1] == _ZLIB:
-        return zlib.decompress(body[1:])
-    return body[1:]

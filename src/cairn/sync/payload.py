@@ -2,10 +2,12 @@
 
 Layout (version 1)::
 
-    b"\x01" | kind (b"m" memory, b"r" relation) | uint32 big-endian JSON length | JSON | vector
+    b"\x01" | kind | uint32 big-endian length of the body | body (JSON) | vector
 
-The vector (little-endian float32) rides raw after the JSON, so a pull never re-embeds and never
-base64-decodes twice. The remote sees these bytes as opaque (the encryption issue seals them).
+kind is b"m" (memory) or b"r" (relation), upper case when the JSON is zlib-compressed: done when
+that saves an eighth or more, which long texts do. The vector (little-endian float32) rides raw
+after it (it does not compress), so a pull never re-embeds and never base64-decodes twice. The
+remote sees these bytes only sealed (``cairn.crypto.seal``) once a workspace has a keyring.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import json
 import struct
+import zlib
 from typing import Any
 
 from cairn.errors import InvalidInput
@@ -21,6 +24,7 @@ from cairn.model import Memory, MemoryState, RelationState, Revision
 from cairn.protocol import WireMutation
 
 FORMAT = 1
+MAX_BODY = 4 * 1024 * 1024
 _HEAD = struct.Struct(">BcI")
 
 
@@ -78,7 +82,20 @@ def encode_relation(state: RelationState) -> bytes:
 
 def _pack(kind: bytes, body: dict[str, Any], tail: bytes) -> bytes:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(data) >= 256:
+        packed = zlib.compress(data, 1)
+        if len(packed) <= len(data) * 7 // 8:
+            kind, data = kind.upper(), packed
     return _HEAD.pack(FORMAT, kind, len(data)) + data + tail
+
+
+def _unpack_body(kind: bytes, data: bytes) -> Any:
+    if kind.isupper():
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(data, MAX_BODY)
+        if inflater.unconsumed_tail:
+            raise PayloadError(f"a payload's text inflates past {MAX_BODY} bytes")
+    return json.loads(data)
 
 
 def decode(mutation: WireMutation) -> MemoryState | RelationState:
@@ -88,8 +105,9 @@ def decode(mutation: WireMutation) -> MemoryState | RelationState:
         version, kind, size = _HEAD.unpack_from(payload)
         if version != FORMAT:
             raise PayloadError(f"payload format {version} is newer than this Cairn; upgrade")
-        body = json.loads(payload[_HEAD.size : _HEAD.size + size])
+        body = _unpack_body(kind, payload[_HEAD.size : _HEAD.size + size])
         tail = payload[_HEAD.size + size :]
+        kind = kind.lower()
         if kind == b"m":
             return _memory(body, tail, mutation)
         if kind == b"r":
@@ -107,7 +125,7 @@ def decode(mutation: WireMutation) -> MemoryState | RelationState:
         raise PayloadError(f"unknown payload kind {kind!r}")
     except PayloadError:
         raise
-    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as exc:
         raise PayloadError(
             f"mutation {mutation.mutation_id} has an unreadable payload ({exc})"
         ) from exc
