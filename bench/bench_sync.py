@@ -58,6 +58,7 @@ CAIRN = ROOT / ".venv" / "bin" / "cairn"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 PULL_TARGET = 20_000
 PUSH_TARGET = 10_000
+PASSPHRASE = "a benchmark passphrase"
 RECALL_CHECKS = 5
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -296,9 +297,9 @@ def one_run(
         remote_a = HttpRemote(server.url, server.key, store_a.device_id())
         up = Traffic()
         up.attach(remote_a)
-        scope_key = join(remote_a)
+        keys, _recovery = join(remote_a, PASSPHRASE)  # creates the workspace's keyring
         start = time.perf_counter()
-        syncer_a = Syncer(store_a, remote_a, scope_key)  # a new target: queues every memory
+        syncer_a = Syncer(store_a, remote_a, keys)  # a new target: queues every memory
         setup_s = time.perf_counter() - start
         up.reset()
         cpu, server_cpu = time.process_time(), server.cpu_seconds()
@@ -315,7 +316,7 @@ def one_run(
         remote_b = HttpRemote(server.url, server.key, store_b.device_id())
         down = Traffic()
         down.attach(remote_b)
-        syncer_b = Syncer(store_b, remote_b, join(remote_b))
+        syncer_b = Syncer(store_b, remote_b, join(remote_b, PASSPHRASE)[0])
         down.reset()
         embedded_before = embedder.texts_embedded
         cpu, server_cpu = time.process_time(), server.cpu_seconds()

@@ -19,7 +19,7 @@ from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
 from cairn.service import NewMemory, Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
+from cairn.syncing import Syncer, open_keys
 
 try:
     __version__ = version("cairn-memory")
@@ -73,9 +73,10 @@ def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> 
 def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     """Wire a Syncer for ``store`` from the saved sync settings."""
     sync = settings.sync
-    if sync.remote is None or sync.scope_key is None:
+    if sync.remote is None or sync.master_key is None or sync.keyring_id is None:
         raise SyncNotConfigured(
             "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
         )
     remote = open_remote(sync.remote, sync.api_key, store.device_id())
-    return Syncer(store, remote, sync.scope_key, sync.rules)
+    keys = open_keys(store, remote, sync.master_key, sync.keyring_id)
+    return Syncer(store, remote, keys, sync.rules)

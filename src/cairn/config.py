@@ -21,8 +21,8 @@ config.toml::
     exclude_tags = ["private"]
     file_chunks = false             # file_chunk memories stay on this device unless true
 
-Where to sync to (the remote, the API key and the workspace's scope key) is written by
-``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only.
+Where to sync to (the remote, the API key and the key that opens the workspace's keyring) is
+written by ``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only.
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ SYNC_FILE = "sync.json"
 
 @dataclass(frozen=True)
 class SyncSettings:
-    """Where this device syncs to, and what it shares (``remote`` None: sync not set up)."""
+    """Where this device syncs to, and what it shares (``remote`` None: sync not set up).
+
+    ``master_key`` opens the workspace's keyring (never the passphrase itself is kept).
+    """
 
     remote: str | None = None
     api_key: str | None = None
-    scope_key: bytes | None = None
+    master_key: bytes | None = None
+    keyring_id: str | None = None
     device_name: str = field(default_factory=socket.gethostname)
     rules: SyncRules = field(default_factory=SyncRules)
 
@@ -101,7 +105,8 @@ def _sync(home: Path, table: dict[str, Any]) -> SyncSettings:
         return SyncSettings(
             remote=str(saved["remote"]),
             api_key=saved.get("api_key"),
-            scope_key=base64.b64decode(saved["scope_key"], validate=True),
+            master_key=base64.b64decode(saved["master_key"], validate=True),
+            keyring_id=str(saved["keyring_id"]),
             device_name=str(saved.get("device_name") or socket.gethostname()),
             rules=rules,
         )
@@ -139,8 +144,10 @@ def _rules(table: dict[str, Any]) -> SyncRules:
         raise ConfigError(f"config.toml: [sync]: {exc}") from exc
 
 
-def save_sync(home: Path, remote: str, api_key: str | None, scope_key: bytes, name: str) -> Path:
-    """Write where this device syncs to, readable by this user only (atomically)."""
+def save_sync(
+    home: Path, remote: str, api_key: str | None, master_key: bytes, keyring_id: str, name: str
+) -> Path:
+    """Write where this device syncs to and its key, readable by this user only (atomically)."""
     folder = home / "keys"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / SYNC_FILE
@@ -148,7 +155,8 @@ def save_sync(home: Path, remote: str, api_key: str | None, scope_key: bytes, na
     data = {
         "remote": remote,
         "api_key": api_key,
-        "scope_key": base64.b64encode(scope_key).decode("ascii"),
+        "master_key": base64.b64encode(master_key).decode("ascii"),
+        "keyring_id": keyring_id,
         "device_name": name,
     }
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

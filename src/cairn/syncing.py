@@ -11,26 +11,31 @@ came from another embedding model.
 from __future__ import annotations
 
 import base64
-import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from cairn.crypto import keyring
+from cairn.crypto.seal import open_sealed, seal
 from cairn.errors import (
     CairnError,
+    CryptoError,
     InvalidInput,
+    KeyMismatch,
     MutationRejected,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     RemoteConflict,
+    RemoteUnreachable,
     SyncError,
+    SyncNotConfigured,
+    WrongPassphrase,
 )
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
 from cairn.protocol import WireMutation
@@ -45,7 +50,7 @@ CURSOR = "sync.cursor"
 TARGET = "sync.target"
 LAST_PUSH = "sync.last_push_at"
 LAST_PULL = "sync.last_pull_at"
-KEYRING_FORMAT = "cairn-keyring/0"
+KEYRING = "sync.keyring"
 FIRST_PAGE = 1000
 
 Progress = Callable[[int, int], None]
@@ -89,34 +94,59 @@ class _Page:
     failed: list[tuple[WireMutation, CairnError]] = field(default_factory=list)
 
 
-def join(remote: Remote) -> bytes:
-    """The workspace's scope key, read from the remote's keyring (made there if it has none).
-
-    Until end-to-end encryption wraps it (DESIGN §5), the keyring holds the key as is.
-    """
+def join(
+    remote: Remote,
+    passphrase: str | None = None,
+    recovery: str | None = None,
+    kdf: keyring.KdfParams | None = None,
+) -> tuple[keyring.Unlocked, str | None]:
+    """Open the workspace's keyring with the passphrase or recovery key; when the remote has
+    none yet, create it with ``passphrase``. Returns the keys and, only when the keyring was
+    just created, the recovery key to show the user once."""
     for _attempt in range(3):
         found = remote.get_keyring()
         if found is not None:
-            try:
-                data = json.loads(found.blob)
-                if data.get("format") != KEYRING_FORMAT:
-                    raise ValueError(data.get("format"))
-                return base64.b64decode(data["scope_key"], validate=True)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise SyncError(
-                    f"the keyring on {remote.url} is not one this Cairn can read; "
-                    "upgrade Cairn or point sync at another workspace"
-                ) from exc
-        key = secrets.token_bytes(32)
-        blob = json.dumps(
-            {"format": KEYRING_FORMAT, "scope_key": base64.b64encode(key).decode()}
-        ).encode()
+            ring = keyring.Keyring.from_bytes(found.blob)
+            return keyring.unlock(ring, passphrase, recovery), None
+        if passphrase is None:
+            raise WrongPassphrase(
+                "this workspace has no keyring yet; give a passphrase to create it "
+                "(the recovery key only opens an existing one)"
+            )
+        ring, unlocked, recovery_key = keyring.create(passphrase, kdf)
         try:
-            remote.put_keyring(blob, None)
-            return key
+            remote.put_keyring(ring.to_bytes(), None)
         except RemoteConflict:
-            continue  # another device made it first: read theirs
+            continue  # another device made it first: join theirs
+        return unlocked, recovery_key
     raise SyncError(f"the keyring on {remote.url} keeps changing; retry in a moment")
+
+
+def open_keys(store: Store, remote: Remote, master: bytes, keyring_id: str) -> keyring.Unlocked:
+    """The data keys of a device that joined: its master key opens the remote's keyring (or
+    the copy cached in the store when the remote does not answer)."""
+    try:
+        found = remote.get_keyring()
+        blob = found.blob if found is not None else None
+    except RemoteUnreachable:
+        blob = None
+    with store.db.read() as conn:
+        cached = replica.get_meta(conn, KEYRING)
+    if blob is None and cached is None:
+        raise SyncNotConfigured(
+            f"no keyring on {remote.url} and none cached here; run `cairn sync setup` again"
+        )
+    ring = keyring.Keyring.from_bytes(blob if blob is not None else base64.b64decode(cached or ""))
+    if ring.keyring_id != keyring_id:
+        raise KeyMismatch(
+            f"the keyring on {remote.url} belongs to another workspace than this device "
+            "joined; run `cairn sync setup` again to join this one"
+        )
+    unlocked = keyring.open_data_keys(ring, master)
+    if blob is not None:
+        with store.db.write() as conn:
+            replica.set_meta(conn, KEYRING, base64.b64encode(blob).decode())
+    return unlocked
 
 
 class Syncer:
@@ -126,7 +156,7 @@ class Syncer:
         self,
         store: Store,
         remote: Remote,
-        scope_key: bytes,
+        keys: keyring.Unlocked,
         rules: SyncRules | None = None,
         batch_bytes: int = 6 * 1024 * 1024,
         batch_size: int = 5000,
@@ -134,7 +164,8 @@ class Syncer:
     ) -> None:
         self.store = store
         self.remote = remote
-        self.scope_key = scope_key
+        self.keys = keys
+        self.scope_key = keys.scope_key
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -152,6 +183,53 @@ class Syncer:
         outbox.enqueue_all(conn, self.device_id, next_hlc(conn).pack())
         replica.set_meta(conn, CURSOR, None)
         replica.set_meta(conn, TARGET, target)
+
+    def _aad(self, entity_id: str, mutation_id: str) -> bytes:
+        """What a sealed payload is bound to: this workspace's keyring, its entity and mutation."""
+        return f"{self.keys.keyring_id}|{entity_id}|{mutation_id}".encode()
+
+    def _open(self, mutation: WireMutation) -> WireMutation:
+        """The mutation with its payload opened; a key id this device lacks (another device
+        rotated) re-reads the remote's keyring once."""
+        aad = self._aad(mutation.entity_id, mutation.mutation_id)
+        try:
+            plain = open_sealed(self.keys.key, mutation.payload, aad)
+        except KeyMismatch:
+            found = self.remote.get_keyring()
+            if found is None:
+                raise
+            ring = keyring.Keyring.from_bytes(found.blob)
+            if ring.keyring_id != self.keys.keyring_id:
+                raise
+            self.keys = keyring.open_data_keys(ring, self.keys.master)
+            plain = open_sealed(self.keys.key, mutation.payload, aad)
+        return replace(mutation, payload=plain)
+
+    def change_passphrase(self, passphrase: str) -> None:
+        """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""
+        found = self._current_ring()
+        changed = keyring.change_passphrase(found[0], self.keys, passphrase)
+        self.remote.put_keyring(changed.to_bytes(), found[1])
+
+    def rotate_key(self) -> int:
+        """Add a data key under a new id; new writes use it, earlier ids stay readable."""
+        ring, version = self._current_ring()
+        rotated, self.keys = keyring.rotate(ring, self.keys)
+        self.remote.put_keyring(rotated.to_bytes(), version)
+        return self.keys.current
+
+    def _current_ring(self) -> tuple[keyring.Keyring, int]:
+        found = self.remote.get_keyring()
+        if found is None:
+            raise SyncNotConfigured(f"{self.remote.url} has no keyring; run `cairn sync setup`")
+        ring = keyring.Keyring.from_bytes(found.blob)
+        if ring.keyring_id != self.keys.keyring_id:
+            raise KeyMismatch(
+                f"the keyring on {self.remote.url} belongs to another workspace; "
+                "run `cairn sync setup` again"
+            )
+        self.keys = keyring.open_data_keys(ring, self.keys.master)
+        return ring, found.version
 
     def _scope(self, project: str) -> str:
         """The project's blind scope tag (an HMAC per memory is 4 % of a push, so cached)."""
@@ -231,7 +309,12 @@ class Syncer:
                         hlc,
                         wire_id,
                         self._scope(project),
-                        body,
+                        seal(
+                            self.keys.data_keys[self.keys.current],
+                            self.keys.current,
+                            body,
+                            self._aad(wire_id, pending.mutation.mutation_id),
+                        ),
                     ),
                 )
             )
@@ -350,8 +433,8 @@ class Syncer:
                 decoded.own += 1  # this device's own change: already here
                 continue
             try:
-                state = payload.decode(mutation)
-            except payload.PayloadError as exc:
+                state = payload.decode(self._open(mutation))
+            except (payload.PayloadError, CryptoError) as exc:
                 decoded.failed.append((mutation, exc))
                 continue
             if isinstance(state, MemoryState) and not self.rules.allows(state.memory):

@@ -61,6 +61,7 @@ def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
     env = {**os.environ, "CAIRN_HOME": str(tmp_path / name)}
     env.pop("CAIRN_DB", None)
     env.pop("CAIRN_API_KEY", None)
+    env["CAIRN_PASSPHRASE"] = "a passphrase the whole team knows"
 
     def run(*args: str, ok: bool = True) -> Any:
         result = subprocess.run(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cairn.crypto.keyring import KdfParams, Unlocked
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.model import SyncRules
 from cairn.remotes.base import Remote
@@ -16,6 +17,13 @@ from cairn.store.db import Database
 from cairn.syncing import Syncer, join
 
 Replica = tuple[Store, Syncer]
+PASSPHRASE = "correct horse battery staple"
+FAST_KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)  # tests only: ms, not 100 ms
+
+
+def keys_for(remote: Remote) -> Unlocked:
+    """The workspace's keys: the keyring is made by the first replica, opened by the rest."""
+    return join(remote, PASSPHRASE, kdf=FAST_KDF)[0]
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def make_replica(
         store = Store(Database(tmp_path / f"{name}.db"), embedder, project=project, source=name)
         opened.append(store)
         target = via or remote
-        return store, Syncer(store, target, join(target), rules, page_size=7)
+        return store, Syncer(store, target, keys_for(target), rules, page_size=7)
 
     yield make
     for store in opened:

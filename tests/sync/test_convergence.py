@@ -23,9 +23,9 @@ from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
 from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
 
-from .conftest import snapshot, sync_all
+from .conftest import keys_for, snapshot, sync_all
 
 TEXTS = [
     "Deploys go out on Tuesdays",
@@ -97,7 +97,7 @@ def _run(
         store = Store(Database(tmp / f"r{i}.db"), embedder, project="p", source=f"r{i}")
         chaos = ChaosRemote(remote, rng)
         stores.append(store)
-        syncers.append(Syncer(store, chaos, join(chaos), page_size=3))  # type: ignore[arg-type]
+        syncers.append(Syncer(store, chaos, keys_for(chaos), page_size=3))  # type: ignore[arg-type]
     created: set[str] = set()
     versions: list[tuple[str, str]] = []  # (memory id, content clock) of every content written
     try:

@@ -11,9 +11,9 @@ from cairn.model import SyncRules
 from cairn.protocol import PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
 from cairn.store import outbox
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
 
-from .conftest import Replica, snapshot, sync_all
+from .conftest import Replica, keys_for, snapshot, sync_all
 
 MakeReplica = Callable[..., Replica]
 
@@ -222,7 +222,7 @@ def test_a_refused_mutation_goes_to_dead_letters_and_the_rest_still_sync(
     bad = a_store.remember("This one the remote refuses").memory
     good = [a_store.remember(f"Good memory {i}").memory for i in range(3)]
     refusing = _Refuses(remote, bad.id)
-    a = Syncer(a_store, refusing, join(refusing))  # type: ignore[arg-type]
+    a = Syncer(a_store, refusing, keys_for(refusing))  # type: ignore[arg-type]
     report = a.push()
     assert (report.pushed, report.dead_lettered) == (3, 1)
     [letter] = a.dead_letters()

@@ -17,15 +17,16 @@ from cairn.server.context import ServerSettings
 from cairn.service import NewMemory, Store
 from cairn.store import outbox
 from cairn.store.db import Database
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
 
 from ..conftest import SyncServer
+from .conftest import keys_for
 
 
 def _replica(tmp_path: Path, embedder: OnnxEmbedder, name: str, url: str, key: str) -> Syncer:
     store = Store(Database(tmp_path / f"{name}.db"), embedder, project="p")
     remote = HttpRemote(url, key, device_id=store.device_id())
-    return Syncer(store, remote, join(remote))
+    return Syncer(store, remote, keys_for(remote))
 
 
 def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside(
@@ -78,7 +79,7 @@ def test_the_server_filters_pulls_by_blind_scope_tag(
     a.push()
     store = Store(Database(tmp_path / "b.db"), embedder, project="p")
     remote = HttpRemote(sync_server.url, sync_server.admin_key, device_id=store.device_id())
-    b = Syncer(store, remote, join(remote), SyncRules(include_projects=("beta",)))
+    b = Syncer(store, remote, keys_for(remote), SyncRules(include_projects=("beta",)))
     assert b.pull().received == 1
     assert [m.content for m in store.list()] == ["Beta uses REST"]
     scopes = {m.scope for m in remote.pull(None).mutations}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -15,6 +17,7 @@ import cairn
 from cairn import config
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
+from cairn.errors import InvalidInput
 from cairn.model import iso
 from cairn.syncing import Syncer, join
 
@@ -54,22 +57,36 @@ def setup(
             "CAIRN_API_KEY, which keeps it out of your shell history).",
         ),
     ] = None,
+    recovery_key: Annotated[
+        str | None,
+        typer.Option(
+            "--recovery-key",
+            envvar="CAIRN_RECOVERY_KEY",
+            help="Join with the workspace's recovery key instead of its passphrase.",
+        ),
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="This device's name (default: the host name).")
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Connect this device to a workspace on a sync server (checks the key, joins, saves)."""
+    """Connect this device to a workspace: check the key, create or unlock the end-to-end
+    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save."""
     settings = config.load()
     device_name = name or settings.sync.device_name
     with open_store() as store:
-        remote = cairn.open_remote(server, api_key, store.device_id())
+        remote = cairn.open_remote(server, api_key)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
-            scope_key = join(remote)
+            creating = remote.get_keyring() is None
+            passphrase = None if recovery_key else _passphrase(creating)
+            keys, recovery = join(remote, passphrase, recovery_key)
+            # Only now, with the keyring open, does anything change here.
             remote.register_device(store.device_id(), device_name)
-            path = config.save_sync(settings.home, remote.url, api_key, scope_key, device_name)
-            syncer = Syncer(store, remote, scope_key, settings.sync.rules)
+            path = config.save_sync(
+                settings.home, remote.url, api_key, keys.master, keys.keyring_id, device_name
+            )
+            syncer = Syncer(store, remote, keys, settings.sync.rules)
             pending = syncer.status()["pending"]
         finally:
             remote.close()
@@ -78,6 +95,8 @@ def setup(
         "workspace": remote_status.get("workspace"),
         "device_id": syncer.device_id,
         "device_name": device_name,
+        "created_keyring": recovery is not None,
+        "recovery_key": recovery,
         "pending": pending,
         "saved_to": str(path),
     }
@@ -88,7 +107,45 @@ def setup(
         f"[green]sync set up[/]: {result['remote']} (workspace {result['workspace']}), "
         f"this device is {device_name} ({syncer.device_id})"
     )
+    if recovery is not None:
+        output.out.print(
+            "created the workspace's end-to-end encryption keyring. Your recovery key, shown "
+            f"this once:\n\n    [bold]{recovery}[/]\n\nwrite it down and keep it apart from "
+            "the passphrase: with either, a new device can join; without both, nobody can "
+            "read these memories (not even the server)."
+        )
     output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+
+
+def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
+    """The passphrase from the environment (scripts), else asked without echo."""
+    if os.environ.get(env):
+        return os.environ[env]
+    if not sys.stdin.isatty():
+        raise InvalidInput(f"no passphrase: set {env} or run this in a terminal")
+    prompt = "new passphrase for the workspace" if creating else "the workspace's passphrase"
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=creating))
+
+
+@sync_app.command()
+def passphrase() -> None:
+    """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE); nothing is
+    re-encrypted and other devices keep working."""
+    new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
+    with _syncer() as syncer:
+        syncer.change_passphrase(new)
+    output.out.print("[green]passphrase changed[/]; new devices join with the new one")
+
+
+@sync_app.command("rotate-key")
+def rotate_key(json_: JsonFlag = False) -> None:
+    """Start encrypting new changes with a fresh key; older changes stay readable."""
+    with _syncer() as syncer:
+        key_id = syncer.rotate_key()
+    if json_:
+        output.emit_json({"current_key_id": key_id})
+    else:
+        output.out.print(f"[green]rotated[/]: new changes are sealed with key {key_id}")
 
 
 @sync_app.command()

@@ -1,0 +1,133 @@
+"""End-to-end encryption through a real sync server: it stores nothing readable, tampering is
+caught and reported, and passphrase changes and key rotation keep everything readable."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cairn.crypto.keyring import KdfParams
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.errors import WrongPassphrase
+from cairn.remotes.http import HttpRemote
+from cairn.remotes.memory import MemoryRemote
+from cairn.service import Store
+from cairn.store.db import Database
+from cairn.syncing import Syncer, join
+
+from ..conftest import SyncServer
+from .conftest import FAST_KDF, PASSPHRASE
+
+MARKERS = ["zebracorn-7781", "QUOKKA_SECRET_42", "tangerine-migration-plan"]
+TAG = "hushtag-5521"
+PROJECT = "project-nightjar"
+
+
+def _device(
+    tmp_path: Path, embedder: OnnxEmbedder, name: str, remote: object, **join_args: object
+) -> tuple[Store, Syncer]:
+    store = Store(Database(tmp_path / f"{name}.db"), embedder, project=PROJECT)
+    keys, _ = join(remote, **join_args)  # type: ignore[arg-type]
+    return store, Syncer(store, remote, keys, page_size=50)  # type: ignore[arg-type]
+
+
+def _forms(marker: str) -> list[bytes]:
+    """A string as it could sit in a file: UTF-8, UTF-16 either way, base64 at any alignment."""
+    raw = marker.encode()
+    forms = [raw, marker.encode("utf-16-le"), marker.encode("utf-16-be")]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw)
+        forms.append(encoded[4:-4] if shift else encoded[:-4])  # the part that only the marker sets
+    return forms
+
+
+def test_the_server_stores_nothing_readable(
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+) -> None:
+    remote_a = HttpRemote(sync_server.url, sync_server.admin_key)
+    remote_b = HttpRemote(sync_server.url, sync_server.admin_key)
+    a, sync_a = _device(tmp_path, embedder, "a", remote_a, passphrase=PASSPHRASE, kdf=FAST_KDF)
+    b, sync_b = _device(tmp_path, embedder, "b", remote_b, passphrase=PASSPHRASE)
+    for marker in MARKERS:
+        a.remember(f"Remember {marker} when deploying", tags=[TAG], topic_key=marker)
+    b.remember(f"{MARKERS[0]} also matters on B", tags=[TAG])
+    for _ in range(2):
+        sync_a.push(), sync_b.push(), sync_a.pull(), sync_b.pull()
+    assert {m.content for m in b.list()} == {m.content for m in a.list()}  # it did sync
+    files = [p for p in sync_server.data.iterdir() if p.name.startswith("server.db")]
+    data = b"".join(p.read_bytes() for p in files)  # the database, its WAL and any journal
+    assert sync_a.device_id.encode() in data  # the scan sees what the server stored
+    for secret in [*MARKERS, TAG, PROJECT, "deploying"]:
+        for form in _forms(secret):
+            assert form not in data, f"{secret!r} is readable on the server as {form!r}"
+
+
+def test_tampered_swapped_and_truncated_payloads_are_reported_and_the_rest_applies(
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+) -> None:
+    remote = HttpRemote(sync_server.url, sync_server.admin_key)
+    a, sync_a = _device(tmp_path, embedder, "a", remote, passphrase=PASSPHRASE, kdf=FAST_KDF)
+    for i in range(10):
+        a.remember(f"Fact {i} about the ingest pipeline")
+    sync_a.push()
+    db = sqlite3.connect(sync_server.storage.path)
+    rows = db.execute("SELECT seq, payload FROM mutations ORDER BY seq").fetchall()
+    flipped = bytearray(rows[0][1])
+    flipped[len(flipped) // 2] ^= 1
+    db.execute("UPDATE mutations SET payload = ? WHERE seq = ?", (bytes(flipped), rows[0][0]))
+    db.execute("UPDATE mutations SET payload = ? WHERE seq = ?", (rows[2][1], rows[1][0]))
+    db.execute("UPDATE mutations SET payload = ? WHERE seq = ?", (rows[1][1], rows[2][0]))
+    db.execute("UPDATE mutations SET payload = ? WHERE seq = ?", (rows[3][1][:40], rows[3][0]))
+    db.commit()
+    db.close()
+
+    b, sync_b = _device(
+        tmp_path,
+        embedder,
+        "b",
+        HttpRemote(sync_server.url, sync_server.admin_key),
+        passphrase=PASSPHRASE,
+    )
+    report = sync_b.pull()
+    assert (report.failed, report.applied) == (4, 6)
+    letters = sync_b.dead_letters()
+    assert {d.code for d in letters} == {"payload_tampered"}
+    assert {d.direction for d in letters} == {"pull"} and len(letters) == 4
+    assert b.count() == 6
+
+
+def test_a_wrong_passphrase_fails_cleanly_and_the_recovery_key_joins(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    remote = MemoryRemote()
+    keys, recovery = join(remote, PASSPHRASE, kdf=FAST_KDF)
+    assert recovery is not None
+    with pytest.raises(WrongPassphrase, match="did not unlock"):
+        join(remote, "not the passphrase")
+    joined, again = join(remote, recovery=recovery)
+    assert joined == keys and again is None
+
+
+def test_passphrase_change_and_key_rotation_keep_every_memory_readable(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    remote = MemoryRemote()
+    a, sync_a = _device(tmp_path, embedder, "a", remote, passphrase=PASSPHRASE, kdf=FAST_KDF)
+    b, sync_b = _device(tmp_path, embedder, "b", remote, passphrase=PASSPHRASE)
+    a.remember("Written under the first key")
+    sync_a.push()
+    sync_a.change_passphrase("a brand new passphrase")
+    assert sync_a.rotate_key() == 2
+    a.remember("Written under the second key")
+    sync_a.push()
+    assert sync_b.pull().applied == 2  # B learns key 2 from the keyring by itself
+    with pytest.raises(WrongPassphrase):
+        join(remote, PASSPHRASE)
+    c, sync_c = _device(tmp_path, embedder, "c", remote, passphrase="a brand new passphrase")
+    sync_c.pull()
+    expected = {"Written under the first key", "Written under the second key"}
+    assert {m.content for m in c.list()} == expected == {m.content for m in b.list()}
+    assert KdfParams().memory_kib >= 64 * 1024  # the default a real workspace gets
