@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -188,9 +188,9 @@ class Syncer:
         """What a sealed payload is bound to: this workspace's keyring, its entity and mutation."""
         return f"{self.keys.keyring_id}|{entity_id}|{mutation_id}".encode()
 
-    def _open(self, mutation: WireMutation) -> WireMutation:
-        """The mutation with its payload opened; a key id this device lacks (another device
-        rotated) re-reads the remote's keyring once."""
+    def _open(self, mutation: WireMutation) -> bytes:
+        """The mutation's payload, opened; a key id this device lacks (another device rotated)
+        re-reads the remote's keyring once."""
         aad = self._aad(mutation.entity_id, mutation.mutation_id)
         try:
             plain = open_sealed(self.keys.key, mutation.payload, aad)
@@ -203,7 +203,7 @@ class Syncer:
                 raise
             self.keys = keyring.open_data_keys(ring, self.keys.master)
             plain = open_sealed(self.keys.key, mutation.payload, aad)
-        return replace(mutation, payload=plain)
+        return plain
 
     def change_passphrase(self, passphrase: str) -> None:
         """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""
@@ -433,7 +433,7 @@ class Syncer:
                 decoded.own += 1  # this device's own change: already here
                 continue
             try:
-                state = payload.decode(self._open(mutation))
+                state = payload.decode(mutation, self._open(mutation))
             except (payload.PayloadError, CryptoError) as exc:
                 decoded.failed.append((mutation, exc))
                 continue

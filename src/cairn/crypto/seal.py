@@ -4,8 +4,10 @@ Envelope (version 1)::
 
     version (1 byte) | key_id (uint32 big-endian) | salt (16) | nonce (12) | ciphertext + tag (16)
 
-Each message gets its own AES key, derived by HKDF-SHA256 from the data key and a random 16-byte
-salt, so a nonce can never repeat under one key (a retried mutation may carry different bytes
+Each message gets its own AES key, HMAC-SHA256(data key, label | random 16-byte salt): the data
+key is uniformly random, so this one PRF call is HKDF's expand step without the extract step it
+does not need. A nonce can therefore never repeat under one
+key (a retried mutation may carry different bytes
 under the same ids; random 96-bit nonces under one long-lived key would bound how many messages
 are safe). The header and the caller's associated data (workspace, entity and mutation ids) are
 authenticated: a payload altered, truncated, or moved to another slot fails to open.
@@ -16,14 +18,13 @@ not); sealing adds 49 bytes and nothing else.
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cairn.errors import KeyMismatch, PayloadTampered
 
@@ -35,8 +36,7 @@ _INFO = b"cairn payload v1"
 
 
 def _message_key(data_key: bytes, salt: bytes) -> AESGCM:
-    derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_INFO)
-    return AESGCM(derived.derive(data_key))
+    return AESGCM(hmac.digest(data_key, _INFO + salt, "sha256"))
 
 
 def seal(data_key: bytes, key_id: int, plaintext: bytes, aad: bytes) -> bytes:

@@ -101,9 +101,10 @@ def _unpack_body(kind: bytes, data: bytes) -> Any:
     return json.loads(data)
 
 
-def decode(mutation: WireMutation) -> MemoryState | RelationState:
-    """The state a pulled mutation carries; PayloadError if it is not a readable one."""
-    payload = mutation.payload
+def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState | RelationState:
+    """The state a pulled mutation carries (``opened``: its payload once unsealed);
+    PayloadError if it is not a readable one."""
+    payload = mutation.payload if opened is None else opened
     try:
         version, kind, size = _HEAD.unpack_from(payload)
         if version != FORMAT:
