@@ -58,6 +58,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
+    run = _home(tmp_path, name)
+    url, key = server
+    run("sync", "setup", "--server", url, "--api-key", key, "--name", name, "--json")
+    return run
+
+
+def _home(tmp_path: Path, name: str) -> Device:
+    """`cairn` with its own CAIRN_HOME and the team's passphrase in the environment."""
     env = {**os.environ, "CAIRN_HOME": str(tmp_path / name)}
     env.pop("CAIRN_DB", None)
     env.pop("CAIRN_API_KEY", None)
@@ -76,8 +84,6 @@ def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
             assert result.returncode == 0, f"cairn {' '.join(args)}: {result.stderr}"
         return json.loads(result.stdout) if "--json" in args and result.stdout else result
 
-    url, key = server
-    run("sync", "setup", "--server", url, "--api-key", key, "--name", name, "--json")
     return run
 
 
@@ -173,3 +179,54 @@ def test_sync_commands_explain_what_is_missing(tmp_path: Path) -> None:
     )
     assert bad.returncode == 8 and "127.0.0.1:9" in bad.stderr
     assert not (tmp_path / "fresh" / "keys" / "sync.json").exists()
+
+
+def test_devices_join_with_the_passphrase_or_the_recovery_key_and_a_wrong_one_changes_nothing(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    url, key = server
+    first = _home(tmp_path, "first")
+    made = first("sync", "setup", "--server", url, "--api-key", key, "--json")
+    assert made["created_keyring"] is True and len(made["recovery_key"]) > 50
+    assert (
+        first("sync", "setup", "--server", url, "--api-key", key, "--json")["recovery_key"] is None
+    )
+    first("remember", "The VPN config lives in the ops vault", "--json")
+    first("sync", "now")
+
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "intruder")}
+    env.update(CAIRN_PASSPHRASE="not the team passphrase", CAIRN_API_KEY=key)
+    subprocess.run([CAIRN, "remember", "a local note"], env=env, check=True, capture_output=True)
+    before = (tmp_path / "intruder" / "cairn.db").read_bytes()
+    wrong = subprocess.run(
+        [CAIRN, "sync", "setup", "--server", url, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 10
+    assert json.loads(wrong.stdout)["error"]["code"] == "wrong_passphrase"
+    assert "did not unlock" in wrong.stderr
+    assert not (tmp_path / "intruder" / "keys" / "sync.json").exists()
+    assert (tmp_path / "intruder" / "cairn.db").read_bytes() == before
+
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "by-recovery"), "CAIRN_API_KEY": key}
+    env.pop("CAIRN_PASSPHRASE", None)
+    setup = [CAIRN, "sync", "setup", "--server", url, "--json", "--recovery-key"]
+    typo = subprocess.run([*setup, "AAAA-BBBB"], env=env, capture_output=True, text=True)
+    assert typo.returncode == 10 and "recovery key" in typo.stderr
+    joined = subprocess.run(
+        [*setup, made["recovery_key"]], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert joined.returncode == 0, joined.stderr
+    pulled = subprocess.run(
+        [CAIRN, "sync", "now", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(pulled.stdout)["pull"]["applied"] == 1
+    listed = subprocess.run(
+        [CAIRN, "list", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert [m["content"] for m in json.loads(listed.stdout)["memories"]] == [
+        "The VPN config lives in the ops vault"
+    ]
