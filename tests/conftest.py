@@ -14,6 +14,7 @@ import uvicorn
 from hypothesis import settings
 
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.protocol import SEALED_HEADER, SEALED_VERSION
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
@@ -112,3 +113,8 @@ def sync_server_factory(tmp_path: Path) -> Iterator[Callable[..., SyncServer]]:
 def sync_server(sync_server_factory: Callable[..., SyncServer]) -> SyncServer:
     """A sync server with default settings but no rate limit (tests fire requests fast)."""
     return sync_server_factory(ServerSettings(rate_limit=0))
+
+
+def envelope(body: bytes = b"", key_id: int = 1) -> bytes:
+    """A payload shaped like a sealed envelope: remotes check that shape, never the contents."""
+    return SEALED_HEADER.pack(SEALED_VERSION, key_id, b"s" * 16, b"n" * 12) + body + b"t" * 16

@@ -7,7 +7,16 @@ import json
 import pytest
 
 from cairn.errors import InvalidInput, MutationRejected
-from cairn.protocol import WireMutation, check_batch, from_json, many_from_json, page_body
+from cairn.protocol import (
+    WireMutation,
+    check_batch,
+    from_json,
+    many_from_json,
+    page_body,
+    sealed_key_id,
+)
+
+from .conftest import envelope
 
 GOOD = WireMutation(
     "01a2039b-fd3c-7fed-ae31-34aab9db734a",
@@ -15,13 +24,13 @@ GOOD = WireMutation(
     "1795356884284-0001-05bf889a470f671d",
     "rel-0123456789abcdef0123456789abcdef",
     "0123456789abcdef0123456789abcdef",
-    bytes(range(256)) * 3,
+    envelope(bytes(range(256)) * 3),
     7,
 )
 
 
 def test_a_page_written_by_hand_reads_back_as_the_same_mutations() -> None:
-    untagged = WireMutation("m-2", "dev", "1795356884284-0002-dev", "e", None, b"", 8)
+    untagged = WireMutation("m-2", "dev", "1795356884284-0002-dev", "e", None, envelope(), 8)
     body = json.loads(page_body([GOOD, untagged], "8", True))
     assert body["next"] == "8" and body["has_more"] is True
     assert many_from_json(body["mutations"]) == [GOOD, untagged]
@@ -59,3 +68,12 @@ def test_a_batch_with_bad_mutations_is_refused_whole_naming_each() -> None:
     assert caught.value.rejected["m-2"][0] == "invalid_mutation"
     assert GOOD.mutation_id not in caught.value.rejected
     check_batch([GOOD])  # a good batch passes
+
+
+def test_an_encrypted_workspace_takes_sealed_envelopes_only() -> None:
+    plain = WireMutation("m-3", "dev", GOOD.hlc, "e", None, b'{"content": "hello"}')
+    with pytest.raises(MutationRejected) as caught:
+        check_batch([plain])
+    assert caught.value.rejected["m-3"][0] == "unsealed_payload"
+    assert sealed_key_id(envelope(key_id=4)) == 4 and sealed_key_id(b"\x01short") is None
+    check_batch([plain], sealed=False)  # what a hosted (plaintext) workspace will accept

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,12 @@ from cairn.errors import InvalidInput, MutationRejected
 
 VERSION = 1
 """The mutation envelope version this code reads and writes."""
+
+SEALED_VERSION = 1
+SEALED_HEADER = struct.Struct(">BI16s12s")
+"""A sealed payload starts ``version | key_id | salt | nonce`` and ends with a 16-byte tag
+(``cairn.crypto.seal``); a remote may read the version and key id, nothing else."""
+SEALED_MIN = SEALED_HEADER.size + 16
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_BATCH = 10_000
@@ -94,8 +101,18 @@ class PullPage:
     has_more: bool
 
 
-def problem(mutation: WireMutation) -> str | None:
-    """Why a remote must refuse this mutation, or None when it is well-formed."""
+def sealed_key_id(payload: bytes) -> int | None:
+    """The key id of a sealed envelope, or None when the payload is not one."""
+    if len(payload) < SEALED_MIN or payload[0] != SEALED_VERSION:
+        return None
+    return int.from_bytes(payload[1:5], "big")
+
+
+def problem(mutation: WireMutation, sealed: bool = True) -> str | None:
+    """Why a remote must refuse this mutation, or None when it is well-formed.
+
+    ``sealed``: the workspace is end-to-end encrypted, so every payload must be an envelope.
+    """
     if mutation.version != VERSION:
         return f"mutation version {mutation.version} is not supported (this end speaks {VERSION})"
     if not _ID.match(mutation.mutation_id):
@@ -110,18 +127,28 @@ def problem(mutation: WireMutation) -> str | None:
         return "scope must be 8-64 lowercase hex digits (a blind scope tag) or null"
     if len(mutation.payload) > MAX_PAYLOAD_BYTES:
         return f"payload is {len(mutation.payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit"
+    if sealed and sealed_key_id(mutation.payload) is None:
+        return (
+            f"payload is not a sealed envelope of version {SEALED_VERSION}; this workspace "
+            "takes end-to-end encrypted payloads only (upgrade the client that sent it)"
+        )
     return None
 
 
-def check_batch(mutations: Sequence[WireMutation]) -> None:
+def check_batch(mutations: Sequence[WireMutation], sealed: bool = True) -> None:
     """Refuse the whole batch (naming each bad mutation) if any mutation is malformed."""
     if len(mutations) > MAX_BATCH:
         raise InvalidInput(f"a push takes at most {MAX_BATCH} mutations; split the batch")
     rejected = {}
     for mutation in mutations:
-        reason = problem(mutation)
+        reason = problem(mutation, sealed)
         if reason is not None:
-            code = "unsupported_version" if mutation.version != VERSION else "invalid_mutation"
+            if mutation.version != VERSION:
+                code = "unsupported_version"
+            elif "sealed envelope" in reason:
+                code = "unsealed_payload"
+            else:
+                code = "invalid_mutation"
             rejected[mutation.mutation_id] = (code, reason)
     if rejected:
         first = next(iter(rejected.items()))

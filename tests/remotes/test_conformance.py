@@ -19,6 +19,8 @@ from cairn.remotes.base import KeyringBlob, Remote
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 
+from ..conftest import envelope
+
 SCOPE_A = "aaaaaaaa"
 SCOPE_B = "bbbbbbbb"
 
@@ -42,7 +44,7 @@ def mutation(n: int, scope: str | None = None, payload: bytes | None = None) -> 
         hlc=f"{1_700_000_000_000 + n:013d}-0000-dev-a",
         entity_id=f"e-{n % 7}",
         scope=scope,
-        payload=payload if payload is not None else f"sealed {n}".encode(),
+        payload=envelope(payload if payload is not None else f"sealed {n}".encode()),
     )
 
 
@@ -124,8 +126,8 @@ def test_scopes_keep_their_own_and_untagged_mutations(remote: Remote) -> None:
 
 def test_a_malformed_batch_is_refused_whole_naming_each_bad_mutation(remote: Remote) -> None:
     good = mutation(1)
-    old = WireMutation("m-old", "dev-a", good.hlc, "e-1", None, b"x", version=99)
-    no_clock = WireMutation("m-noclock", "dev-a", "yesterday", "e-1", None, b"x")
+    old = WireMutation("m-old", "dev-a", good.hlc, "e-1", None, envelope(), version=99)
+    no_clock = WireMutation("m-noclock", "dev-a", "yesterday", "e-1", None, envelope())
     with pytest.raises(MutationRejected) as refused:
         remote.push([good, old, no_clock])
     assert set(refused.value.rejected) == {"m-old", "m-noclock"}
@@ -133,6 +135,15 @@ def test_a_malformed_batch_is_refused_whole_naming_each_bad_mutation(remote: Rem
     assert refused.value.rejected["m-noclock"][0] == "invalid_mutation"
     assert pull_all(remote) == []
     assert remote.status()["latest_seq"] == 0
+
+
+def test_a_payload_that_is_not_a_sealed_envelope_is_refused(remote: Remote) -> None:
+    plain = WireMutation("m-plain", "dev-a", mutation(1).hlc, "e-1", None, b'{"content": "x"}')
+    with pytest.raises(MutationRejected) as refused:
+        remote.push([mutation(1), plain])
+    assert refused.value.rejected["m-plain"][0] == "unsealed_payload"
+    assert "sealed envelope" in refused.value.rejected["m-plain"][1]
+    assert pull_all(remote) == []
 
 
 def test_bad_limits_and_cursors_are_invalid_input(remote: Remote) -> None:

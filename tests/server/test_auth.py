@@ -15,12 +15,14 @@ from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server.context import ServerSettings
 
+from ..conftest import envelope
+
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 
 
 def mutation(n: int) -> WireMutation:
     return WireMutation(
-        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, b"x"
+        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, envelope()
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 
+from ..conftest import envelope
+
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 
 PUSHERS, BATCHES, BATCH = 4, 8, 25
@@ -23,7 +25,7 @@ def batch(device: str, number: int) -> list[WireMutation]:
             f"{1_700_000_000_000 + number:013d}-{i:04x}-{device}",
             f"e-{i}",
             None,
-            f"{device} {number} {i}".encode(),
+            envelope(f"{device} {number} {i}".encode()),
         )
         for i in range(BATCH)
     ]

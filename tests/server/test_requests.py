@@ -17,12 +17,14 @@ from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server.context import ServerSettings
 
+from ..conftest import envelope
+
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 
 
 def wire(n: int, payload: bytes = b"x") -> WireMutation:
     return WireMutation(
-        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, payload
+        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, envelope(payload)
     )
 
 
@@ -190,8 +192,9 @@ def test_metrics_count_requests_and_sync_traffic(
     assert samples["cairn_mutations_pushed_total"] == 3
     assert samples["cairn_mutations_duplicate_total"] == 1
     assert samples["cairn_mutations_pulled_total"] == 2
-    assert samples["cairn_push_payload_bytes_total"] == 9
-    assert samples["cairn_pull_payload_bytes_total"] == 5
+    sealing = len(envelope())  # each payload is an envelope around its bytes
+    assert samples["cairn_push_payload_bytes_total"] == 9 + 4 * sealing
+    assert samples["cairn_pull_payload_bytes_total"] == 5 + 2 * sealing
     assert samples["cairn_workspaces"] == 2 and samples["cairn_mutations_stored"] == 3
     assert samples["cairn_latest_seq_max"] == 2
     assert "acme" not in response.text  # workspace names are private

@@ -22,6 +22,8 @@ from cairn.errors import AuthFailed, Forbidden
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 
+from ..conftest import envelope
+
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 
 
@@ -76,7 +78,7 @@ def server_url(env: dict[str, str]) -> Iterator[str]:
 
 def mutation(n: int) -> WireMutation:
     return WireMutation(
-        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, b"x"
+        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, envelope()
     )
 
 

@@ -19,6 +19,8 @@ from cairn.server import keys
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
 
+from ..conftest import envelope
+
 NOW = 1_700_000_000_000
 
 
@@ -31,7 +33,12 @@ def server_storage(tmp_path: Path) -> Iterator[ServerStorage]:
 
 def mutation(n: int, device: str = "dev-a", scope: str | None = None) -> WireMutation:
     return WireMutation(
-        f"m-{device}-{n:05d}", device, f"{NOW + n:013d}-0000-{device}", f"e-{n}", scope, b"p"
+        f"m-{device}-{n:05d}",
+        device,
+        f"{NOW + n:013d}-0000-{device}",
+        f"e-{n}",
+        scope,
+        envelope(b"p"),
     )
 
 

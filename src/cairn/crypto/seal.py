@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import hmac
 import os
-import struct
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cairn.errors import KeyMismatch, PayloadTampered
+from cairn.protocol import SEALED_HEADER, SEALED_VERSION
 
-VERSION = 1
-HEADER = struct.Struct(">BI16s12s")
+VERSION = SEALED_VERSION
+HEADER = SEALED_HEADER
 TAG_BYTES = 16
 KEY_BYTES = 32
 _INFO = b"cairn payload v1"
