@@ -6,6 +6,10 @@ go to the dead-letter list (with the reason) and the rest still go. A pull appli
 one transaction together with the cursor that follows it, so a crash never skips or half-applies
 a page. Pulled memories keep the vector they were sent with: nothing is embedded again unless it
 came from another embedding model.
+
+Every payload is sealed (``cairn.crypto.seal``) under the workspace's current data key before it
+leaves, bound to the keyring, entity and mutation ids, and opened before it is merged; one that
+fails to open is dead-lettered and the rest of its page still applies.
 """
 
 from __future__ import annotations
