@@ -140,13 +140,8 @@ def open_keys(store: Store, remote: Remote, master: bytes, keyring_id: str) -> k
         raise SyncNotConfigured(
             f"no keyring on {remote.url} and none cached here; run `cairn sync setup` again"
         )
-    ring = keyring.Keyring.from_bytes(blob if blob is not None else base64.b64decode(cached or ""))
-    if ring.keyring_id != keyring_id:
-        raise KeyMismatch(
-            f"the keyring on {remote.url} belongs to another workspace than this device "
-            "joined; run `cairn sync setup` again to join this one"
-        )
-    unlocked = keyring.open_data_keys(ring, master)
+    chosen = blob if blob is not None else base64.b64decode(cached or "")
+    _ring, unlocked = keyring.reopen(chosen, master, keyring_id)
     if blob is not None:
         with store.db.write() as conn:
             replica.set_meta(conn, KEYRING, base64.b64encode(blob).decode())
@@ -199,13 +194,7 @@ class Syncer:
         try:
             plain = open_sealed(self.keys.key, mutation.payload, aad)
         except KeyMismatch:
-            found = self.remote.get_keyring()
-            if found is None:
-                raise
-            ring = keyring.Keyring.from_bytes(found.blob)
-            if ring.keyring_id != self.keys.keyring_id:
-                raise
-            self.keys = keyring.open_data_keys(ring, self.keys.master)
+            self._current_ring()
             plain = open_sealed(self.keys.key, mutation.payload, aad)
         return plain
 
@@ -223,16 +212,11 @@ class Syncer:
         return self.keys.current
 
     def _current_ring(self) -> tuple[keyring.Keyring, int]:
+        """The remote's keyring and its version; this device's keys are refreshed from it."""
         found = self.remote.get_keyring()
         if found is None:
             raise SyncNotConfigured(f"{self.remote.url} has no keyring; run `cairn sync setup`")
-        ring = keyring.Keyring.from_bytes(found.blob)
-        if ring.keyring_id != self.keys.keyring_id:
-            raise KeyMismatch(
-                f"the keyring on {self.remote.url} belongs to another workspace; "
-                "run `cairn sync setup` again"
-            )
-        self.keys = keyring.open_data_keys(ring, self.keys.master)
+        ring, self.keys = keyring.reopen(found.blob, self.keys.master, self.keys.keyring_id)
         return ring, found.version
 
     def _scope(self, project: str) -> str:

@@ -186,6 +186,18 @@ def unlock(
     return open_data_keys(keyring, master)
 
 
+def reopen(blob: bytes, master: bytes, keyring_id: str) -> tuple[Keyring, Unlocked]:
+    """A keyring blob read back by a device that joined it: KeyMismatch if it is another
+    workspace's keyring (another id) or the device's master key does not open it."""
+    keyring = Keyring.from_bytes(blob)
+    if keyring.keyring_id != keyring_id:
+        raise KeyMismatch(
+            "the remote's keyring belongs to another workspace than this device joined; "
+            "run `cairn sync setup` again to join this one"
+        )
+    return keyring, open_data_keys(keyring, master)
+
+
 def open_data_keys(keyring: Keyring, master: bytes) -> Unlocked:
     """Every data key of the keyring, opened by a master key this device already holds."""
     keys = {}

@@ -26,11 +26,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cairn.errors import KeyMismatch, PayloadTampered
-from cairn.protocol import SEALED_HEADER, SEALED_VERSION
+from cairn.protocol import SEALED_HEADER, SEALED_VERSION, sealed_key_id
 
 VERSION = SEALED_VERSION
 HEADER = SEALED_HEADER
-TAG_BYTES = 16
 KEY_BYTES = 32
 _INFO = b"cairn payload v1"
 
@@ -48,25 +47,13 @@ def seal(data_key: bytes, key_id: int, plaintext: bytes, aad: bytes) -> bytes:
     return header + _message_key(data_key, salt).encrypt(nonce, plaintext, header + aad)
 
 
-def header(envelope: bytes) -> tuple[int, int] | None:
-    """(version, key_id) of an envelope, or None when it is too short to be one.
-
-    What a remote may check without any key: the format and which key sealed it.
-    """
-    if len(envelope) < HEADER.size + TAG_BYTES + 1:
-        return None
-    version, key_id, _salt, _nonce = HEADER.unpack_from(envelope)
-    return version, key_id
-
-
 def open_sealed(keys: Callable[[int], bytes | None], envelope: bytes, aad: bytes) -> bytes:
     """The plaintext of an envelope; PayloadTampered / KeyMismatch when it cannot be trusted."""
-    found = header(envelope)
-    if found is None:
-        raise PayloadTampered("a sealed payload is truncated; it was not applied")
-    version, key_id = found
-    if version != VERSION:
-        raise PayloadTampered(f"a sealed payload has unknown envelope version {version}")
+    key_id = sealed_key_id(envelope)
+    if key_id is None:
+        raise PayloadTampered(
+            "a sealed payload is truncated or of an unknown envelope version; it was not applied"
+        )
     data_key = keys(key_id)
     if data_key is None:
         raise KeyMismatch(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from cairn.hlc import HLC, tick
+from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id
 
 
@@ -25,9 +25,20 @@ def device_id(conn: sqlite3.Connection) -> str:
 
 def next_hlc(conn: sqlite3.Connection) -> HLC:
     """A fresh clock value for a local change; must run inside the change's transaction."""
+    return _save(conn, tick(_last(conn), now_ms()))
+
+
+def observe_hlc(conn: sqlite3.Connection, remote: str) -> None:
+    """Advance this device's clock past a clock seen from another device."""
+    _save(conn, observe(_last(conn), HLC.unpack(remote), now_ms()))
+
+
+def _last(conn: sqlite3.Connection) -> HLC:
     row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
-    last = HLC.unpack(row[0]) if row else HLC(0, 0, device_id(conn))
-    value = tick(last, now_ms())
+    return HLC.unpack(row[0]) if row else HLC(0, 0, device_id(conn))
+
+
+def _save(conn: sqlite3.Connection, value: HLC) -> HLC:
     conn.execute(
         "INSERT INTO meta(key, value) VALUES ('hlc', ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

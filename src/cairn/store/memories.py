@@ -27,7 +27,7 @@ _COLUMNS = (
 )
 
 
-def _next_seq(conn: sqlite3.Connection) -> int:
+def next_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0])
 
 
@@ -62,7 +62,7 @@ def insert(
             memory.model_id if vector is not None else None,
             packed,
             packed,
-            _next_seq(conn),
+            next_seq(conn),
         ),
     )
     rowid = cur.lastrowid
@@ -184,7 +184,7 @@ def _stamp(
     clocks.update(dict.fromkeys(fields, packed))
     conn.execute(
         "UPDATE memories SET hlc = ?, updated_at = ?, field_hlc = ?, seq = ? WHERE rowid = ?",
-        (packed, updated, json.dumps(clocks, sort_keys=True), _next_seq(conn), rowid),
+        (packed, updated, json.dumps(clocks, sort_keys=True), next_seq(conn), rowid),
     )
 
 

@@ -37,17 +37,15 @@ class DeadLetter:
 
 
 def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
-    conn.execute(
+    _insert(conn, [mutation])
+
+
+def _insert(conn: sqlite3.Connection, entries: Iterable[Mutation]) -> None:
+    now = now_ms()
+    conn.executemany(
         "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            mutation.mutation_id,
-            mutation.device_id,
-            mutation.hlc,
-            mutation.entity,
-            mutation.entity_id,
-            now_ms(),
-        ),
+        [(m.mutation_id, m.device_id, m.hlc, m.entity, m.entity_id, now) for m in entries],
     )
 
 
@@ -82,11 +80,7 @@ def enqueue_all(conn: sqlite3.Connection, device_id: str, hlc: str) -> int:
         ("relation", f"{r[0]}|{r[2]}|{r[1]}")
         for r in conn.execute("SELECT from_id, to_id, type FROM relations")
     ]
-    conn.executemany(
-        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(uuid7(), device_id, hlc, entity, entity_id, now_ms()) for entity, entity_id in entities],
-    )
+    _insert(conn, [Mutation(uuid7(), device_id, hlc, e, entity_id) for e, entity_id in entities])
     return len(entities)
 
 
@@ -125,10 +119,6 @@ def requeue_dead_letters(conn: sqlite3.Connection, device_id: str, hlc: str) -> 
     rows = conn.execute(
         "SELECT DISTINCT entity, entity_id FROM dead_letters WHERE direction = 'push'"
     ).fetchall()
-    conn.executemany(
-        "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(uuid7(), device_id, hlc, r[0], r[1], now_ms()) for r in rows],
-    )
+    _insert(conn, [Mutation(uuid7(), device_id, hlc, r[0], r[1]) for r in rows])
     conn.execute("DELETE FROM dead_letters")
     return len(rows)

@@ -11,10 +11,9 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from cairn.hlc import HLC, observe
+from cairn.hlc import HLC
 from cairn.model import Conflict, MemoryState, RelationState, Revision
-from cairn.store.clock import device_id, now_ms
-from cairn.store.memories import build_memories, rows_in, tags_for
+from cairn.store.memories import build_memories, next_seq, rows_in, tags_for
 
 _STATE_COLUMNS = (
     "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
@@ -125,7 +124,7 @@ def insert_states(conn: sqlite3.Connection, states: Sequence[MemoryState]) -> No
 
 def update_state(conn: sqlite3.Connection, rowid: int, state: MemoryState) -> None:
     """Overwrite a memory with its merged state (a new seq, so indexes catch up)."""
-    seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0]
+    seq = next_seq(conn)
     conn.execute(
         "UPDATE memories SET id = ?, content = ?, kind = ?, project = ?, topic_key = ?, "
         "source = ?, created_at = ?, updated_at = ?, deleted = ?, content_hash = ?, "
@@ -207,19 +206,7 @@ def conflict_id(memory_id: str, hlc: str) -> str:
     return f"{memory_id[:8]}-{hashlib.sha256(hlc.encode()).hexdigest()[:8]}"
 
 
-# --- the clock and sync metadata ---------------------------------------------------------------
-
-
-def observe_clock(conn: sqlite3.Connection, remote_hlc: str) -> None:
-    """Advance this device's clock past a clock seen from another device."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
-    last = HLC.unpack(row[0]) if row else HLC(0, 0, device_id(conn))
-    advanced = observe(last, HLC.unpack(remote_hlc), now_ms())
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES ('hlc', ?) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (advanced.pack(),),
-    )
+# --- sync metadata ---------------------------------------------------------------
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -248,7 +235,7 @@ def set_vector(
     ).fetchone()
     if row is None:
         return
-    seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memories").fetchone()[0]
+    seq = next_seq(conn)
     conn.execute(
         "INSERT OR REPLACE INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
         (row[0], model_id, vector),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from cairn.model import MemoryState, RelationState
-from cairn.store import memories, relations, replica
+from cairn.store import clock, memories, relations, replica
 from cairn.sync.merge import merge_memory, merge_relation
 
 
@@ -55,7 +55,7 @@ def apply(
     if not incoming and not links:
         return result
     hlcs = [s.hlc for s in incoming.values()] + [r.hlc for r in links.values()]
-    replica.observe_clock(conn, max(hlcs))
+    clock.observe_hlc(conn, max(hlcs))
 
     local = replica.memory_states(conn, list(incoming))
     fresh: list[MemoryState] = []
