@@ -19,7 +19,7 @@ import binascii
 import json
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,17 @@ class PushResult:
 
 
 @dataclass(frozen=True)
+class KeyringBlob:
+    """A workspace's keyring as a remote keeps it: an opaque (encrypted) blob, its
+    compare-and-swap version, and the key ids it no longer accepts new payloads under
+    (published in clear beside the blob, so a remote can refuse them without reading it)."""
+
+    blob: bytes
+    version: int
+    revoked: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class PullPage:
     """Mutations after a cursor, in the remote's order; ``cursor`` resumes after the page."""
 
@@ -108,11 +119,30 @@ def sealed_key_id(payload: bytes) -> int | None:
     return int.from_bytes(payload[1:5], "big")
 
 
-def problem(mutation: WireMutation, sealed: bool = True) -> str | None:
-    """Why a remote must refuse this mutation, or None when it is well-formed.
+def problem(
+    mutation: WireMutation, sealed: bool = True, revoked: Collection[int] = ()
+) -> tuple[str, str] | None:
+    """Why a remote must refuse this mutation, as (code, message), or None when it is fine.
 
-    ``sealed``: the workspace is end-to-end encrypted, so every payload must be an envelope.
+    ``sealed``: the workspace is end-to-end encrypted, so every payload must be an envelope;
+    ``revoked``: key ids the workspace's keyring no longer takes new payloads under.
     """
+    reason = _malformed(mutation, sealed)
+    if reason is not None:
+        if mutation.version != VERSION:
+            return "unsupported_version", reason
+        if "sealed envelope" in reason:
+            return "unsealed_payload", reason
+        return "invalid_mutation", reason
+    if sealed and revoked and (key_id := sealed_key_id(mutation.payload)) in revoked:
+        return "revoked_key", (
+            f"payload is sealed with key {key_id}, which this workspace revoked; re-read the "
+            "keyring and seal it with the current key"
+        )
+    return None
+
+
+def _malformed(mutation: WireMutation, sealed: bool) -> str | None:
     if mutation.version != VERSION:
         return f"mutation version {mutation.version} is not supported (this end speaks {VERSION})"
     if not _ID.match(mutation.mutation_id):
@@ -135,21 +165,17 @@ def problem(mutation: WireMutation, sealed: bool = True) -> str | None:
     return None
 
 
-def check_batch(mutations: Sequence[WireMutation], sealed: bool = True) -> None:
-    """Refuse the whole batch (naming each bad mutation) if any mutation is malformed."""
+def check_batch(
+    mutations: Sequence[WireMutation], sealed: bool = True, revoked: Collection[int] = ()
+) -> None:
+    """Refuse the whole batch (naming each bad mutation) if any mutation is refused."""
     if len(mutations) > MAX_BATCH:
         raise InvalidInput(f"a push takes at most {MAX_BATCH} mutations; split the batch")
     rejected = {}
     for mutation in mutations:
-        reason = problem(mutation, sealed)
-        if reason is not None:
-            if mutation.version != VERSION:
-                code = "unsupported_version"
-            elif "sealed envelope" in reason:
-                code = "unsealed_payload"
-            else:
-                code = "invalid_mutation"
-            rejected[mutation.mutation_id] = (code, reason)
+        found = problem(mutation, sealed, revoked)
+        if found is not None:
+            rejected[mutation.mutation_id] = found
     if rejected:
         first = next(iter(rejected.items()))
         raise MutationRejected(

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from cairn.errors import (
 )
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
 from cairn.protocol import WireMutation
-from cairn.remotes.base import Remote
+from cairn.remotes.base import KeyringBlob, Remote
 from cairn.service import Store
 from cairn.store import outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
@@ -200,24 +200,31 @@ class Syncer:
 
     def change_passphrase(self, passphrase: str) -> None:
         """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""
-        found = self._current_ring()
-        changed = keyring.change_passphrase(found[0], self.keys, passphrase)
-        self.remote.put_keyring(changed.to_bytes(), found[1])
+        ring, found = self._current_ring()
+        changed = keyring.change_passphrase(ring, self.keys, passphrase)
+        self.remote.put_keyring(changed.to_bytes(), found.version, found.revoked)
 
-    def rotate_key(self) -> int:
-        """Add a data key under a new id; new writes use it, earlier ids stay readable."""
-        ring, version = self._current_ring()
+    def rotate_key(self, revoke: bool = True) -> dict[str, Any]:
+        """Add a data key under a new id; new writes use it, earlier ids stay readable.
+
+        ``revoke``: the remote also refuses new payloads sealed under the earlier ids (a device
+        that has not seen the rotation re-reads the keyring and seals again when refused).
+        """
+        ring, found = self._current_ring()
         rotated, self.keys = keyring.rotate(ring, self.keys)
-        self.remote.put_keyring(rotated.to_bytes(), version)
-        return self.keys.current
+        revoked = set(found.revoked)
+        if revoke:
+            revoked |= set(rotated.data_keys) - {rotated.current}
+        self.remote.put_keyring(rotated.to_bytes(), found.version, sorted(revoked))
+        return {"current_key_id": self.keys.current, "revoked_key_ids": sorted(revoked)}
 
-    def _current_ring(self) -> tuple[keyring.Keyring, int]:
-        """The remote's keyring and its version; this device's keys are refreshed from it."""
+    def _current_ring(self) -> tuple[keyring.Keyring, KeyringBlob]:
+        """The remote's keyring as stored; this device's keys are refreshed from it."""
         found = self.remote.get_keyring()
         if found is None:
             raise SyncNotConfigured(f"{self.remote.url} has no keyring; run `cairn sync setup`")
         ring, self.keys = keyring.reopen(found.blob, self.keys.master, self.keys.keyring_id)
-        return ring, found.version
+        return ring, found
 
     def _scope(self, project: str) -> str:
         """The project's blind scope tag (an HMAC per memory is 4 % of a push, so cached)."""
@@ -297,12 +304,7 @@ class Syncer:
                         hlc,
                         wire_id,
                         self._scope(project),
-                        seal(
-                            self.keys.data_keys[self.keys.current],
-                            self.keys.current,
-                            body,
-                            self._aad(wire_id, pending.mutation.mutation_id),
-                        ),
+                        self._seal(body, self._aad(wire_id, pending.mutation.mutation_id)),
                     ),
                 )
             )
@@ -324,8 +326,14 @@ class Syncer:
         if batch:
             self._send(batch, report)
 
-    def _send(self, batch: list[tuple[outbox.Pending, WireMutation]], report: PushReport) -> None:
-        """Push one batch; split it when too large; dead-letter what the remote refuses."""
+    def _send(
+        self,
+        batch: list[tuple[outbox.Pending, WireMutation]],
+        report: PushReport,
+        resealed: bool = False,
+    ) -> None:
+        """Push one batch; split it when too large; seal again what is under a revoked key;
+        dead-letter what the remote refuses otherwise."""
         for attempt in range(5):
             try:
                 result = self.remote.push([w for _, w in batch])
@@ -335,20 +343,28 @@ class Syncer:
                     self._dead_letter(batch, exc.code, exc.message, report)
                     return
                 half = len(batch) // 2
-                self._send(batch[:half], report)
-                self._send(batch[half:], report)
+                self._send(batch[:half], report, resealed)
+                self._send(batch[half:], report, resealed)
                 return
             except MutationRejected as exc:
                 refused = [item for item in batch if item[1].mutation_id in exc.rejected]
                 if not refused:  # the remote named none: the batch as a whole is refused
                     self._dead_letter(batch, exc.code, exc.message, report)
                     return
-                for item in refused:
-                    code, message = exc.rejected[item[1].mutation_id]
-                    self._dead_letter([item], code, message, report)
                 rest = [item for item in batch if item[1].mutation_id not in exc.rejected]
+                stale = [i for i in refused if exc.rejected[i[1].mutation_id][0] == "revoked_key"]
+                if stale and resealed:  # sealed with the current key and still refused
+                    stale = []
+                elif stale:  # another device rotated: seal again under the current key
+                    self._current_ring()
+                    self._send([(p, self._reseal(w)) for p, w in stale], report, resealed=True)
+                again = {w.mutation_id for _, w in stale}
+                for item in refused:
+                    if item[1].mutation_id not in again:
+                        code, message = exc.rejected[item[1].mutation_id]
+                        self._dead_letter([item], code, message, report)
                 if rest:
-                    self._send(rest, report)
+                    self._send(rest, report, resealed)
                 return
             except RateLimited as exc:
                 if attempt == 4:
@@ -361,6 +377,15 @@ class Syncer:
         report.duplicates += result.duplicates
         report.batches += 1
         report.bytes += sum(len(w.payload) for _, w in batch)
+
+    def _reseal(self, mutation: WireMutation) -> WireMutation:
+        """The same mutation sealed under the current data key."""
+        aad = self._aad(mutation.entity_id, mutation.mutation_id)
+        plain = open_sealed(self.keys.key, mutation.payload, aad)
+        return replace(mutation, payload=self._seal(plain, aad))
+
+    def _seal(self, plain: bytes, aad: bytes) -> bytes:
+        return seal(self.keys.data_keys[self.keys.current], self.keys.current, plain, aad)
 
     def _dead_letter(
         self,

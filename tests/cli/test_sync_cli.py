@@ -230,3 +230,51 @@ def test_devices_join_with_the_passphrase_or_the_recovery_key_and_a_wrong_one_ch
     assert [m["content"] for m in json.loads(listed.stdout)["memories"]] == [
         "The VPN config lives in the ops vault"
     ]
+
+
+NEW = "the team's new passphrase"
+
+
+def test_passphrase_change_and_key_rotation_from_the_cli_keep_everything_readable(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    a, b = (_device(tmp_path, n, server) for n in ("laptop", "desktop"))
+    a("remember", "Written before the rotation", "--json")
+    a("sync", "now", "--json")
+    rotated = a("sync", "rotate-key", "--json")
+    assert rotated == {"current_key_id": 2, "revoked_key_ids": [1]}
+    # B has not seen the rotation: the server refuses key 1, B re-reads the keyring and re-seals.
+    b("remember", "Written on a device that missed the rotation", "--json")
+    report = b("sync", "now", "--json")
+    assert (report["push"]["pushed"], report["push"]["dead_lettered"]) == (1, 0)
+    assert report["pull"]["applied"] == 1
+
+    changed = subprocess.run(
+        [CAIRN, "sync", "passphrase", "--json"],
+        env={**os.environ, "CAIRN_HOME": str(tmp_path / "laptop"), "CAIRN_NEW_PASSPHRASE": NEW},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout) == {"passphrase_changed": True}
+    a("sync", "now", "--json")
+    b("remember", "Written after the passphrase changed", "--json")
+    b("sync", "now", "--json")  # B keeps working: its master key did not change
+
+    url, key = server
+    c = _home(tmp_path, "ci")
+    old = c("sync", "setup", "--server", url, "--api-key", key, ok=False)
+    assert old.returncode == 10, old.stderr  # the old passphrase no longer opens the keyring
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "ci"), "CAIRN_PASSPHRASE": NEW}
+    for args in (["sync", "setup", "--server", url, "--api-key", key], ["sync", "now"]):
+        done = subprocess.run([CAIRN, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    expected = {
+        "Written before the rotation",
+        "Written on a device that missed the rotation",
+        "Written after the passphrase changed",
+    }
+    for device in (a, b, c):
+        device("sync", "now", "--json")
+        assert {content for _id, content, _tags in _state(device)} == expected

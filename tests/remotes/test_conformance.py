@@ -37,14 +37,16 @@ def remote(request: pytest.FixtureRequest) -> Iterator[Remote]:
     made.close()
 
 
-def mutation(n: int, scope: str | None = None, payload: bytes | None = None) -> WireMutation:
+def mutation(
+    n: int, scope: str | None = None, payload: bytes | None = None, key_id: int = 1
+) -> WireMutation:
     return WireMutation(
         mutation_id=f"m-{n:05d}",
         device_id="dev-a",
         hlc=f"{1_700_000_000_000 + n:013d}-0000-dev-a",
         entity_id=f"e-{n % 7}",
         scope=scope,
-        payload=envelope(payload if payload is not None else f"sealed {n}".encode()),
+        payload=envelope(payload if payload is not None else f"sealed {n}".encode(), key_id),
     )
 
 
@@ -194,6 +196,29 @@ def test_the_keyring_is_replaced_only_by_compare_and_swap(remote: Remote) -> Non
     assert remote.get_keyring() == KeyringBlob(b"ring-1", 1)
     assert remote.put_keyring(bytes(range(256)), 1) == 2
     assert remote.get_keyring() == KeyringBlob(bytes(range(256)), 2)
+
+
+def test_pushes_sealed_under_a_revoked_key_id_are_refused(remote: Remote) -> None:
+    remote.put_keyring(b"ring", None)
+    remote.push([mutation(1, payload=b"one")])
+    assert remote.put_keyring(b"ring-2", 1, revoked=[1]) == 2
+    assert remote.get_keyring() == KeyringBlob(b"ring-2", 2, (1,))
+    with pytest.raises(MutationRejected) as refused:
+        remote.push(
+            [
+                mutation(2, payload=b"old key", key_id=1),
+                mutation(3, payload=b"new key", key_id=2),
+            ]
+        )
+    ((refused_id, (code, message)),) = refused.value.rejected.items()
+    assert (refused_id, code) == ("m-00002", "revoked_key") and "revoked" in message
+    assert [m.mutation_id for m in pull_all(remote)] == ["m-00001"]  # none of the batch stored
+    remote.push([mutation(3, payload=b"new key", key_id=2)])
+    # What was stored under key 1 before the revocation is still served.
+    assert [m.payload for m in pull_all(remote)][0] == envelope(b"one", key_id=1)
+    # A later keyring update keeps whatever revocations it is given (here: the same).
+    assert remote.put_keyring(b"ring-3", 2, revoked=[1, 1]) == 3
+    assert remote.get_keyring() == KeyringBlob(b"ring-3", 3, (1,))
 
 
 def test_status_counts_devices_and_mutations(remote: Remote) -> None:

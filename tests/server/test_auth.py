@@ -188,4 +188,10 @@ def test_keyring_blobs_travel_as_base64(sync_server: SyncServer) -> None:
     }
     stale = call(sync_server, "PUT", "/v1/keyring", key, json={"blob": blob})
     assert_error(stale, 409, "conflict")
-    assert call(sync_server, "GET", "/v1/keyring", key).json() == {"blob": blob, "version": 1}
+    assert call(sync_server, "GET", "/v1/keyring", key).json() == {
+        "blob": blob,
+        "version": 1,
+        "revoked_key_ids": [],
+    }
+    negative = {"blob": blob, "expected_version": 1, "revoked_key_ids": [-1]}
+    assert_error(call(sync_server, "PUT", "/v1/keyring", key, json=negative), 422, "invalid_input")

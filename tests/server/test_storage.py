@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew
-from cairn.protocol import WireMutation
+from cairn.protocol import KeyringBlob, WireMutation
 from cairn.server import keys
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.sqlite_db import SqliteFile
+from cairn.server.sqlite_storage import MIGRATIONS, SqliteStorage
 from cairn.server.storage import ServerStorage
 
 from ..conftest import envelope
@@ -174,3 +175,20 @@ def test_a_database_from_a_newer_server_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(SchemaTooNew, match="upgrade"):
         SqliteStorage(path)
+
+
+def test_a_version_1_database_gains_revoked_key_ids(tmp_path: Path) -> None:
+    """Migration 2 adds the keyring's revoked ids; a keyring stored before it has none."""
+    path = tmp_path / "server.db"
+    old = SqliteFile(path, MIGRATIONS[:1])
+    with old.write() as conn:
+        conn.execute(
+            "INSERT INTO workspaces (id, name, mode, created_at) VALUES ('w', 't', 'e2e', 1)"
+        )
+        conn.execute("INSERT INTO keyrings (workspace_id, version, blob) VALUES ('w', 3, x'00')")
+    old.close()
+    storage = SqliteStorage(path)
+    assert storage.keyring("w") == KeyringBlob(b"\x00", 3, ())
+    assert storage.put_keyring("w", b"\x01", 3, [2, 1, 2]) == 4
+    assert storage.keyring("w") == KeyringBlob(b"\x01", 4, (1, 2))
+    storage.close()

@@ -128,24 +128,41 @@ def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
 
 
 @sync_app.command()
-def passphrase() -> None:
+def passphrase(json_: JsonFlag = False) -> None:
     """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE); nothing is
     re-encrypted and other devices keep working."""
     new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
     with _syncer() as syncer:
         syncer.change_passphrase(new)
-    output.out.print("[green]passphrase changed[/]; new devices join with the new one")
+    if json_:
+        output.emit_json({"passphrase_changed": True})
+    else:
+        output.out.print("[green]passphrase changed[/]; new devices join with the new one")
 
 
 @sync_app.command("rotate-key")
-def rotate_key(json_: JsonFlag = False) -> None:
+def rotate_key(
+    keep_old: Annotated[
+        bool,
+        typer.Option(
+            "--keep-old-writable",
+            help="Let devices keep sealing new changes with the earlier keys (by default the "
+            "remote refuses them, and those devices re-seal with the new key).",
+        ),
+    ] = False,
+    json_: JsonFlag = False,
+) -> None:
     """Start encrypting new changes with a fresh key; older changes stay readable."""
     with _syncer() as syncer:
-        key_id = syncer.rotate_key()
+        result = syncer.rotate_key(revoke=not keep_old)
     if json_:
-        output.emit_json({"current_key_id": key_id})
+        output.emit_json(result)
     else:
-        output.out.print(f"[green]rotated[/]: new changes are sealed with key {key_id}")
+        revoked = ", ".join(map(str, result["revoked_key_ids"])) or "none"
+        output.out.print(
+            f"[green]rotated[/]: new changes are sealed with key {result['current_key_id']}; "
+            f"revoked for new changes: {revoked} (still readable)"
+        )
 
 
 @sync_app.command()

@@ -12,22 +12,18 @@ Contract (checked by ``tests/remotes/test_conformance.py`` against every impleme
   stored; a mutation stored after a pull returned is never skipped by the next pull from the
   returned cursor. ``scopes`` keeps only mutations with one of those scope tags (or none).
   ``wait`` > 0 blocks up to that many seconds while nothing is available (long-poll).
-- the keyring is one opaque blob with a version, replaced only by compare-and-swap.
+- the keyring is one opaque blob with a version, replaced only by compare-and-swap, and the key
+  ids it revoked; once revoked, a push of a payload sealed under one is refused (``revoked_key``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cairn.protocol import PullPage, PushResult, WireMutation
+from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
 
-
-@dataclass(frozen=True)
-class KeyringBlob:
-    blob: bytes
-    version: int
+__all__ = ["KeyringBlob", "Remote"]
 
 
 class Remote(Protocol):
@@ -50,9 +46,12 @@ class Remote(Protocol):
 
     def get_keyring(self) -> KeyringBlob | None: ...
 
-    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
-        """Store the keyring if its version is still ``expected_version`` (None: no keyring
-        yet); returns the new version, or raises ``RemoteConflict``."""
+    def put_keyring(
+        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+    ) -> int:
+        """Store the keyring and its revoked key ids if its version is still
+        ``expected_version`` (None: no keyring yet); returns the new version, or raises
+        ``RemoteConflict``."""
         ...
 
     def register_device(self, device_id: str, name: str) -> None: ...

@@ -86,17 +86,23 @@ class HttpRemote:
             return None
         body = self._body(response)
         try:
-            return KeyringBlob(base64.b64decode(body["blob"], validate=True), int(body["version"]))
+            revoked = tuple(int(k) for k in body.get("revoked_key_ids", []))
+            return KeyringBlob(
+                base64.b64decode(body["blob"], validate=True), int(body["version"]), revoked
+            )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise SyncError(f"{self._url} sent a keyring this client cannot read") from exc
 
-    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
+    def put_keyring(
+        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+    ) -> int:
         body = self._call(
             "PUT",
             "/v1/keyring",
             json={
                 "blob": base64.b64encode(blob).decode("ascii"),
                 "expected_version": expected_version,
+                "revoked_key_ids": sorted(set(revoked)),
             },
         )
         return _int(body, "version", self._url)

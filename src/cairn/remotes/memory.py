@@ -27,8 +27,8 @@ class MemoryRemote:
         return "memory://"
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
-        check_batch(mutations)
         with self._changed:
+            check_batch(mutations, revoked=self._keyring.revoked if self._keyring else ())
             fresh: list[WireMutation] = []
             for mutation in mutations:
                 if mutation.mutation_id not in self._ids:
@@ -69,14 +69,16 @@ class MemoryRemote:
         with self._changed:
             return self._keyring
 
-    def put_keyring(self, blob: bytes, expected_version: int | None) -> int:
+    def put_keyring(
+        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+    ) -> int:
         with self._changed:
             current = self._keyring.version if self._keyring else None
             if current != expected_version:
                 raise RemoteConflict(
                     "the keyring changed on the remote since it was read; read it again"
                 )
-            self._keyring = KeyringBlob(blob, (current or 0) + 1)
+            self._keyring = KeyringBlob(blob, (current or 0) + 1, tuple(sorted(set(revoked))))
             return self._keyring.version
 
     def register_device(self, device_id: str, name: str) -> None:

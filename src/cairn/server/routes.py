@@ -78,6 +78,12 @@ class KeyringIn(_Request):
     expected_version: int | None = Field(
         None, description="The version this replaces (null: there is no keyring yet)."
     )
+    revoked_key_ids: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] = Field(
+        [],
+        description="Key ids no new payload may be sealed under; pushes using them get 422 "
+        "revoked_key. The only part of the keyring the server reads.",
+        max_length=10_000,
+    )
 
 
 class DeviceIn(_Request):
@@ -106,7 +112,9 @@ async def push(
     request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
 ) -> dict[str, int | None]:
     """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
-    mutations = await run_in_threadpool(_decode_batch, await request.body())
+    keyring = await run_in_threadpool(ctx.storage.keyring, key.workspace_id)
+    revoked = frozenset(keyring.revoked) if keyring else frozenset()
+    mutations = await run_in_threadpool(_decode_batch, await request.body(), revoked)
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms()
     )
@@ -172,7 +180,11 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
     if keyring is None:
         raise NotFound("this workspace has no keyring yet; the first device to set up sync puts it")
-    return {"blob": base64.b64encode(keyring.blob).decode("ascii"), "version": keyring.version}
+    return {
+        "blob": base64.b64encode(keyring.blob).decode("ascii"),
+        "version": keyring.version,
+        "revoked_key_ids": list(keyring.revoked),
+    }
 
 
 @router.put("/v1/keyring", tags=["keyring"], summary="Replace the keyring (compare-and-swap)")
@@ -181,7 +193,10 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
         blob = base64.b64decode(body.blob, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("blob must be base64") from exc
-    return {"version": ctx.storage.put_keyring(key.workspace_id, blob, body.expected_version)}
+    version = ctx.storage.put_keyring(
+        key.workspace_id, blob, body.expected_version, body.revoked_key_ids
+    )
+    return {"version": version}
 
 
 @router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")
@@ -228,7 +243,7 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else iso(ms)
 
 
-def _decode_batch(body: bytes) -> Sequence[WireMutation]:
+def _decode_batch(body: bytes, revoked: frozenset[int]) -> Sequence[WireMutation]:
     """The checked mutations of a push body; InvalidInput or MutationRejected otherwise."""
     try:
         data = json.loads(body)
@@ -239,7 +254,7 @@ def _decode_batch(body: bytes) -> Sequence[WireMutation]:
     if not isinstance(data, dict) or set(data) != {"mutations"}:
         raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
     mutations = protocol.many_from_json(data["mutations"])
-    protocol.check_batch(mutations)
+    protocol.check_batch(mutations, revoked=revoked)
     return mutations
 
 

@@ -7,18 +7,18 @@ reader can never see seq 8 before 7).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
-from cairn.protocol import PullPage, PushResult, WireMutation
+from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     ApiKey,
     Device,
-    Keyring,
     Totals,
     Workspace,
     WorkspaceStats,
@@ -78,6 +78,10 @@ MIGRATIONS: tuple[str, ...] = (
         version INTEGER NOT NULL,
         blob BLOB NOT NULL
     );
+    """,
+    # 2: the key ids a keyring revoked (a JSON list), so pushes sealed under them are refused.
+    """
+    ALTER TABLE keyrings ADD COLUMN revoked TEXT NOT NULL DEFAULT '[]';
     """,
 )
 
@@ -282,11 +286,19 @@ class SqliteStorage:
 
     # -- keyring and devices ------------------------------------------------------------------
 
-    def keyring(self, workspace_id: str) -> Keyring | None:
-        row = self._one("SELECT blob, version FROM keyrings WHERE workspace_id = ?", workspace_id)
-        return Keyring(bytes(row[0]), row[1]) if row else None
+    def keyring(self, workspace_id: str) -> KeyringBlob | None:
+        row = self._one(
+            "SELECT blob, version, revoked FROM keyrings WHERE workspace_id = ?", workspace_id
+        )
+        return KeyringBlob(bytes(row[0]), row[1], tuple(json.loads(row[2]))) if row else None
 
-    def put_keyring(self, workspace_id: str, blob: bytes, expected_version: int | None) -> int:
+    def put_keyring(
+        self,
+        workspace_id: str,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+    ) -> int:
         with self._db.write() as conn:
             self._latest(conn, workspace_id)  # NotFound for an unknown workspace
             row = conn.execute(
@@ -299,10 +311,10 @@ class SqliteStorage:
                 )
             version = (current or 0) + 1
             conn.execute(
-                "INSERT INTO keyrings (workspace_id, version, blob) VALUES (?, ?, ?) "
+                "INSERT INTO keyrings (workspace_id, version, blob, revoked) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id) DO UPDATE SET version = excluded.version, "
-                "blob = excluded.blob",
-                (workspace_id, version, blob),
+                "blob = excluded.blob, revoked = excluded.revoked",
+                (workspace_id, version, blob, json.dumps(sorted(set(revoked)))),
             )
         return version
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cairn.protocol import PullPage, PushResult, WireMutation
+from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
 
 SCOPES = ("read", "write", "admin")
 """API key scopes, weakest first: each one grants everything the ones before it grant."""
@@ -60,14 +60,6 @@ class Device:
     pushed: int = 0
     last_push_at: int | None = None
     last_pull_at: int | None = None
-
-
-@dataclass(frozen=True)
-class Keyring:
-    """The workspace's keyring: an opaque (encrypted) blob and its compare-and-swap version."""
-
-    blob: bytes
-    version: int
 
 
 @dataclass(frozen=True)
@@ -153,11 +145,17 @@ class ServerStorage(Protocol):
 
     def totals(self) -> Totals: ...
 
-    def keyring(self, workspace_id: str) -> Keyring | None: ...
+    def keyring(self, workspace_id: str) -> KeyringBlob | None: ...
 
-    def put_keyring(self, workspace_id: str, blob: bytes, expected_version: int | None) -> int:
-        """Replace the keyring if its version is ``expected_version`` (None: none yet); the new
-        version, or RemoteConflict."""
+    def put_keyring(
+        self,
+        workspace_id: str,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+    ) -> int:
+        """Replace the keyring and its revoked key ids if its version is ``expected_version``
+        (None: none yet); the new version, or RemoteConflict."""
         ...
 
     def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
