@@ -6,6 +6,10 @@ rate limiting off); device B is a new, empty store. Reported: memories/s each wa
 wire per memory (HTTP bodies and headers, counted by httpx event hooks), the model calls during
 the pull (must be 0: vectors travel with the memories), and CPU seconds of client and server.
 
+Encryption on vs off, in the same run: each run syncs once through an end-to-end workspace
+(payloads sealed on A, opened on B) and once through a hosted one (payloads sent as they are),
+in alternating order; the overhead is 1 - sealed rate / unsealed rate (target <= 10 %).
+
 The ceiling, in the same run: the same rows (memories, tags, vectors, read from A) bulk-inserted
 straight into a fresh store's tables in one transaction with executemany (same schema, keyword
 index filled by one INSERT ... SELECT); for push, reading those rows out of A. Targets:
@@ -58,7 +62,9 @@ CAIRN = ROOT / ".venv" / "bin" / "cairn"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 PULL_TARGET = 20_000
 PUSH_TARGET = 10_000
+OVERHEAD_TARGET = 0.10
 PASSPHRASE = "a benchmark passphrase"
+MODE_NAMES = {"e2e": "end-to-end encrypted", "hosted": "unencrypted (hosted)"}
 RECALL_CHECKS = 5
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -74,8 +80,9 @@ MEMORY_COLUMNS = (
 class Server:
     """``cairn server run`` in a subprocess with a fresh data folder and one workspace."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, mode: str = "e2e") -> None:
         self.data = data
+        self.mode = mode
         self.log_path = data.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -84,7 +91,7 @@ class Server:
     def __enter__(self) -> Server:
         made = subprocess.run(
             [str(CAIRN), "server", "workspace", "create", "bench", "--data", str(self.data)]
-            + ["--json"],
+            + ["--mode", self.mode, "--json"],
             capture_output=True,
             text=True,
             check=False,
@@ -279,8 +286,9 @@ def profiled(name: str, out: Path | None, server: Server) -> Any:
 
 
 def one_run(
-    n: int, run: int, embedder: OnnxEmbedder, tmp: Path, profile: Path | None
+    n: int, run: int, mode: str, embedder: OnnxEmbedder, tmp: Path, profile: Path | None
 ) -> dict[str, Any]:
+    sealed = mode == "e2e"
     a_path = tmp / f"a-{n}-{run}.db"
     shutil.copyfile(cached_store(n), a_path)  # a fresh copy: every memory pending again
 
@@ -292,18 +300,18 @@ def one_run(
     ceiling_s = bulk_insert(tmp / f"ceiling-{n}-{run}.db", rows)
     del rows
 
-    with Server(tmp / f"server-{n}-{run}") as server:
+    with Server(tmp / f"server-{n}-{run}", mode) as server:
         store_a = open_store(a_path, embedder)
         remote_a = HttpRemote(server.url, server.key, store_a.device_id())
         up = Traffic()
         up.attach(remote_a)
-        keys, _recovery = join(remote_a, PASSPHRASE)  # creates the workspace's keyring
+        keys = join(remote_a, PASSPHRASE)[0] if sealed else None  # creates the keyring
         start = time.perf_counter()
         syncer_a = Syncer(store_a, remote_a, keys)  # a new target: queues every memory
         setup_s = time.perf_counter() - start
         up.reset()
         cpu, server_cpu = time.process_time(), server.cpu_seconds()
-        with profiled(f"push-{n}", profile, server):
+        with profiled(f"push-{n}-{mode}", profile, server):
             start = time.perf_counter()
             pushed = syncer_a.push()
             push_s = time.perf_counter() - start
@@ -316,11 +324,11 @@ def one_run(
         remote_b = HttpRemote(server.url, server.key, store_b.device_id())
         down = Traffic()
         down.attach(remote_b)
-        syncer_b = Syncer(store_b, remote_b, join(remote_b, PASSPHRASE)[0])
+        syncer_b = Syncer(store_b, remote_b, join(remote_b, PASSPHRASE)[0] if sealed else None)
         down.reset()
         embedded_before = embedder.texts_embedded
         cpu, server_cpu = time.process_time(), server.cpu_seconds()
-        with profiled(f"pull-{n}", profile, server):
+        with profiled(f"pull-{n}-{mode}", profile, server):
             start = time.perf_counter()
             pulled = syncer_b.pull()
             pull_s = time.perf_counter() - start
@@ -341,6 +349,7 @@ def one_run(
 
     return {
         "run": run,
+        "mode": mode,
         "memories": memories,
         "push": {
             "seconds": round(push_s, 3),
@@ -464,17 +473,33 @@ def main() -> None:
     for n in args.sizes:
         cached_store(n)  # built (slowly) before anything is timed, if missing
         runs = args.runs
-        done = []
+        done: dict[str, list[dict[str, Any]]] = {"e2e": [], "hosted": []}
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
             for run in range(runs):
-                log(f"sync of the {n:,}-item store, run {run + 1}/{runs}")
-                result = one_run(n, run, embedder, Path(tmp_name), profile)
-                log(
-                    f"  push {result['push']['per_s']:,.0f}/s, pull {result['pull']['per_s']:,.0f}"
-                    f"/s, ceiling {result['ceiling']['insert_per_s']:,.0f} rows/s"
-                )
-                done.append(result)
-        results.append({"items": n, **summarize(done), "all_runs": done})
+                # Alternate which mode goes first, so a drift in the machine hits both alike.
+                for mode in ("e2e", "hosted") if run % 2 == 0 else ("hosted", "e2e"):
+                    log(f"sync of the {n:,}-item store, {MODE_NAMES[mode]}, run {run + 1}/{runs}")
+                    result = one_run(n, run, mode, embedder, Path(tmp_name), profile)
+                    log(
+                        f"  push {result['push']['per_s']:,.0f}/s, pull "
+                        f"{result['pull']['per_s']:,.0f}/s, ceiling "
+                        f"{result['ceiling']['insert_per_s']:,.0f} rows/s"
+                    )
+                    done[mode].append(result)
+        sealed, plain = summarize(done["e2e"]), summarize(done["hosted"])
+        results.append(
+            {
+                "items": n,
+                **sealed,
+                "unencrypted": plain,
+                "encryption_overhead": {
+                    "push": round(1 - sealed["push_per_s"] / plain["push_per_s"], 3),
+                    "pull": round(1 - sealed["pull_per_s"] / plain["pull_per_s"], 3),
+                },
+                "all_runs": done["e2e"],
+                "all_unencrypted_runs": done["hosted"],
+            }
+        )
 
     print_table(
         "Sync through a local `cairn server run` (medians over runs)",
@@ -507,6 +532,34 @@ def main() -> None:
         ],
     )
     print_table(
+        f"Encryption on vs off in the same runs (target overhead <= {OVERHEAD_TARGET:.0%})",
+        [
+            "N",
+            "push sealed/s",
+            "push plain/s",
+            "push overhead",
+            "pull sealed/s",
+            "pull plain/s",
+            "pull overhead",
+            "bytes/mem up sealed",
+            "bytes/mem up plain",
+        ],
+        [
+            [
+                r["items"],
+                r["push_per_s"],
+                r["unencrypted"]["push_per_s"],
+                f"{r['encryption_overhead']['push']:.1%}",
+                r["pull_per_s"],
+                r["unencrypted"]["pull_per_s"],
+                f"{r['encryption_overhead']['pull']:.1%}",
+                r["bytes_up_per_memory"],
+                r["unencrypted"]["bytes_up_per_memory"],
+            ]
+            for r in results
+        ],
+    )
+    print_table(
         "Where the seconds went (medians; client and server share the machine's cores)",
         [
             "N",
@@ -531,7 +584,9 @@ def main() -> None:
         ],
     )
     notes = [
-        f"targets: pull >= {PULL_TARGET:,} memories/s applied, push >= {PUSH_TARGET:,}/s",
+        f"targets: pull >= {PULL_TARGET:,} memories/s applied, push >= {PUSH_TARGET:,}/s "
+        "(end-to-end encrypted, as a device syncs by default)",
+        "unencrypted: the same sync through a hosted workspace, whose payloads are not sealed",
         "ceiling: the same rows inserted with executemany in one transaction (keyword index "
         "included); push/read compares push with reading those rows out of A",
         "bytes per memory: HTTP bodies plus headers, per memory pushed or pulled",
@@ -546,6 +601,7 @@ def main() -> None:
                 ("pull below target", r["pull_per_s"] < PULL_TARGET),
                 ("push below target", r["push_per_s"] < PUSH_TARGET),
                 ("embedding calls on pull", r["embedding_calls_on_pull"] > 0),
+                ("encryption overhead", max(r["encryption_overhead"].values()) > OVERHEAD_TARGET),
             )
             if bad
         )
@@ -553,6 +609,7 @@ def main() -> None:
         if r["pull_per_s"] < PULL_TARGET
         or r["push_per_s"] < PUSH_TARGET
         or r["embedding_calls_on_pull"]
+        or max(r["encryption_overhead"].values()) > OVERHEAD_TARGET
     ]
     if missed:
         print("- missed: " + "; ".join(missed))

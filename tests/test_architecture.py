@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "cairn.protocol": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
+    "cairn.keystore": 1,
     "cairn.remotes": 1,
     "cairn.server.storage": 1,
     "cairn.server.sqlite_db": 1,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from cairn import config
+from cairn import config, keystore
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
@@ -73,10 +73,17 @@ def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> 
 def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     """Wire a Syncer for ``store`` from the saved sync settings."""
     sync = settings.sync
-    if sync.remote is None or sync.master_key is None or sync.keyring_id is None:
+    if sync.remote is None or (sync.mode == "e2e" and sync.keyring_id is None):
         raise SyncNotConfigured(
             "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
         )
     remote = open_remote(sync.remote, sync.api_key, store.device_id())
-    keys = open_keys(store, remote, sync.master_key, sync.keyring_id)
-    return Syncer(store, remote, keys, sync.rules)
+    keys = None
+    try:
+        if sync.keyring_id is not None:  # end-to-end encrypted (hosted workspaces have no keys)
+            master = sync.master_key or keystore.load(sync.keyring_id)
+            keys = open_keys(store, remote, master, sync.keyring_id)
+        return Syncer(store, remote, keys, sync.rules)
+    except BaseException:
+        remote.close()
+        raise

@@ -22,7 +22,8 @@ config.toml::
     file_chunks = false             # file_chunk memories stay on this device unless true
 
 Where to sync to (the remote, the API key and the key that opens the workspace's keyring) is
-written by ``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only.
+written by ``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only;
+the key itself goes to the OS keyring instead where one exists (``cairn.keystore``).
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ SYNC_FILE = "sync.json"
 class SyncSettings:
     """Where this device syncs to, and what it shares (``remote`` None: sync not set up).
 
-    ``master_key`` opens the workspace's keyring (never the passphrase itself is kept).
+    ``master_key`` opens the workspace's keyring (never the passphrase itself is kept); it is
+    None when ``key_store`` is the OS keyring (read it with ``cairn.keystore.load``) and in a
+    hosted workspace, which has no keyring.
     """
 
     remote: str | None = None
     api_key: str | None = None
     master_key: bytes | None = None
     keyring_id: str | None = None
+    mode: str = "e2e"
+    key_store: str = "file"
+    key_store_choice: str = "auto"  # CAIRN_KEY_STORE: where `cairn sync setup` puts the key
     device_name: str = field(default_factory=socket.gethostname)
     rules: SyncRules = field(default_factory=SyncRules)
 
@@ -91,22 +97,30 @@ def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Setti
         max_tokens=max_tokens,
         near_duplicate=near_dup,
         source=source,
-        sync=_sync(home, _section(data, "sync")),
+        sync=_sync(home, _section(data, "sync"), env.get("CAIRN_KEY_STORE") or "auto"),
     )
 
 
-def _sync(home: Path, table: dict[str, Any]) -> SyncSettings:
+def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSettings:
     rules = _rules(table)
     path = home / "keys" / SYNC_FILE
     if not path.exists():
-        return SyncSettings(rules=rules)
+        return SyncSettings(rules=rules, key_store_choice=key_store_choice)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
+        mode = str(saved.get("mode", "e2e"))
+        key_store = str(saved.get("key_store", "file"))
+        if mode not in ("e2e", "hosted") or key_store not in ("file", "os-keyring"):
+            raise ValueError(f"mode {mode!r} / key_store {key_store!r}")
+        in_file = mode == "e2e" and key_store == "file"
         return SyncSettings(
             remote=str(saved["remote"]),
             api_key=saved.get("api_key"),
-            master_key=base64.b64decode(saved["master_key"], validate=True),
-            keyring_id=str(saved["keyring_id"]),
+            master_key=base64.b64decode(saved["master_key"], validate=True) if in_file else None,
+            keyring_id=str(saved["keyring_id"]) if mode == "e2e" else None,
+            mode=mode,
+            key_store=key_store,
+            key_store_choice=key_store_choice,
             device_name=str(saved.get("device_name") or socket.gethostname()),
             rules=rules,
         )
@@ -145,20 +159,32 @@ def _rules(table: dict[str, Any]) -> SyncRules:
 
 
 def save_sync(
-    home: Path, remote: str, api_key: str | None, master_key: bytes, keyring_id: str, name: str
+    home: Path,
+    remote: str,
+    api_key: str | None,
+    name: str,
+    master_key: bytes | None = None,
+    keyring_id: str | None = None,
+    key_store: str = "file",
 ) -> Path:
-    """Write where this device syncs to and its key, readable by this user only (atomically)."""
+    """Write where this device syncs to, readable by this user only (atomically): with the
+    master key when ``key_store`` is the file, without it when it is in the OS keyring, and in
+    hosted mode (no ``master_key``) without either."""
     folder = home / "keys"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / SYNC_FILE
     temp = folder / f".{SYNC_FILE}.tmp"
-    data = {
+    data: dict[str, Any] = {
         "remote": remote,
         "api_key": api_key,
-        "master_key": base64.b64encode(master_key).decode("ascii"),
-        "keyring_id": keyring_id,
+        "mode": "e2e" if master_key is not None else "hosted",
         "device_name": name,
     }
+    if master_key is not None:
+        data["keyring_id"] = keyring_id
+        data["key_store"] = key_store
+        if key_store == "file":
+            data["master_key"] = base64.b64encode(master_key).decode("ascii")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)

@@ -9,7 +9,9 @@ came from another embedding model.
 
 Every payload is sealed (``cairn.crypto.seal``) under the workspace's current data key before it
 leaves, bound to the keyring, entity and mutation ids, and opened before it is merged; one that
-fails to open is dead-lettered and the rest of its page still applies.
+fails to open is dead-lettered and the rest of its page still applies. A hosted workspace
+(``keys`` None) is the one exception: its payloads travel unsealed, because its user chose to
+let the server read them.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class Syncer:
         self,
         store: Store,
         remote: Remote,
-        keys: keyring.Unlocked,
+        keys: keyring.Unlocked | None,
         rules: SyncRules | None = None,
         batch_bytes: int = 6 * 1024 * 1024,
         batch_size: int = 5000,
@@ -164,7 +166,7 @@ class Syncer:
         self.store = store
         self.remote = remote
         self.keys = keys
-        self.scope_key = keys.scope_key
+        self.scope_key = keys.scope_key if keys is not None else payload.HOSTED_SCOPE_KEY
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -183,25 +185,40 @@ class Syncer:
         replica.set_meta(conn, CURSOR, None)
         replica.set_meta(conn, TARGET, target)
 
+    def _ring_keys(self) -> keyring.Unlocked:
+        if self.keys is None:
+            raise InvalidInput(
+                f"{self.remote.url} is a hosted workspace: its payloads are not encrypted, so "
+                "it has no keyring, passphrase or keys"
+            )
+        return self.keys
+
     def _aad(self, entity_id: str, mutation_id: str) -> bytes:
         """What a sealed payload is bound to: this workspace's keyring, its entity and mutation."""
-        return f"{self.keys.keyring_id}|{entity_id}|{mutation_id}".encode()
+        return f"{self._ring_keys().keyring_id}|{entity_id}|{mutation_id}".encode()
 
     def _open(self, mutation: WireMutation) -> bytes:
         """The mutation's payload, opened; a key id this device lacks (another device rotated)
         re-reads the remote's keyring once."""
+        if self.keys is None:
+            return mutation.payload
         aad = self._aad(mutation.entity_id, mutation.mutation_id)
         try:
             plain = open_sealed(self.keys.key, mutation.payload, aad)
         except KeyMismatch:
-            self._current_ring()
-            plain = open_sealed(self.keys.key, mutation.payload, aad)
+            plain = open_sealed(self._current_ring()[2].key, mutation.payload, aad)
         return plain
+
+    def _seal(self, entity_id: str, mutation_id: str, plain: bytes) -> bytes:
+        if self.keys is None:
+            return plain
+        aad = self._aad(entity_id, mutation_id)
+        return seal(self.keys.data_keys[self.keys.current], self.keys.current, plain, aad)
 
     def change_passphrase(self, passphrase: str) -> None:
         """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""
-        ring, found = self._current_ring()
-        changed = keyring.change_passphrase(ring, self.keys, passphrase)
+        ring, found, keys = self._current_ring()
+        changed = keyring.change_passphrase(ring, keys, passphrase)
         self.remote.put_keyring(changed.to_bytes(), found.version, found.revoked)
 
     def rotate_key(self, revoke: bool = True) -> dict[str, Any]:
@@ -210,21 +227,22 @@ class Syncer:
         ``revoke``: the remote also refuses new payloads sealed under the earlier ids (a device
         that has not seen the rotation re-reads the keyring and seals again when refused).
         """
-        ring, found = self._current_ring()
-        rotated, self.keys = keyring.rotate(ring, self.keys)
+        ring, found, keys = self._current_ring()
+        rotated, self.keys = keyring.rotate(ring, keys)
         revoked = set(found.revoked)
         if revoke:
             revoked |= set(rotated.data_keys) - {rotated.current}
         self.remote.put_keyring(rotated.to_bytes(), found.version, sorted(revoked))
         return {"current_key_id": self.keys.current, "revoked_key_ids": sorted(revoked)}
 
-    def _current_ring(self) -> tuple[keyring.Keyring, KeyringBlob]:
-        """The remote's keyring as stored; this device's keys are refreshed from it."""
+    def _current_ring(self) -> tuple[keyring.Keyring, KeyringBlob, keyring.Unlocked]:
+        """The remote's keyring as stored, and this device's keys refreshed from it."""
+        keys = self._ring_keys()
         found = self.remote.get_keyring()
         if found is None:
             raise SyncNotConfigured(f"{self.remote.url} has no keyring; run `cairn sync setup`")
-        ring, self.keys = keyring.reopen(found.blob, self.keys.master, self.keys.keyring_id)
-        return ring, found
+        ring, self.keys = keyring.reopen(found.blob, keys.master, keys.keyring_id)
+        return ring, found, self.keys
 
     def _scope(self, project: str) -> str:
         """The project's blind scope tag (an HMAC per memory is 4 % of a push, so cached)."""
@@ -304,7 +322,7 @@ class Syncer:
                         hlc,
                         wire_id,
                         self._scope(project),
-                        self._seal(body, self._aad(wire_id, pending.mutation.mutation_id)),
+                        self._seal(wire_id, pending.mutation.mutation_id, body),
                     ),
                 )
             )
@@ -380,12 +398,10 @@ class Syncer:
 
     def _reseal(self, mutation: WireMutation) -> WireMutation:
         """The same mutation sealed under the current data key."""
-        aad = self._aad(mutation.entity_id, mutation.mutation_id)
-        plain = open_sealed(self.keys.key, mutation.payload, aad)
-        return replace(mutation, payload=self._seal(plain, aad))
-
-    def _seal(self, plain: bytes, aad: bytes) -> bytes:
-        return seal(self.keys.data_keys[self.keys.current], self.keys.current, plain, aad)
+        plain = self._open(mutation)
+        return replace(
+            mutation, payload=self._seal(mutation.entity_id, mutation.mutation_id, plain)
+        )
 
     def _dead_letter(
         self,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,26 @@ Device = Callable[..., Any]
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(url, admin key) of a sync server process with one workspace."""
+    """(url, admin key) of a sync server process with one end-to-end workspace."""
+    with _server(tmp_path, "e2e") as (url, key, _warning):
+        yield url, key
+
+
+@contextmanager
+def _server(tmp_path: Path, mode: str) -> Iterator[tuple[str, str, str]]:
+    """A server process with one workspace of ``mode``: (url, admin key, what create warned)."""
     env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
     data = str(tmp_path / "server-data")
     made = subprocess.run(
-        [CAIRN, "server", "workspace", "create", "team", "--data", data, "--json"],
+        [CAIRN, "server", "workspace", "create", "team", "--data", data, "--mode", mode]
+        + ["--json"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
+    assert json.loads(made.stdout)["mode"] == mode
     key = json.loads(made.stdout)["key"]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -52,9 +62,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
-    yield url, key
-    process.terminate()
-    process.wait(10)
+    try:
+        yield url, key, made.stderr
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
@@ -278,3 +290,80 @@ def test_passphrase_change_and_key_rotation_from_the_cli_keep_everything_readabl
     for device in (a, b, c):
         device("sync", "now", "--json")
         assert {content for _id, content, _tags in _state(device)} == expected
+
+
+def test_a_hosted_workspace_syncs_plain_text_without_a_passphrase(tmp_path: Path) -> None:
+    with _server(tmp_path, "hosted") as (url, key, warning):
+        assert "NOT end-to-end encrypted" in warning
+        devices = []
+        for name in ("laptop", "desktop"):
+            env = {**os.environ, "CAIRN_HOME": str(tmp_path / name), "CAIRN_API_KEY": key}
+            env.pop("CAIRN_PASSPHRASE", None)  # a hosted workspace never asks for one
+            setup = subprocess.run(
+                [CAIRN, "sync", "setup", "--server", url, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+            assert setup.returncode == 0, setup.stderr
+            made = json.loads(setup.stdout)
+            assert (made["mode"], made["recovery_key"], made["key_store"]) == ("hosted", None, None)
+            saved = json.loads((tmp_path / name / "keys" / "sync.json").read_text())
+            assert saved["mode"] == "hosted" and "master_key" not in saved
+            devices.append(_home(tmp_path, name))
+        laptop, desktop = devices
+        laptop("remember", "Hosted memories are readable by the server", "--json")
+        assert laptop("sync", "now", "--json")["push"]["pushed"] == 1
+        assert desktop("sync", "now", "--json")["pull"]["applied"] == 1
+        assert [c for _i, c, _t in _state(desktop)] == [
+            "Hosted memories are readable by the server"
+        ]
+        refused = desktop("sync", "rotate-key", ok=False)
+        assert refused.returncode != 0 and "hosted workspace" in refused.stderr
+        server_db = (tmp_path / "server-data" / "server.db").read_bytes()
+        server_db += (tmp_path / "server-data" / "server.db-wal").read_bytes()
+        assert b"Hosted memories are readable by the server" in server_db  # what hosted means
+
+
+def test_the_workspace_key_can_live_in_the_os_keyring(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    """CAIRN_KEY_STORE=keyring with a real keyring backend (keyrings.alt's file backend stands
+    in for the OS one, which this headless machine lacks): sync.json holds no key."""
+    url, key = server
+    base = {**os.environ, "CAIRN_HOME": str(tmp_path / "dev"), "CAIRN_API_KEY": key}
+    env = {
+        **base,
+        "CAIRN_PASSPHRASE": "a passphrase the whole team knows",
+        "CAIRN_KEY_STORE": "keyring",
+        "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+        "XDG_DATA_HOME": str(tmp_path / "os-keyring"),
+    }
+
+    def run(*args: str, environ: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CAIRN, *args], env=environ, capture_output=True, text=True, timeout=60
+        )
+
+    setup = run("sync", "setup", "--server", url, "--json")
+    assert setup.returncode == 0, setup.stderr
+    assert json.loads(setup.stdout)["key_store"] == "os-keyring"
+    saved = json.loads((tmp_path / "dev" / "keys" / "sync.json").read_text())
+    assert saved["key_store"] == "os-keyring" and "master_key" not in saved
+    assert run("remember", "The key is in the keyring").returncode == 0
+    synced = run("sync", "now", "--json")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["push"]["pushed"] == 1
+
+    (tmp_path / "os-keyring" / "python_keyring" / "keyring_pass.cfg").unlink()
+    lost = run("sync", "now", "--json")
+    assert lost.returncode != 0 and "run `cairn sync setup` again" in lost.stderr
+
+    # Without CAIRN_KEY_STORE, this machine has no OS keyring: the key goes to the 0600 file.
+    again = run("sync", "setup", "--server", url, "--json", environ={**env, "CAIRN_KEY_STORE": ""})
+    assert json.loads(again.stdout)["key_store"] == "file", again.stderr
+    saved = json.loads((tmp_path / "dev" / "keys" / "sync.json").read_text())
+    assert saved["key_store"] == "file" and saved["master_key"]
+    assert (tmp_path / "dev" / "keys" / "sync.json").stat().st_mode & 0o777 == 0o600

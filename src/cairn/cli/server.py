@@ -20,6 +20,7 @@ from cairn.errors import NotFound
 from cairn.model import iso
 from cairn.server import keys
 from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage import Workspace
 
 DB_FILE = "server.db"
 
@@ -38,6 +39,11 @@ key_app = typer.Typer(
 )
 server_app.add_typer(workspace_app, name="workspace")
 server_app.add_typer(key_app, name="key")
+
+
+class Mode(StrEnum):
+    e2e = "e2e"
+    hosted = "hosted"
 
 
 class Scope(StrEnum):
@@ -103,21 +109,31 @@ def run(
 @workspace_app.command("create")
 def workspace_create(
     name: Annotated[str, typer.Argument(help="A short name: letters, digits and _.-")],
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            help="e2e: devices encrypt everything and this server cannot read it. hosted: "
+            "devices send plain text, which this server stores and can read."
+        ),
+    ] = Mode.e2e,
     data: DataOpt = None,
     json_: JsonFlag = False,
 ) -> None:
     """Create a workspace and print its first admin key (shown this once only)."""
     storage = _open(data)
     try:
-        workspace, token = keys.create_workspace(storage, name, _now())
+        workspace, token = keys.create_workspace(storage, name, _now(), mode.value)
     finally:
         storage.close()
-    if json_:
-        output.emit_json(
-            {**_workspace_json(workspace.id, name, workspace.created_at), "key": token}
+    if mode is Mode.hosted:
+        output.err.print(
+            "[yellow]hosted workspace[/]: its memories are NOT end-to-end encrypted. Devices "
+            "send them in plain text, and this server and whoever runs it can read them."
         )
+    if json_:
+        output.emit_json({**_workspace_json(workspace), "key": token})
         return
-    output.out.print(f"created workspace {name} ({workspace.id})")
+    output.out.print(f"created {workspace.mode} workspace {name} ({workspace.id})")
     output.out.print(f"admin key: {token}")
     output.out.print("store it now; it is not shown again (it is stored only as a hash).")
 
@@ -133,7 +149,7 @@ def workspace_list(data: DataOpt = None, json_: JsonFlag = False) -> None:
             live = [k for k in storage.keys(workspace.id) if k.revoked_at is None]
             rows.append(
                 {
-                    **_workspace_json(workspace.id, workspace.name, workspace.created_at),
+                    **_workspace_json(workspace),
                     "latest_seq": stats.latest_seq,
                     "mutations": stats.mutations,
                     "devices": stats.devices,
@@ -149,7 +165,7 @@ def workspace_list(data: DataOpt = None, json_: JsonFlag = False) -> None:
         output.err.print("no workspaces; create one with `cairn server workspace create NAME`")
     for row in rows:
         output.out.print(
-            f"{row['name']}  {row['id']}  mutations {row['mutations']}  devices "
+            f"{row['name']}  {row['id']}  {row['mode']}  mutations {row['mutations']}  devices "
             f"{row['devices']}  keys {row['keys']}  created {row['created_at']}"
         )
 
@@ -218,8 +234,13 @@ def key_revoke(
         output.out.print(f"revoked key {key.id} ({key.name})")
 
 
-def _workspace_json(workspace_id: str, name: str, created_at: int) -> dict[str, Any]:
-    return {"id": workspace_id, "name": name, "created_at": iso(created_at)}
+def _workspace_json(workspace: Workspace) -> dict[str, Any]:
+    return {
+        "id": workspace.id,
+        "name": workspace.name,
+        "mode": workspace.mode,
+        "created_at": iso(workspace.created_at),
+    }
 
 
 def _now() -> int:

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config
+from cairn import config, keystore
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
 from cairn.errors import InvalidInput
@@ -71,20 +71,36 @@ def setup(
     json_: JsonFlag = False,
 ) -> None:
     """Connect this device to a workspace: check the key, create or unlock the end-to-end
-    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save."""
+    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save.
+
+    The workspace key goes to the OS keyring where one exists, else to a 0600 file under
+    $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
     settings = config.load()
     device_name = name or settings.sync.device_name
     with open_store() as store:
         remote = cairn.open_remote(server, api_key)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
-            creating = remote.get_keyring() is None
-            passphrase = None if recovery_key else _passphrase(creating)
-            keys, recovery = join(remote, passphrase, recovery_key)
+            keys, recovery = None, None
+            hosted = remote_status.get("mode") == "hosted"
+            if not hosted:
+                creating = remote.get_keyring() is None
+                passphrase = None if recovery_key else _passphrase(creating)
+                keys, recovery = join(remote, passphrase, recovery_key)
             # Only now, with the keyring open, does anything change here.
             remote.register_device(store.device_id(), device_name)
+            key_store = None
+            if keys is not None:
+                choice = settings.sync.key_store_choice
+                key_store = keystore.save(keys.keyring_id, keys.master, choice)
             path = config.save_sync(
-                settings.home, remote.url, api_key, keys.master, keys.keyring_id, device_name
+                settings.home,
+                remote.url,
+                api_key,
+                device_name,
+                keys.master if keys else None,
+                keys.keyring_id if keys else None,
+                key_store or keystore.FILE,
             )
             syncer = Syncer(store, remote, keys, settings.sync.rules)
             pending = syncer.status()["pending"]
@@ -93,10 +109,12 @@ def setup(
     result = {
         "remote": remote.url,
         "workspace": remote_status.get("workspace"),
+        "mode": "hosted" if hosted else "e2e",
         "device_id": syncer.device_id,
         "device_name": device_name,
         "created_keyring": recovery is not None,
         "recovery_key": recovery,
+        "key_store": key_store,
         "pending": pending,
         "saved_to": str(path),
     }
@@ -107,6 +125,15 @@ def setup(
         f"[green]sync set up[/]: {result['remote']} (workspace {result['workspace']}), "
         f"this device is {device_name} ({syncer.device_id})"
     )
+    if hosted:
+        output.out.print(
+            "[yellow]this is a hosted workspace[/]: memories are sent in plain text and the "
+            "server can read them (no passphrase, no end-to-end encryption)"
+        )
+    elif key_store == keystore.OS_KEYRING:
+        output.out.print("the workspace key is kept in the OS keyring")
+    else:
+        output.out.print(f"the workspace key is kept in {path} (readable by you only)")
     if recovery is not None:
         output.out.print(
             "created the workspace's end-to-end encryption keyring. Your recovery key, shown "

@@ -15,7 +15,8 @@ from cairn.remotes.base import KeyringBlob
 class MemoryRemote:
     """Mutations in a list, in push order; every method is thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "e2e") -> None:
+        self.mode = mode
         self._log: list[WireMutation] = []
         self._ids: set[str] = set()
         self._keyring: KeyringBlob | None = None
@@ -28,7 +29,8 @@ class MemoryRemote:
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         with self._changed:
-            check_batch(mutations, revoked=self._keyring.revoked if self._keyring else ())
+            sealed = self.mode == "e2e"
+            check_batch(mutations, sealed, self._keyring.revoked if self._keyring else ())
             fresh: list[WireMutation] = []
             for mutation in mutations:
                 if mutation.mutation_id not in self._ids:
@@ -89,6 +91,7 @@ class MemoryRemote:
         with self._changed:
             return {
                 "remote": self.url,
+                "mode": self.mode,
                 "latest_seq": len(self._log),
                 "mutations": len(self._log),
                 "devices": len(self._devices),

@@ -81,13 +81,22 @@ def to_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
-def create_workspace(storage: ServerStorage, name: str, now: int) -> tuple[Workspace, str]:
+MODES = ("e2e", "hosted")
+"""e2e: payloads are sealed on devices and the server refuses anything else; hosted: devices
+push plaintext payloads (the user chose to let this server read them)."""
+
+
+def create_workspace(
+    storage: ServerStorage, name: str, now: int, mode: str = "e2e"
+) -> tuple[Workspace, str]:
     """A new workspace and the token of its first admin key (shown once)."""
     if not _WORKSPACE_NAME.match(name):
         raise InvalidInput(
             "a workspace name is 1-64 letters, digits and _.- (starting with a letter or digit)"
         )
-    workspace = storage.create_workspace(uuid7(now), name, now)
+    if mode not in MODES:
+        raise InvalidInput(f"a workspace's mode is e2e or hosted, not {mode!r}")
+    workspace = storage.create_workspace(uuid7(now), name, now, mode)
     _, token = issue(storage, workspace.id, "admin", ["admin"], now)
     return workspace, token
 

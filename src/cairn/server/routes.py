@@ -112,9 +112,7 @@ async def push(
     request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
 ) -> dict[str, int | None]:
     """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
-    keyring = await run_in_threadpool(ctx.storage.keyring, key.workspace_id)
-    revoked = frozenset(keyring.revoked) if keyring else frozenset()
-    mutations = await run_in_threadpool(_decode_batch, await request.body(), revoked)
+    mutations = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms()
     )
@@ -168,6 +166,7 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
     return {
         "workspace": workspace.name,
         "workspace_id": workspace.id,
+        "mode": workspace.mode,
         "latest_seq": stats.latest_seq,
         "mutations": stats.mutations,
         "devices": stats.devices,
@@ -243,8 +242,11 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else iso(ms)
 
 
-def _decode_batch(body: bytes, revoked: frozenset[int]) -> Sequence[WireMutation]:
-    """The checked mutations of a push body; InvalidInput or MutationRejected otherwise."""
+def _decode_batch(body: bytes, ctx: ServerContext, key: ApiKey) -> Sequence[WireMutation]:
+    """The checked mutations of a push body; InvalidInput or MutationRejected otherwise.
+
+    An end-to-end workspace takes sealed envelopes only, under no key id its keyring revoked.
+    """
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -254,7 +256,9 @@ def _decode_batch(body: bytes, revoked: frozenset[int]) -> Sequence[WireMutation
     if not isinstance(data, dict) or set(data) != {"mutations"}:
         raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
     mutations = protocol.many_from_json(data["mutations"])
-    protocol.check_batch(mutations, revoked=revoked)
+    sealed = ctx.storage.workspace_by_id(key.workspace_id).mode == "e2e"
+    keyring = ctx.storage.keyring(key.workspace_id) if sealed else None
+    protocol.check_batch(mutations, sealed, keyring.revoked if keyring else ())
     return mutations
 
 

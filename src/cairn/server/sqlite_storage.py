@@ -98,7 +98,9 @@ class SqliteStorage:
 
     # -- workspaces ---------------------------------------------------------------------------
 
-    def create_workspace(self, workspace_id: str, name: str, now: int) -> Workspace:
+    def create_workspace(
+        self, workspace_id: str, name: str, now: int, mode: str = "e2e"
+    ) -> Workspace:
         with self._db.write() as conn:
             if conn.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone():
                 raise InvalidInput(
@@ -106,10 +108,10 @@ class SqliteStorage:
                     "(`cairn server workspace list` shows them)"
                 )
             conn.execute(
-                "INSERT INTO workspaces (id, name, mode, created_at) VALUES (?, ?, 'e2e', ?)",
-                (workspace_id, name, now),
+                "INSERT INTO workspaces (id, name, mode, created_at) VALUES (?, ?, ?, ?)",
+                (workspace_id, name, mode, now),
             )
-        return Workspace(workspace_id, name, "e2e", now)
+        return Workspace(workspace_id, name, mode, now)
 
     def workspace(self, name: str) -> Workspace:
         row = self._one("SELECT id, name, mode, created_at FROM workspaces WHERE name = ?", name)

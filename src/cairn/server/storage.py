@@ -81,8 +81,10 @@ class Totals:
 class ServerStorage(Protocol):
     """The sync server's database; every method is safe to call from any thread."""
 
-    def create_workspace(self, workspace_id: str, name: str, now: int) -> Workspace:
-        """A new workspace; InvalidInput if the name is taken."""
+    def create_workspace(
+        self, workspace_id: str, name: str, now: int, mode: str = "e2e"
+    ) -> Workspace:
+        """A new workspace (``mode`` e2e or hosted); InvalidInput if the name is taken."""
         ...
 
     def workspace(self, name: str) -> Workspace:

@@ -37,6 +37,10 @@ class PayloadError(InvalidInput):
     code = "bad_payload"
 
 
+HOSTED_SCOPE_KEY = b"cairn hosted workspace"
+"""The scope key of a hosted workspace, whose server reads the projects anyway."""
+
+
 def scope_tag(scope_key: bytes, project: str) -> str:
     """A blind scope tag: the remote can filter by it without learning the project's name."""
     return hmac.new(scope_key, project.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
