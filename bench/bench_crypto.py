@@ -2,7 +2,9 @@
 
 Payloads are real memory states as sync sends them (``cairn.sync.payload``): corpus text,
 tags and a 384-d float32 vector, ~2.1 KB each. Reported: µs per payload and MB/s to seal and to
-open, the size overhead of the envelope, and Argon2id key derivation at the default parameters.
+open as sync does it (one ``Sealer`` per push, one ``Opener`` per pull: one key derivation per
+sealer), and one payload at a time (a derivation each), the size overhead of the envelope, and
+Argon2id key derivation at the default parameters.
 
     .venv/bin/python bench/bench_crypto.py [--items 10000] [--quick]
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 import corpus
 from cairn.crypto import keyring
-from cairn.crypto.seal import open_sealed, seal
+from cairn.crypto.seal import Opener, Sealer, open_sealed, seal
 from cairn.model import Memory, MemoryState
 from cairn.sync.payload import encode_memory
 from common import print_table, write_results
@@ -58,11 +60,21 @@ def main() -> None:
     aads = [f"workspace|01a20000-0000-7000-8000-{i:012d}|mutation-{i}".encode() for i in range(n)]
 
     start = time.perf_counter()
-    sealed = [seal(key, 1, p, a) for p, a in zip(plain, aads, strict=True)]
+    sealer = Sealer(key, 1)
+    sealed = [sealer.seal(p, a) for p, a in zip(plain, aads, strict=True)]
     seal_s = time.perf_counter() - start
     start = time.perf_counter()
-    opened = [open_sealed(lambda _id: key, s, a) for s, a in zip(sealed, aads, strict=True)]
+    opener = Opener(lambda _id: key)
+    opened = [opener.open(s, a) for s, a in zip(sealed, aads, strict=True)]
     open_s = time.perf_counter() - start
+    assert opened == plain
+
+    start = time.perf_counter()
+    single = [seal(key, 1, p, a) for p, a in zip(plain, aads, strict=True)]
+    seal_one_s = time.perf_counter() - start
+    start = time.perf_counter()
+    opened = [open_sealed(lambda _id: key, s, a) for s, a in zip(single, aads, strict=True)]
+    open_one_s = time.perf_counter() - start
     assert opened == plain
 
     plain_bytes = sum(map(len, plain))
@@ -75,8 +87,18 @@ def main() -> None:
     unlock_s = time.perf_counter() - start
 
     rows = [
-        ["seal", round(seal_s / n * 1e6, 1), round(plain_bytes / seal_s / 1e6, 1)],
-        ["open", round(open_s / n * 1e6, 1), round(plain_bytes / open_s / 1e6, 1)],
+        [
+            "seal (Sealer, as sync)",
+            round(seal_s / n * 1e6, 1),
+            round(plain_bytes / seal_s / 1e6, 1),
+        ],
+        [
+            "open (Opener, as sync)",
+            round(open_s / n * 1e6, 1),
+            round(plain_bytes / open_s / 1e6, 1),
+        ],
+        ["seal one", round(seal_one_s / n * 1e6, 1), round(plain_bytes / seal_one_s / 1e6, 1)],
+        ["open one", round(open_one_s / n * 1e6, 1), round(plain_bytes / open_one_s / 1e6, 1)],
     ]
     print_table(
         f"Sealing {n:,} sync payloads ({plain_bytes / n:,.0f} B each on average)",
@@ -102,6 +124,8 @@ def main() -> None:
             "open_us": open_s / n * 1e6,
             "seal_mb_s": plain_bytes / seal_s / 1e6,
             "open_mb_s": plain_bytes / open_s / 1e6,
+            "seal_one_us": seal_one_s / n * 1e6,
+            "open_one_us": open_one_s / n * 1e6,
             "sealed_to_plain": sealed_bytes / plain_bytes,
             "keyring_create_ms": create_s * 1000,
             "keyring_unlock_ms": unlock_s * 1000,

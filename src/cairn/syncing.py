@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cairn.crypto import keyring
-from cairn.crypto.seal import open_sealed, seal
+from cairn.crypto.seal import Opener, Sealer
 from cairn.errors import (
     CairnError,
     CryptoError,
@@ -167,6 +167,8 @@ class Syncer:
         self.remote = remote
         self.keys = keys
         self.scope_key = keys.scope_key if keys is not None else payload.HOSTED_SCOPE_KEY
+        self._sealer: Sealer | None = None
+        self._opener = Opener(lambda key_id: self._ring_keys().key(key_id))
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -204,16 +206,19 @@ class Syncer:
             return mutation.payload
         aad = self._aad(mutation.entity_id, mutation.mutation_id)
         try:
-            plain = open_sealed(self.keys.key, mutation.payload, aad)
+            plain = self._opener.open(mutation.payload, aad)
         except KeyMismatch:
-            plain = open_sealed(self._current_ring()[2].key, mutation.payload, aad)
+            self._current_ring()
+            plain = self._opener.open(mutation.payload, aad)
         return plain
 
     def _seal(self, entity_id: str, mutation_id: str, plain: bytes) -> bytes:
         if self.keys is None:
             return plain
-        aad = self._aad(entity_id, mutation_id)
-        return seal(self.keys.data_keys[self.keys.current], self.keys.current, plain, aad)
+        current = self.keys.current
+        if self._sealer is None or self._sealer.key_id != current:
+            self._sealer = Sealer(self.keys.data_keys[current], current)
+        return self._sealer.seal(plain, self._aad(entity_id, mutation_id))
 
     def change_passphrase(self, passphrase: str) -> None:
         """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""

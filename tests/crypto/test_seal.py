@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cairn.crypto.seal import HEADER, open_sealed, seal
+from cairn.crypto.seal import HEADER, MAX_PER_KEY, Opener, Sealer, open_sealed, seal
 from cairn.errors import KeyMismatch, PayloadTampered
 from cairn.protocol import sealed_key_id
 
@@ -58,3 +58,26 @@ def test_an_unknown_key_id_says_what_to_do() -> None:
     sealed = seal(KEY, 9, TEXT, b"")
     with pytest.raises(KeyMismatch, match="cairn sync setup"):
         open_sealed(keys, sealed, b"")
+
+
+def test_one_sealer_counts_its_nonces_and_never_reuses_one() -> None:
+    sealer, other = Sealer(KEY, 7), Sealer(KEY, 7)
+    sealed = [sealer.seal(TEXT, b"slot-%d" % i) for i in range(100)]
+    headers = [HEADER.unpack_from(s) for s in sealed]
+    assert len({salt for _v, _k, salt, _n in headers}) == 1  # one derived key
+    assert [int.from_bytes(n, "big") for *_rest, n in headers] == list(range(100))
+    assert HEADER.unpack_from(other.seal(TEXT, b""))[2] != headers[0][2]  # its own derived key
+    opener = Opener(keys)
+    assert all(opener.open(s, b"slot-%d" % i) == TEXT for i, s in enumerate(sealed))
+    with pytest.raises(PayloadTampered):  # the cached derived key still checks the slot
+        opener.open(sealed[1], b"slot-0")
+
+
+def test_a_sealer_draws_a_new_key_before_its_counter_runs_out() -> None:
+    sealer = Sealer(KEY, 7)
+    before = HEADER.unpack_from(sealer.seal(TEXT, b""))
+    sealer._count = MAX_PER_KEY  # as if it had sealed 2**32 payloads
+    after = sealer.seal(TEXT, b"x")
+    salt, nonce = HEADER.unpack_from(after)[2:]
+    assert salt != before[2] and nonce == bytes(12)
+    assert open_sealed(keys, after, b"x") == TEXT
