@@ -45,7 +45,8 @@ from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.http import HttpRemote
 from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
+from cairn.workspace_keys import join
 from common import (
     CACHE,
     ROOT,

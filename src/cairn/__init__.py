@@ -19,7 +19,8 @@ from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
 from cairn.service import NewMemory, Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, open_keys
+from cairn.syncing import Syncer
+from cairn.workspace_keys import open_keys
 
 try:
     __version__ = version("cairn-memory")

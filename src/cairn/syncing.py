@@ -7,56 +7,47 @@ one transaction together with the cursor that follows it, so a crash never skips
 a page. Pulled memories keep the vector they were sent with: nothing is embedded again unless it
 came from another embedding model.
 
-Every payload is sealed (``cairn.crypto.seal``) under the workspace's current data key before it
-leaves, bound to the keyring, entity and mutation ids, and opened before it is merged; one that
-fails to open is dead-lettered and the rest of its page still applies. A hosted workspace
-(``keys`` None) is the one exception: its payloads travel unsealed, because its user chose to
-let the server read them.
+Every payload is sealed (``cairn.workspace_keys.Envelopes``) before it leaves and opened before
+it is merged; one that fails to open is dead-lettered and the rest of its page still applies.
+A push the remote refuses because another device revoked its key is sealed again, once.
 """
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cairn.crypto import keyring
-from cairn.crypto.seal import Opener, Sealer
 from cairn.errors import (
     CairnError,
     CryptoError,
     InvalidInput,
-    KeyMismatch,
     MutationRejected,
     NotFound,
     PayloadTooLarge,
     RateLimited,
-    RemoteConflict,
-    RemoteUnreachable,
     SyncError,
-    SyncNotConfigured,
-    WrongPassphrase,
 )
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
 from cairn.protocol import WireMutation
-from cairn.remotes.base import KeyringBlob, Remote
+from cairn.remotes.base import Remote
 from cairn.service import Store
 from cairn.store import outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
 from cairn.sync import payload
 from cairn.sync.apply import apply
+from cairn.workspace_keys import Envelopes
 
 CURSOR = "sync.cursor"
 TARGET = "sync.target"
 LAST_PUSH = "sync.last_push_at"
 LAST_PULL = "sync.last_pull_at"
-KEYRING = "sync.keyring"
 FIRST_PAGE = 1000
 
 Progress = Callable[[int, int], None]
@@ -100,56 +91,6 @@ class _Page:
     failed: list[tuple[WireMutation, CairnError]] = field(default_factory=list)
 
 
-def join(
-    remote: Remote,
-    passphrase: str | None = None,
-    recovery: str | None = None,
-    kdf: keyring.KdfParams | None = None,
-) -> tuple[keyring.Unlocked, str | None]:
-    """Open the workspace's keyring with the passphrase or recovery key; when the remote has
-    none yet, create it with ``passphrase``. Returns the keys and, only when the keyring was
-    just created, the recovery key to show the user once."""
-    for _attempt in range(3):
-        found = remote.get_keyring()
-        if found is not None:
-            ring = keyring.Keyring.from_bytes(found.blob)
-            return keyring.unlock(ring, passphrase, recovery), None
-        if passphrase is None:
-            raise WrongPassphrase(
-                "this workspace has no keyring yet; give a passphrase to create it "
-                "(the recovery key only opens an existing one)"
-            )
-        ring, unlocked, recovery_key = keyring.create(passphrase, kdf)
-        try:
-            remote.put_keyring(ring.to_bytes(), None)
-        except RemoteConflict:
-            continue  # another device made it first: join theirs
-        return unlocked, recovery_key
-    raise SyncError(f"the keyring on {remote.url} keeps changing; retry in a moment")
-
-
-def open_keys(store: Store, remote: Remote, master: bytes, keyring_id: str) -> keyring.Unlocked:
-    """The data keys of a device that joined: its master key opens the remote's keyring (or
-    the copy cached in the store when the remote does not answer)."""
-    try:
-        found = remote.get_keyring()
-        blob = found.blob if found is not None else None
-    except RemoteUnreachable:
-        blob = None
-    with store.db.read() as conn:
-        cached = replica.get_meta(conn, KEYRING)
-    if blob is None and cached is None:
-        raise SyncNotConfigured(
-            f"no keyring on {remote.url} and none cached here; run `cairn sync setup` again"
-        )
-    chosen = blob if blob is not None else base64.b64decode(cached or "")
-    _ring, unlocked = keyring.reopen(chosen, master, keyring_id)
-    if blob is not None:
-        with store.db.write() as conn:
-            replica.set_meta(conn, KEYRING, base64.b64encode(blob).decode())
-    return unlocked
-
-
 class Syncer:
     """Sync one store with one remote under selective-sync rules."""
 
@@ -165,10 +106,8 @@ class Syncer:
     ) -> None:
         self.store = store
         self.remote = remote
-        self.keys = keys
+        self.envelopes = Envelopes(remote, keys)
         self.scope_key = keys.scope_key if keys is not None else payload.HOSTED_SCOPE_KEY
-        self._sealer: Sealer | None = None
-        self._opener = Opener(lambda key_id: self._ring_keys().key(key_id))
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -186,68 +125,6 @@ class Syncer:
         outbox.enqueue_all(conn, self.device_id, next_hlc(conn).pack())
         replica.set_meta(conn, CURSOR, None)
         replica.set_meta(conn, TARGET, target)
-
-    def _ring_keys(self) -> keyring.Unlocked:
-        if self.keys is None:
-            raise InvalidInput(
-                f"{self.remote.url} is a hosted workspace: its payloads are not encrypted, so "
-                "it has no keyring, passphrase or keys"
-            )
-        return self.keys
-
-    def _aad(self, entity_id: str, mutation_id: str) -> bytes:
-        """What a sealed payload is bound to: this workspace's keyring, its entity and mutation."""
-        return f"{self._ring_keys().keyring_id}|{entity_id}|{mutation_id}".encode()
-
-    def _open(self, mutation: WireMutation) -> bytes:
-        """The mutation's payload, opened; a key id this device lacks (another device rotated)
-        re-reads the remote's keyring once."""
-        if self.keys is None:
-            return mutation.payload
-        aad = self._aad(mutation.entity_id, mutation.mutation_id)
-        try:
-            plain = self._opener.open(mutation.payload, aad)
-        except KeyMismatch:
-            self._current_ring()
-            plain = self._opener.open(mutation.payload, aad)
-        return plain
-
-    def _seal(self, entity_id: str, mutation_id: str, plain: bytes) -> bytes:
-        if self.keys is None:
-            return plain
-        current = self.keys.current
-        if self._sealer is None or self._sealer.key_id != current:
-            self._sealer = Sealer(self.keys.data_keys[current], current)
-        return self._sealer.seal(plain, self._aad(entity_id, mutation_id))
-
-    def change_passphrase(self, passphrase: str) -> None:
-        """Re-wrap the workspace's master key with a new passphrase (no payload changes)."""
-        ring, found, keys = self._current_ring()
-        changed = keyring.change_passphrase(ring, keys, passphrase)
-        self.remote.put_keyring(changed.to_bytes(), found.version, found.revoked)
-
-    def rotate_key(self, revoke: bool = True) -> dict[str, Any]:
-        """Add a data key under a new id; new writes use it, earlier ids stay readable.
-
-        ``revoke``: the remote also refuses new payloads sealed under the earlier ids (a device
-        that has not seen the rotation re-reads the keyring and seals again when refused).
-        """
-        ring, found, keys = self._current_ring()
-        rotated, self.keys = keyring.rotate(ring, keys)
-        revoked = set(found.revoked)
-        if revoke:
-            revoked |= set(rotated.data_keys) - {rotated.current}
-        self.remote.put_keyring(rotated.to_bytes(), found.version, sorted(revoked))
-        return {"current_key_id": self.keys.current, "revoked_key_ids": sorted(revoked)}
-
-    def _current_ring(self) -> tuple[keyring.Keyring, KeyringBlob, keyring.Unlocked]:
-        """The remote's keyring as stored, and this device's keys refreshed from it."""
-        keys = self._ring_keys()
-        found = self.remote.get_keyring()
-        if found is None:
-            raise SyncNotConfigured(f"{self.remote.url} has no keyring; run `cairn sync setup`")
-        ring, self.keys = keyring.reopen(found.blob, keys.master, keys.keyring_id)
-        return ring, found, self.keys
 
     def _scope(self, project: str) -> str:
         """The project's blind scope tag (an HMAC per memory is 4 % of a push, so cached)."""
@@ -327,7 +204,7 @@ class Syncer:
                         hlc,
                         wire_id,
                         self._scope(project),
-                        self._seal(wire_id, pending.mutation.mutation_id, body),
+                        self.envelopes.seal(wire_id, pending.mutation.mutation_id, body),
                     ),
                 )
             )
@@ -379,11 +256,12 @@ class Syncer:
                 if stale and resealed:  # sealed with the current key and still refused
                     stale = []
                 elif stale:  # another device rotated: seal again under the current key
-                    self._current_ring()
-                    self._send([(p, self._reseal(w)) for p, w in stale], report, resealed=True)
-                again = {w.mutation_id for _, w in stale}
+                    self.envelopes.refresh()
+                    fresh = [(p, self.envelopes.reseal(w)) for p, w in stale]
+                    self._send(fresh, report, resealed=True)
+                sealed_again = {w.mutation_id for _, w in stale}
                 for item in refused:
-                    if item[1].mutation_id not in again:
+                    if item[1].mutation_id not in sealed_again:
                         code, message = exc.rejected[item[1].mutation_id]
                         self._dead_letter([item], code, message, report)
                 if rest:
@@ -400,13 +278,6 @@ class Syncer:
         report.duplicates += result.duplicates
         report.batches += 1
         report.bytes += sum(len(w.payload) for _, w in batch)
-
-    def _reseal(self, mutation: WireMutation) -> WireMutation:
-        """The same mutation sealed under the current data key."""
-        plain = self._open(mutation)
-        return replace(
-            mutation, payload=self._seal(mutation.entity_id, mutation.mutation_id, plain)
-        )
 
     def _dead_letter(
         self,
@@ -467,7 +338,7 @@ class Syncer:
                 decoded.own += 1  # this device's own change: already here
                 continue
             try:
-                state = payload.decode(mutation, self._open(mutation))
+                state = payload.decode(mutation, self.envelopes.open(mutation))
             except (payload.PayloadError, CryptoError) as exc:
                 decoded.failed.append((mutation, exc))
                 continue

@@ -14,7 +14,8 @@ from cairn.remotes.base import Remote
 from cairn.remotes.memory import MemoryRemote
 from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
+from cairn.workspace_keys import join
 
 Replica = tuple[Store, Syncer]
 PASSPHRASE = "correct horse battery staple"

@@ -16,7 +16,8 @@ from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
+from cairn.workspace_keys import join
 
 from ..conftest import SyncServer
 from .conftest import FAST_KDF, PASSPHRASE
@@ -119,8 +120,8 @@ def test_passphrase_change_and_key_rotation_keep_every_memory_readable(
     b, sync_b = _device(tmp_path, embedder, "b", remote, passphrase=PASSPHRASE)
     a.remember("Written under the first key")
     sync_a.push()
-    sync_a.change_passphrase("a brand new passphrase")
-    assert sync_a.rotate_key() == {"current_key_id": 2, "revoked_key_ids": [1]}
+    sync_a.envelopes.change_passphrase("a brand new passphrase")
+    assert sync_a.envelopes.rotate() == {"current_key_id": 2, "revoked_key_ids": [1]}
     a.remember("Written under the second key")
     sync_a.push()
     assert sync_b.pull().applied == 2  # B learns key 2 from the keyring by itself
@@ -138,12 +139,14 @@ def test_a_device_that_missed_a_rotation_seals_again_when_its_old_key_is_refused
     remote = MemoryRemote()
     a, sync_a = _device(tmp_path, embedder, "a", remote, passphrase=PASSPHRASE, kdf=FAST_KDF)
     b, sync_b = _device(tmp_path, embedder, "b", remote, passphrase=PASSPHRASE)
-    assert sync_a.rotate_key() == {"current_key_id": 2, "revoked_key_ids": [1]}
+    assert sync_a.envelopes.rotate() == {"current_key_id": 2, "revoked_key_ids": [1]}
     b.remember("Written by a device that still seals with key 1")
-    assert sync_b.keys.current == 1
+    assert sync_b.envelopes.keys.current == 1  # type: ignore[union-attr]
     report = sync_b.push()
     assert (report.pushed, report.dead_lettered) == (1, 0)
-    assert sync_b.keys.current == 2  # it re-read the keyring when the remote refused key 1
+    assert (
+        sync_b.envelopes.keys.current == 2
+    )  # it re-read the keyring when the remote refused key 1
     (stored,) = remote.pull(None).mutations
     assert sealed_key_id(stored.payload) == 2
     assert sync_a.pull().applied == 1
@@ -156,9 +159,9 @@ def test_rotating_without_revoking_lets_older_keys_still_write(
     remote = MemoryRemote()
     _a, sync_a = _device(tmp_path, embedder, "a", remote, passphrase=PASSPHRASE, kdf=FAST_KDF)
     b, sync_b = _device(tmp_path, embedder, "b", remote, passphrase=PASSPHRASE)
-    assert sync_a.rotate_key(revoke=False) == {"current_key_id": 2, "revoked_key_ids": []}
-    sync_a.change_passphrase("another passphrase")  # keeps what the keyring revoked
-    assert sync_a.rotate_key() == {"current_key_id": 3, "revoked_key_ids": [1, 2]}
+    assert sync_a.envelopes.rotate(revoke=False) == {"current_key_id": 2, "revoked_key_ids": []}
+    sync_a.envelopes.change_passphrase("another passphrase")  # keeps what the keyring revoked
+    assert sync_a.envelopes.rotate() == {"current_key_id": 3, "revoked_key_ids": [1, 2]}
     assert remote.get_keyring().revoked == (1, 2)  # type: ignore[union-attr]
     b.remember("Sealed with key 1, then again with key 3")
     assert sync_b.push().pushed == 1

@@ -19,7 +19,8 @@ from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
 from cairn.errors import InvalidInput
 from cairn.model import iso
-from cairn.syncing import Syncer, join
+from cairn.syncing import Syncer
+from cairn.workspace_keys import join
 
 sync_app = typer.Typer(
     name="sync",
@@ -160,7 +161,7 @@ def passphrase(json_: JsonFlag = False) -> None:
     re-encrypted and other devices keep working."""
     new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
     with _syncer() as syncer:
-        syncer.change_passphrase(new)
+        syncer.envelopes.change_passphrase(new)
     if json_:
         output.emit_json({"passphrase_changed": True})
     else:
@@ -181,7 +182,7 @@ def rotate_key(
 ) -> None:
     """Start encrypting new changes with a fresh key; older changes stay readable."""
     with _syncer() as syncer:
-        result = syncer.rotate_key(revoke=not keep_old)
+        result = syncer.envelopes.rotate(revoke=not keep_old)
     if json_:
         output.emit_json(result)
     else:
