@@ -39,6 +39,8 @@ MAX_PER_KEY = 2**32
 """Payloads one derived key seals before its sealer draws a new salt (far below GCM's limits)."""
 _INFO = b"cairn payload v1"
 _OPENER_CACHE = 256
+_KEY_AND_SALT = slice(1, 21)  # the header's key id and salt: what a derived key depends on
+_NONCE = slice(21, HEADER.size)
 
 
 def _derive(data_key: bytes, salt: bytes) -> AESGCM:
@@ -75,7 +77,7 @@ class Opener:
 
     def __init__(self, keys: Callable[[int], bytes | None]) -> None:
         self._keys = keys
-        self._derived: dict[tuple[int, bytes], AESGCM] = {}
+        self._derived: dict[bytes, AESGCM] = {}  # by the header's key id and salt bytes
 
     def open(self, envelope: bytes, aad: bytes) -> bytes:
         """The plaintext; PayloadTampered / KeyMismatch when it cannot be trusted."""
@@ -84,25 +86,31 @@ class Opener:
                 "a sealed payload is truncated or of an unknown envelope version; it was not "
                 "applied"
             )
-        _version, key_id, salt, nonce = HEADER.unpack_from(envelope)
-        aead = self._derived.get((key_id, salt))
+        aead = self._derived.get(envelope[_KEY_AND_SALT])
         if aead is None:
-            data_key = self._keys(key_id)
-            if data_key is None:
-                raise KeyMismatch(
-                    f"a payload is sealed with key {key_id}, which this device does not have; "
-                    "run `cairn sync setup` again to re-read the workspace's keyring"
-                )
-            if len(self._derived) >= _OPENER_CACHE:
-                self._derived.clear()
-            aead = self._derived[(key_id, salt)] = _derive(data_key, salt)
+            aead = self._derive_for(envelope)
         try:
-            return aead.decrypt(nonce, envelope[HEADER.size :], envelope[: HEADER.size] + aad)
+            return aead.decrypt(
+                envelope[_NONCE], envelope[HEADER.size :], envelope[: HEADER.size] + aad
+            )
         except InvalidTag as exc:
             raise PayloadTampered(
                 "a sealed payload failed authentication (altered, truncated or moved to another "
                 "entry); it was not applied"
             ) from exc
+
+    def _derive_for(self, envelope: bytes) -> AESGCM:
+        _version, key_id, salt, _nonce = HEADER.unpack_from(envelope)
+        data_key = self._keys(key_id)
+        if data_key is None:
+            raise KeyMismatch(
+                f"a payload is sealed with key {key_id}, which this device does not have; "
+                "run `cairn sync setup` again to re-read the workspace's keyring"
+            )
+        if len(self._derived) >= _OPENER_CACHE:
+            self._derived.clear()
+        aead = self._derived[envelope[_KEY_AND_SALT]] = _derive(data_key, salt)
+        return aead
 
 
 def seal(data_key: bytes, key_id: int, plaintext: bytes, aad: bytes) -> bytes:
