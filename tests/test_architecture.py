@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "cairn.transfer": 3,
     "cairn.syncing": 3,
     "cairn.workspace_keys": 3,
+    "cairn.autosync": 3,
     # the Python API's composition root (cairn/__init__.py)
     "cairn": 4,
     # edges: parse, call, format

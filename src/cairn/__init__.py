@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from cairn import config, keystore
+from cairn.autosync import Worker
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
@@ -88,3 +91,32 @@ def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     except BaseException:
         remote.close()
         raise
+
+
+def sync_config_version(settings: config.Settings) -> object:
+    """Changes whenever the sync settings on disk change (what unblocks a stopped worker)."""
+    stamps: list[tuple[int, int] | None] = []
+    for path in (settings.home / "keys" / config.SYNC_FILE, settings.home / "config.toml"):
+        try:
+            stat = path.stat()
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def start_autosync(settings: config.Settings, store: Store, **options: Any) -> Worker:
+    """A running background sync worker for ``store`` (it re-reads the settings from disk
+    whenever they change, so a fixed configuration takes effect without a restart)."""
+    home = settings.home
+    environ = dict(os.environ)
+
+    def fresh() -> config.Settings:
+        return config.load({**environ, "CAIRN_HOME": str(home)}, settings.source)
+
+    return Worker(
+        store,
+        lambda: build_syncer(fresh(), store),
+        config_version=lambda: sync_config_version(settings),
+        **options,
+    ).start()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -15,6 +18,7 @@ from rich.markup import escape
 
 import cairn
 from cairn import config, keystore
+from cairn.autosync import read_status
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
 from cairn.errors import InvalidInput
@@ -237,9 +241,11 @@ def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
 
 @sync_app.command()
 def status(json_: JsonFlag = False) -> None:
-    """Where this device syncs to, what waits to be sent, and whether the remote answers."""
+    """Where this device syncs to, what waits to be sent, whether the remote answers, and what
+    the background sync worker (if one runs for this store) is doing."""
     with _syncer() as syncer:
         data = syncer.status()
+        data["worker"] = read_status(syncer.store)
     if json_:
         output.emit_json(data)
         return
@@ -255,6 +261,45 @@ def status(json_: JsonFlag = False) -> None:
     output.out.print(f"conflicts     {data['conflicts']}")
     output.out.print(f"last push     {data['last_push_at'] or 'never'}")
     output.out.print(f"last pull     {data['last_pull_at'] or 'never'}")
+    worker = data["worker"]
+    reason = f" ({worker['reason']})" if worker["reason"] else ""
+    output.out.print(f"worker        {worker['phase']}{reason}: {escape(worker['message'])}")
+
+
+@sync_app.command()
+def daemon(
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print each status change as a JSON line.")
+    ] = False,
+) -> None:
+    """Sync this store in the foreground until interrupted: push local changes within seconds,
+    pull remote ones as they arrive, back off while offline (run it as a user service)."""
+    settings = config.load()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a service manager stops it with SIGTERM
+    with open_store() as store:
+        worker = cairn.start_autosync(settings, store)
+        last = None
+        try:
+            while True:
+                time.sleep(0.5)
+                now = worker.status.to_dict()
+                key = (now["phase"], now["reason"], now["message"])
+                if key == last:
+                    continue
+                last = key
+                if json_:
+                    print(json.dumps(now), flush=True)
+                else:
+                    reason = f" ({now['reason']})" if now["reason"] else ""
+                    output.err.print(f"{now['phase']}{reason}: {escape(now['message'])}")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            worker.stop()
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @sync_app.command()
