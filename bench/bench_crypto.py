@@ -2,7 +2,7 @@
 
 Payloads are real memory states as sync sends them (``cairn.sync.payload``): corpus text,
 tags and a 384-d float32 vector, ~2.1 KB each. Reported: µs per payload and MB/s to seal and to
-open as sync does it (one ``Sealer`` per push, one ``Opener`` per pull: one key derivation per
+open as sync does it (one ``Sealer`` and one ``Opener`` per sync session: one key derivation per
 sealer), and one payload at a time (a derivation each), the size overhead of the envelope, and
 Argon2id key derivation at the default parameters.
 

@@ -18,6 +18,7 @@ from cairn.autosync import Worker
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
+from cairn.protocol import E2E
 from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
 from cairn.service import NewMemory, Store
@@ -77,7 +78,7 @@ def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> 
 def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     """Wire a Syncer for ``store`` from the saved sync settings."""
     sync = settings.sync
-    if sync.remote is None or (sync.mode == "e2e" and sync.keyring_id is None):
+    if sync.remote is None or (sync.mode == E2E and sync.keyring_id is None):
         raise SyncNotConfigured(
             "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
         )

@@ -46,8 +46,8 @@ from cairn.syncing import Syncer
 
 STATUS = "sync.worker"
 PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
-PERMANENT = ("auth_failed", "forbidden", "quota_exceeded", "sync_not_configured")
-"""Reason codes that no retry can fix (crypto failures join them by class)."""
+PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError)
+"""Failures no retry can fix (and the server's ``quota_exceeded`` code)."""
 
 
 @dataclass
@@ -69,12 +69,10 @@ class WorkerStatus:
 
 def classify(exc: BaseException) -> tuple[bool, str]:
     """(permanent, reason code) of a failure."""
-    if isinstance(exc, CryptoError):
-        return True, exc.code
-    if isinstance(exc, AuthFailed | Forbidden | SyncNotConfigured | ConfigError):
-        return True, exc.code
+    if isinstance(exc, RemoteUnreachable):
+        return False, "unreachable"
     if isinstance(exc, CairnError):
-        return exc.code in PERMANENT, exc.code
+        return isinstance(exc, PERMANENT) or exc.code == "quota_exceeded", exc.code
     return False, "internal"
 
 
@@ -124,6 +122,7 @@ class Worker:
         self._blocked = False  # a permanent failure: wait for the configuration to change
         self._retry_at = 0.0  # monotonic time before which nothing is tried (backoff)
         self._holding = False
+        self._renew_at = 0.0  # monotonic time the lease is next taken or renewed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -172,11 +171,11 @@ class Worker:
                     self._sleep(self.tick)
                     continue
                 with self.store.db.read() as conn:
-                    pending = outbox.count(conn)
-                    latest = conn.execute("SELECT max(seq) FROM outbox").fetchone()[0]
+                    latest = outbox.latest(conn)
                 now = time.monotonic()
                 if latest != seen:
                     seen, changed_at = latest, now
+                pending = latest is not None
                 if not pending:
                     first_pending = 0.0
                 elif not first_pending:
@@ -195,11 +194,16 @@ class Worker:
                 self._failed(exc)
 
     def _lease(self) -> bool:
+        """Whether this worker holds the lease; taken or renewed a third of its time ahead of
+        expiry (a write transaction each time, so not on every tick)."""
+        if time.monotonic() < self._renew_at:
+            return self._holding
         with self.store.db.write() as conn:
             held = lease.acquire(conn, self.owner, now_ms(), int(self.lease_ttl * 1000))
         if not held and self.status.phase != "idle":
             self._set("idle", "other_worker", "another process syncs this store")
         self._holding = held
+        self._renew_at = time.monotonic() + self.lease_ttl / 3
         return held
 
     def _ready(self) -> bool:
@@ -210,7 +214,9 @@ class Worker:
                 return False
             self._blocked = False  # the configuration changed: try again
             self.backoff.reset()
-            self._syncer = None
+            stale, self._syncer = self._syncer, None
+            if stale is not None:
+                stale.close()
         if time.monotonic() < self._retry_at:
             return False
         if self._syncer is None:
@@ -278,8 +284,6 @@ class Worker:
         wait = self.backoff.next(exc.retry_after if isinstance(exc, RateLimited) else 0.0)
         self._retry_at = time.monotonic() + wait
         self.status.retry_at = now_ms() + int(wait * 1000)
-        if isinstance(exc, RemoteUnreachable):
-            reason = "unreachable"
         self._set("backoff", reason, f"{message} (retrying in {wait:.0f} s)")
 
     def _set(self, phase: str, reason: str | None, message: str) -> None:
@@ -310,6 +314,6 @@ def read_status(store: Store) -> dict[str, Any]:
     status = WorkerStatus(**json.loads(raw)) if raw else WorkerStatus(message="no worker has run")
     running = live is not None and live.owner == status.owner
     data = status.to_dict()
-    if not running and status.phase not in ("disabled",):
+    if not running and status.phase != "disabled":
         data.update(phase="idle", message="no sync worker is running for this store")
     return {**data, "worker_running": running, "pending": pending, "dead_letters": dead}

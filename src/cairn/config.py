@@ -40,6 +40,7 @@ from typing import Any
 
 from cairn.errors import ConfigError, InvalidInput
 from cairn.model import SyncRules, check_kind, check_project, check_tags
+from cairn.protocol import E2E, HOSTED, MODES
 
 SYNC_FILE = "sync.json"
 
@@ -57,7 +58,7 @@ class SyncSettings:
     api_key: str | None = None
     master_key: bytes | None = None
     keyring_id: str | None = None
-    mode: str = "e2e"
+    mode: str = E2E
     key_store: str = "file"
     key_store_choice: str = "auto"  # CAIRN_KEY_STORE: where `cairn sync setup` puts the key
     device_name: str = field(default_factory=socket.gethostname)
@@ -108,16 +109,16 @@ def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSetti
         return SyncSettings(rules=rules, key_store_choice=key_store_choice)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        mode = str(saved.get("mode", "e2e"))
+        mode = str(saved.get("mode", E2E))
         key_store = str(saved.get("key_store", "file"))
-        if mode not in ("e2e", "hosted") or key_store not in ("file", "os-keyring"):
+        if mode not in MODES or key_store not in ("file", "os-keyring"):
             raise ValueError(f"mode {mode!r} / key_store {key_store!r}")
-        in_file = mode == "e2e" and key_store == "file"
+        in_file = mode == E2E and key_store == "file"
         return SyncSettings(
             remote=str(saved["remote"]),
             api_key=saved.get("api_key"),
             master_key=base64.b64decode(saved["master_key"], validate=True) if in_file else None,
-            keyring_id=str(saved["keyring_id"]) if mode == "e2e" else None,
+            keyring_id=str(saved["keyring_id"]) if mode == E2E else None,
             mode=mode,
             key_store=key_store,
             key_store_choice=key_store_choice,
@@ -177,7 +178,7 @@ def save_sync(
     data: dict[str, Any] = {
         "remote": remote,
         "api_key": api_key,
-        "mode": "e2e" if master_key is not None else "hosted",
+        "mode": E2E if master_key is not None else HOSTED,
         "device_name": name,
     }
     if master_key is not None:

@@ -36,9 +36,6 @@ _NATIVE = (
 
 def _backend(choice: str) -> Any | None:
     """The keyring backend to use, or None for the file."""
-    choice = choice.strip().lower()
-    if choice not in ("auto", "keyring", FILE):
-        raise ConfigError(f"CAIRN_KEY_STORE is {choice!r}; use auto, keyring or file")
     if choice == FILE:
         return None
     try:
@@ -68,6 +65,8 @@ def save(keyring_id: str, secret: bytes, choice: str = "auto") -> str:
     from CAIRN_KEY_STORE); returns where it went (``FILE``: the caller keeps it in its 0600
     file)."""
     choice = choice.strip().lower()
+    if choice not in ("auto", "keyring", FILE):
+        raise ConfigError(f"CAIRN_KEY_STORE is {choice!r}; use auto, keyring or file")
     backend = _backend(choice)
     if backend is None:
         return FILE

@@ -28,6 +28,11 @@ from cairn.errors import InvalidInput, MutationRejected
 VERSION = 1
 """The mutation envelope version this code reads and writes."""
 
+E2E, HOSTED = "e2e", "hosted"
+MODES = (E2E, HOSTED)
+"""A workspace's mode: e2e takes sealed envelopes only (the remote cannot read them); hosted
+takes plain payloads (its user chose to let the server read them)."""
+
 SEALED_VERSION = 1
 SEALED_HEADER = struct.Struct(">BI16s12s")
 """A sealed payload starts ``version | key_id | salt | nonce`` and ends with a 16-byte tag
@@ -127,14 +132,22 @@ def problem(
     ``sealed``: the workspace is end-to-end encrypted, so every payload must be an envelope;
     ``revoked``: key ids the workspace's keyring no longer takes new payloads under.
     """
-    reason = _malformed(mutation, sealed)
+    if mutation.version != VERSION:
+        return "unsupported_version", (
+            f"mutation version {mutation.version} is not supported (this end speaks {VERSION})"
+        )
+    reason = _malformed(mutation)
     if reason is not None:
-        if mutation.version != VERSION:
-            return "unsupported_version", reason
-        if "sealed envelope" in reason:
-            return "unsealed_payload", reason
         return "invalid_mutation", reason
-    if sealed and revoked and (key_id := sealed_key_id(mutation.payload)) in revoked:
+    if not sealed:
+        return None
+    key_id = sealed_key_id(mutation.payload)
+    if key_id is None:
+        return "unsealed_payload", (
+            f"payload is not a sealed envelope of version {SEALED_VERSION}; this workspace "
+            "takes end-to-end encrypted payloads only (upgrade the client that sent it)"
+        )
+    if key_id in revoked:
         return "revoked_key", (
             f"payload is sealed with key {key_id}, which this workspace revoked; re-read the "
             "keyring and seal it with the current key"
@@ -142,9 +155,7 @@ def problem(
     return None
 
 
-def _malformed(mutation: WireMutation, sealed: bool) -> str | None:
-    if mutation.version != VERSION:
-        return f"mutation version {mutation.version} is not supported (this end speaks {VERSION})"
+def _malformed(mutation: WireMutation) -> str | None:
     if not _ID.match(mutation.mutation_id):
         return "mutation_id must be 1-160 characters of letters, digits and -_.:|"
     if not _ID.match(mutation.device_id):
@@ -157,11 +168,6 @@ def _malformed(mutation: WireMutation, sealed: bool) -> str | None:
         return "scope must be 8-64 lowercase hex digits (a blind scope tag) or null"
     if len(mutation.payload) > MAX_PAYLOAD_BYTES:
         return f"payload is {len(mutation.payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit"
-    if sealed and sealed_key_id(mutation.payload) is None:
-        return (
-            f"payload is not a sealed envelope of version {SEALED_VERSION}; this workspace "
-            "takes end-to-end encrypted payloads only (upgrade the client that sent it)"
-        )
     return None
 
 

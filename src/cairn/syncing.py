@@ -107,7 +107,6 @@ class Syncer:
         self.store = store
         self.remote = remote
         self.envelopes = Envelopes(remote, keys)
-        self.scope_key = keys.scope_key if keys is not None else payload.HOSTED_SCOPE_KEY
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -130,7 +129,7 @@ class Syncer:
         """The project's blind scope tag (an HMAC per memory is 4 % of a push, so cached)."""
         tag = self._scopes.get(project)
         if tag is None:
-            tag = self._scopes[project] = payload.scope_tag(self.scope_key, project)
+            tag = self._scopes[project] = payload.scope_tag(self.envelopes.scope_key, project)
         return tag
 
     # --- push -------------------------------------------------------------------------------
@@ -252,18 +251,17 @@ class Syncer:
                     self._dead_letter(batch, exc.code, exc.message, report)
                     return
                 rest = [item for item in batch if item[1].mutation_id not in exc.rejected]
-                stale = [i for i in refused if exc.rejected[i[1].mutation_id][0] == "revoked_key"]
-                if stale and resealed:  # sealed with the current key and still refused
-                    stale = []
-                elif stale:  # another device rotated: seal again under the current key
+                stale = []  # sealed under a key another device revoked: sealed again, once
+                for item in refused:
+                    code, message = exc.rejected[item[1].mutation_id]
+                    if code == "revoked_key" and not resealed:
+                        stale.append(item)
+                    else:
+                        self._dead_letter([item], code, message, report)
+                if stale:
                     self.envelopes.refresh()
                     fresh = [(p, self.envelopes.reseal(w)) for p, w in stale]
                     self._send(fresh, report, resealed=True)
-                sealed_again = {w.mutation_id for _, w in stale}
-                for item in refused:
-                    if item[1].mutation_id not in sealed_again:
-                        code, message = exc.rejected[item[1].mutation_id]
-                        self._dead_letter([item], code, message, report)
                 if rest:
                     self._send(rest, report, resealed)
                 return
@@ -298,7 +296,7 @@ class Syncer:
         The next page is fetched and decoded on a second thread while this one is applied
         (SQLite releases the GIL while it writes); each page still commits with its own cursor.
         """
-        scopes = [payload.scope_tag(self.scope_key, p) for p in self.rules.include_projects]
+        scopes = [self._scope(p) for p in self.rules.include_projects]
         counts = PullReport()
         with self.store.db.read() as conn:
             cursor = replica.get_meta(conn, CURSOR)

@@ -30,6 +30,7 @@ from cairn.protocol import KeyringBlob, WireMutation
 from cairn.remotes.base import Remote
 from cairn.service import Store
 from cairn.store import replica
+from cairn.sync import payload
 
 KEYRING = "sync.keyring"
 """Store meta: the keyring blob last read from the remote, for when the remote does not answer."""
@@ -91,6 +92,8 @@ class Envelopes:
     def __init__(self, remote: Remote, keys: keyring.Unlocked | None) -> None:
         self.remote = remote
         self.keys = keys
+        self.scope_key = keys.scope_key if keys is not None else payload.HOSTED_SCOPE_KEY
+        """The key of blind scope tags: fixed for the workspace's life (rotation keeps it)."""
         self._sealer: Sealer | None = None
         self._opener = Opener(lambda key_id: self._keys().key(key_id))
 

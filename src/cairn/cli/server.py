@@ -18,6 +18,7 @@ import typer
 from cairn.cli import output
 from cairn.errors import NotFound
 from cairn.model import iso
+from cairn.protocol import E2E, HOSTED
 from cairn.server import keys
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import Workspace
@@ -42,8 +43,8 @@ server_app.add_typer(key_app, name="key")
 
 
 class Mode(StrEnum):
-    e2e = "e2e"
-    hosted = "hosted"
+    e2e = E2E
+    hosted = HOSTED
 
 
 class Scope(StrEnum):

@@ -23,6 +23,7 @@ from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
 from cairn.errors import InvalidInput
 from cairn.model import iso
+from cairn.protocol import E2E, HOSTED
 from cairn.syncing import Syncer
 from cairn.workspace_keys import join
 
@@ -87,7 +88,7 @@ def setup(
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
             keys, recovery = None, None
-            hosted = remote_status.get("mode") == "hosted"
+            hosted = remote_status.get("mode") == HOSTED
             if not hosted:
                 creating = remote.get_keyring() is None
                 passphrase = None if recovery_key else _passphrase(creating)
@@ -114,7 +115,7 @@ def setup(
     result = {
         "remote": remote.url,
         "workspace": remote_status.get("workspace"),
-        "mode": "hosted" if hosted else "e2e",
+        "mode": HOSTED if hosted else E2E,
         "device_id": syncer.device_id,
         "device_name": device_name,
         "created_keyring": recovery is not None,

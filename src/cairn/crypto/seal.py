@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cairn.errors import KeyMismatch, PayloadTampered
-from cairn.protocol import SEALED_HEADER, SEALED_VERSION
+from cairn.protocol import SEALED_HEADER, SEALED_MIN, SEALED_VERSION
 
 VERSION = SEALED_VERSION
 HEADER = SEALED_HEADER
@@ -81,7 +81,7 @@ class Opener:
 
     def open(self, envelope: bytes, aad: bytes) -> bytes:
         """The plaintext; PayloadTampered / KeyMismatch when it cannot be trusted."""
-        if len(envelope) < HEADER.size + 16 or envelope[0] != VERSION:
+        if len(envelope) < SEALED_MIN or envelope[0] != VERSION:
             raise PayloadTampered(
                 "a sealed payload is truncated or of an unknown envelope version; it was not "
                 "applied"

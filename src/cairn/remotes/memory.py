@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from cairn.errors import InvalidInput, RemoteConflict
-from cairn.protocol import MAX_PULL_LIMIT, PullPage, PushResult, WireMutation, check_batch
+from cairn.protocol import E2E, MAX_PULL_LIMIT, PullPage, PushResult, WireMutation, check_batch
 from cairn.remotes.base import KeyringBlob
 
 
 class MemoryRemote:
     """Mutations in a list, in push order; every method is thread-safe."""
 
-    def __init__(self, mode: str = "e2e") -> None:
+    def __init__(self, mode: str = E2E) -> None:
         self.mode = mode
         self._log: list[WireMutation] = []
         self._ids: set[str] = set()
@@ -29,8 +29,8 @@ class MemoryRemote:
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         with self._changed:
-            sealed = self.mode == "e2e"
-            check_batch(mutations, sealed, self._keyring.revoked if self._keyring else ())
+            revoked = self._keyring.revoked if self._keyring else ()
+            check_batch(mutations, self.mode == E2E, revoked)
             fresh: list[WireMutation] = []
             for mutation in mutations:
                 if mutation.mutation_id not in self._ids:

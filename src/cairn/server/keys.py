@@ -16,6 +16,7 @@ from typing import Any
 from cairn.errors import AuthFailed, Forbidden, InvalidInput
 from cairn.ids import uuid7
 from cairn.model import iso
+from cairn.protocol import E2E, MODES
 from cairn.server.storage import SCOPES, ApiKey, ServerStorage, Workspace
 
 PREFIX = "cairn_"
@@ -81,13 +82,8 @@ def to_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
-MODES = ("e2e", "hosted")
-"""e2e: payloads are sealed on devices and the server refuses anything else; hosted: devices
-push plaintext payloads (the user chose to let this server read them)."""
-
-
 def create_workspace(
-    storage: ServerStorage, name: str, now: int, mode: str = "e2e"
+    storage: ServerStorage, name: str, now: int, mode: str = E2E
 ) -> tuple[Workspace, str]:
     """A new workspace and the token of its first admin key (shown once)."""
     if not _WORKSPACE_NAME.match(name):

@@ -256,7 +256,7 @@ def _decode_batch(body: bytes, ctx: ServerContext, key: ApiKey) -> Sequence[Wire
     if not isinstance(data, dict) or set(data) != {"mutations"}:
         raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
     mutations = protocol.many_from_json(data["mutations"])
-    sealed = ctx.storage.workspace_by_id(key.workspace_id).mode == "e2e"
+    sealed = ctx.storage.workspace_by_id(key.workspace_id).mode == protocol.E2E
     keyring = ctx.storage.keyring(key.workspace_id) if sealed else None
     protocol.check_batch(mutations, sealed, keyring.revoked if keyring else ())
     return mutations

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
-from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     ApiKey,
@@ -99,7 +99,7 @@ class SqliteStorage:
     # -- workspaces ---------------------------------------------------------------------------
 
     def create_workspace(
-        self, workspace_id: str, name: str, now: int, mode: str = "e2e"
+        self, workspace_id: str, name: str, now: int, mode: str = E2E
     ) -> Workspace:
         with self._db.write() as conn:
             if conn.execute("SELECT 1 FROM workspaces WHERE name = ?", (name,)).fetchone():

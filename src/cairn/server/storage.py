@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 
 SCOPES = ("read", "write", "admin")
 """API key scopes, weakest first: each one grants everything the ones before it grant."""
@@ -82,7 +82,7 @@ class ServerStorage(Protocol):
     """The sync server's database; every method is safe to call from any thread."""
 
     def create_workspace(
-        self, workspace_id: str, name: str, now: int, mode: str = "e2e"
+        self, workspace_id: str, name: str, now: int, mode: str = E2E
     ) -> Workspace:
         """A new workspace (``mode`` e2e or hosted); InvalidInput if the name is taken."""
         ...

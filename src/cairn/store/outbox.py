@@ -68,6 +68,12 @@ def acknowledge(conn: sqlite3.Connection, done: Iterable[Pending]) -> None:
     )
 
 
+def latest(conn: sqlite3.Connection) -> int | None:
+    """The newest entry's seq (None: nothing pending); a cheap probe for new local changes."""
+    row = conn.execute("SELECT max(seq) FROM outbox").fetchone()
+    return None if row[0] is None else int(row[0])
+
+
 def count(conn: sqlite3.Connection) -> int:
     """How many entities wait to be pushed."""
     return int(conn.execute("SELECT count(DISTINCT entity_id) FROM outbox").fetchone()[0])
