@@ -60,13 +60,20 @@ async def call_error(session: ClientSession, tool: str, **arguments: Any) -> str
     return " ".join(block.text for block in result.content if block.type == "text")
 
 
-async def test_lists_the_four_tools_with_descriptions_and_schemas(
+async def test_lists_the_tools_with_descriptions_and_schemas(
     cairn_env: dict[str, str], repo: Path
 ) -> None:
     async with connect(cairn_env, repo) as session:
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
 
-    assert set(tools) == {"remember", "recall", "forget", "list_memories"}
+    assert set(tools) == {
+        "remember",
+        "recall",
+        "forget",
+        "list_memories",
+        "sync_status",
+        "sync_now",
+    }
     for tool in tools.values():
         assert tool.description and len(tool.description) > 100
         assert tool.input_schema["type"] == "object"

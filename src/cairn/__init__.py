@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cairn import config, keystore
+from cairn import autosync, config, keystore
 from cairn.autosync import Worker
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
@@ -23,7 +23,7 @@ from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
 from cairn.service import NewMemory, Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
+from cairn.syncing import Progress, Syncer, local_status
 from cairn.workspace_keys import open_keys
 
 try:
@@ -75,13 +75,21 @@ def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> 
     raise InvalidInput(f"cannot sync with {url!r}: give the server's http:// or https:// URL")
 
 
+NOT_CONFIGURED = (
+    "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
+)
+
+
+def sync_configured(settings: config.Settings) -> bool:
+    sync = settings.sync
+    return sync.remote is not None and (sync.mode != E2E or sync.keyring_id is not None)
+
+
 def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     """Wire a Syncer for ``store`` from the saved sync settings."""
     sync = settings.sync
-    if sync.remote is None or (sync.mode == E2E and sync.keyring_id is None):
-        raise SyncNotConfigured(
-            "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
-        )
+    if not sync_configured(settings) or sync.remote is None:
+        raise SyncNotConfigured(NOT_CONFIGURED)
     remote = open_remote(sync.remote, sync.api_key, store.device_id())
     keys = None
     try:
@@ -106,18 +114,80 @@ def sync_config_version(settings: config.Settings) -> object:
     return tuple(stamps)
 
 
+def _fresh(settings: config.Settings) -> config.Settings:
+    """The settings as they are on disk now (the sync setup may have changed since start)."""
+    return config.load({**os.environ, "CAIRN_HOME": str(settings.home)}, settings.source)
+
+
 def start_autosync(settings: config.Settings, store: Store, **options: Any) -> Worker:
     """A running background sync worker for ``store`` (it re-reads the settings from disk
     whenever they change, so a fixed configuration takes effect without a restart)."""
-    home = settings.home
-    environ = dict(os.environ)
-
-    def fresh() -> config.Settings:
-        return config.load({**environ, "CAIRN_HOME": str(home)}, settings.source)
-
     return Worker(
         store,
-        lambda: build_syncer(fresh(), store),
+        lambda: build_syncer(_fresh(settings), store),
         config_version=lambda: sync_config_version(settings),
         **options,
     ).start()
+
+
+def sync_now(
+    settings: config.Settings,
+    store: Store,
+    what: str = "now",
+    progress: Progress | None = None,
+    wait: float = 0.0,
+    timeout: float = 120.0,
+) -> dict[str, dict[str, Any]]:
+    """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
+    (``cairn.autosync.sync_now``); raises SyncNotConfigured before sync is set up."""
+    if not sync_configured(_fresh(settings)):
+        raise SyncNotConfigured(NOT_CONFIGURED)
+    return autosync.sync_now(
+        store,
+        lambda: build_syncer(_fresh(settings), store),
+        what,
+        progress=progress,
+        wait=wait,
+        timeout=timeout,
+    )
+
+
+def sync_status(settings: config.Settings, store: Store) -> dict[str, Any]:
+    """This device's sync state without asking the remote: where it syncs, what waits to be
+    sent, and what the background worker (in any process) last reported."""
+    current = _fresh(settings)
+    data: dict[str, Any] = {
+        "configured": sync_configured(current),
+        "remote": current.sync.remote,
+        "mode": current.sync.mode if current.sync.remote else None,
+        **local_status(store),
+        "worker": autosync.read_status(store),
+    }
+    if not data["configured"]:
+        data["worker"].update(
+            phase="disabled", reason="sync_not_configured", message=NOT_CONFIGURED
+        )
+    return data
+
+
+class SyncControl:
+    """Sync as a long-running entry point (the MCP server, the local API) offers it: a
+    background worker for the store (unless ``autosync`` is off), its status, and sync-now.
+
+    The worker starts even before sync is set up: it reports ``disabled`` and begins syncing
+    once ``cairn sync setup`` has saved the settings, without a restart.
+    """
+
+    def __init__(self, settings: config.Settings, store: Store, autosync: bool = True) -> None:
+        self.settings, self.store = settings, store
+        self.worker = start_autosync(settings, store) if autosync else None
+
+    def status(self) -> dict[str, Any]:
+        return sync_status(self.settings, self.store)
+
+    def now(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+        return sync_now(self.settings, self.store, timeout=timeout)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()

@@ -6,14 +6,20 @@ over. While it holds the lease:
 
 - **push** runs once local changes have been quiet for ``debounce`` seconds (or have waited
   ``max_delay``), whichever process wrote them: the worker watches the outbox, not its callers;
-- **pull** runs on a second thread as a long-poll (``long_poll`` seconds) against the sync
-  server, so remote changes arrive as soon as they are pushed;
+- **pull** runs on a second thread as a long-poll (``long_poll`` seconds) against a remote that
+  supports one (the sync server), so remote changes arrive as soon as they are pushed; against
+  one that does not (object storage), every ``poll_interval`` seconds;
 - a transient failure (unreachable, rate limited, a server error) backs off exponentially with
   jitter from 1 s to 5 min; a permanent one (auth, key mismatch, quota, not configured) stops
   retrying until the sync configuration changes (``config_version`` returns something new).
 
 The status (phase, reason code, message, last success) is kept in the store (``sync.worker``), so
 ``cairn sync status`` in another process shows what the worker is doing.
+
+A sync someone asks for (``cairn sync now``, the MCP tool ``sync_now``, ``POST /v1/sync/now``)
+goes through ``sync_now``: with nobody holding the lease it takes the lease and syncs itself;
+otherwise it asks the holder (``lease.ask``), whose next tick runs a full round, even out of a
+backoff or after a permanent failure, and records the outcome (``sync.round``) for the asker.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import json
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,15 +45,20 @@ from cairn.errors import (
     Forbidden,
     RateLimited,
     RemoteUnreachable,
+    SyncError,
     SyncNotConfigured,
+    error_for,
 )
 from cairn.model import iso
 from cairn.service import Store
 from cairn.store import lease, outbox, replica
 from cairn.store.clock import now_ms
-from cairn.syncing import Syncer
+from cairn.syncing import Progress, Syncer
 
 STATUS = "sync.worker"
+ROUND = "sync.round"
+"""The outcome of the latest round a worker ran because someone asked (``lease.ask``)."""
+LEASE_TTL = 15.0
 PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
 PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError)
 """Failures no retry can fix (and the server's ``quota_exceeded`` code)."""
@@ -105,7 +119,8 @@ class Worker:
         debounce: float = 1.0,
         max_delay: float = 5.0,
         long_poll: float = 25.0,
-        lease_ttl: float = 15.0,
+        poll_interval: float = 30.0,
+        lease_ttl: float = LEASE_TTL,
         tick: float = 0.2,
         backoff: Backoff | None = None,
     ) -> None:
@@ -113,9 +128,9 @@ class Worker:
         self._connect = connect
         self._config_version = config_version
         self.debounce, self.max_delay, self.long_poll = debounce, max_delay, long_poll
-        self.lease_ttl, self.tick = lease_ttl, tick
+        self.poll_interval, self.lease_ttl, self.tick = poll_interval, lease_ttl, tick
         self.backoff = backoff or Backoff()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.owner = new_owner("worker")
         self.status = WorkerStatus(owner=self.owner)
         self._syncer: Syncer | None = None
         self._version: object = None
@@ -123,6 +138,8 @@ class Worker:
         self._retry_at = 0.0  # monotonic time before which nothing is tried (backoff)
         self._holding = False
         self._renew_at = 0.0  # monotonic time the lease is next taken or renewed
+        self._served: int | None = None  # the last request (lease.ask) answered; None: not read
+        self._pull_now = threading.Event()  # wakes an interval puller early
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -141,6 +158,7 @@ class Worker:
         """Stop both threads, close the remote (which ends a long-poll) and give up the lease."""
         self._stop.set()
         self._wake.set()
+        self._pull_now.set()
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             syncer.close()
@@ -156,6 +174,7 @@ class Worker:
         """Sync as soon as possible (skips the debounce and any backoff wait)."""
         self._retry_at = 0.0
         self._wake.set()
+        self._pull_now.set()
 
     # --- the control thread: lease, push, failures --------------------------------------------
 
@@ -165,13 +184,21 @@ class Worker:
         while not self._stop.is_set():
             try:
                 if not self._lease():
+                    self._served = None  # the holder answers requests meanwhile
                     self._sleep(self.lease_ttl / 3)
+                    continue
+                with self.store.db.read() as conn:
+                    latest = outbox.latest(conn)
+                    asked = lease.asked(conn)
+                    if self._served is None:  # a request no holder answered yet is this one's
+                        self._served = _served(conn)
+                if asked > self._served:
+                    self._serve(asked)
+                    seen, first_pending = None, 0.0
                     continue
                 if not self._ready():
                     self._sleep(self.tick)
                     continue
-                with self.store.db.read() as conn:
-                    latest = outbox.latest(conn)
                 now = time.monotonic()
                 if latest != seen:
                     seen, changed_at = latest, now
@@ -212,11 +239,7 @@ class Worker:
         if self._blocked:
             if version == self._version:
                 return False
-            self._blocked = False  # the configuration changed: try again
-            self.backoff.reset()
-            stale, self._syncer = self._syncer, None
-            if stale is not None:
-                stale.close()
+            self._unblock()  # the configuration changed: try again
         if time.monotonic() < self._retry_at:
             return False
         if self._syncer is None:
@@ -224,6 +247,40 @@ class Worker:
             self._syncer = self._connect()
             self._set("healthy", None, "connected")
         return True
+
+    def _unblock(self) -> None:
+        """Forget a failure and reconnect on the next try."""
+        self._blocked = False
+        self._retry_at = 0.0
+        self.backoff.reset()
+        stale, self._syncer = self._syncer, None
+        if stale is not None:
+            stale.close()
+
+    def _serve(self, asked: int) -> None:
+        """Run the full round someone asked for, even out of a backoff or a permanent failure
+        (they may have fixed its cause where the settings do not show it), and record how it
+        went for them."""
+        if self._blocked or time.monotonic() < self._retry_at:
+            self._unblock()
+        outcome: dict[str, Any]
+        try:
+            self._ready()
+            syncer = self._syncer
+            assert syncer is not None
+            self._set("pushing", None, "syncing now, as asked")
+            report = syncer.now()
+            dead = report["push"]["dead_lettered"] + report["push_after_pull"]["dead_lettered"]
+            self._succeeded("synced as asked", dead)
+            outcome = {"report": report}
+        except Exception as exc:  # noqa: BLE001 - the asker gets the error, the worker goes on
+            self._failed(exc)
+            error = exc if isinstance(exc, CairnError) else CairnError(str(exc))
+            outcome = {"error": error.to_dict()}
+        self._served = asked
+        record = json.dumps({"served": asked, "by": self.owner, "at": now_ms(), **outcome})
+        with self.store.db.write() as conn:
+            replica.set_meta(conn, ROUND, record)
 
     def _push(self) -> None:
         syncer = self._syncer
@@ -243,8 +300,9 @@ class Worker:
             if time.monotonic() < self._retry_at:
                 self._sleep(min(self.tick, self._retry_at - time.monotonic()))
                 continue
+            long_poll = syncer.remote.supports_long_poll
             try:
-                report = syncer.pull(wait=self.long_poll)
+                report = syncer.pull(wait=self.long_poll if long_poll else 0.0)
             except Exception as exc:  # noqa: BLE001
                 if self._stop.is_set():
                     return
@@ -254,6 +312,9 @@ class Worker:
                 self._succeeded(f"pulled {report.applied}", 0)
             elif self.status.phase in ("backoff", "idle"):
                 self._succeeded("remote reachable", 0)
+            if not long_poll:
+                self._pull_now.wait(self.poll_interval)
+                self._pull_now.clear()
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -301,6 +362,107 @@ class Worker:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(max(0.0, seconds))
+
+
+def _served(conn: sqlite3.Connection) -> int:
+    """The latest request a worker answered."""
+    raw = replica.get_meta(conn, ROUND)
+    return int(json.loads(raw)["served"]) if raw else 0
+
+
+def new_owner(role: str) -> str:
+    """A lease owner name that says which process holds it and why."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def holding(store: Store, owner: str, ttl: float = LEASE_TTL) -> Iterator[bool]:
+    """Hold the store's lease for the block (renewed on a thread, released at the end) if
+    nobody else does; yields whether it is held."""
+    with store.db.write() as conn:
+        held = lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
+    if not held:
+        yield False
+        return
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(ttl / 3):
+            try:
+                with store.db.write() as conn:
+                    lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
+            except CairnError:
+                pass  # a busy store: the next try is a third of the lease away
+
+    renewer = threading.Thread(target=renew, name="cairn-sync-lease", daemon=True)
+    renewer.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        renewer.join()
+        with store.db.write() as conn:
+            lease.release(conn, owner)
+
+
+def sync_now(
+    store: Store,
+    connect: Callable[[], Syncer],
+    what: str = "now",
+    *,
+    progress: Progress | None = None,
+    wait: float = 0.0,
+    timeout: float = 120.0,
+) -> dict[str, dict[str, Any]]:
+    """Sync now (``what``: push, pull or now), never beside another process's sync.
+
+    With nobody holding the lease, this process takes it and runs ``what`` itself; otherwise
+    the holder (a worker) is asked for a full round and its report is returned once it is done.
+    The report is keyed by step, as ``Syncer.now`` returns it.
+    """
+    owner = new_owner(what)
+    for _ in range(3):
+        with holding(store, owner) as held:
+            if held:
+                syncer = connect()
+                try:
+                    if what == "push":
+                        return {"push": asdict(syncer.push(progress))}
+                    if what == "pull":
+                        return {"pull": asdict(syncer.pull(progress, wait))}
+                    return syncer.now(progress)
+                finally:
+                    syncer.close()
+        result = _ask_holder(store, timeout)
+        if result is not None:
+            return result
+    raise SyncError("the sync lease kept changing hands; try again")
+
+
+def _ask_holder(store: Store, timeout: float) -> dict[str, dict[str, Any]] | None:
+    """Ask the lease holder for a round and wait for its report (None: it let the lease go
+    without answering, so the caller may take the lease itself)."""
+    with store.db.write() as conn:
+        number = lease.ask(conn)
+    deadline = time.monotonic() + timeout
+    while True:
+        with store.db.read() as conn:
+            raw = replica.get_meta(conn, ROUND)
+            live = lease.holder(conn, now_ms())
+        outcome = json.loads(raw) if raw else None
+        if outcome is not None and outcome["served"] >= number:  # this round or a later one
+            if "error" in outcome:
+                raise error_for(outcome["error"]["code"], outcome["error"]["message"])
+            report: dict[str, dict[str, Any]] = outcome["report"]
+            return report
+        if live is None:
+            return None
+        if time.monotonic() > deadline:
+            raise SyncError(
+                f"the sync worker ({live.owner}) did not finish a round within {timeout:.0f} s; "
+                "`cairn sync status` shows what it is doing"
+            )
+        time.sleep(0.05)
 
 
 def read_status(store: Store) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -107,6 +107,49 @@ class ForgetOut(BaseModel):
     forgotten: bool
 
 
+class SyncStatusOut(BaseModel):
+    configured: bool = Field(description="False until `cairn sync setup` has run on this device.")
+    remote: str | None
+    phase: str = Field(
+        description="idle | pushing | pulling | healthy | backoff | degraded | disabled."
+    )
+    reason: str | None = Field(
+        description="Why, when not healthy: e.g. unreachable, auth_failed, quota_exceeded, "
+        "key_mismatch, payload_too_large, dead_letter, sync_not_configured, other_worker."
+    )
+    message: str = Field(description="What is happening, or what the user should do.")
+    worker_running: bool = Field(description="Whether a background sync worker runs now.")
+    last_success_at: str | None = Field(description="ISO-8601, UTC: the worker's last success.")
+    pending: int = Field(description="Local changes not yet sent.")
+    dead_letters: int = Field(description="Changes the remote refused; the user must look.")
+    conflicts: int = Field(description="Memories two devices changed at once, to settle.")
+    last_push_at: str | None
+    last_pull_at: str | None
+
+    @classmethod
+    def of(cls, status: dict[str, Any]) -> SyncStatusOut:
+        worker = status["worker"]
+        shown = ("phase", "reason", "message", "worker_running", "last_success_at")
+        return cls.model_validate({**status, **{k: worker[k] for k in shown}})
+
+
+class SyncNowOut(BaseModel):
+    pushed: int = Field(description="Local changes the remote acknowledged.")
+    received: int = Field(description="Changes from other devices that arrived.")
+    applied: int = Field(description="Of those, how many changed a memory here.")
+    dead_lettered: int = Field(description="Changes refused or unreadable (see sync_status).")
+
+    @classmethod
+    def of(cls, report: dict[str, dict[str, Any]]) -> SyncNowOut:
+        steps = report.values()
+        return cls(
+            pushed=sum(s.get("pushed", 0) for s in steps),
+            received=sum(s.get("received", 0) for s in steps),
+            applied=sum(s.get("applied", 0) for s in steps),
+            dead_lettered=sum(s.get("dead_lettered", 0) + s.get("failed", 0) for s in steps),
+        )
+
+
 # --- arguments --------------------------------------------------------------------------------
 # Module level: with postponed annotations the SDK resolves these names in this module.
 
@@ -153,8 +196,9 @@ Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many memories 
 # --- the server -------------------------------------------------------------------------------
 
 
-def create_server(store: Store) -> MCPServer:
-    """An MCP server whose tools call ``store``; the caller keeps ownership of the store."""
+def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPServer:
+    """An MCP server whose tools call ``store`` (and ``sync``, which adds the sync tools); the
+    caller keeps ownership of both."""
     server = MCPServer(
         "cairn", version=cairn.__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
@@ -248,11 +292,49 @@ def create_server(store: Store) -> MCPServer:
             total = store.count(filters)
         return ListOut(memories=[MemoryOut.of(m) for m in memories], total=total)
 
+    if sync is not None:
+        _sync_tools(server, sync)
     return server
 
 
-def run(settings: Settings) -> None:
-    """Serve the tools on stdin/stdout until the client disconnects, then close the store."""
+def _sync_tools(server: MCPServer, sync: cairn.SyncControl) -> None:
+    @server.tool(
+        description=(
+            "Whether this device's memories are in sync with the user's other devices: the "
+            "phase (healthy, backoff, degraded, disabled...), a reason code and a message, the "
+            "last success, and counts of changes waiting to be sent, refused (dead letters) or "
+            "in conflict. Sync runs by itself in the background; call this when the user asks "
+            "about sync or a memory from another device seems missing, and relay the message "
+            "when it says the user must act (for example auth_failed or dead letters)."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True),
+    )
+    def sync_status() -> SyncStatusOut:
+        with tool_errors():
+            return SyncStatusOut.of(sync.status())
+
+    @server.tool(
+        description=(
+            "Sync now instead of waiting for the background sync (a few seconds): send this "
+            "device's changes and receive the other devices'. Call it when the user asks, or "
+            "before relying on a memory another device has just written. Returns the counts; "
+            "it fails with a reason code (e.g. unreachable, auth_failed, sync_not_configured) "
+            "and changes nothing local when sync cannot run."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
+    )
+    def sync_now() -> SyncNowOut:
+        with tool_errors():
+            return SyncNowOut.of(sync.now())
+
+
+def run(settings: Settings, autosync: bool = True) -> None:
+    """Serve the tools on stdin/stdout until the client disconnects, then close the store;
+    meanwhile (unless ``autosync`` is off) the store syncs in the background."""
     with cairn.build(settings) as store:
         store.warm_up()  # so the agent's first recall is not slow
-        create_server(store).run("stdio")
+        sync = cairn.SyncControl(settings, store, autosync)
+        try:
+            create_server(store, sync).run("stdio")
+        finally:
+            sync.close()

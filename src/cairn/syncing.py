@@ -313,7 +313,9 @@ class Syncer:
                     ahead = fetcher.submit(
                         self._fetch, page.cursor, scopes or None, 0.0, self.page_size
                     )
-                self._apply_page(page, counts)
+                if not self._apply_page(page, cursor, counts):
+                    break  # another pull of this store moved the cursor first: it goes on
+                cursor = page.cursor
                 if progress:
                     progress(
                         counts.received, counts.received + (self.page_size if page.has_more else 0)
@@ -346,8 +348,13 @@ class Syncer:
             decoded.states.append(state)
         return decoded
 
-    def _apply_page(self, page: _Page, counts: PullReport) -> None:
+    def _apply_page(self, page: _Page, after: str | None, counts: PullReport) -> bool:
+        """Apply ``page`` (fetched after cursor ``after``) and move the cursor past it; False,
+        changing nothing, when the cursor is no longer ``after`` (a concurrent pull, such as a
+        worker's long-poll beside a requested round, applied it already)."""
         with self.store.db.write() as conn:
+            if replica.get_meta(conn, CURSOR) != after:
+                return False
             result = apply(conn, page.states, self.store.embedder.model_id)
             for bad, error in page.failed:
                 entry = Mutation(bad.mutation_id, bad.device_id, bad.hlc, "?", bad.entity_id)
@@ -362,6 +369,7 @@ class Syncer:
         counts.embedded += self._embed_missing(result.needs_vector)
         counts.duplicates_merged += result.duplicates_merged
         counts.pages += 1
+        return True
 
     def _embed_missing(self, memory_ids: Sequence[str]) -> int:
         """Embed pulled memories that came without a vector of this device's model."""
@@ -395,18 +403,7 @@ class Syncer:
 
     def status(self) -> dict[str, Any]:
         """Local sync state, plus the remote's if it answers (offline is not an error here)."""
-        with self.store.db.read() as conn:
-            local = {
-                "remote": self.remote.url,
-                "device_id": self.device_id,
-                "pending": outbox.count(conn),
-                "dead_letters": len(outbox.dead_letters(conn)),
-                "conflicts": len(replica.conflicts(conn)),
-                "cursor": replica.get_meta(conn, CURSOR),
-                "last_push_at": _iso(replica.get_meta(conn, LAST_PUSH)),
-                "last_pull_at": _iso(replica.get_meta(conn, LAST_PULL)),
-                "rules": asdict(self.rules),
-            }
+        local = {"remote": self.remote.url, **local_status(self.store), "rules": asdict(self.rules)}
         try:
             local["remote_status"] = self.remote.status()
             local["reachable"] = True
@@ -465,6 +462,21 @@ class Syncer:
 
     def close(self) -> None:
         self.remote.close()
+
+
+def local_status(store: Store) -> dict[str, Any]:
+    """What this device knows of its sync without asking the remote."""
+    device = store.device_id()
+    with store.db.read() as conn:
+        return {
+            "device_id": device,
+            "pending": outbox.count(conn),
+            "dead_letters": len(outbox.dead_letters(conn)),
+            "conflicts": len(replica.conflicts(conn)),
+            "cursor": replica.get_meta(conn, CURSOR),
+            "last_push_at": _iso(replica.get_meta(conn, LAST_PUSH)),
+            "last_pull_at": _iso(replica.get_meta(conn, LAST_PULL)),
+        }
 
 
 def _iso(ms: str | None) -> str | None:

@@ -254,6 +254,8 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         ("/v1/memories/{memory_id}", "delete"),
         ("/v1/recall", "post"),
         ("/v1/stats", "get"),
+        ("/v1/sync/status", "get"),
+        ("/v1/sync/now", "post"),
         ("/healthz", "get"),
     }
     assert all(op.get("summary") for ops in spec["paths"].values() for op in ops.values())

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from cairn import __version__, build, model
+from cairn import SyncControl, __version__, build, model
 from cairn.api.schemas import (
     ErrorOut,
     HealthOut,
@@ -28,9 +28,11 @@ from cairn.api.schemas import (
     RememberOut,
     RememberRequest,
     StatsOut,
+    SyncNowOut,
+    SyncStatusOut,
 )
 from cairn.config import Settings
-from cairn.errors import CairnError, InvalidInput
+from cairn.errors import CairnError, InvalidInput, SyncError, SyncNotConfigured
 from cairn.model import Filters
 from cairn.service import MAX_LIMIT, Store
 
@@ -49,8 +51,13 @@ _NOT_FOUND: _Responses = {404: {"model": ErrorOut, "description": "No such (live
 _TOO_LARGE: _Responses = {413: {"model": ErrorOut, "description": "Content over 64 KiB."}}
 
 
-def create_app(store: Store, allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS) -> FastAPI:
-    """The API over ``store``; ``allowed_hosts=None`` accepts any Host header."""
+def create_app(
+    store: Store,
+    allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
+    sync: SyncControl | None = None,
+) -> FastAPI:
+    """The API over ``store`` (and ``sync``, for the sync routes); ``allowed_hosts=None``
+    accepts any Host header."""
 
     def check_host(request: Request) -> None:
         if allowed_hosts is None:
@@ -184,6 +191,47 @@ def create_app(store: Store, allowed_hosts: Collection[str] | None = LOOPBACK_HO
         return store.stats()
 
     @app.get(
+        "/v1/sync/status",
+        response_model=SyncStatusOut,
+        tags=["sync"],
+        summary="This device's sync state",
+        description=(
+            "Answered from the store without asking the remote: what waits to be sent, what "
+            "was refused, and what the background sync worker (in any process) last reported."
+        ),
+    )
+    def sync_status() -> dict[str, Any]:
+        if sync is None:
+            raise SyncNotConfigured("this API was started without sync")
+        return sync.status()
+
+    @app.post(
+        "/v1/sync/now",
+        response_model=SyncNowOut,
+        tags=["sync"],
+        summary="Sync now",
+        description=(
+            "One full round (push, pull, push what the pull changed), run by the store's sync "
+            "worker if one runs. 400 `sync_not_configured` before `cairn sync setup`; 502 with "
+            "the remote's reason code (unreachable, auth_failed, quota_exceeded, ...) when the "
+            "round fails; nothing local is lost either way."
+        ),
+        responses={
+            400: {"model": ErrorOut, "description": "Sync is not set up."},
+            502: {"model": ErrorOut, "description": "The remote failed or refused."},
+        },
+    )
+    def sync_now() -> Any:
+        if sync is None:
+            raise SyncNotConfigured("this API was started without sync")
+        try:
+            return sync.now()
+        except SyncNotConfigured:
+            raise
+        except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
+            return _error(502, exc.code, exc.message)
+
+    @app.get(
         "/healthz",
         response_model=HealthOut,
         tags=["store"],
@@ -196,19 +244,26 @@ def create_app(store: Store, allowed_hosts: Collection[str] | None = LOOPBACK_HO
     return app
 
 
-def run(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve the API over the store named by ``settings`` until interrupted.
+def run(
+    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, autosync: bool = True
+) -> None:
+    """Serve the API over the store named by ``settings`` until interrupted, syncing it in the
+    background unless ``autosync`` is off.
 
     The model and the vector index load before the port opens, so a missing model fails here
     with its CairnError, and the first request is as fast as the rest.
     """
     store = build(settings)
+    sync = None
     try:
         store.warm_up()
+        sync = SyncControl(settings, store, autosync)
         # Listening beyond this machine was asked for, so requests will name other hosts.
         hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}
-        uvicorn.run(create_app(store, allowed_hosts=hosts), host=host, port=port)
+        uvicorn.run(create_app(store, allowed_hosts=hosts, sync=sync), host=host, port=port)
     finally:
+        if sync is not None:
+            sync.close()
         store.close()
 
 

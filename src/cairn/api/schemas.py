@@ -131,6 +131,45 @@ class StatsOut(BaseModel):
     model_id: str = Field(description="The embedding model in use.")
 
 
+class SyncWorkerOut(BaseModel):
+    phase: Literal["idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled"]
+    reason: str | None = Field(
+        description="A stable code when not healthy: unreachable, auth_failed, forbidden, "
+        "quota_exceeded, key_mismatch, payload_too_large, dead_letter, rate_limited, "
+        "sync_not_configured, other_worker, ..."
+    )
+    message: str = Field(description="What is happening, or what to do about it.")
+    owner: str = Field(description="host:pid:role:id of the process whose worker reported.")
+    worker_running: bool = Field(description="Whether that worker still holds the sync lease.")
+    last_success_at: str | None
+    retry_at: str | None = Field(description="In backoff: when the next try is due.")
+    updated_at: str | None
+    pending: int
+    dead_letters: int
+
+
+class SyncStatusOut(BaseModel):
+    configured: bool = Field(description="False until `cairn sync setup` has run.")
+    remote: str | None
+    mode: str | None = Field(description="e2e (end-to-end encrypted) or hosted.")
+    device_id: str
+    pending: int = Field(description="Local changes not yet sent.")
+    dead_letters: int = Field(description="Changes refused by the remote or unreadable.")
+    conflicts: int = Field(description="Memories changed on two devices at once.")
+    cursor: str | None
+    last_push_at: str | None
+    last_pull_at: str | None
+    worker: SyncWorkerOut
+
+
+class SyncNowOut(BaseModel):
+    push: dict[str, int] | None = Field(None, description="Counts of the first push.")
+    pull: dict[str, int] | None = Field(None, description="Counts of the pull.")
+    push_after_pull: dict[str, int] | None = Field(
+        None, description="Counts of the push of what the pull changed."
+    )
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str

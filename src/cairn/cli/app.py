@@ -260,13 +260,23 @@ def stats(json_: JsonFlag = False) -> None:
         output.mapping(data)
 
 
+AutosyncFlag = Annotated[
+    bool,
+    typer.Option(
+        "--autosync/--no-autosync",
+        help="Sync the store in the background while this runs (once `cairn sync setup` has "
+        "run; only one process per store syncs at a time).",
+    ),
+]
+
+
 @app.command()
-def mcp() -> None:
+def mcp(autosync: AutosyncFlag = True) -> None:
     """Run the MCP server on stdio (configure your agent to start `cairn mcp`)."""
     # Imported here: the MCP SDK is slow to import and only this command needs it.
     from cairn import mcp_server
 
-    mcp_server.run(config.load(source="mcp"))
+    mcp_server.run(config.load(source="mcp"), autosync)
 
 
 @app.command()
@@ -275,12 +285,13 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7777,
+    autosync: AutosyncFlag = True,
 ) -> None:
     """Serve the local HTTP API (OpenAPI docs at /docs)."""
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
     from cairn import api
 
-    api.run(config.load(source="http"), host, port)
+    api.run(config.load(source="http"), host, port, autosync)
 
 
 def _version(value: bool) -> None:

@@ -18,10 +18,10 @@ from rich.markup import escape
 
 import cairn
 from cairn import config, keystore
-from cairn.autosync import read_status
+from cairn.autosync import LEASE_TTL
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to
-from cairn.errors import InvalidInput
+from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.syncing import Syncer
@@ -200,10 +200,9 @@ def rotate_key(
 
 @sync_app.command()
 def push(json_: JsonFlag = False) -> None:
-    """Send this device's changes to the remote."""
-    with _syncer() as syncer, progress_to("pushing") as update:
-        report = asdict(syncer.push(update))
-    _report({"push": report}, json_)
+    """Send this device's changes to the remote (while a sync worker runs for this store, it
+    is asked to run a full round instead)."""
+    _sync("push", "pushing", json_)
 
 
 @sync_app.command()
@@ -213,17 +212,22 @@ def pull(
     ] = 0.0,
     json_: JsonFlag = False,
 ) -> None:
-    """Apply the changes other devices sent to the remote."""
-    with _syncer() as syncer, progress_to("pulling") as update:
-        report = asdict(syncer.pull(update, wait=wait))
-    _report({"pull": report}, json_)
+    """Apply the changes other devices sent to the remote (while a sync worker runs for this
+    store, it is asked to run a full round instead)."""
+    _sync("pull", "pulling", json_, wait)
 
 
 @sync_app.command()
 def now(json_: JsonFlag = False) -> None:
-    """Push, then pull, then push what the pull changed: one full round."""
-    with _syncer() as syncer, progress_to("syncing") as update:
-        report = syncer.now(update)
+    """Push, then pull, then push what the pull changed: one full round (run by the store's
+    sync worker if one runs, so two processes never sync the store at once)."""
+    _sync("now", "syncing", json_)
+
+
+def _sync(what: str, label: str, json_: bool, wait: float = 0.0) -> None:
+    settings = config.load()
+    with open_store() as store, progress_to(label) as update:
+        report = cairn.sync_now(settings, store, what, update, wait)
     _report(report, json_)
 
 
@@ -244,9 +248,20 @@ def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
 def status(json_: JsonFlag = False) -> None:
     """Where this device syncs to, what waits to be sent, whether the remote answers, and what
     the background sync worker (if one runs for this store) is doing."""
-    with _syncer() as syncer:
-        data = syncer.status()
-        data["worker"] = read_status(syncer.store)
+    settings = config.load()
+    with open_store() as store:
+        data = cairn.sync_status(settings, store)
+        if not data["configured"]:
+            raise SyncNotConfigured(cairn.NOT_CONFIGURED)
+        try:
+            syncer = cairn.build_syncer(settings, store)
+        except CairnError as exc:  # the local state still shows; the failure says what is wrong
+            data.update(reachable=False, error=exc.to_dict())
+        else:
+            try:
+                data.update(syncer.status())
+            finally:
+                syncer.close()
     if json_:
         output.emit_json(data)
         return
@@ -272,13 +287,19 @@ def daemon(
     json_: Annotated[
         bool, typer.Option("--json", help="Print each status change as a JSON line.")
     ] = False,
+    lease_ttl: Annotated[
+        float, typer.Option(hidden=True, min=1.0, help="Seconds a lease lasts (tests).")
+    ] = LEASE_TTL,
 ) -> None:
     """Sync this store in the foreground until interrupted: push local changes within seconds,
-    pull remote ones as they arrive, back off while offline (run it as a user service)."""
+    pull remote ones as they arrive, back off while offline (run it as a user service).
+
+    Only one process syncs a store at a time: a second daemon (or an MCP server or `cairn
+    serve` with autosync) waits, and takes over within 15 s if the first one dies."""
     settings = config.load()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a service manager stops it with SIGTERM
     with open_store() as store:
-        worker = cairn.start_autosync(settings, store)
+        worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl)
         last = None
         try:
             while True:

@@ -34,6 +34,12 @@ class Remote(Protocol):
         """Where this remote is, for messages (never holds a secret)."""
         ...
 
+    @property
+    def supports_long_poll(self) -> bool:
+        """Whether ``pull(wait=...)`` waits at the remote for new changes (a server), so a
+        background worker can keep one pull open; if not (object storage), it pulls by interval."""
+        ...
+
     def push(self, mutations: Sequence[WireMutation]) -> PushResult: ...
 
     def pull(

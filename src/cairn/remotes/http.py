@@ -48,6 +48,10 @@ class HttpRemote:
         self._client = httpx.Client(base_url=self._url, headers=headers, timeout=timeout)
 
     @property
+    def supports_long_poll(self) -> bool:
+        return True
+
+    @property
     def url(self) -> str:
         return self._url
 

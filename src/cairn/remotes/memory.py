@@ -24,6 +24,10 @@ class MemoryRemote:
         self._changed = threading.Condition()
 
     @property
+    def supports_long_poll(self) -> bool:
+        return True
+
+    @property
     def url(self) -> str:
         return "memory://"
 

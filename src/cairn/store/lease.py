@@ -4,6 +4,10 @@ One row (in ``meta``) names the owner and when its claim runs out. Taking, renew
 releasing it happen inside the caller's write transaction (``BEGIN IMMEDIATE``), so two
 processes can never both believe they hold it; an owner that crashed stops renewing, and the
 lease passes to the next process that asks once it has expired.
+
+A process that does not hold the lease asks the holder for a sync round instead of syncing
+itself: ``ask`` bumps a counter the holder watches (``asked``); the holder records which
+request its round answered.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from cairn.store.replica import get_meta, set_meta
 
 KEY = "sync.lease"
+ASKED = "sync.asked"
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,16 @@ def release(conn: sqlite3.Connection, owner: str) -> None:
     current = holder(conn, 0)
     if current is not None and current.owner == owner:
         set_meta(conn, KEY, None)
+
+
+def ask(conn: sqlite3.Connection) -> int:
+    """Ask the lease holder for a sync round; returns this request's number."""
+    number = asked(conn) + 1
+    set_meta(conn, ASKED, str(number))
+    return number
+
+
+def asked(conn: sqlite3.Connection) -> int:
+    """The number of the latest request for a sync round (0: none yet)."""
+    raw = get_meta(conn, ASKED)
+    return int(raw) if raw and raw.isdigit() else 0
