@@ -59,6 +59,7 @@ STATUS = "sync.worker"
 ROUND = "sync.round"
 """The outcome of the latest round a worker ran because someone asked (``lease.ask``)."""
 LEASE_TTL = 15.0
+CONTROL_THREAD = "cairn-sync"
 PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
 PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError)
 """Failures no retry can fix (and the server's ``quota_exceeded`` code)."""
@@ -108,7 +109,8 @@ class Backoff:
 
 
 class Worker:
-    """Sync ``store`` in the background through the Syncer ``connect`` builds."""
+    """Sync ``store`` in the background through the Syncer ``connect`` builds; ``on_status``
+    hears every status change (from the worker's threads, in order)."""
 
     def __init__(
         self,
@@ -123,6 +125,7 @@ class Worker:
         lease_ttl: float = LEASE_TTL,
         tick: float = 0.2,
         backoff: Backoff | None = None,
+        on_status: Callable[[WorkerStatus], None] | None = None,
     ) -> None:
         self.store = store
         self._connect = connect
@@ -130,6 +133,7 @@ class Worker:
         self.debounce, self.max_delay, self.long_poll = debounce, max_delay, long_poll
         self.poll_interval, self.lease_ttl, self.tick = poll_interval, lease_ttl, tick
         self.backoff = backoff or Backoff()
+        self._on_status = on_status
         self.owner = new_owner("worker")
         self.status = WorkerStatus(owner=self.owner)
         self._syncer: Syncer | None = None
@@ -148,7 +152,7 @@ class Worker:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> Worker:
-        for target, name in ((self._control, "cairn-sync"), (self._puller, "cairn-sync-pull")):
+        for target, name in ((self._control, CONTROL_THREAD), (self._puller, "cairn-sync-pull")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -163,12 +167,15 @@ class Worker:
         if syncer is not None:
             syncer.close()
         for thread in self._threads:
-            thread.join(timeout)
-        if self._holding:
+            # A push in progress finishes. A long-poll cannot be cut short, but once it answers
+            # its closed Syncer applies nothing, so the puller (a daemon thread) is not waited for.
+            thread.join(timeout if thread.name == CONTROL_THREAD else min(timeout, 1.0))
+        held = self._holding
+        if held:
             with self.store.db.write() as conn:
                 lease.release(conn, self.owner)
             self._holding = False
-        self._set("idle", None, "stopped")
+        self._set("idle", None, "stopped", persist=held)
 
     def request(self) -> None:
         """Sync as soon as possible (skips the debounce and any backoff wait)."""
@@ -227,9 +234,9 @@ class Worker:
             return self._holding
         with self.store.db.write() as conn:
             held = lease.acquire(conn, self.owner, now_ms(), int(self.lease_ttl * 1000))
-        if not held and self.status.phase != "idle":
-            self._set("idle", "other_worker", "another process syncs this store")
         self._holding = held
+        if not held and self.status.reason != "other_worker":
+            self._set("idle", "other_worker", "another process syncs this store; standing by")
         self._renew_at = time.monotonic() + self.lease_ttl / 3
         return held
 
@@ -308,7 +315,7 @@ class Worker:
                     return
                 self._failed(exc)
                 continue
-            if report.received:
+            if report.applied or report.failed:
                 self._succeeded(f"pulled {report.applied}", 0)
             elif self.status.phase in ("backoff", "idle"):
                 self._succeeded("remote reachable", 0)
@@ -347,13 +354,21 @@ class Worker:
         self.status.retry_at = now_ms() + int(wait * 1000)
         self._set("backoff", reason, f"{message} (retrying in {wait:.0f} s)")
 
-    def _set(self, phase: str, reason: str | None, message: str) -> None:
+    def _set(
+        self, phase: str, reason: str | None, message: str, persist: bool | None = None
+    ) -> None:
+        """Change the status; the lease holder's (``persist``) is kept in the store too,
+        where every process reads it (a standby worker must not overwrite it)."""
         with self._lock:
             if phase != "backoff":
                 self.status.retry_at = None
             self.status.phase, self.status.reason, self.status.message = phase, reason, message
             self.status.updated_at = now_ms()
             record = json.dumps(asdict(self.status))
+            if self._on_status is not None:
+                self._on_status(WorkerStatus(**asdict(self.status)))
+        if not (self._holding if persist is None else persist):
+            return
         try:
             with self.store.db.write() as conn:
                 replica.set_meta(conn, STATUS, record)

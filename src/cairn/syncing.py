@@ -112,6 +112,7 @@ class Syncer:
         self.batch_size = batch_size
         self.page_size = page_size
         self._scopes: dict[str, str] = {}
+        self._closed = False
         with store.db.write() as conn:
             self.device_id = device_id(conn)
             self._retarget(conn)
@@ -300,15 +301,14 @@ class Syncer:
         counts = PullReport()
         with self.store.db.read() as conn:
             cursor = replica.get_meta(conn, CURSOR)
+        # Trigger: the first page has nothing to overlap with. Why: a small one starts the
+        # apply sooner, while later pages stay large (each commit costs the keyword index a
+        # segment merge). Outcome: measured in bench/bench_sync.py. It is fetched on this
+        # thread: a long-poll on the pool's (non-daemon) thread would hold up interpreter exit.
+        page = self._fetch(cursor, scopes or None, wait, min(self.page_size, FIRST_PAGE))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-pull") as fetcher:
-            # Trigger: the first page has nothing to overlap with. Why: a small one starts the
-            # apply sooner, while later pages stay large (each commit costs the keyword index a
-            # segment merge). Outcome: measured in bench/bench_sync.py.
-            ahead = fetcher.submit(
-                self._fetch, cursor, scopes or None, wait, min(self.page_size, FIRST_PAGE)
-            )
             while True:
-                page = ahead.result()
+                ahead = None
                 if page.has_more:
                     ahead = fetcher.submit(
                         self._fetch, page.cursor, scopes or None, 0.0, self.page_size
@@ -317,11 +317,10 @@ class Syncer:
                     break  # another pull of this store moved the cursor first: it goes on
                 cursor = page.cursor
                 if progress:
-                    progress(
-                        counts.received, counts.received + (self.page_size if page.has_more else 0)
-                    )
-                if not page.has_more:
+                    progress(counts.received, counts.received + (self.page_size if ahead else 0))
+                if ahead is None:
                     break
+                page = ahead.result()
         if counts.received:
             with self.store.db.write() as conn:
                 replica.set_meta(conn, LAST_PULL, str(now_ms()))
@@ -351,9 +350,10 @@ class Syncer:
     def _apply_page(self, page: _Page, after: str | None, counts: PullReport) -> bool:
         """Apply ``page`` (fetched after cursor ``after``) and move the cursor past it; False,
         changing nothing, when the cursor is no longer ``after`` (a concurrent pull, such as a
-        worker's long-poll beside a requested round, applied it already)."""
+        worker's long-poll beside a requested round, applied it already) or when this Syncer
+        was closed meanwhile (a long-poll answered after its worker stopped)."""
         with self.store.db.write() as conn:
-            if replica.get_meta(conn, CURSOR) != after:
+            if self._closed or replica.get_meta(conn, CURSOR) != after:
                 return False
             result = apply(conn, page.states, self.store.embedder.model_id)
             for bad, error in page.failed:
@@ -461,6 +461,7 @@ class Syncer:
             return outbox.requeue_dead_letters(conn, self.device_id, next_hlc(conn).pack())
 
     def close(self) -> None:
+        self._closed = True
         self.remote.close()
 
 

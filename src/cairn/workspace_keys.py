@@ -67,14 +67,17 @@ def join(
 def open_keys(store: Store, remote: Remote, master: bytes, keyring_id: str) -> keyring.Unlocked:
     """The data keys of a device that joined: its master key opens the remote's keyring (or
     the copy cached in the store when the remote does not answer)."""
+    offline: RemoteUnreachable | None = None
     try:
         found = remote.get_keyring()
         blob = found.blob if found is not None else None
-    except RemoteUnreachable:
-        blob = None
+    except RemoteUnreachable as exc:
+        blob, offline = None, exc
     with store.db.read() as conn:
         cached = replica.get_meta(conn, KEYRING)
     if blob is None and cached is None:
+        if offline is not None:
+            raise offline  # a transient failure: nothing says the keyring is gone
         raise SyncNotConfigured(
             f"no keyring on {remote.url} and none cached here; run `cairn sync setup` again"
         )

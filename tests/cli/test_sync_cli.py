@@ -4,110 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
-import pytest
-
-CAIRN = str(Path(sys.executable).with_name("cairn"))
-Device = Callable[..., Any]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(url, admin key) of a sync server process with one end-to-end workspace."""
-    with _server(tmp_path, "e2e") as (url, key, _warning):
-        yield url, key
-
-
-@contextmanager
-def _server(tmp_path: Path, mode: str) -> Iterator[tuple[str, str, str]]:
-    """A server process with one workspace of ``mode``: (url, admin key, what create warned)."""
-    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
-    data = str(tmp_path / "server-data")
-    made = subprocess.run(
-        [CAIRN, "server", "workspace", "create", "team", "--data", data, "--mode", mode]
-        + ["--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert json.loads(made.stdout)["mode"] == mode
-    key = json.loads(made.stdout)["key"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [CAIRN, "server", "run", "--port", str(port), "--data", data, "--rate-limit", "0"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-    try:
-        yield url, key, made.stderr
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _device(tmp_path: Path, name: str, server: tuple[str, str]) -> Device:
-    run = _home(tmp_path, name)
-    url, key = server
-    run("sync", "setup", "--server", url, "--api-key", key, "--name", name, "--json")
-    return run
-
-
-def _home(tmp_path: Path, name: str) -> Device:
-    """`cairn` with its own CAIRN_HOME and the team's passphrase in the environment."""
-    env = {**os.environ, "CAIRN_HOME": str(tmp_path / name)}
-    env.pop("CAIRN_DB", None)
-    env.pop("CAIRN_API_KEY", None)
-    env["CAIRN_PASSPHRASE"] = "a passphrase the whole team knows"
-
-    def run(*args: str, ok: bool = True) -> Any:
-        result = subprocess.run(
-            [CAIRN, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
-        if ok:
-            assert result.returncode == 0, f"cairn {' '.join(args)}: {result.stderr}"
-        return json.loads(result.stdout) if "--json" in args and result.stdout else result
-
-    return run
-
-
-def _state(device: Device) -> list[tuple[str, str, list[str]]]:
-    listed = device("list", "--limit", "100", "--json")["memories"]
-    return sorted((m["id"], m["content"], m["tags"]) for m in listed)
+from .conftest import CAIRN, in_home, memories_of, new_device, server_process
 
 
 def test_three_devices_converge_through_a_server_process(
     tmp_path: Path, server: tuple[str, str]
 ) -> None:
-    a, b, c = (_device(tmp_path, n, server) for n in ("laptop", "desktop", "ci"))
+    a, b, c = (new_device(tmp_path, n, server) for n in ("laptop", "desktop", "ci"))
     ci_memory = a(
         "remember", "Deploys run on GitHub Actions", "-k", "decision", "-t", "ci", "--json"
     )
@@ -125,7 +31,7 @@ def test_three_devices_converge_through_a_server_process(
         report = device("sync", "now", "--json")
         assert report["pull"]["embedded"] == 0  # pulled memories keep their vectors
 
-    states = [_state(d) for d in (a, b, c)]
+    states = [memories_of(d) for d in (a, b, c)]
     assert states[0] == states[1] == states[2]
     contents = {content: tags for _id, content, tags in states[0]}
     assert contents == {
@@ -152,7 +58,7 @@ def test_three_devices_converge_through_a_server_process(
 def test_a_conflict_is_listed_and_resolved_from_the_cli(
     tmp_path: Path, server: tuple[str, str]
 ) -> None:
-    a, b = (_device(tmp_path, n, server) for n in ("laptop", "desktop"))
+    a, b = (new_device(tmp_path, n, server) for n in ("laptop", "desktop"))
     memory = a("remember", "The API allows 100 requests per minute", "--json")
     a("sync", "now")
     b("sync", "now")
@@ -169,7 +75,7 @@ def test_a_conflict_is_listed_and_resolved_from_the_cli(
         device("sync", "now")
     assert a("sync", "conflicts", "--json") == [] == b("sync", "conflicts", "--json")
     assert a("show", memory["id"], "--json")["content"] == conflict["revision"]
-    assert _state(a) == _state(b)
+    assert memories_of(a) == memories_of(b)
     missing = a("sync", "resolve", "nope-nope", "--keep", "local", ok=False)
     assert missing.returncode == 4 and "no open conflict" in missing.stderr
 
@@ -197,7 +103,7 @@ def test_devices_join_with_the_passphrase_or_the_recovery_key_and_a_wrong_one_ch
     tmp_path: Path, server: tuple[str, str]
 ) -> None:
     url, key = server
-    first = _home(tmp_path, "first")
+    first = in_home(tmp_path, "first")
     made = first("sync", "setup", "--server", url, "--api-key", key, "--json")
     assert made["created_keyring"] is True and len(made["recovery_key"]) > 50
     assert (
@@ -250,7 +156,7 @@ NEW = "the team's new passphrase"
 def test_passphrase_change_and_key_rotation_from_the_cli_keep_everything_readable(
     tmp_path: Path, server: tuple[str, str]
 ) -> None:
-    a, b = (_device(tmp_path, n, server) for n in ("laptop", "desktop"))
+    a, b = (new_device(tmp_path, n, server) for n in ("laptop", "desktop"))
     a("remember", "Written before the rotation", "--json")
     a("sync", "now", "--json")
     rotated = a("sync", "rotate-key", "--json")
@@ -275,7 +181,7 @@ def test_passphrase_change_and_key_rotation_from_the_cli_keep_everything_readabl
     b("sync", "now", "--json")  # B keeps working: its master key did not change
 
     url, key = server
-    c = _home(tmp_path, "ci")
+    c = in_home(tmp_path, "ci")
     old = c("sync", "setup", "--server", url, "--api-key", key, ok=False)
     assert old.returncode == 10, old.stderr  # the old passphrase no longer opens the keyring
     env = {**os.environ, "CAIRN_HOME": str(tmp_path / "ci"), "CAIRN_PASSPHRASE": NEW}
@@ -289,11 +195,11 @@ def test_passphrase_change_and_key_rotation_from_the_cli_keep_everything_readabl
     }
     for device in (a, b, c):
         device("sync", "now", "--json")
-        assert {content for _id, content, _tags in _state(device)} == expected
+        assert {content for _id, content, _tags in memories_of(device)} == expected
 
 
 def test_a_hosted_workspace_syncs_plain_text_without_a_passphrase(tmp_path: Path) -> None:
-    with _server(tmp_path, "hosted") as (url, key, warning):
+    with server_process(tmp_path, "hosted") as (url, key, warning):
         assert "NOT end-to-end encrypted" in warning
         devices = []
         for name in ("laptop", "desktop"):
@@ -312,12 +218,12 @@ def test_a_hosted_workspace_syncs_plain_text_without_a_passphrase(tmp_path: Path
             assert (made["mode"], made["recovery_key"], made["key_store"]) == ("hosted", None, None)
             saved = json.loads((tmp_path / name / "keys" / "sync.json").read_text())
             assert saved["mode"] == "hosted" and "master_key" not in saved
-            devices.append(_home(tmp_path, name))
+            devices.append(in_home(tmp_path, name))
         laptop, desktop = devices
         laptop("remember", "Hosted memories are readable by the server", "--json")
         assert laptop("sync", "now", "--json")["push"]["pushed"] == 1
         assert desktop("sync", "now", "--json")["pull"]["applied"] == 1
-        assert [c for _i, c, _t in _state(desktop)] == [
+        assert [c for _i, c, _t in memories_of(desktop)] == [
             "Hosted memories are readable by the server"
         ]
         refused = desktop("sync", "rotate-key", ok=False)

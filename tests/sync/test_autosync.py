@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
+from cairn import autosync
 from cairn.autosync import Backoff, Worker, read_status
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.errors import AuthFailed, RemoteUnreachable
+from cairn.protocol import PullPage
 from cairn.remotes.http import HttpRemote
+from cairn.remotes.memory import MemoryRemote
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.service import Store
-from cairn.store import lease
+from cairn.store import lease, replica
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 from cairn.syncing import Syncer
@@ -83,19 +89,27 @@ def server(tmp_path: Path) -> Iterator[Server]:
 class Device:
     """A store with a worker; ``requests`` counts every HTTP request its remotes sent."""
 
-    def __init__(self, path: Path, embedder: OnnxEmbedder, server: Server, key: str) -> None:
+    def __init__(
+        self, path: Path, embedder: OnnxEmbedder, server: Server, key: str, **options: Any
+    ) -> None:
         self.store = Store(Database(path), embedder, project="p")
         self.requests = 0
         self.server, self.key = server, key
         self.keys = join(self._remote(), PASSPHRASE, kdf=FAST_KDF)[0]
         self.worker = Worker(
             self.store,
-            lambda: Syncer(self.store, self._remote(), self.keys),
-            debounce=0.2,
-            long_poll=1.0,
-            tick=0.05,
-            backoff=Backoff(base=0.2, cap=1.0, rng=random.Random(7)),
+            self.connect,
+            **{
+                "debounce": 0.2,
+                "long_poll": 1.0,
+                "tick": 0.05,
+                "backoff": Backoff(base=0.2, cap=1.0, rng=random.Random(7)),
+                **options,
+            },
         )
+
+    def connect(self) -> Syncer:
+        return Syncer(self.store, self._remote(), self.keys)
 
     def _remote(self) -> HttpRemote:
         remote = HttpRemote(self.server.url, self.key, self.store.device_id(), timeout=3.0)
@@ -119,14 +133,28 @@ def devices(
 ) -> Iterator[Callable[[str], Device]]:
     made: list[Device] = []
 
-    def make(name: str, key: str | None = None) -> Device:
-        device = Device(tmp_path / f"{name}.db", embedder, server, key or server.admin_key)
+    def make(name: str, key: str | None = None, **options: Any) -> Device:
+        device = Device(
+            tmp_path / f"{name}.db", embedder, server, key or server.admin_key, **options
+        )
         made.append(device)
         return device
 
     yield make
     for device in made:
         device.close()
+
+
+def never_connect() -> Syncer:
+    raise AssertionError("synced beside the worker that holds the lease")
+
+
+def round_record(store: Store) -> dict[str, Any]:
+    with store.db.read() as conn:
+        raw = replica.get_meta(conn, autosync.ROUND)
+    assert raw is not None
+    record: dict[str, Any] = json.loads(raw)
+    return record
 
 
 def test_a_memory_reaches_the_other_device_within_seconds_without_a_sync_command(
@@ -191,6 +219,148 @@ def test_a_revoked_key_stops_retrying_and_keeps_pending_changes(
     time.sleep(3)  # with base 0.2 s backoff, a retry loop would send dozens of requests here
     assert a.requests - before <= 2  # at most the long-poll in flight when the key died
     assert read_status(a.store)["pending"] == 1
+
+
+def test_sync_now_asks_the_worker_that_holds_the_lease(
+    devices: Callable[..., Device],
+) -> None:
+    a, b = devices("a", debounce=60, max_delay=60), devices("b")  # a pushes only when asked
+    a.worker.start()
+    b.worker.start()
+    wait_for(lambda: read_status(a.store)["worker_running"])
+    a.store.remember("The nightly export runs at 03:00 UTC")
+    time.sleep(0.5)
+    assert read_status(a.store)["pending"] == 1  # the debounce holds it back
+
+    report = autosync.sync_now(a.store, never_connect)  # as another process would ask
+    assert report["push"]["pushed"] == 1
+    assert set(report) == {"push", "pull", "push_after_pull"}
+    assert round_record(a.store)["by"] == a.worker.owner
+    wait_for(lambda: "The nightly export runs at 03:00 UTC" in b.contents())
+    again = autosync.sync_now(a.store, never_connect)  # each request gets its own round
+    assert again["push"]["pushed"] == 0
+    assert round_record(a.store)["served"] == 2
+
+
+def test_sync_now_cuts_a_backoff_short_and_reports_the_failure(
+    devices: Callable[..., Device], server: Server
+) -> None:
+    slow = Backoff(base=60.0, cap=60.0, rng=random.Random(3))  # would wait a minute
+    a = devices("a", backoff=slow)
+    a.worker.start()
+    wait_for(lambda: read_status(a.store)["worker_running"])
+    server.stop()
+    a.store.remember("Written while the server is down")
+    wait_for(lambda: read_status(a.store)["phase"] == "backoff")
+    with pytest.raises(RemoteUnreachable):
+        autosync.sync_now(a.store, never_connect)
+    server.start()
+    started = time.monotonic()
+    report = autosync.sync_now(a.store, never_connect)
+    assert report["push"]["pushed"] == 1
+    assert time.monotonic() - started < 10  # not the minute of backoff
+    assert read_status(a.store)["phase"] == "healthy"
+
+
+def test_sync_now_without_a_worker_syncs_itself_under_the_lease(
+    devices: Callable[..., Device],
+) -> None:
+    a = devices("a")  # its worker is never started
+    a.store.remember("Deploy freezes start on the 20th of December")
+    holders: list[str | None] = []
+
+    def progress(_done: int, _total: int) -> None:
+        with a.store.db.read() as conn:
+            live = lease.holder(conn, now_ms())
+        holders.append(live.owner if live else None)
+
+    report = autosync.sync_now(a.store, a.connect, "push", progress=progress)
+    assert report == {"push": report["push"]} and report["push"]["pushed"] == 1
+    assert holders and all(h is not None and ":push:" in h for h in holders)
+    with a.store.db.read() as conn:
+        assert lease.holder(conn, now_ms()) is None  # released
+
+
+def test_a_sync_now_on_a_worker_blocked_by_a_revoked_key_tries_once_and_raises(
+    devices: Callable[..., Device], server: Server
+) -> None:
+    made, token = keys.issue(server.storage, server.workspace.id, "laptop", ["write"], now_ms())
+    a = devices("a", token)
+    a.worker.start()
+    wait_for(lambda: read_status(a.store)["phase"] == "healthy")
+    server.storage.revoke_key(server.workspace.id, made.id, now_ms())
+    a.store.remember("Written after the key was revoked")
+    wait_for(lambda: read_status(a.store)["reason"] == "auth_failed")
+    before = a.requests
+    with pytest.raises(AuthFailed):
+        autosync.sync_now(a.store, never_connect)
+    assert 1 <= a.requests - before <= 3  # one more try, as asked; no storm after it
+    assert read_status(a.store)["pending"] == 1
+
+
+def test_a_standby_worker_waits_and_leaves_the_holders_status_alone(
+    devices: Callable[..., Device],
+) -> None:
+    a = devices("a")
+    a.worker.start()
+    wait_for(lambda: read_status(a.store)["worker_running"])
+    heard: list[autosync.WorkerStatus] = []
+    standby = Worker(a.store, never_connect, tick=0.05, on_status=heard.append).start()
+    try:
+        wait_for(lambda: any(s.reason == "other_worker" for s in heard))
+        a.store.remember("Pushed by the holder while another worker stands by")
+        wait_for(lambda: read_status(a.store)["pending"] == 0)
+        status = read_status(a.store)
+        assert status["owner"] == a.worker.owner and status["worker_running"]
+    finally:
+        standby.stop()
+    assert read_status(a.store)["owner"] == a.worker.owner  # its stop changed nothing shared
+    assert [s.phase for s in heard] == ["idle", "idle"]  # standing by, then stopped
+
+
+class _NoLongPoll(MemoryRemote):
+    """Object storage's behaviour: a pull answers at once; ``waits`` records what was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    @property
+    def supports_long_poll(self) -> bool:
+        return False
+
+    def pull(
+        self,
+        cursor: str | None,
+        limit: int = 1000,
+        scopes: Sequence[str] | None = None,
+        wait: float = 0.0,
+    ) -> PullPage:
+        self.waits.append(wait)
+        return super().pull(cursor, limit, scopes, 0.0)
+
+
+def test_a_remote_without_long_poll_is_pulled_by_interval(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    remote = _NoLongPoll()
+    keys_ = join(remote, PASSPHRASE, kdf=FAST_KDF)[0]
+    a_store = Store(Database(tmp_path / "a.db"), embedder, project="p")
+    b_store = Store(Database(tmp_path / "b.db"), embedder, project="p")
+    worker = Worker(b_store, lambda: Syncer(b_store, remote, keys_), poll_interval=0.5, tick=0.05)
+    try:
+        worker.start()
+        a_store.remember("Releases are tagged from the main branch")
+        Syncer(a_store, remote, keys_).push()
+        wait_for(lambda: b_store.count() == 1, 5)
+        polls = len(remote.waits)
+        time.sleep(1.6)
+        assert 2 <= len(remote.waits) - polls <= 5  # about one pull per 0.5 s
+        assert set(remote.waits) == {0.0}  # never a long-poll
+    finally:
+        worker.stop()
+        a_store.close()
+        b_store.close()
 
 
 def test_only_one_worker_syncs_a_store_and_a_crashed_owner_hands_over(tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.errors import WrongPassphrase
-from cairn.protocol import sealed_key_id
+from cairn.errors import RemoteUnreachable, WrongPassphrase
+from cairn.protocol import KeyringBlob, sealed_key_id
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.service import Store
 from cairn.store.db import Database
 from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.workspace_keys import join, open_keys
 
 from ..conftest import SyncServer
 from .conftest import FAST_KDF, PASSPHRASE
@@ -166,3 +166,26 @@ def test_rotating_without_revoking_lets_older_keys_still_write(
     b.remember("Sealed with key 1, then again with key 3")
     assert sync_b.push().pushed == 1
     assert sealed_key_id(remote.pull(None).mutations[0].payload) == 3
+
+
+class _Offline(MemoryRemote):
+    """A remote that stopped answering (for reads of the keyring)."""
+
+    def get_keyring(self) -> KeyringBlob | None:
+        raise RemoteUnreachable("the remote is down")
+
+
+def test_opening_keys_offline_uses_the_cached_keyring_and_without_one_is_transient(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    remote = MemoryRemote()
+    keys, _recovery = join(remote, PASSPHRASE, kdf=FAST_KDF)
+    offline = _Offline()
+    with Store(Database(tmp_path / "a.db"), embedder) as store:
+        # Never online since setup: nothing cached. Offline is a reason to retry, not a
+        # missing setup (which would stop a sync worker until the settings change).
+        with pytest.raises(RemoteUnreachable):
+            open_keys(store, offline, keys.master, keys.keyring_id)
+        assert open_keys(store, remote, keys.master, keys.keyring_id).keyring_id == keys.keyring_id
+        cached = open_keys(store, offline, keys.master, keys.keyring_id)  # the copy from then
+        assert cached.keyring_id == keys.keyring_id

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cairn.errors import MutationRejected, RemoteUnreachable
 from cairn.model import SyncRules
-from cairn.protocol import PushResult, WireMutation
+from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
 from cairn.store import outbox
 from cairn.syncing import Syncer
@@ -158,6 +160,50 @@ def test_pulling_the_same_mutations_again_changes_nothing(make_replica: MakeRepl
     again = b.pull()
     assert again.received == 20 and again.applied == 0 and again.unchanged == 20
     assert snapshot(b_store) == before
+
+
+class _Together:
+    """Holds each pull from the start until two have been answered, so two pulls race to
+    apply the same first page."""
+
+    def __init__(self, inner: MemoryRemote) -> None:
+        self.inner = inner
+        self.barrier = threading.Barrier(2, timeout=10)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def pull(
+        self,
+        cursor: str | None,
+        limit: int = 1000,
+        scopes: Sequence[str] | None = None,
+        wait: float = 0.0,
+    ) -> PullPage:
+        page = self.inner.pull(cursor, limit, scopes, wait)
+        if cursor is None:
+            self.barrier.wait()
+        return page
+
+
+def test_two_concurrent_pulls_of_one_store_apply_each_page_once(
+    make_replica: MakeReplica, remote: MemoryRemote
+) -> None:
+    a_store, a = make_replica("a")
+    b_store, b = make_replica("b")
+    for i in range(40):
+        a_store.remember(f"Fact number {i} about the invoice exporter")
+    a.push()
+    racing = _Together(remote)
+    pullers = [Syncer(b_store, racing, keys_for(remote), page_size=7) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda s: s.pull(), pullers))
+    # The loser of the first page stops (the winner goes on), so nothing is applied twice
+    # and the cursor never moves back.
+    assert sorted(r.received for r in reports) == [0, 40]
+    assert sum(r.applied for r in reports) == 40
+    assert b.pull().received == 0
+    assert snapshot(b_store)["memories"] == snapshot(a_store)["memories"]
 
 
 class _AckLost:

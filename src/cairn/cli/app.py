@@ -15,7 +15,7 @@ import typer
 import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress, split
+from cairn.cli.common import JsonFlag, open_store, progress, split, until_stopped
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
 from cairn.errors import CairnError, InvalidInput
@@ -276,7 +276,8 @@ def mcp(autosync: AutosyncFlag = True) -> None:
     # Imported here: the MCP SDK is slow to import and only this command needs it.
     from cairn import mcp_server
 
-    mcp_server.run(config.load(source="mcp"), autosync)
+    with until_stopped():
+        mcp_server.run(config.load(source="mcp"), autosync)
 
 
 @app.command()
@@ -291,7 +292,9 @@ def serve(
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
     from cairn import api
 
-    api.run(config.load(source="http"), host, port, autosync)
+    # uvicorn stops on SIGTERM, then raises it again: until_stopped makes that a clean exit.
+    with until_stopped():
+        api.run(config.load(source="http"), host, port, autosync)
 
 
 def _version(value: bool) -> None:

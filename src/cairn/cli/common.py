@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -19,6 +20,24 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 
 def open_store(project: str | None = None, source: str = "cli") -> Store:
     return cairn.build(config.load(source=source), project=project)
+
+
+@contextmanager
+def until_stopped() -> Iterator[None]:
+    """Run a long-lived command's block until Ctrl-C or SIGTERM (how a service manager or an
+    agent stops it); either ends it cleanly: the block's ``finally`` clauses run (the sync
+    worker gives its lease back) and the command exits 0."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def split(values: list[str] | None) -> tuple[str, ...]:

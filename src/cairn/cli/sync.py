@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -18,9 +17,9 @@ from rich.markup import escape
 
 import cairn
 from cairn import config, keystore
-from cairn.autosync import LEASE_TTL
+from cairn.autosync import LEASE_TTL, WorkerStatus
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress_to
+from cairn.cli.common import JsonFlag, open_store, progress_to, until_stopped
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
@@ -297,31 +296,20 @@ def daemon(
     Only one process syncs a store at a time: a second daemon (or an MCP server or `cairn
     serve` with autosync) waits, and takes over within 15 s if the first one dies."""
     settings = config.load()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a service manager stops it with SIGTERM
-    with open_store() as store:
-        worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl)
-        last = None
+
+    def show(status: WorkerStatus) -> None:
+        if json_:
+            print(json.dumps(status.to_dict()), flush=True)
+        else:
+            reason = f" ({status.reason})" if status.reason else ""
+            output.err.print(f"{status.phase}{reason}: {escape(status.message)}")
+
+    with open_store() as store, until_stopped():
+        worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl, on_status=show)
         try:
-            while True:
-                time.sleep(0.5)
-                now = worker.status.to_dict()
-                key = (now["phase"], now["reason"], now["message"])
-                if key == last:
-                    continue
-                last = key
-                if json_:
-                    print(json.dumps(now), flush=True)
-                else:
-                    reason = f" ({now['reason']})" if now["reason"] else ""
-                    output.err.print(f"{now['phase']}{reason}: {escape(now['message'])}")
-        except KeyboardInterrupt:
-            pass
+            threading.Event().wait()
         finally:
             worker.stop()
-
-
-def _stop_on_sigterm(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 @sync_app.command()
