@@ -43,6 +43,7 @@ from cairn.errors import (
     ConfigError,
     CryptoError,
     Forbidden,
+    QuotaExceeded,
     RateLimited,
     RemoteUnreachable,
     SyncError,
@@ -61,8 +62,8 @@ ROUND = "sync.round"
 LEASE_TTL = 15.0
 CONTROL_THREAD = "cairn-sync"
 PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
-PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError)
-"""Failures no retry can fix (and the server's ``quota_exceeded`` code)."""
+PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError, QuotaExceeded)
+"""Failures no retry can fix: they wait for the settings to change (or a sync asked for)."""
 
 
 @dataclass
@@ -87,7 +88,7 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     if isinstance(exc, RemoteUnreachable):
         return False, "unreachable"
     if isinstance(exc, CairnError):
-        return isinstance(exc, PERMANENT) or exc.code == "quota_exceeded", exc.code
+        return isinstance(exc, PERMANENT), exc.code
     return False, "internal"
 
 
@@ -143,10 +144,8 @@ class Worker:
         self._holding = False
         self._renew_at = 0.0  # monotonic time the lease is next taken or renewed
         self._served: int | None = None  # the last request (lease.ask) answered; None: not read
-        self._pull_now = threading.Event()  # wakes an interval puller early
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -159,10 +158,9 @@ class Worker:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop both threads, close the remote (which ends a long-poll) and give up the lease."""
+        """Stop both threads (a push in progress finishes), close the remote and give the
+        lease back; the status says ``stopped``."""
         self._stop.set()
-        self._wake.set()
-        self._pull_now.set()
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             syncer.close()
@@ -176,12 +174,6 @@ class Worker:
                 lease.release(conn, self.owner)
             self._holding = False
         self._set("idle", None, "stopped", persist=held)
-
-    def request(self) -> None:
-        """Sync as soon as possible (skips the debounce and any backoff wait)."""
-        self._retry_at = 0.0
-        self._wake.set()
-        self._pull_now.set()
 
     # --- the control thread: lease, push, failures --------------------------------------------
 
@@ -215,12 +207,9 @@ class Worker:
                 elif not first_pending:
                     first_pending = now
                 due = pending and (
-                    now - changed_at >= self.debounce
-                    or now - first_pending >= self.max_delay
-                    or self._wake.is_set()
+                    now - changed_at >= self.debounce or now - first_pending >= self.max_delay
                 )
                 if due:
-                    self._wake.clear()
                     self._push()
                     first_pending = 0.0
                 self._sleep(self.tick)
@@ -309,7 +298,7 @@ class Worker:
                 continue
             long_poll = syncer.remote.supports_long_poll
             try:
-                report = syncer.pull(wait=self.long_poll if long_poll else 0.0)
+                report = syncer.pull(self._pulling, wait=self.long_poll if long_poll else 0.0)
             except Exception as exc:  # noqa: BLE001
                 if self._stop.is_set():
                     return
@@ -320,8 +309,11 @@ class Worker:
             elif self.status.phase in ("backoff", "idle"):
                 self._succeeded("remote reachable", 0)
             if not long_poll:
-                self._pull_now.wait(self.poll_interval)
-                self._pull_now.clear()
+                self._sleep(self.poll_interval)
+
+    def _pulling(self, done: int, total: int) -> None:
+        if total > done:  # more pages to come: a backlog, worth showing
+            self._set("pulling", None, f"receiving changes ({done} so far)")
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
         ├── PayloadTooLarge         8  413  payload_too_large
         ├── MutationRejected        8  422  invalid_mutation
         ├── RateLimited             8  429  rate_limited
+        ├── QuotaExceeded           8  429  quota_exceeded
         └── CryptoError            10  400  crypto_failed
             ├── WrongPassphrase    10  401  wrong_passphrase
             ├── KeyMismatch        10  409  key_mismatch
@@ -184,6 +185,13 @@ class RateLimited(SyncError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(SyncError):
+    """The workspace is over a quota its administrator set; unsent changes wait locally."""
+
+    code = "quota_exceeded"
+    http_status = 429
 
 
 class CryptoError(SyncError):

@@ -18,8 +18,17 @@ import uvicorn
 from cairn import autosync
 from cairn.autosync import Backoff, Worker, read_status
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.errors import AuthFailed, RemoteUnreachable
-from cairn.protocol import PullPage
+from cairn.errors import (
+    AuthFailed,
+    Forbidden,
+    KeyMismatch,
+    QuotaExceeded,
+    RateLimited,
+    RemoteUnreachable,
+    SyncError,
+    SyncNotConfigured,
+)
+from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.server import keys
@@ -347,12 +356,24 @@ def test_a_remote_without_long_poll_is_pulled_by_interval(
     keys_ = join(remote, PASSPHRASE, kdf=FAST_KDF)[0]
     a_store = Store(Database(tmp_path / "a.db"), embedder, project="p")
     b_store = Store(Database(tmp_path / "b.db"), embedder, project="p")
-    worker = Worker(b_store, lambda: Syncer(b_store, remote, keys_), poll_interval=0.5, tick=0.05)
+    heard: list[autosync.WorkerStatus] = []
+    worker = Worker(
+        b_store,
+        lambda: Syncer(b_store, remote, keys_, page_size=7),
+        poll_interval=0.5,
+        tick=0.05,
+        on_status=heard.append,
+    )
     try:
-        worker.start()
-        a_store.remember("Releases are tagged from the main branch")
+        for i in range(20):
+            a_store.remember(f"Release {i} is tagged from the main branch")
         Syncer(a_store, remote, keys_).push()
-        wait_for(lambda: b_store.count() == 1, 5)
+        worker.start()
+        wait_for(lambda: b_store.count() == 20, 5)
+        # A backlog of pages shows as pulling, then healthy with what arrived.
+        wait_for(lambda: heard[-1].phase == "healthy")
+        assert "pulling" in [s.phase for s in heard]
+        assert heard[-1].message == "pulled 20"
         polls = len(remote.waits)
         time.sleep(1.6)
         assert 2 <= len(remote.waits) - polls <= 5  # about one pull per 0.5 s
@@ -380,6 +401,59 @@ def test_only_one_worker_syncs_a_store_and_a_crashed_owner_hands_over(tmp_path: 
             assert lease.holder(conn, 1_900) is None
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "permanent", "reason"),
+    [
+        (RemoteUnreachable("down"), False, "unreachable"),
+        (RateLimited("slow down", retry_after=5), False, "rate_limited"),
+        (SyncError("the server failed"), False, "sync_failed"),
+        (RuntimeError("a bug"), False, "internal"),
+        (AuthFailed("revoked"), True, "auth_failed"),
+        (Forbidden("read-only key"), True, "forbidden"),
+        (KeyMismatch("another workspace"), True, "key_mismatch"),
+        (QuotaExceeded("over quota"), True, "quota_exceeded"),
+        (SyncNotConfigured("not set up"), True, "sync_not_configured"),
+    ],
+)
+def test_failures_are_classified_transient_or_permanent(
+    failure: Exception, permanent: bool, reason: str
+) -> None:
+    assert autosync.classify(failure) == (permanent, reason)
+
+
+class _OverQuota(MemoryRemote):
+    """A remote whose workspace is over its quota (the server side is issue 5's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushes = 0
+
+    def push(self, mutations: Sequence[WireMutation]) -> PushResult:
+        self.pushes += 1
+        raise QuotaExceeded("the workspace is over its quota of 1000 memories")
+
+
+def test_a_quota_refusal_stops_pushing_and_keeps_the_changes(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    remote = _OverQuota()
+    keys_ = join(remote, PASSPHRASE, kdf=FAST_KDF)[0]
+    store = Store(Database(tmp_path / "a.db"), embedder, project="p")
+    worker = Worker(store, lambda: Syncer(store, remote, keys_), debounce=0.1, tick=0.05)
+    try:
+        worker.start()
+        store.remember("Over quota, this waits in the outbox")
+        wait_for(lambda: read_status(store)["reason"] == "quota_exceeded")
+        status = read_status(store)
+        assert status["phase"] == "degraded" and status["pending"] == 1
+        pushes = remote.pushes
+        time.sleep(1.0)
+        assert remote.pushes == pushes  # not retried until the settings change
+    finally:
+        worker.stop()
+        store.close()
 
 
 def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
