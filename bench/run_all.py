@@ -4,7 +4,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync crypto)
+    coldstart sync crypto autosync)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ FULL: dict[str, list[str]] = {
     "coldstart": [],
     "sync": [],
     "crypto": [],
+    "autosync": [],
 }
 QUICK: dict[str, list[str]] = {
     "embed": ["--texts", "256", "--queries", "50"],
@@ -34,6 +35,7 @@ QUICK: dict[str, list[str]] = {
     "coldstart": ["--size", "1000", "--runs", "2"],
     "sync": ["--quick"],
     "crypto": ["--quick"],
+    "autosync": ["--quick"],
 }
 
 
