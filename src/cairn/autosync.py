@@ -322,12 +322,16 @@ class Worker:
         self._retry_at = 0.0
         self.status.last_success_at = now_ms()
         with self.store.db.read() as conn:
-            dead = len(outbox.dead_letters(conn))
-        if dead or dead_lettered:
+            letters = outbox.dead_letters(conn)
+        if letters or dead_lettered:
+            codes = {letter.code for letter in letters}
+            # One cause (payload_too_large, revoked_key, payload_tampered...) is the reason.
+            reason = codes.pop() if len(codes) == 1 else "dead_letter"
             self._set(
                 "degraded",
-                "dead_letter",
-                f"{what}; {dead} change(s) refused, see `cairn sync dead-letters`",
+                reason,
+                f"{what}; {len(letters)} change(s) refused or unreadable, see "
+                "`cairn sync dead-letters`",
             )
         else:
             self._set("healthy", None, what)

@@ -55,7 +55,8 @@ def wait_for(check: Callable[[], object], seconds: float = 15.0) -> None:
 class Server:
     """A sync server on a fixed port that can be stopped and started again (same data)."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, max_body: int = 8 * 1024 * 1024) -> None:
+        self.max_body = max_body
         self.storage = SqliteStorage(data / "server.db")
         self.workspace, self.admin_key = keys.create_workspace(self.storage, "test", now_ms())
         with socket.socket() as probe:
@@ -67,7 +68,7 @@ class Server:
 
     def start(self) -> None:
         config = uvicorn.Config(
-            create_app(self.storage, ServerSettings(rate_limit=0)),
+            create_app(self.storage, ServerSettings(rate_limit=0, max_body=self.max_body)),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -87,7 +88,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    made = Server(tmp_path / "server")
+    made = Server(tmp_path / "server", max_body=48 * 1024)
     made.start()
     yield made
     if made._thread is not None and made._thread.is_alive():
@@ -209,6 +210,23 @@ def test_offline_work_continues_backs_off_and_drains_when_the_server_returns(
     assert (
         a.contents() == b.contents() == {"Written while online", "Written while the server is down"}
     )
+
+
+def test_a_change_the_remote_refuses_shows_its_reason_and_the_rest_still_syncs(
+    devices: Callable[..., Device],
+) -> None:
+    a, b = devices("a"), devices("b")
+    a.worker.start()
+    b.worker.start()
+    rng = random.Random(5)
+    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(60_000))
+    a.store.remember("A long design note that does not compress: " + noise)  # over 48 KiB
+    a.store.remember("The cache TTL is ten minutes")
+    wait_for(lambda: read_status(a.store)["reason"] == "payload_too_large")
+    status = read_status(a.store)
+    assert status["phase"] == "degraded" and status["dead_letters"] == 1
+    assert "cairn sync dead-letters" in status["message"]
+    wait_for(lambda: "The cache TTL is ten minutes" in b.contents())
 
 
 def test_a_revoked_key_stops_retrying_and_keeps_pending_changes(
