@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import uvicorn
 from hypothesis import settings
@@ -113,6 +116,47 @@ def sync_server_factory(tmp_path: Path) -> Iterator[Callable[..., SyncServer]]:
 def sync_server(sync_server_factory: Callable[..., SyncServer]) -> SyncServer:
     """A sync server with default settings but no rate limit (tests fire requests fast)."""
     return sync_server_factory(ServerSettings(rate_limit=0))
+
+
+@dataclass
+class S3Server:
+    """A local S3-compatible server (moto) for the object-storage remote."""
+
+    endpoint: str
+
+    def bucket(self) -> Any:
+        """A fresh, empty bucket's obstore store."""
+        from obstore.store import S3Store
+
+        name = f"cairn-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, **S3_CREDENTIALS).create_bucket(Bucket=name)
+        return S3Store(
+            name,
+            endpoint=self.endpoint,
+            access_key_id=S3_CREDENTIALS["aws_access_key_id"],
+            secret_access_key=S3_CREDENTIALS["aws_secret_access_key"],
+            region=S3_CREDENTIALS["region_name"],
+            client_options={"allow_http": True},
+        )
+
+
+S3_CREDENTIALS = {
+    "aws_access_key_id": "cairn-test",
+    "aws_secret_access_key": "cairn-test-secret",
+    "region_name": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 (it honours If-None-Match, so put-if-absent is real)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield S3Server(f"http://{host}:{port}")
+    server.stop()
 
 
 def envelope(body: bytes = b"", key_id: int = 1) -> bytes:

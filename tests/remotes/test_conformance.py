@@ -7,17 +7,21 @@ long-poll tests push while another thread waits).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from obstore.store import LocalStore
 
 from cairn.errors import InvalidInput, MutationRejected, RemoteConflict
 from cairn.protocol import WireMutation
 from cairn.remotes.base import KeyringBlob, Remote
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
+from cairn.remotes.objects import ObjectRemote
 
 from ..conftest import envelope
 
@@ -25,14 +29,20 @@ SCOPE_A = "aaaaaaaa"
 SCOPE_B = "bbbbbbbb"
 
 
-@pytest.fixture(params=["memory", "http"])
-def remote(request: pytest.FixtureRequest) -> Iterator[Remote]:
+@pytest.fixture(params=["memory", "http", "folder", "s3"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
     made: Remote
     if request.param == "memory":
         made = MemoryRemote()
-    else:
+    elif request.param == "http":
         server = request.getfixturevalue("sync_server")
         made = HttpRemote(server.url, server.admin_key)
+    elif request.param == "folder":
+        folder = LocalStore(tmp_path / "remote", mkdir=True)
+        made = ObjectRemote(folder, (tmp_path / "remote").as_uri(), frame_key=os.urandom(32))
+    else:
+        bucket = request.getfixturevalue("s3_server").bucket()
+        made = ObjectRemote(bucket, "s3://test-bucket", frame_key=os.urandom(32))
     yield made
     made.close()
 
