@@ -221,8 +221,7 @@ class Worker:
         expiry (a write transaction each time, so not on every tick)."""
         if time.monotonic() < self._renew_at:
             return self._holding
-        with self.store.db.write() as conn:
-            held = lease.acquire(conn, self.owner, now_ms(), int(self.lease_ttl * 1000))
+        held = _claim(self.store, self.owner, self.lease_ttl)
         self._holding = held
         if not held and self.status.reason != "other_worker":
             self._set("idle", "other_worker", "another process syncs this store; standing by")
@@ -381,6 +380,12 @@ def _served(conn: sqlite3.Connection) -> int:
     return int(json.loads(raw)["served"]) if raw else 0
 
 
+def _claim(store: Store, owner: str, ttl: float) -> bool:
+    """Take or renew the store's lease for ``ttl`` seconds; False if another owner holds it."""
+    with store.db.write() as conn:
+        return lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
+
+
 def new_owner(role: str) -> str:
     """A lease owner name that says which process holds it and why."""
     return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
@@ -390,9 +395,7 @@ def new_owner(role: str) -> str:
 def holding(store: Store, owner: str, ttl: float = LEASE_TTL) -> Iterator[bool]:
     """Hold the store's lease for the block (renewed on a thread, released at the end) if
     nobody else does; yields whether it is held."""
-    with store.db.write() as conn:
-        held = lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
-    if not held:
+    if not _claim(store, owner, ttl):
         yield False
         return
     done = threading.Event()
@@ -400,8 +403,7 @@ def holding(store: Store, owner: str, ttl: float = LEASE_TTL) -> Iterator[bool]:
     def renew() -> None:
         while not done.wait(ttl / 3):
             try:
-                with store.db.write() as conn:
-                    lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
+                _claim(store, owner, ttl)
             except CairnError:
                 pass  # a busy store: the next try is a third of the lease away
 
