@@ -124,12 +124,25 @@ class S3Server:
 
     endpoint: str
 
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket's name."""
+        name = f"cairn-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint, **S3_CREDENTIALS).create_bucket(Bucket=name)
+        return name
+
+    def env(self) -> dict[str, str]:
+        """The AWS variables a `cairn` process needs to reach this server's buckets."""
+        return {
+            "AWS_ACCESS_KEY_ID": S3_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": S3_CREDENTIALS["region_name"],
+        }
+
     def bucket(self) -> Any:
         """A fresh, empty bucket's obstore store."""
         from obstore.store import S3Store
 
-        name = f"cairn-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=self.endpoint, **S3_CREDENTIALS).create_bucket(Bucket=name)
+        name = self.new_bucket()
         return S3Store(
             name,
             endpoint=self.endpoint,

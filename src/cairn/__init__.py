@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
 from cairn.protocol import E2E
+from cairn.remotes import objects
 from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
 from cairn.service import NewMemory, Store
@@ -66,18 +68,27 @@ def build(settings: config.Settings, path: Path | None = None, project: str | No
     )
 
 
-def open_remote(url: str, api_key: str | None, device_id: str | None = None) -> Remote:
-    """The remote a sync URL names (this release: a Cairn sync server over http(s))."""
+def open_remote(
+    url: str,
+    api_key: str | None = None,
+    device_id: str | None = None,
+    endpoint_url: str | None = None,
+) -> Remote:
+    """The remote a sync URL names: a Cairn sync server (http(s)://), an S3 or S3-compatible
+    bucket (s3://bucket/prefix) or a folder (file:///path)."""
     if url.startswith(("http://", "https://")):
         if not api_key:
             raise InvalidInput("a sync server needs an API key: pass --api-key (or CAIRN_API_KEY)")
         return HttpRemote(url, api_key, device_id=device_id)
-    raise InvalidInput(f"cannot sync with {url!r}: give the server's http:// or https:// URL")
+    if url.startswith(("s3://", "file://")):
+        return objects.open_url(url, endpoint_url, device_id)
+    raise InvalidInput(
+        f"cannot sync with {url!r}: give a sync server's http(s):// URL, s3://bucket/prefix "
+        "or file:///path/to/folder"
+    )
 
 
-NOT_CONFIGURED = (
-    "sync is not set up on this device; run `cairn sync setup --server URL --api-key KEY`"
-)
+NOT_CONFIGURED = "sync is not set up on this device; run `cairn sync setup --remote URL`"
 
 
 def sync_configured(settings: config.Settings) -> bool:
@@ -90,7 +101,7 @@ def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     sync = settings.sync
     if not sync_configured(settings) or sync.remote is None:
         raise SyncNotConfigured(NOT_CONFIGURED)
-    remote = open_remote(sync.remote, sync.api_key, store.device_id())
+    remote = open_remote(sync.remote, sync.api_key, store.device_id(), sync.endpoint_url)
     keys = None
     try:
         if sync.keyring_id is not None:  # end-to-end encrypted (hosted workspaces have no keys)
@@ -150,6 +161,27 @@ def sync_now(
         wait=wait,
         timeout=timeout,
     )
+
+
+def compact(
+    settings: config.Settings,
+    store: Store,
+    stale_days: float = 30.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Compact an object-storage remote (``ObjectRemote.compact``): a snapshot for new
+    devices, and the batches every device has read removed."""
+    syncer = build_syncer(settings, store)
+    try:
+        remote = syncer.remote
+        if not isinstance(remote, objects.ObjectRemote):
+            raise InvalidInput(
+                f"{remote.url} is a sync server, which keeps its own log: `cairn sync compact` "
+                "is for s3:// and file:// remotes"
+            )
+        return remote.compact(stale_after=stale_days * 86400, progress=progress)
+    finally:
+        syncer.close()
 
 
 def sync_status(settings: config.Settings, store: Store) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class SyncSettings:
 
     remote: str | None = None
     api_key: str | None = None
+    endpoint_url: str | None = None  # an S3-compatible service's endpoint (s3:// remotes)
     master_key: bytes | None = None
     keyring_id: str | None = None
     mode: str = E2E
@@ -117,6 +118,7 @@ def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSetti
         return SyncSettings(
             remote=str(saved["remote"]),
             api_key=saved.get("api_key"),
+            endpoint_url=saved.get("endpoint_url"),
             master_key=base64.b64decode(saved["master_key"], validate=True) if in_file else None,
             keyring_id=str(saved["keyring_id"]) if mode == E2E else None,
             mode=mode,
@@ -167,6 +169,7 @@ def save_sync(
     master_key: bytes | None = None,
     keyring_id: str | None = None,
     key_store: str = "file",
+    endpoint_url: str | None = None,
 ) -> Path:
     """Write where this device syncs to, readable by this user only (atomically): with the
     master key when ``key_store`` is the file, without it when it is in the OS keyring, and in
@@ -181,6 +184,8 @@ def save_sync(
         "mode": E2E if master_key is not None else HOSTED,
         "device_name": name,
     }
+    if endpoint_url:
+        data["endpoint_url"] = endpoint_url
     if master_key is not None:
         data["keyring_id"] = keyring_id
         data["key_store"] = key_store
@@ -211,8 +216,15 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 def default_project(cwd: Path | None = None) -> str:
     """The name of the git repository holding ``cwd`` (its top folder), else ``default``."""
+    top = git_root(cwd)
+    return top.name if top is not None else "default"
+
+
+def git_root(cwd: Path | None = None) -> Path | None:
+    """The top folder of the git repository holding ``cwd`` (a folder not made yet counts by
+    its nearest existing parent), or None."""
     here = (cwd or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / ".git").exists():
-            return folder.name
-    return "default"
+            return folder
+    return None

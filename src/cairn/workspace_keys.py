@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from cairn.crypto import keyring
+from cairn.crypto.frames import Frames
 from cairn.crypto.seal import Opener, Sealer
 from cairn.errors import (
     InvalidInput,
@@ -49,7 +50,7 @@ def join(
         found = remote.get_keyring()
         if found is not None:
             ring = keyring.Keyring.from_bytes(found.blob)
-            return keyring.unlock(ring, passphrase, recovery), None
+            return _opened(remote, keyring.unlock(ring, passphrase, recovery)), None
         if passphrase is None:
             raise WrongPassphrase(
                 "this workspace has no keyring yet; give a passphrase to create it "
@@ -60,7 +61,7 @@ def join(
             remote.put_keyring(ring.to_bytes(), None)
         except RemoteConflict:
             continue  # another device made it first: join theirs
-        return unlocked, recovery_key
+        return _opened(remote, unlocked), recovery_key
     raise SyncError(f"the keyring on {remote.url} keeps changing; retry in a moment")
 
 
@@ -86,7 +87,14 @@ def open_keys(store: Store, remote: Remote, master: bytes, keyring_id: str) -> k
     if blob is not None:
         with store.db.write() as conn:
             replica.set_meta(conn, KEYRING, base64.b64encode(blob).decode())
-    return unlocked
+    return _opened(remote, unlocked)
+
+
+def _opened(remote: Remote, keys: keyring.Unlocked) -> keyring.Unlocked:
+    """Keys just opened for ``remote``: a remote that stores objects of its own (a bucket, a
+    folder) seals them with the workspace's frame key from now on."""
+    remote.set_frames(Frames(keys.frame_key))
+    return keys
 
 
 class Envelopes:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from obstore.store import LocalStore
 
+from cairn.crypto.frames import Frames
 from cairn.errors import InvalidInput, MutationRejected, RemoteConflict
 from cairn.protocol import WireMutation
 from cairn.remotes.base import KeyringBlob, Remote
@@ -39,10 +40,10 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
         made = HttpRemote(server.url, server.admin_key)
     elif request.param == "folder":
         folder = LocalStore(tmp_path / "remote", mkdir=True)
-        made = ObjectRemote(folder, (tmp_path / "remote").as_uri(), frame_key=os.urandom(32))
+        made = ObjectRemote(folder, (tmp_path / "remote").as_uri(), frames=Frames(os.urandom(32)))
     else:
         bucket = request.getfixturevalue("s3_server").bucket()
-        made = ObjectRemote(bucket, "s3://test-bucket", frame_key=os.urandom(32))
+        made = ObjectRemote(bucket, "s3://test-bucket", frames=Frames(os.urandom(32)))
     yield made
     made.close()
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +29,8 @@ from cairn.workspace_keys import join
 
 sync_app = typer.Typer(
     name="sync",
-    help="Sync memories with other devices through a Cairn sync server.",
+    help="Sync memories with other devices through a Cairn sync server, an S3 bucket, a folder "
+    "or a git repository.",
     no_args_is_help=True,
 )
 
@@ -52,7 +54,32 @@ def _syncer() -> Iterator[Syncer]:
 
 @sync_app.command()
 def setup(
-    server: Annotated[str, typer.Option("--server", help="The sync server's URL.")],
+    remote_url: Annotated[
+        str | None,
+        typer.Option(
+            "--remote",
+            "--server",
+            help="Where to sync: a Cairn sync server (https://...), an S3 or S3-compatible "
+            "bucket (s3://bucket/prefix) or a folder (file:///path/to/folder).",
+        ),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url",
+            help="An S3-compatible service's endpoint (R2, B2, MinIO, ...); credentials come "
+            "from the usual AWS variables or profile.",
+        ),
+    ] = None,
+    git: Annotated[
+        bool,
+        typer.Option(
+            "--git",
+            help="Sync through the git repository you are in: a .cairn/ folder of small "
+            "immutable files that you commit, push and pull (or --remote file:///... in a "
+            "repository).",
+        ),
+    ] = False,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -75,15 +102,18 @@ def setup(
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Connect this device to a workspace: check the key, create or unlock the end-to-end
+    """Connect this device to a workspace: check the remote, create or unlock the end-to-end
     encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save.
 
     The workspace key goes to the OS keyring where one exists, else to a 0600 file under
     $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
     settings = config.load()
     device_name = name or settings.sync.device_name
+    url = _remote_url(remote_url, git)
+    if endpoint_url and not url.startswith("s3://"):
+        raise InvalidInput("--endpoint-url is for s3:// remotes")
     with open_store() as store:
-        remote = cairn.open_remote(server, api_key)
+        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
             keys, recovery = None, None
@@ -106,7 +136,10 @@ def setup(
                 keys.master if keys else None,
                 keys.keyring_id if keys else None,
                 key_store or keystore.FILE,
+                endpoint_url,
             )
+            if git:
+                _mark_for_git(url)
             syncer = Syncer(store, remote, keys, settings.sync.rules)
             pending = syncer.status()["pending"]
         finally:
@@ -147,6 +180,36 @@ def setup(
             "read these memories (not even the server)."
         )
     output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+
+
+def _remote_url(remote_url: str | None, git: bool) -> str:
+    """The remote's URL from --remote, or the .cairn folder of this git repository (--git)."""
+    if git:
+        if remote_url is None:
+            top = config.git_root()
+            if top is None:
+                raise InvalidInput("--git: this folder is not inside a git repository")
+            return (top / ".cairn").as_uri()
+        if not remote_url.startswith("file://"):
+            raise InvalidInput("--git goes with a file:// remote inside a repository")
+        from urllib.parse import unquote, urlparse
+
+        if config.git_root(Path(unquote(urlparse(remote_url).path))) is None:
+            raise InvalidInput(f"--git: {remote_url} is not inside a git repository")
+        return remote_url
+    if remote_url is None:
+        raise InvalidInput("say where to sync: --remote URL (or --git in a repository)")
+    return remote_url
+
+
+def _mark_for_git(url: str) -> None:
+    """Files git should take as they are (never converted or merged as text) and the ones it
+    should not track (a compaction's lock, an interrupted write's staging file)."""
+    from urllib.parse import unquote, urlparse
+
+    folder = Path(unquote(urlparse(url).path))
+    (folder / ".gitattributes").write_text("* -text -diff -merge\n", encoding="utf-8")
+    (folder / ".gitignore").write_text("compact.lock\n*#*\n", encoding="utf-8")
 
 
 def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
@@ -241,6 +304,45 @@ def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
             output.out.print(
                 "[yellow]some changes were set aside[/]; `cairn sync dead-letters` shows why"
             )
+
+
+@sync_app.command()
+def compact(
+    stale_days: Annotated[
+        float,
+        typer.Option(
+            "--stale-days",
+            min=0.0,
+            help="A device that has not synced for this many days no longer holds old "
+            "batches back (it reads the snapshot when it returns).",
+        ),
+    ] = 30.0,
+    json_: JsonFlag = False,
+) -> None:
+    """Compact an S3 or folder remote: write an encrypted snapshot so a new device does not
+    replay the whole history, then remove the batches every device has read. Safe beside
+    syncing devices; one compaction runs at a time (a lock object, stale after 10 min)."""
+    settings = config.load()
+    with open_store() as store, progress_to("compacting") as update:
+        report = cairn.compact(settings, store, stale_days, lambda _s, d, t: update(d, t or d))
+    if json_:
+        output.emit_json(report)
+        return
+    if report["snapshot"] is None:
+        output.out.print("nothing to compact: the remote holds no changes yet")
+        return
+    made = "wrote" if report["new_snapshot"] else "kept"
+    output.out.print(
+        f"[green]compacted[/]: {made} snapshot {report['snapshot']} "
+        f"({report['snapshot_mutations']} changes in {report['snapshot_parts']} part(s)); "
+        f"removed {report['removed_batches']} batch(es), kept {report['kept_batches']} that a "
+        "device has not read yet"
+    )
+    if report["skipped_objects"]:
+        output.out.print(
+            f"[yellow]{len(report['skipped_objects'])} object(s) did not open[/] and were "
+            "left out: " + ", ".join(sorted(report["skipped_objects"]))
+        )
 
 
 @sync_app.command()

@@ -138,6 +138,12 @@ class Unlocked:
         first = self.data_keys[min(self.data_keys)]
         return _hkdf(first, b"cairn scope tags")
 
+    @property
+    def frame_key(self) -> bytes:
+        """The key that seals object storage's own objects (``cairn.crypto.frames``): fixed
+        for the workspace's life, like the scope key."""
+        return _hkdf(self.data_keys[min(self.data_keys)], b"cairn object frames")
+
 
 def create(passphrase: str, kdf: KdfParams | None = None) -> tuple[Keyring, Unlocked, str]:
     """A new keyring with one data key; returns it, its unlocked form and the recovery key

@@ -1,4 +1,4 @@
-"""The one narrow interface every sync remote implements (server, in-memory; S3, folder later).
+"""The one narrow interface every sync remote implements (server, in-memory, object storage).
 
 A remote stores opaque mutation envelopes (``cairn.protocol``) and hands them back in a stable
 order after a cursor. It never sees plaintext: it cannot read payloads and must not need to.
@@ -23,7 +23,15 @@ from typing import Any, Protocol
 
 from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
 
-__all__ = ["KeyringBlob", "Remote"]
+__all__ = ["Frames", "KeyringBlob", "Remote"]
+
+
+class Frames(Protocol):
+    """Seals and opens whole objects bound to their names (``cairn.crypto.frames.Frames``)."""
+
+    def seal(self, name: str, data: bytes) -> bytes: ...
+
+    def open(self, name: str, sealed: bytes) -> bytes: ...
 
 
 class Remote(Protocol):
@@ -61,6 +69,11 @@ class Remote(Protocol):
         ...
 
     def register_device(self, device_id: str, name: str) -> None: ...
+
+    def set_frames(self, frames: Frames) -> None:
+        """The workspace's keys are open: a remote that stores objects of its own (a bucket,
+        a folder) seals them with ``frames``; a server stores envelopes as sent and ignores it."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
 

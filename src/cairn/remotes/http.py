@@ -25,7 +25,7 @@ from cairn.errors import (
     error_for,
 )
 from cairn.protocol import PullPage, PushResult, WireMutation, many_from_json, to_json
-from cairn.remotes.base import KeyringBlob
+from cairn.remotes.base import Frames, KeyringBlob
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -113,6 +113,9 @@ class HttpRemote:
 
     def register_device(self, device_id: str, name: str) -> None:
         self._call("POST", "/v1/devices", json={"device_id": device_id, "name": name})
+
+    def set_frames(self, frames: Frames) -> None:
+        return None  # envelopes are sealed already; the remote adds no objects of its own
 
     def status(self) -> dict[str, Any]:
         return {"remote": self._url, **self._call("GET", "/v1/sync/status")}

@@ -9,7 +9,7 @@ from typing import Any
 
 from cairn.errors import InvalidInput, RemoteConflict
 from cairn.protocol import E2E, MAX_PULL_LIMIT, PullPage, PushResult, WireMutation, check_batch
-from cairn.remotes.base import KeyringBlob
+from cairn.remotes.base import Frames, KeyringBlob
 
 
 class MemoryRemote:
@@ -90,6 +90,9 @@ class MemoryRemote:
     def register_device(self, device_id: str, name: str) -> None:
         with self._changed:
             self._devices[device_id] = name
+
+    def set_frames(self, frames: Frames) -> None:
+        return None  # envelopes are sealed already; the remote adds no objects of its own
 
     def status(self) -> dict[str, Any]:
         with self._changed:

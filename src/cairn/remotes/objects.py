@@ -9,13 +9,22 @@ which signs S3 requests and does put-if-absent natively). The layout, under the 
   keyring's compare-and-swap;
 - ``log/<device>/<n>``: immutable batches, each written once, put-if-absent, by its own device
   (numbered 1, 2, 3 ... without gaps); an upload cut short leaves no object or a whole one;
-- ``devices/<device>``: each device's record (its name), written by that device only.
+- ``devices/<device>``: each device's record (its name, and how far it has read every log),
+  written by that device only;
+- ``snapshots/<n>`` and ``snapshots/<n>-<token>/<part>``: what ``compact`` wrote: every
+  mutation of the logs up to a version vector (``covers``), in a few large parts, so a new
+  device does not fetch the history batch by batch; the batches it covers that every device has
+  read are then removed;
+- ``compact.lock``: held while a compaction runs, taken over once stale.
 
 A reader's cursor is a version vector: for each device, the batch and the position in it that it
-has read up to, so a batch written later is never skipped. Batches and device records are framed:
-compressed, then (once the workspace's keys are open, ``frame_key``) sealed with AES-256-GCM bound
-to the object's name, so object names and sizes are all the bucket learns. An object that fails
-to open is skipped and listed in ``status()["skipped_objects"]``, never applied.
+has read up to, so a batch written later is never skipped. A reader that is behind a snapshot
+reads that device's part of it from its position on. Batches, device records and snapshots are
+framed: compressed, then sealed by the workspace's ``Frames`` (AES-256-GCM bound to the object's
+name), so object names and sizes are all the bucket learns. An object that fails to open is
+skipped and listed in ``status()["skipped_objects"]``, never applied; a batch that is missing
+from the middle of a log (a synced folder that has not caught up) holds that log back until it
+arrives, and is listed in ``status()["missing_objects"]``.
 
 A bucket cannot hold a request open, so ``supports_long_poll`` is False: ``pull(wait=...)`` polls
 every ``poll_every`` seconds, and a background worker pulls by interval instead.
@@ -25,26 +34,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
-import os
+import secrets
 import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 import obstore
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from obstore.exceptions import AlreadyExistsError
 
 from cairn.errors import (
+    CryptoError,
     InvalidInput,
     RemoteConflict,
     RemoteUnreachable,
     SchemaTooNew,
     SyncError,
+    SyncNotConfigured,
 )
 from cairn.protocol import (
     MAX_PULL_LIMIT,
@@ -53,17 +67,51 @@ from cairn.protocol import (
     PushResult,
     WireMutation,
     check_batch,
+    from_json,
     many_from_json,
     to_json,
 )
+from cairn.remotes.base import Frames
 
 FORMAT = 1
 HEADER = "cairn.json"
-SEALED_FRAME = b"CAO1"
-PLAIN_FRAME = b"CAP1"
+LOCK = "compact.lock"
+FRAME = b"CAO1"
+LOCK_TTL = 600.0
+"""Seconds after which a compaction's lock is stale (its holder died) and may be taken over."""
+STALE_AFTER = 30 * 86400.0
+"""A device that has not read for this long no longer holds batches back from compaction (it
+reads the snapshot instead when it returns)."""
+PUBLISH_EVERY = 5.0
+"""Seconds between two writes of a device's read position to its record."""
+PART_SIZE = 5000  # mutations per snapshot part
 _NUMBER = 12  # digits in a batch's name: ordered by name as by number
 _CACHE = 256  # batches kept decoded (they never change)
+_WHOLE = 1 << 30  # a position's index meaning "the whole batch"
 T = TypeVar("T")
+
+
+@dataclass
+class Snapshot:
+    """A compaction's manifest: every mutation of each device's log up to ``covers[device]``."""
+
+    number: int
+    covers: dict[str, int]
+    parts: list[str]
+    mutations: int
+    created_at: int
+    entries: dict[str, list[tuple[int, int, WireMutation]]] = field(default_factory=dict)
+    """Per device, (batch, index, mutation) in log order; filled when first read."""
+    loaded: bool = False
+
+
+class _Gap(RemoteUnreachable):
+    """A log is missing a batch it should have (removed by a compaction since it was listed, or
+    not synced here yet); transient when it escapes: the next try reads the remote afresh."""
+
+    def __init__(self, device: str, number: int) -> None:
+        super().__init__(f"log/{device}/{number:0{_NUMBER}d} changed while it was read; retry")
+        self.device, self.number = device, number
 
 
 class ObjectRemote:
@@ -74,21 +122,27 @@ class ObjectRemote:
         store: Any,
         url: str,
         device_id: str | None = None,
-        frame_key: bytes | None = None,
+        frames: Frames | None = None,
         poll_every: float = 0.5,
+        publish_every: float = PUBLISH_EVERY,
     ) -> None:
         self._store = store
         self._url = url
         self.device_id = device_id
-        self.frame_key = frame_key
-        """Seals batches and device records; set once the workspace's keys are open."""
+        self.frames = frames
+        """Seals batches, device records and snapshots; set once the workspace's keys are open."""
         self.poll_every = poll_every
+        self.publish_every = publish_every
         self.skipped: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
         self._lock = threading.Lock()
         self._batches: OrderedDict[str, list[WireMutation]] = OrderedDict()
         self._own: dict[str, set[str]] = {}  # a device's stored mutation ids (idempotent pushes)
         self._next: dict[str, int] = {}  # a device's next batch number
+        self._snapshot: Snapshot | None = None
         self._checked = False
+        self._name: str | None = None
+        self._published: tuple[str, float] | None = None  # (position, when)
 
     @property
     def url(self) -> str:
@@ -97,6 +151,9 @@ class ObjectRemote:
     @property
     def supports_long_poll(self) -> bool:
         return False
+
+    def set_frames(self, frames: Frames) -> None:
+        self.frames = frames
 
     # --- push ---------------------------------------------------------------------------------
 
@@ -123,11 +180,18 @@ class ObjectRemote:
         return PushResult(len(fresh), len(mutations) - len(fresh), 0)
 
     def _own_ids(self, device: str) -> set[str]:
-        """The device's stored mutation ids, read once from its log (under the lock)."""
+        """The device's stored mutation ids, read once from its log and the snapshot (under the
+        lock). The log is listed before the snapshot is read: a compaction writes its snapshot
+        before it removes batches, so a batch number is never handed out twice."""
         if device not in self._own:
             names = self._batch_names(device)
-            self._own[device] = {m.mutation_id for n in names for m in self._batch(device, n)}
-            self._next[device] = (int(names[-1]) if names else 0) + 1
+            snapshot = self._latest_snapshot(refresh=True)
+            covered = snapshot.covers.get(device, 0) if snapshot else 0
+            ids = {m.mutation_id for n in names if int(n) > covered for m in self._batch(device, n)}
+            if covered and snapshot is not None:
+                ids.update(m.mutation_id for _b, _i, m in self._entries(snapshot, device))
+            self._own[device] = ids
+            self._next[device] = max([covered, *(int(n) for n in names)]) + 1
         return self._own[device]
 
     def _write_batch(self, device: str, batch: list[WireMutation]) -> None:
@@ -158,6 +222,8 @@ class ObjectRemote:
         if not 1 <= limit <= MAX_PULL_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_PULL_LIMIT}")
         position, count = _read_cursor(cursor)
+        if cursor is not None:
+            self._publish(cursor, position)
         deadline = time.monotonic() + max(0.0, wait)
         while True:
             page = self._page(position, count, limit, scopes)
@@ -172,27 +238,79 @@ class ObjectRemote:
         limit: int,
         scopes: Sequence[str] | None,
     ) -> PullPage:
-        """Up to ``limit`` mutations after ``position``, device by device in name order."""
+        """Up to ``limit`` mutations after ``position``, device by device in name order. A gap
+        in a log is first taken for a compaction that ran meanwhile (the snapshot is read again
+        and the page started over); a gap that remains holds that device's log back."""
+        seen: set[tuple[str, int]] = set()
+        waiting: set[tuple[str, int]] = set()
+        for _attempt in range(16):
+            snapshot = self._latest_snapshot(refresh=True)
+            try:
+                return self._collect(snapshot, position, count, limit, scopes, waiting)
+            except _Gap as gap:
+                found = (gap.device, gap.number)
+                (waiting if found in seen else seen).add(found)
+        raise RemoteUnreachable(f"the objects in {self._url} keep changing; retry in a moment")
+
+    def _collect(
+        self,
+        snapshot: Snapshot | None,
+        position: dict[str, list[int]],
+        count: int,
+        limit: int,
+        scopes: Sequence[str] | None,
+        waiting: set[tuple[str, int]],
+    ) -> PullPage:
         wanted = set(scopes) if scopes is not None else None
         position = {device: list(at) for device, at in position.items()}
         out: list[WireMutation] = []
-        for device in self._devices_with_logs():
-            batch_no, index = position.get(device, [0, 0])
-            for name in self._batch_names(device, after=max(batch_no - 1, 0)):
-                number = int(name)
-                start = index if number == batch_no else 0
-                batch = self._batch(device, name)
-                for at in range(start, len(batch)):
-                    if len(out) == limit:
-                        return PullPage(out, _write_cursor(position, count), True)
-                    position[device] = [number, at + 1]
-                    count += 1
-                    mutation = batch[at]
-                    if wanted is None or mutation.scope is None or mutation.scope in wanted:
-                        out.append(mutation.with_seq(count))
-                position[device] = [number, len(batch)]
-                index = 0
+        covers = snapshot.covers if snapshot is not None else {}
+        for device in sorted(set(self._devices_with_logs()) | set(covers)):
+            for number, index, mutation in self._unread(snapshot, device, position, waiting):
+                if len(out) == limit:
+                    return PullPage(out, _write_cursor(position, count), True)
+                position[device] = [number, index + 1]
+                count += 1
+                if wanted is None or mutation.scope is None or mutation.scope in wanted:
+                    out.append(mutation.with_seq(count))
         return PullPage(out, _write_cursor(position, count), False)
+
+    def _unread(
+        self,
+        snapshot: Snapshot | None,
+        device: str,
+        position: dict[str, list[int]],
+        waiting: set[tuple[str, int]],
+    ) -> Iterator[tuple[int, int, WireMutation]]:
+        """The device's mutations after its position: from the snapshot while the position is
+        inside what it covers, then from the log (moving the position past each batch read)."""
+        number, index = position.get(device, [0, 0])
+        covered = snapshot.covers.get(device, 0) if snapshot is not None else 0
+        if snapshot is not None and covered and number <= covered:
+            entries = self._entries(snapshot, device)
+            start = bisect.bisect_left(entries, (number, index), key=lambda e: (e[0], e[1]))
+            yield from entries[start:]
+            number, index = covered, _WHOLE
+            position[device] = [number, index]
+        expected = number + 1 if index >= _WHOLE or number == 0 else number
+        for name in self._batch_names(device, after=max(number - 1, 0)):
+            batch_no = int(name)
+            if batch_no > expected:
+                if (device, expected) in waiting:
+                    path = f"log/{device}/{expected:0{_NUMBER}d}"
+                    self.missing[path] = "missing from the log: later batches wait for it"
+                    return
+                raise _Gap(device, expected)
+            try:
+                batch = self._batch(device, name)
+            except FileNotFoundError:
+                raise _Gap(device, batch_no) from None
+            self.missing.pop(f"log/{device}/{name}", None)
+            start = index if batch_no == number else 0
+            for at in range(start, len(batch)):
+                yield batch_no, at, batch[at]
+            position[device] = [batch_no, _WHOLE]
+            expected = batch_no + 1
 
     # --- keyring, devices, status ------------------------------------------------------------
 
@@ -231,14 +349,54 @@ class ObjectRemote:
 
     def register_device(self, device_id: str, name: str) -> None:
         self._ensure_header()
+        self._name = name
+        self._write_device(device_id, {"name": name})
+
+    def _write_device(self, device_id: str, record: dict[str, Any]) -> None:
         path = f"devices/{device_id}"
-        self._put(path, self._frame(path, json.dumps({"name": name}).encode()), create=False)
+        record = {**record, "updated_at": _now_ms()}
+        self._put(path, self._frame(path, json.dumps(record).encode()), create=False)
+
+    def _publish(self, cursor: str, position: dict[str, list[int]]) -> None:
+        """Record how far this device has read (the cursor it pulls from has been applied), so
+        a compaction knows which batches every device has passed; at most every
+        ``publish_every`` seconds, and only when it moved."""
+        if self.device_id is None or self.frames is None:
+            return
+        last = self._published
+        now = time.monotonic()
+        if last is not None and (last[0] == cursor or now - last[1] < self.publish_every):
+            return
+        if self._name is None:
+            record = self._device_record(self.device_id)
+            self._name = str(record.get("name") or self.device_id) if record else self.device_id
+        self._write_device(self.device_id, {"name": self._name, "at": position})
+        self._published = (cursor, now)
+
+    def _device_record(self, device_id: str) -> dict[str, Any] | None:
+        path = f"devices/{device_id}"
+        try:
+            data = json.loads(self._unframe(path, self._get(path)))
+        except FileNotFoundError:
+            return None
+        except (ValueError, CryptoError, zlib.error) as exc:
+            self.skipped[path] = str(exc)
+            return None
+        return data if isinstance(data, dict) else None
 
     def status(self) -> dict[str, Any]:
+        """What the remote holds; before the keys are open (``cairn sync setup`` checking the
+        remote) only what object names tell."""
         devices = self._names("devices/")
-        mutations = 0
+        if self.frames is None:
+            return {"remote": self._url, "mode": "e2e", "format": FORMAT, "devices": len(devices)}
+        snapshot = self._latest_snapshot(refresh=True)
+        covers = snapshot.covers if snapshot else {}
+        mutations = snapshot.mutations if snapshot else 0
+        batches = 0
         for device in self._devices_with_logs():
-            for name in self._batch_names(device):
+            for name in self._batch_names(device, after=covers.get(device, 0)):
+                batches += 1
                 mutations += len(self._batch(device, name))
         return {
             "remote": self._url,
@@ -247,11 +405,206 @@ class ObjectRemote:
             "latest_seq": mutations,
             "mutations": mutations,
             "devices": len(devices),
+            "batches": batches,
+            "snapshot": snapshot.number if snapshot else None,
             "skipped_objects": dict(self.skipped),
+            "missing_objects": dict(self.missing),
         }
 
     def close(self) -> None:
         return None
+
+    # --- compaction ---------------------------------------------------------------------------
+
+    def compact(
+        self,
+        stale_after: float = STALE_AFTER,
+        lock_ttl: float = LOCK_TTL,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write a snapshot of every log as it is now, then remove the batches it covers that
+        every device (that read within ``stale_after`` seconds) has read past, and the earlier
+        snapshots. Runs under ``compact.lock``; raises RemoteConflict while another holds it."""
+        self._ensure_header()
+        self._take_lock(lock_ttl)
+        try:
+            return self._compact(stale_after, progress or (lambda _s, _d, _t: None))
+        finally:
+            self._delete([LOCK])
+
+    def _compact(
+        self, stale_after: float, progress: Callable[[str, int, int], None]
+    ) -> dict[str, Any]:
+        heads = {device: self._batch_names(device) for device in self._devices_with_logs()}
+        previous = self._latest_snapshot(refresh=True)
+        covers = dict(previous.covers) if previous else {}
+        lengths: dict[tuple[str, int], int] = {}
+        entries: list[tuple[int, int, WireMutation]] = []
+        for device in sorted(set(heads) | set(covers)):
+            if previous is not None:
+                entries.extend(self._entries(previous, device))
+            for name in heads.get(device, []):
+                number = int(name)
+                batch = self._batch(device, name)
+                lengths[(device, number)] = len(batch)
+                if number > covers.get(device, 0):
+                    entries.extend((number, at, m) for at, m in enumerate(batch))
+                    progress("reading", len(entries), 0)
+            if heads.get(device):
+                covers[device] = max(covers.get(device, 0), int(heads[device][-1]))
+        snapshot = previous
+        if entries and (previous is None or covers != previous.covers):
+            snapshot = self._write_snapshot(previous, covers, entries, progress)
+        readers = self._readers(stale_after)
+        doomed = [
+            f"log/{device}/{number:0{_NUMBER}d}"
+            for (device, number), length in sorted(lengths.items())
+            if number <= covers.get(device, 0)
+            and all(_passed(at.get(device), number, length) for at in readers.values())
+        ]
+        kept = len(lengths) - len(doomed)
+        old = [
+            p
+            for p in self._names("snapshots/")
+            if snapshot is None or (p != _name(snapshot.number) and p not in snapshot.parts)
+        ]
+        for start in range(0, len(doomed), 500):
+            self._delete(doomed[start : start + 500])
+            progress("removing", min(start + 500, len(doomed)), len(doomed))
+        self._delete([f"snapshots/{p}" for p in old])
+        return {
+            "snapshot": snapshot.number if snapshot else None,
+            "snapshot_mutations": snapshot.mutations if snapshot else 0,
+            "snapshot_parts": len(snapshot.parts) if snapshot else 0,
+            "new_snapshot": snapshot is not previous,
+            "removed_batches": len(doomed),
+            "kept_batches": kept,
+            "removed_snapshot_objects": len(old),
+            "readers": sorted(readers),
+            "skipped_objects": dict(self.skipped),
+        }
+
+    def _write_snapshot(
+        self,
+        previous: Snapshot | None,
+        covers: dict[str, int],
+        entries: list[tuple[int, int, WireMutation]],
+        progress: Callable[[str, int, int], None],
+    ) -> Snapshot:
+        number = (previous.number if previous else 0) + 1
+        folder = f"snapshots/{number:0{_NUMBER}d}-{secrets.token_hex(8)}"
+        parts: list[str] = []
+        for start in range(0, len(entries), PART_SIZE):
+            path = f"{folder}/{len(parts) + 1:06d}"
+            body = [[b, i, m.to_json()] for b, i, m in entries[start : start + PART_SIZE]]
+            self._put(path, self._frame(path, _dumps(body)), create=True)
+            parts.append(path[len("snapshots/") :])
+            progress("writing", start + len(body), len(entries))
+        manifest = {
+            "format": FORMAT,
+            "covers": covers,
+            "parts": parts,
+            "mutations": len(entries),
+            "created_at": _now_ms(),
+        }
+        path = f"snapshots/{number:0{_NUMBER}d}"
+        try:
+            self._put(path, self._frame(path, _dumps(manifest)), create=True)
+        except AlreadyExistsError:
+            self._delete([f"snapshots/{p}" for p in parts])
+            raise RemoteConflict("another compaction wrote a snapshot at the same time") from None
+        made = Snapshot(number, covers, parts, len(entries), _now_ms())
+        made.entries, made.loaded = _by_device(entries), True
+        self._snapshot = made
+        return made
+
+    def _readers(self, stale_after: float) -> dict[str, dict[str, list[int]]]:
+        """Each device's published read position, for devices that read recently."""
+        since = _now_ms() - int(stale_after * 1000)
+        found: dict[str, dict[str, list[int]]] = {}
+        for device in self._names("devices/"):
+            record = self._device_record(device)
+            if not record or "at" not in record or int(record.get("updated_at", 0)) < since:
+                continue
+            found[device] = {str(d): [int(a[0]), int(a[1])] for d, a in record["at"].items()}
+        return found
+
+    def _take_lock(self, ttl: float) -> None:
+        token = secrets.token_hex(8)
+        body = json.dumps({"owner": token, "expires_at": _now_ms() + int(ttl * 1000)}).encode()
+        for _attempt in range(2):
+            try:
+                self._put(LOCK, body, create=True)
+                return
+            except AlreadyExistsError:
+                try:
+                    held = json.loads(self._get(LOCK))
+                    expires = int(held["expires_at"])
+                except FileNotFoundError:
+                    continue
+                except (ValueError, KeyError, TypeError):
+                    expires = 0  # not a lock we understand: treat as stale
+                if expires > _now_ms():
+                    raise RemoteConflict(
+                        f"another compaction of {self._url} is running (its lock expires in "
+                        f"{(expires - _now_ms()) // 1000} s); try again later"
+                    ) from None
+                self._delete([LOCK])
+        raise RemoteConflict(f"another compaction of {self._url} took the lock first")
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def _latest_snapshot(self, refresh: bool = False) -> Snapshot | None:
+        """The newest snapshot's manifest (its parts are read when first needed)."""
+        if not refresh:
+            return self._snapshot
+        for _attempt in range(3):
+            found = self._call(
+                lambda: obstore.list_with_delimiter(self._store, prefix="snapshots/")
+            )
+            names = sorted(
+                str(o["path"]).rsplit("/", 1)[-1]
+                for o in found["objects"]
+                if str(o["path"]).rsplit("/", 1)[-1].isdigit()
+            )
+            if not names:
+                self._snapshot = None
+                return None
+            number = int(names[-1])
+            if self._snapshot is not None and self._snapshot.number == number:
+                return self._snapshot
+            path = f"snapshots/{names[-1]}"
+            try:
+                data = json.loads(self._unframe(path, self._get(path)))
+                self._snapshot = Snapshot(
+                    number,
+                    {str(d): int(n) for d, n in data["covers"].items()},
+                    [str(p) for p in data["parts"]],
+                    int(data["mutations"]),
+                    int(data["created_at"]),
+                )
+            except FileNotFoundError:
+                continue  # replaced by a newer one meanwhile
+            except (ValueError, KeyError, TypeError, CryptoError, zlib.error) as exc:
+                raise SyncError(f"{path} in {self._url} is damaged: {exc}") from exc
+            return self._snapshot
+        raise RemoteUnreachable(f"the snapshots in {self._url} keep changing; retry in a moment")
+
+    def _entries(self, snapshot: Snapshot, device: str) -> list[tuple[int, int, WireMutation]]:
+        if not snapshot.loaded:
+            entries: list[tuple[int, int, WireMutation]] = []
+            for part in snapshot.parts:
+                path = f"snapshots/{part}"
+                try:
+                    data = json.loads(self._unframe(path, self._get(path)))
+                    entries.extend((int(b), int(i), from_json(m)) for b, i, m in data)
+                except FileNotFoundError:
+                    raise _Gap(device, 0) from None  # replaced by a newer snapshot meanwhile
+                except (ValueError, KeyError, TypeError, CryptoError, zlib.error) as exc:
+                    raise SyncError(f"{path} in {self._url} is damaged: {exc}") from exc
+            snapshot.entries = _by_device(entries)
+            snapshot.loaded = True
+        return snapshot.entries.get(device, [])
 
     # --- objects ------------------------------------------------------------------------------
 
@@ -285,7 +638,7 @@ class ObjectRemote:
             mutations = many_from_json(json.loads(self._unframe(path, self._get(path))))
             if any(m.device_id != device for m in mutations):
                 raise ValueError("it holds another device's mutations")
-        except (ValueError, TypeError, KeyError, InvalidInput, zlib.error) as exc:
+        except (ValueError, TypeError, KeyError, InvalidInput, CryptoError, zlib.error) as exc:
             self.skipped[path] = str(exc) or type(exc).__name__
             mutations = []
         self._remember(path, mutations)
@@ -296,26 +649,21 @@ class ObjectRemote:
         while len(self._batches) > _CACHE:
             self._batches.popitem(last=False)
 
+    def _frames(self) -> Frames:
+        if self.frames is None:
+            raise SyncNotConfigured(
+                f"the workspace's keys are not open for {self._url}; run `cairn sync setup`"
+            )
+        return self.frames
+
     def _frame(self, path: str, body: bytes) -> bytes:
-        packed = zlib.compress(body, 6)
-        if self.frame_key is None:
-            return PLAIN_FRAME + packed
-        nonce = os.urandom(12)
-        return SEALED_FRAME + nonce + AESGCM(self.frame_key).encrypt(nonce, packed, path.encode())
+        return FRAME + self._frames().seal(path, zlib.compress(body, 6))
 
     def _unframe(self, path: str, data: bytes) -> bytes:
-        magic, rest = data[:4], data[4:]
-        if magic == PLAIN_FRAME:
-            return zlib.decompress(rest)
-        if magic != SEALED_FRAME:
+        frames = self._frames()  # no key is not a damaged object: never skip for it
+        if data[:4] != FRAME:
             raise ValueError("not a Cairn object")
-        if self.frame_key is None:
-            raise ValueError("sealed, and this remote has no key to open it")
-        try:
-            packed = AESGCM(self.frame_key).decrypt(rest[:12], rest[12:], path.encode())
-        except InvalidTag as exc:
-            raise ValueError("it does not open with this workspace's key (damaged, moved)") from exc
-        return zlib.decompress(packed)
+        return zlib.decompress(frames.open(path, data[4:]))
 
     def _ensure_header(self) -> None:
         if self._checked:
@@ -339,6 +687,10 @@ class ObjectRemote:
     def _put(self, path: str, data: bytes, create: bool) -> None:
         self._call(lambda: obstore.put(self._store, path, data, mode="create" if create else None))
 
+    def _delete(self, paths: list[str]) -> None:
+        if paths:
+            self._call(lambda: obstore.delete(self._store, paths))
+
     def _call(self, work: Callable[[], T]) -> T:
         """Run an obstore call; failures of the storage become RemoteUnreachable."""
         try:
@@ -351,6 +703,88 @@ class ObjectRemote:
             if type(exc).__module__.startswith("obstore"):
                 raise RemoteUnreachable(f"{self._url}: {exc}") from exc
             raise
+
+
+def open_url(
+    url: str, endpoint_url: str | None = None, device_id: str | None = None
+) -> ObjectRemote:
+    """The object remote a URL names: ``file:///path/to/folder`` (created if missing) or
+    ``s3://bucket/prefix``. S3 credentials and region come the usual AWS way (environment
+    variables, then the shared config and credentials files and ``AWS_PROFILE``, through
+    boto3's chain); ``endpoint_url`` points at an S3-compatible service (R2, B2, MinIO, ...)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidInput(f"{url!r}: a folder remote is file:///absolute/path")
+        folder = Path(unquote(parsed.path))
+        if not folder.is_absolute():
+            raise InvalidInput(f"{url!r}: a folder remote is file:///absolute/path")
+        from obstore.store import LocalStore
+
+        try:
+            store = LocalStore(folder, mkdir=True)
+        except Exception as exc:  # obstore raises its own errors for a folder it cannot make
+            raise InvalidInput(f"cannot use {folder} as a sync folder: {exc}") from exc
+        return ObjectRemote(store, folder.as_uri(), device_id)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"{url!r}: name the bucket, s3://bucket/optional/prefix")
+        return ObjectRemote(_s3_store(url, endpoint_url), url.rstrip("/"), device_id)
+    raise InvalidInput(f"{url!r} is not an object storage URL (file:///path or s3://bucket)")
+
+
+def _s3_store(url: str, endpoint_url: str | None) -> Any:
+    import boto3  # type: ignore[import-untyped]
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.store import S3Store
+
+    config: dict[str, Any] = {}
+    session = boto3.Session()  # environment, then AWS_PROFILE / ~/.aws files, SSO, ...
+    provider = Boto3CredentialProvider(session) if session.get_credentials() else None
+    if endpoint_url:
+        config["endpoint"] = endpoint_url.rstrip("/")
+    client: dict[str, Any] = {"connect_timeout": "5s", "timeout": "60s"}
+    if (endpoint_url or "").startswith("http://"):
+        client["allow_http"] = True
+    retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
+    try:
+        return S3Store.from_url(
+            url,
+            config=config or None,  # type: ignore[arg-type]
+            client_options=client,  # type: ignore[arg-type]
+            retry_config=retry,  # type: ignore[arg-type]
+            credential_provider=provider,
+        )
+    except Exception as exc:  # obstore's configuration errors
+        raise InvalidInput(f"cannot use {url}: {exc}") from exc
+
+
+def _name(number: int) -> str:
+    return f"{number:0{_NUMBER}d}"
+
+
+def _passed(at: list[int] | None, number: int, length: int) -> bool:
+    """Whether a reader at ``at`` (batch, index) in a log has read all of batch ``number``."""
+    return at is not None and (at[0] > number or (at[0] == number and at[1] >= length))
+
+
+def _by_device(
+    entries: list[tuple[int, int, WireMutation]],
+) -> dict[str, list[tuple[int, int, WireMutation]]]:
+    grouped: dict[str, list[tuple[int, int, WireMutation]]] = {}
+    for entry in entries:
+        grouped.setdefault(entry[2].device_id, []).append(entry)
+    for device_entries in grouped.values():
+        device_entries.sort(key=lambda e: (e[0], e[1]))
+    return grouped
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _read_cursor(cursor: str | None) -> tuple[dict[str, list[int]], int]:
