@@ -3,8 +3,11 @@ what a bucket learns, and objects in it that are not Cairn's or are damaged."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,8 @@ import pytest
 from obstore.store import LocalStore
 
 from cairn.crypto.frames import Frames
-from cairn.errors import SchemaTooNew
+from cairn.errors import RemoteConflict, SchemaTooNew, SyncNotConfigured
+from cairn.protocol import WireMutation
 from cairn.remotes.objects import ObjectRemote
 
 from .test_conformance import mutation, pull_all
@@ -71,3 +75,137 @@ def test_a_newer_format_is_refused_not_misread(store: Any) -> None:
     with pytest.raises(SchemaTooNew):
         remote.push([mutation(1)])
     assert [str(i["path"]) for i in obstore.list(store).collect()] == ["cairn.json"]
+
+
+# --- compaction ----------------------------------------------------------------------------
+
+
+def of(device: str, n: int) -> WireMutation:
+    return replace(mutation(n), device_id=device, mutation_id=f"{device}-{n:05d}")
+
+
+def ids(mutations: list[WireMutation]) -> list[str]:
+    return [m.mutation_id for m in mutations]
+
+
+def test_a_compacted_remote_serves_every_reader_exactly_once(store: Any) -> None:
+    frames = Frames(os.urandom(32))
+    a = ObjectRemote(store, "s3://bucket", "dev-a", frames, publish_every=0)
+    b = ObjectRemote(store, "s3://bucket", "dev-b", frames, publish_every=0)
+    for start in range(0, 12, 3):
+        a.push([of("dev-a", n) for n in range(start, start + 3)])
+        b.push([of("dev-b", n) for n in range(start, start + 2)])
+    everything = ids(pull_all(a))
+    assert len(everything) == 20
+    # A reader part-way through: 7 mutations read, cursor kept from before the compaction.
+    partway = a.pull(None, limit=7)
+    # Both devices have read to the end and said so (a pull from the end publishes).
+    for device in (a, b):
+        device.pull(pull_all_cursor(device))
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact()
+    assert report["new_snapshot"] and report["snapshot_mutations"] == 20
+    assert report["removed_batches"] == 8 and report["kept_batches"] == 0
+    assert sorted(report["readers"]) == ["dev-a", "dev-b"]
+    assert [n for n in names(store) if n.startswith("log/")] == []
+    # A new device reads the snapshot; the part-way reader resumes inside it; both see each
+    # mutation exactly once, in the same order as before the compaction.
+    fresh = ObjectRemote(store, "s3://bucket", "dev-c", frames)
+    assert ids(pull_all(fresh, limit=6)) == everything
+    assert ids(partway.mutations) + ids(pull_all(fresh, partway.cursor, limit=5)) == everything
+    # Writing goes on after it: numbers are not reused, and a compacted mutation pushed again
+    # (a retry whose acknowledgement was lost) stores nothing.
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    assert writer.push([of("dev-a", 0)]).stored == 0
+    assert writer.push([of("dev-a", 99)]).stored == 1
+    assert "log/dev-a/000000000005" in names(store)
+    after = ids(pull_all(fresh))
+    assert len(after) == len(set(after)) == 21 and "dev-a-00099" in after
+    assert fresh.status()["mutations"] == 21
+
+
+def test_compaction_keeps_what_a_recent_reader_has_not_read(store: Any) -> None:
+    frames = Frames(os.urandom(32))
+    a = ObjectRemote(store, "s3://bucket", "dev-a", frames, publish_every=0)
+    b = ObjectRemote(store, "s3://bucket", "dev-b", frames, publish_every=0)
+    for n in range(4):
+        a.push([of("dev-a", n)])
+    first_two = a.pull(None, limit=2)
+    b.pull(b.pull(None).cursor)  # b has read all four and published it
+    a.pull(first_two.cursor)  # a has read two, and published that
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact()
+    assert report["removed_batches"] == 2 and report["kept_batches"] == 2
+    assert [n for n in names(store) if n.startswith("log/")] == [
+        "log/dev-a/000000000003",
+        "log/dev-a/000000000004",
+    ]
+    assert ids(pull_all(a, first_two.cursor)) == ["dev-a-00002", "dev-a-00003"]
+    # A reader that has not read for longer than the stale limit holds nothing back.
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact(stale_after=0)
+    assert report["removed_batches"] == 2 and not report["new_snapshot"]
+    # A second snapshot replaces the first (objects of the old one are removed).
+    a.push([of("dev-a", 9)])
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact(stale_after=0)
+    assert report["snapshot"] == 2 and report["removed_snapshot_objects"] == 2
+    assert sorted(n for n in names(store) if n.startswith("snapshots/"))[0].startswith(
+        "snapshots/000000000002"
+    )
+    assert len(ids(pull_all(ObjectRemote(store, "s3://bucket", frames=frames)))) == 5
+
+
+def test_one_compaction_at_a_time_and_a_stale_lock_is_taken_over(store: Any) -> None:
+    frames = Frames(os.urandom(32))
+    remote = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    remote.push([of("dev-a", 1)])
+    held = json.dumps({"owner": "other", "expires_at": int(time.time() * 1000) + 60_000})
+    obstore.put(store, "compact.lock", held.encode())
+    with pytest.raises(RemoteConflict, match="another compaction"):
+        remote.compact()
+    assert "compact.lock" in names(store) and not any(n.startswith("snap") for n in names(store))
+    stale = json.dumps({"owner": "dead", "expires_at": int(time.time() * 1000) - 1})
+    obstore.put(store, "compact.lock", stale.encode())
+    assert remote.compact()["snapshot"] == 1
+    assert "compact.lock" not in names(store)
+
+
+def test_a_batch_missing_from_a_log_holds_that_log_back_until_it_arrives(store: Any) -> None:
+    """A synced folder can deliver batch 3 before batch 2: the reader waits for 2 rather than
+    skip it, and says so in its status."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    for n in range(3):
+        writer.push([of("dev-a", n)])
+    second = bytes(obstore.get(store, "log/dev-a/000000000002").bytes())
+    obstore.delete(store, "log/dev-a/000000000002")
+    reader = ObjectRemote(store, "s3://bucket", "dev-b", frames)
+    page = reader.pull(None)
+    assert ids(page.mutations) == ["dev-a-00000"]
+    assert list(reader.status()["missing_objects"]) == ["log/dev-a/000000000002"]
+    obstore.put(store, "log/dev-a/000000000002", second)  # the folder caught up
+    assert ids(pull_all(reader, page.cursor)) == ["dev-a-00001", "dev-a-00002"]
+    assert reader.status()["missing_objects"] == {}
+
+
+def test_without_the_workspace_keys_nothing_is_written_or_skipped(store: Any) -> None:
+    frames = Frames(os.urandom(32))
+    ObjectRemote(store, "s3://bucket", "dev-a", frames).push([of("dev-a", 1)])
+    locked = ObjectRemote(store, "s3://bucket", "dev-b")
+    assert locked.status()["devices"] == 0  # what names tell works before the keys are open
+    with pytest.raises(SyncNotConfigured):
+        locked.push([of("dev-b", 1)])
+    with pytest.raises(SyncNotConfigured):
+        locked.pull(None)
+    assert locked.skipped == {}
+    assert not any(n.startswith("log/dev-b") for n in names(store))
+
+
+def names(store: Any) -> list[str]:
+    return sorted(str(item["path"]) for item in obstore.list(store).collect())
+
+
+def pull_all_cursor(remote: ObjectRemote) -> str | None:
+    cursor = None
+    while True:
+        page = remote.pull(cursor)
+        cursor = page.cursor
+        if not page.has_more:
+            return cursor

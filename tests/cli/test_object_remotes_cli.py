@@ -1,0 +1,207 @@
+"""`cairn sync` through storage the user owns, as a user runs it: an S3 bucket (moto's server),
+a folder, and a git repository shared by a team; each device is its own `cairn` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+from obstore.store import LocalStore, S3Store
+
+from ..conftest import S3Server
+from .conftest import CAIRN, Device, env_for, memories_of
+
+SECRETS = ["orchid", "blue-green", "payments-service", "alpha-laptop", "beta-desktop"]
+
+
+def device(tmp_path: Path, name: str, cwd: Path | None = None, **extra: str) -> Device:
+    env = {**env_for(tmp_path, name), **extra}
+
+    def run(*args: str, ok: bool = True) -> Any:
+        result = subprocess.run(
+            [CAIRN, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd or tmp_path,
+        )
+        if ok:
+            assert result.returncode == 0, f"cairn {' '.join(args)}: {result.stderr}"
+        return json.loads(result.stdout) if "--json" in args and result.stdout else result
+
+    return run
+
+
+def every_object(store: Any) -> dict[str, bytes]:
+    return {
+        str(item["path"]): bytes(obstore.get(store, item["path"]).bytes())
+        for item in obstore.list(store).collect()
+    }
+
+
+def assert_zero_knowledge(objects: dict[str, bytes]) -> None:
+    """Names and sizes are all the storage learns: no content, tag, project or device name."""
+    assert objects, "nothing was stored"
+    every_byte = b"".join(objects.values()) + "".join(objects).encode()
+    for secret in SECRETS:
+        assert secret.encode() not in every_byte, secret
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> Iterator[tuple[str, dict[str, str], Any]]:
+    """(s3:// URL, environment for a device, obstore store to inspect the bucket)."""
+    name = s3_server.new_bucket()
+    creds = s3_server.env()
+    inspect = S3Store(
+        name,
+        endpoint=s3_server.endpoint,
+        access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        region=creds["AWS_DEFAULT_REGION"],
+        client_options={"allow_http": True},
+    )
+    yield f"s3://{name}/team-memory", creds, inspect
+
+
+def test_two_devices_sync_through_an_s3_bucket_that_sees_ciphertext_only(
+    tmp_path: Path, s3_server: S3Server, bucket: tuple[str, dict[str, str], Any]
+) -> None:
+    url, creds, inspect = bucket
+    alpha = device(tmp_path, "alpha", **creds)
+    beta = device(tmp_path, "beta", **creds)
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    made = alpha("sync", "setup", "--remote", url, *endpoint, "--name", "alpha-laptop", "--json")
+    assert made["created_keyring"] and made["remote"] == url
+    alpha("remember", "The orchid release ships blue-green", "--tag", "payments-service")
+    assert alpha("sync", "now", "--json")["push"]["stored"] == 1
+
+    beta("sync", "setup", "--remote", url, *endpoint, "--name", "beta-desktop", "--json")
+    assert beta("sync", "now", "--json")["pull"]["applied"] == 1
+    hits = beta("recall", "how does the orchid release ship?", "--json")
+    assert hits[0]["content"] == "The orchid release ships blue-green"
+    beta("remember", "Rollbacks of orchid take five minutes", "--tag", "payments-service")
+    beta("sync", "now")
+    alpha("sync", "now")
+    assert memories_of(alpha) == memories_of(beta)
+    assert len(memories_of(alpha)) == 2
+
+    status = alpha("sync", "status", "--json")
+    assert status["remote_status"]["mutations"] == 2
+    assert status["remote_status"]["skipped_objects"] == {}
+    objects = every_object(inspect)
+    assert all(p.startswith("team-memory/") for p in objects)
+    assert_zero_knowledge(objects)
+
+
+def test_bad_remote_urls_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    alpha = device(tmp_path, "alpha")
+    for args, message in [
+        (["--remote", "ftp://example.com/x"], "cannot sync with"),
+        (["--remote", "file://relative/folder"], "file:///absolute/path"),
+        (["--remote", (tmp_path / "f").as_uri(), "--endpoint-url", "http://x"], "s3://"),
+        (["--git"], "not inside a git repository"),
+        ([], "--remote URL"),
+    ]:
+        result = alpha("sync", "setup", *args, ok=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_folder_remote_compacts_and_a_new_device_reads_the_snapshot(tmp_path: Path) -> None:
+    folder = tmp_path / "Dropbox" / "cairn"
+    alpha = device(tmp_path, "alpha")
+    beta = device(tmp_path, "beta")
+    alpha("sync", "setup", "--remote", folder.as_uri(), "--name", "alpha-laptop")
+    beta("sync", "setup", "--remote", folder.as_uri(), "--name", "beta-desktop")
+    for n in range(3):
+        alpha("remember", f"orchid fact number {n}", "--tag", "payments-service")
+        alpha("sync", "now")
+        beta("remember", f"blue-green fact number {n}")
+        beta("sync", "now")
+    for run in (alpha, beta, alpha, beta):  # each reads the others, then says how far it read
+        run("sync", "now")
+    report = alpha("sync", "compact", "--json")
+    assert report["new_snapshot"] and report["snapshot_mutations"] == 6
+    assert report["removed_batches"] == 6 and report["kept_batches"] == 0
+    assert not any((folder / "log").rglob("0*"))
+    assert alpha("sync", "compact", "--json")["new_snapshot"] is False
+
+    gamma = device(tmp_path, "gamma")
+    gamma("sync", "setup", "--remote", folder.as_uri(), "--name", "gamma")
+    assert gamma("sync", "now", "--json")["pull"]["applied"] == 6
+    assert memories_of(gamma) == memories_of(alpha) == memories_of(beta)
+    assert_zero_knowledge(every_object(LocalStore(folder)))
+    text = alpha("sync", "compact").stdout
+    assert "kept snapshot 1" in text
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"git {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def test_a_team_syncs_through_a_git_repository_without_merge_conflicts(tmp_path: Path) -> None:
+    """The README's team workflow: sync now, commit, pull (a merge), push, sync now."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    clones = {}
+    for name in ("alice", "bob"):
+        clones[name] = tmp_path / f"{name}-repo"
+        git(tmp_path, "clone", "-q", str(origin), str(clones[name]))
+    alice = device(tmp_path, "alice", cwd=clones["alice"])
+    bob = device(tmp_path, "bob", cwd=clones["bob"])
+
+    made = alice("sync", "setup", "--git", "--name", "alice-laptop", "--json")
+    assert made["remote"] == (clones["alice"] / ".cairn").as_uri()
+    alice("remember", "The orchid service deploys blue-green")
+    alice("sync", "now")
+    git(clones["alice"], "add", ".cairn")
+    git(clones["alice"], "commit", "-qm", "memories")
+    git(clones["alice"], "push", "-q", "origin", "main")
+
+    git(clones["bob"], "pull", "-q", "origin", "main")
+    bob("sync", "setup", "--git", "--name", "bob-desktop")
+    assert bob("sync", "now", "--json")["pull"]["applied"] == 1
+
+    # Both write at once, then commit; bob's pull merges alice's new files into his.
+    alice("remember", "orchid rollbacks take five minutes")
+    bob("remember", "payments-service owns the orchid queue")
+    for name, run in (("alice", alice), ("bob", bob)):
+        run("sync", "now")
+        git(clones[name], "add", ".cairn")
+        git(clones[name], "commit", "-qm", f"{name}'s memories")
+    git(clones["alice"], "push", "-q", "origin", "main")
+    git(clones["bob"], "pull", "-q", "--no-rebase", "origin", "main")  # a merge: no conflicts
+    bob("sync", "now")
+    git(clones["bob"], "add", ".cairn")
+    git(clones["bob"], "commit", "-qm", "bob read alice", "--allow-empty")
+    git(clones["bob"], "push", "-q", "origin", "main")
+    git(clones["alice"], "pull", "-q", "--no-rebase", "origin", "main")
+    alice("sync", "now")
+
+    assert len(memories_of(alice)) == 3
+    assert memories_of(alice) == memories_of(bob)
+    for clone in clones.values():  # no merge ever stopped on a conflict
+        assert not any(line[:2] in ("UU", "AA") for line in git(clone, "status", "--porcelain"))
+    tracked = git(clones["alice"], "ls-files", ".cairn").split()
+    assert ".cairn/.gitattributes" in tracked and ".cairn/cairn.json" in tracked
+    assert_zero_knowledge(every_object(LocalStore(clones["alice"] / ".cairn")))
