@@ -159,8 +159,9 @@ def setup(
     if json_:
         output.emit_json(result)
         return
+    workspace = f" (workspace {result['workspace']})" if result["workspace"] else ""
     output.out.print(
-        f"[green]sync set up[/]: {result['remote']} (workspace {result['workspace']}), "
+        f"[green]sync set up[/]: {result['remote']}{workspace}, "
         f"this device is {device_name} ({syncer.device_id})"
     )
     if hosted:
@@ -177,9 +178,14 @@ def setup(
             "created the workspace's end-to-end encryption keyring. Your recovery key, shown "
             f"this once:\n\n    [bold]{recovery}[/]\n\nwrite it down and keep it apart from "
             "the passphrase: with either, a new device can join; without both, nobody can "
-            "read these memories (not even the server)."
+            "read these memories (not even the server or storage holding them)."
         )
     output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+    if git:
+        output.out.print(
+            "then commit .cairn/ and push it; teammates pull, run `cairn sync setup --git` "
+            "and join with the passphrase"
+        )
 
 
 def _remote_url(remote_url: str | None, git: bool) -> str:

@@ -87,6 +87,7 @@ PUBLISH_EVERY = 5.0
 PART_SIZE = 5000  # mutations per snapshot part
 _NUMBER = 12  # digits in a batch's name: ordered by name as by number
 _CACHE = 256  # batches kept decoded (they never change)
+_RECENT = 8  # a device's latest batches a push checks its mutations against
 _WHOLE = 1 << 30  # a position's index meaning "the whole batch"
 T = TypeVar("T")
 
@@ -180,17 +181,17 @@ class ObjectRemote:
         return PushResult(len(fresh), len(mutations) - len(fresh), 0)
 
     def _own_ids(self, device: str) -> set[str]:
-        """The device's stored mutation ids, read once from its log and the snapshot (under the
-        lock). The log is listed before the snapshot is read: a compaction writes its snapshot
-        before it removes batches, so a batch number is never handed out twice."""
+        """The mutation ids of the device's latest batches, read once (under the lock): a push
+        whose acknowledgement was lost is retried before anything else, so its batch is among
+        them and is not stored twice. The log is listed before the snapshot's manifest is read:
+        a compaction writes its snapshot before it removes batches, so a batch number is never
+        handed out twice."""
         if device not in self._own:
             names = self._batch_names(device)
             snapshot = self._latest_snapshot(refresh=True)
             covered = snapshot.covers.get(device, 0) if snapshot else 0
-            ids = {m.mutation_id for n in names if int(n) > covered for m in self._batch(device, n)}
-            if covered and snapshot is not None:
-                ids.update(m.mutation_id for _b, _i, m in self._entries(snapshot, device))
-            self._own[device] = ids
+            recent = [n for n in names if int(n) > covered][-_RECENT:]
+            self._own[device] = {m.mutation_id for n in recent for m in self._batch(device, n)}
             self._next[device] = max([covered, *(int(n) for n in names)]) + 1
         return self._own[device]
 
