@@ -153,6 +153,22 @@ def test_compaction_keeps_what_a_recent_reader_has_not_read(store: Any) -> None:
     assert len(ids(pull_all(ObjectRemote(store, "s3://bucket", frames=frames)))) == 5
 
 
+def test_a_reader_whose_unread_batches_were_all_removed_finds_them_in_the_snapshot(
+    store: Any,
+) -> None:
+    """Its log listing comes back empty (no gap to notice): the snapshot that appeared while
+    it read makes it read the page again, from the snapshot."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    for n in range(3):
+        writer.push([of("dev-a", n)])
+    reader = ObjectRemote(store, "s3://bucket", "dev-b", frames)
+    first = reader.pull(None, limit=1)  # it has looked: no snapshot, and it read one batch
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact(stale_after=0)
+    assert report["removed_batches"] == 3
+    assert ids(pull_all(reader, first.cursor)) == ["dev-a-00001", "dev-a-00002"]
+
+
 def test_one_compaction_at_a_time_and_a_stale_lock_is_taken_over(store: Any) -> None:
     frames = Frames(os.urandom(32))
     remote = ObjectRemote(store, "s3://bucket", "dev-a", frames)

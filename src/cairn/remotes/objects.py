@@ -141,6 +141,7 @@ class ObjectRemote:
         self._own: dict[str, set[str]] = {}  # a device's stored mutation ids (idempotent pushes)
         self._next: dict[str, int] = {}  # a device's next batch number
         self._snapshot: Snapshot | None = None
+        self._snapshot_at: float | None = None  # when the latest snapshot was last looked for
         self._checked = False
         self._name: str | None = None
         self._published: tuple[str, float] | None = None  # (position, when)
@@ -239,18 +240,29 @@ class ObjectRemote:
         limit: int,
         scopes: Sequence[str] | None,
     ) -> PullPage:
-        """Up to ``limit`` mutations after ``position``, device by device in name order. A gap
-        in a log is first taken for a compaction that ran meanwhile (the snapshot is read again
-        and the page started over); a gap that remains holds that device's log back."""
+        """Up to ``limit`` mutations after ``position``, device by device in name order.
+
+        A position only moves over what was read, and over a log's batches only without a gap,
+        so nothing is skipped. A gap is first taken for a compaction that ran meanwhile (the
+        snapshot is read again and the page started over); a gap that remains holds that
+        device's log back. A snapshot that appears while the page is read (its batches maybe
+        removed already) also starts the page over, with it."""
         seen: set[tuple[str, int]] = set()
         waiting: set[tuple[str, int]] = set()
+        refresh = self._snapshot_at is None
         for _attempt in range(16):
-            snapshot = self._latest_snapshot(refresh=True)
+            snapshot = self._latest_snapshot(refresh=refresh)
             try:
-                return self._collect(snapshot, position, count, limit, scopes, waiting)
+                page = self._collect(snapshot, position, count, limit, scopes, waiting)
             except _Gap as gap:
                 found = (gap.device, gap.number)
                 (waiting if found in seen else seen).add(found)
+                refresh = True
+                continue
+            latest = self._latest_snapshot(refresh=True)
+            if (latest and latest.number) == (snapshot and snapshot.number):
+                return page
+            refresh = False  # the page is read again with the snapshot just found
         raise RemoteUnreachable(f"the objects in {self._url} keep changing; retry in a moment")
 
     def _collect(
@@ -557,8 +569,9 @@ class ObjectRemote:
 
     def _latest_snapshot(self, refresh: bool = False) -> Snapshot | None:
         """The newest snapshot's manifest (its parts are read when first needed)."""
-        if not refresh:
+        if not refresh and self._snapshot_at is not None:
             return self._snapshot
+        self._snapshot_at = time.monotonic()
         for _attempt in range(3):
             found = self._call(
                 lambda: obstore.list_with_delimiter(self._store, prefix="snapshots/")
