@@ -37,6 +37,7 @@ import binascii
 import bisect
 import json
 import secrets
+import struct
 import threading
 import time
 import zlib
@@ -67,9 +68,6 @@ from cairn.protocol import (
     PushResult,
     WireMutation,
     check_batch,
-    from_json,
-    many_from_json,
-    to_json,
 )
 from cairn.remotes.base import Frames
 
@@ -82,11 +80,14 @@ LOCK_TTL = 600.0
 STALE_AFTER = 30 * 86400.0
 """A device that has not read for this long no longer holds batches back from compaction (it
 reads the snapshot instead when it returns)."""
+KEYRING_TTL = 10.0
+"""Seconds a push trusts the keyring's revoked key ids it read (each push would read it again)."""
 PUBLISH_EVERY = 5.0
 """Seconds between two writes of a device's read position to its record."""
 PART_SIZE = 5000  # mutations per snapshot part
 _NUMBER = 12  # digits in a batch's name: ordered by name as by number
 _CACHE = 256  # batches kept decoded (they never change)
+_HEAD = struct.Struct(">I")  # the size of a packed batch's compressed fields
 _RECENT = 8  # a device's latest batches a push checks its mutations against
 _WHOLE = 1 << 30  # a position's index meaning "the whole batch"
 T = TypeVar("T")
@@ -141,6 +142,7 @@ class ObjectRemote:
         self._own: dict[str, set[str]] = {}  # a device's stored mutation ids (idempotent pushes)
         self._next: dict[str, int] = {}  # a device's next batch number
         self._snapshot: Snapshot | None = None
+        self._ring: tuple[float, KeyringBlob | None] | None = None  # (read at, keyring)
         self._snapshot_at: float | None = None  # when the latest snapshot was last looked for
         self._checked = False
         self._name: str | None = None
@@ -160,8 +162,7 @@ class ObjectRemote:
     # --- push ---------------------------------------------------------------------------------
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
-        ring = self.get_keyring()
-        check_batch(mutations, True, ring.revoked if ring else ())
+        check_batch(mutations, True, self._revoked())
         devices = {m.device_id for m in mutations}
         device = self.device_id or (next(iter(devices)) if devices else None)
         if device is None:
@@ -198,11 +199,11 @@ class ObjectRemote:
 
     def _write_batch(self, device: str, batch: list[WireMutation]) -> None:
         self._ensure_header()
-        body = json.dumps(to_json(batch), separators=(",", ":")).encode()
+        body = _pack(batch)
         while True:
             path = f"log/{device}/{self._next[device]:0{_NUMBER}d}"
             try:
-                self._put(path, self._frame(path, body), create=True)
+                self._put(path, self._seal(path, body), create=True)
             except AlreadyExistsError:
                 # Another process of this device wrote that number first: reread and go on.
                 del self._own[device]
@@ -342,6 +343,15 @@ class ObjectRemote:
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise SyncError(f"keyring/{latest} in {self._url} is damaged") from exc
 
+    def _revoked(self) -> tuple[int, ...]:
+        """The revoked key ids a push is checked against: the keyring as read at most
+        ``KEYRING_TTL`` seconds ago (a rotation made here is seen at once)."""
+        now = time.monotonic()
+        if self._ring is None or now - self._ring[0] > KEYRING_TTL:
+            self._ring = (now, self.get_keyring())
+        ring = self._ring[1]
+        return ring.revoked if ring else ()
+
     def put_keyring(
         self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
     ) -> int:
@@ -358,6 +368,7 @@ class ObjectRemote:
             self._put(f"keyring/{version:08d}", json.dumps(record).encode(), create=True)
         except AlreadyExistsError as exc:
             raise RemoteConflict("another device changed the keyring at the same time") from exc
+        self._ring = None
         return version
 
     def register_device(self, device_id: str, name: str) -> None:
@@ -509,10 +520,11 @@ class ObjectRemote:
         parts: list[str] = []
         for start in range(0, len(entries), PART_SIZE):
             path = f"{folder}/{len(parts) + 1:06d}"
-            body = [[b, i, m.to_json()] for b, i, m in entries[start : start + PART_SIZE]]
-            self._put(path, self._frame(path, _dumps(body)), create=True)
+            chunk = entries[start : start + PART_SIZE]
+            body = _pack([m for _b, _i, m in chunk], [[b, i] for b, i, _m in chunk])
+            self._put(path, self._seal(path, body), create=True)
             parts.append(path[len("snapshots/") :])
-            progress("writing", start + len(body), len(entries))
+            progress("writing", start + len(chunk), len(entries))
         manifest = {
             "format": FORMAT,
             "covers": covers,
@@ -610,11 +622,11 @@ class ObjectRemote:
             for part in snapshot.parts:
                 path = f"snapshots/{part}"
                 try:
-                    data = json.loads(self._unframe(path, self._get(path)))
-                    entries.extend((int(b), int(i), from_json(m)) for b, i, m in data)
+                    mutations, at = _unpack(self._open(path, self._get(path)), 2)
+                    entries.extend((a[0], a[1], m) for a, m in zip(at, mutations, strict=True))
                 except FileNotFoundError:
                     raise _Gap(device, 0) from None  # replaced by a newer snapshot meanwhile
-                except (ValueError, KeyError, TypeError, CryptoError, zlib.error) as exc:
+                except (ValueError, TypeError, struct.error, CryptoError, zlib.error) as exc:
                     raise SyncError(f"{path} in {self._url} is damaged: {exc}") from exc
             snapshot.entries = _by_device(entries)
             snapshot.loaded = True
@@ -649,10 +661,10 @@ class ObjectRemote:
         if with_cache is not None:
             return with_cache
         try:
-            mutations = many_from_json(json.loads(self._unframe(path, self._get(path))))
+            mutations, _ = _unpack(self._open(path, self._get(path)))
             if any(m.device_id != device for m in mutations):
                 raise ValueError("it holds another device's mutations")
-        except (ValueError, TypeError, KeyError, InvalidInput, CryptoError, zlib.error) as exc:
+        except (ValueError, TypeError, struct.error, CryptoError, zlib.error) as exc:
             self.skipped[path] = str(exc) or type(exc).__name__
             mutations = []
         self._remember(path, mutations)
@@ -670,14 +682,21 @@ class ObjectRemote:
             )
         return self.frames
 
-    def _frame(self, path: str, body: bytes) -> bytes:
-        return FRAME + self._frames().seal(path, zlib.compress(body, 6))
+    def _seal(self, path: str, body: bytes) -> bytes:
+        return FRAME + self._frames().seal(path, body)
 
-    def _unframe(self, path: str, data: bytes) -> bytes:
+    def _open(self, path: str, data: bytes) -> bytes:
         frames = self._frames()  # no key is not a damaged object: never skip for it
         if data[:4] != FRAME:
             raise ValueError("not a Cairn object")
-        return zlib.decompress(frames.open(path, data[4:]))
+        return frames.open(path, data[4:])
+
+    def _frame(self, path: str, body: bytes) -> bytes:
+        """A small JSON object (a device record, a manifest), compressed and sealed."""
+        return self._seal(path, zlib.compress(body, 6))
+
+    def _unframe(self, path: str, data: bytes) -> bytes:
+        return zlib.decompress(self._open(path, data))
 
     def _ensure_header(self) -> None:
         if self._checked:
@@ -791,6 +810,45 @@ def _by_device(
     for device_entries in grouped.values():
         device_entries.sort(key=lambda e: (e[0], e[1]))
     return grouped
+
+
+def _pack(mutations: Sequence[WireMutation], extra: list[list[int]] | None = None) -> bytes:
+    """A batch's (or a snapshot part's) bytes: the mutations' fields (and ``extra`` numbers per
+    mutation) as compressed JSON, then their payloads as they are. Sealed payloads do not
+    compress, and base64 would make them a third larger, so only the fields are compressed."""
+    rows = [
+        [*(extra[k] if extra else ()), m.version, m.mutation_id, m.device_id, m.hlc]
+        + [m.entity_id, m.scope, len(m.payload)]
+        for k, m in enumerate(mutations)
+    ]
+    head = zlib.compress(_dumps(rows), 6)
+    return b"".join([_HEAD.pack(len(head)), head, *(m.payload for m in mutations)])
+
+
+def _unpack(data: bytes, extra: int = 0) -> tuple[list[WireMutation], list[list[int]]]:
+    """The mutations ``_pack`` wrote, and their extra numbers; ValueError if it is not one."""
+    (size,) = _HEAD.unpack_from(data)
+    rows = json.loads(zlib.decompress(data[_HEAD.size : _HEAD.size + size]))
+    offset = _HEAD.size + size
+    mutations: list[WireMutation] = []
+    numbers: list[list[int]] = []
+    for row in rows:
+        numbers.append([int(n) for n in row[:extra]])
+        version, mutation_id, device_id, hlc, entity_id, scope, length = row[extra:]
+        if not all(isinstance(f, str) for f in (mutation_id, device_id, hlc, entity_id)):
+            raise ValueError("a mutation's ids and clock must be strings")
+        if not isinstance(version, int) or not isinstance(length, int) or length < 0:
+            raise ValueError("a mutation's version and size must be numbers")
+        if scope is not None and not isinstance(scope, str):
+            raise ValueError("a mutation's scope must be a string or null")
+        payload = data[offset : offset + length]
+        offset += length
+        mutations.append(
+            WireMutation(mutation_id, device_id, hlc, entity_id, scope, payload, None, version)
+        )
+    if offset != len(data):
+        raise ValueError("its payloads do not add up to its size")
+    return mutations, numbers
 
 
 def _dumps(data: Any) -> bytes:
