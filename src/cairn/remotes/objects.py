@@ -189,12 +189,20 @@ class ObjectRemote:
         a compaction writes its snapshot before it removes batches, so a batch number is never
         handed out twice."""
         if device not in self._own:
-            names = self._batch_names(device)
-            snapshot = self._latest_snapshot(refresh=True)
-            covered = snapshot.covers.get(device, 0) if snapshot else 0
-            recent = [n for n in names if int(n) > covered][-_RECENT:]
-            self._own[device] = {m.mutation_id for n in recent for m in self._batch(device, n)}
-            self._next[device] = max([covered, *(int(n) for n in names)]) + 1
+            for attempt in range(3):
+                names = self._batch_names(device)
+                snapshot = self._latest_snapshot(refresh=True)
+                covered = snapshot.covers.get(device, 0) if snapshot else 0
+                recent = [n for n in names if int(n) > covered][-_RECENT:]
+                try:
+                    ids = {m.mutation_id for n in recent for m in self._batch(device, n)}
+                except _Gap:  # a compaction removed them since: list again
+                    if attempt == 2:
+                        raise
+                    continue
+                self._own[device] = ids
+                self._next[device] = max([covered, *(int(n) for n in names)]) + 1
+                break
         return self._own[device]
 
     def _write_batch(self, device: str, batch: list[WireMutation]) -> None:
@@ -315,10 +323,7 @@ class ObjectRemote:
                     self.missing[path] = "missing from the log: later batches wait for it"
                     return
                 raise _Gap(device, expected)
-            try:
-                batch = self._batch(device, name)
-            except FileNotFoundError:
-                raise _Gap(device, batch_no) from None
+            batch = self._batch(device, name)
             self.missing.pop(f"log/{device}/{name}", None)
             start = index if batch_no == number else 0
             for at in range(start, len(batch)):
@@ -414,14 +419,21 @@ class ObjectRemote:
         devices = self._names("devices/")
         if self.frames is None:
             return {"remote": self._url, "mode": "e2e", "format": FORMAT, "devices": len(devices)}
-        snapshot = self._latest_snapshot(refresh=True)
-        covers = snapshot.covers if snapshot else {}
-        mutations = snapshot.mutations if snapshot else 0
-        batches = 0
-        for device in self._devices_with_logs():
-            for name in self._batch_names(device, after=covers.get(device, 0)):
-                batches += 1
-                mutations += len(self._batch(device, name))
+        for attempt in range(3):
+            snapshot = self._latest_snapshot(refresh=True)
+            covers = snapshot.covers if snapshot else {}
+            mutations = snapshot.mutations if snapshot else 0
+            batches = 0
+            try:
+                for device in self._devices_with_logs():
+                    for name in self._batch_names(device, after=covers.get(device, 0)):
+                        batches += 1
+                        mutations += len(self._batch(device, name))
+            except _Gap:  # a compaction removed batches since they were listed: count again
+                if attempt == 2:
+                    raise
+                continue
+            break
         return {
             "remote": self._url,
             "mode": "e2e",
@@ -661,7 +673,11 @@ class ObjectRemote:
         if with_cache is not None:
             return with_cache
         try:
-            mutations, _ = _unpack(self._open(path, self._get(path)))
+            data = self._get(path)
+        except FileNotFoundError:
+            raise _Gap(device, int(name)) from None  # removed by a compaction since listed
+        try:
+            mutations, _ = _unpack(self._open(path, data))
             if any(m.device_id != device for m in mutations):
                 raise ValueError("it holds another device's mutations")
         except (ValueError, TypeError, struct.error, CryptoError, zlib.error) as exc:
