@@ -4,7 +4,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync crypto autosync)
+    coldstart sync crypto autosync objects)
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ FULL: dict[str, list[str]] = {
     "sync": [],
     "crypto": [],
     "autosync": [],
+    "objects": [],
 }
 QUICK: dict[str, list[str]] = {
     "embed": ["--texts", "256", "--queries", "50"],
@@ -36,6 +37,7 @@ QUICK: dict[str, list[str]] = {
     "sync": ["--quick"],
     "crypto": ["--quick"],
     "autosync": ["--quick"],
+    "objects": ["--quick"],
 }
 
 
