@@ -74,8 +74,21 @@ def test_two_devices_sync_through_an_s3_bucket_that_sees_ciphertext_only(
     tmp_path: Path, s3_server: S3Server, bucket: tuple[str, dict[str, str], Any]
 ) -> None:
     url, creds, inspect = bucket
-    alpha = device(tmp_path, "alpha", **creds)
-    beta = device(tmp_path, "beta", **creds)
+    alpha = device(tmp_path, "alpha", **creds)  # credentials from AWS_* variables
+    profiles = tmp_path / "aws-credentials"  # and from a named profile, as ~/.aws holds them
+    profiles.write_text(
+        f"[team]\naws_access_key_id = {creds['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {creds['AWS_SECRET_ACCESS_KEY']}\n",
+        encoding="utf-8",
+    )
+    beta = device(
+        tmp_path,
+        "beta",
+        AWS_SHARED_CREDENTIALS_FILE=str(profiles),
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_PROFILE="team",
+        AWS_DEFAULT_REGION=creds["AWS_DEFAULT_REGION"],
+    )
     endpoint = ["--endpoint-url", s3_server.endpoint]
     made = alpha("sync", "setup", "--remote", url, *endpoint, "--name", "alpha-laptop", "--json")
     assert made["created_keyring"] and made["remote"] == url
@@ -114,6 +127,15 @@ def test_bad_remote_urls_are_refused_and_change_nothing(tmp_path: Path) -> None:
         assert message in result.stderr, (args, result.stderr)
     assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()
     assert not (tmp_path / "f").exists()
+    anonymous = device(
+        tmp_path,
+        "anonymous",
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = anonymous("sync", "setup", "--remote", "s3://bucket/cairn", ok=False)
+    assert result.returncode == 9 and "no AWS credentials" in result.stderr, result.stderr
 
 
 def test_a_folder_remote_compacts_and_a_new_device_reads_the_snapshot(tmp_path: Path) -> None:

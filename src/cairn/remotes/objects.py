@@ -50,10 +50,12 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import obstore
-from obstore.exceptions import AlreadyExistsError
+from obstore.exceptions import AlreadyExistsError, PermissionDeniedError, UnauthenticatedError
 
 from cairn.errors import (
+    AuthFailed,
     CryptoError,
+    Forbidden,
     InvalidInput,
     RemoteConflict,
     RemoteUnreachable,
@@ -747,10 +749,14 @@ class ObjectRemote:
         except (AlreadyExistsError, FileNotFoundError):
             raise
         except OSError as exc:
-            raise RemoteUnreachable(f"cannot reach {self._url}: {exc}") from exc
+            raise RemoteUnreachable(f"cannot reach {self._url}: {_first_line(exc)}") from exc
+        except UnauthenticatedError as exc:
+            raise AuthFailed(f"{self._url} refused the credentials: {_first_line(exc)}") from exc
+        except PermissionDeniedError as exc:
+            raise Forbidden(f"{self._url}: {_first_line(exc)}") from exc
         except Exception as exc:  # obstore's own errors (network, auth) are not OSErrors
             if type(exc).__module__.startswith("obstore"):
-                raise RemoteUnreachable(f"{self._url}: {exc}") from exc
+                raise RemoteUnreachable(f"{self._url}: {_first_line(exc)}") from exc
             raise
 
 
@@ -788,8 +794,13 @@ def _s3_store(url: str, endpoint_url: str | None) -> Any:
     from obstore.store import S3Store
 
     config: dict[str, Any] = {}
-    session = boto3.Session()  # environment, then AWS_PROFILE / ~/.aws files, SSO, ...
-    provider = Boto3CredentialProvider(session) if session.get_credentials() else None
+    session = boto3.Session()  # environment, then AWS_PROFILE / ~/.aws files, SSO, roles
+    if session.get_credentials() is None:
+        raise AuthFailed(
+            f"no AWS credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "AWS_PROFILE (a profile in ~/.aws/credentials)"
+        )
+    provider = Boto3CredentialProvider(session)
     if endpoint_url:
         config["endpoint"] = endpoint_url.rstrip("/")
     client: dict[str, Any] = {"connect_timeout": "5s", "timeout": "60s"}
@@ -806,6 +817,11 @@ def _s3_store(url: str, endpoint_url: str | None) -> Any:
         )
     except Exception as exc:  # obstore's configuration errors
         raise InvalidInput(f"cannot use {url}: {exc}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """An obstore error's message without the debug dump it appends."""
+    return str(exc).split("\n\nDebug source", 1)[0].strip()
 
 
 def _name(number: int) -> str:
