@@ -226,3 +226,87 @@ def pull_all_cursor(remote: ObjectRemote) -> str | None:
         cursor = page.cursor
         if not page.has_more:
             return cursor
+
+
+def test_compaction_covers_no_gap_and_no_object_that_does_not_open(store: Any) -> None:
+    """A folder still syncing may hold batch 4 but not yet 3: the snapshot stops at 2, so 3
+    is read when it arrives. A batch that does not open is never covered nor removed, and a
+    compaction with another workspace's key removes nothing at all."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    for n in range(5):
+        writer.push([of("dev-a", n)])
+    third = bytes(obstore.get(store, "log/dev-a/000000000003").bytes())
+    obstore.delete(store, "log/dev-a/000000000003")
+    before = names(store)
+    stranger = ObjectRemote(store, "s3://bucket", frames=Frames(os.urandom(32)))
+    assert stranger.compact(stale_after=0)["removed_batches"] == 0
+    assert names(store) == before
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact(stale_after=0)
+    assert report["snapshot_mutations"] == 2 and report["removed_batches"] == 2
+    obstore.put(store, "log/dev-a/000000000003", third)  # the folder caught up
+    assert ids(pull_all(ObjectRemote(store, "s3://bucket", frames=frames))) == [
+        f"dev-a-{n:05d}" for n in range(5)
+    ]
+    obstore.put(store, "log/dev-a/000000000006", b"not ours")
+    writer.push([of("dev-a", 6)])  # batch 7, after the foreign 6
+    report = ObjectRemote(store, "s3://bucket", frames=frames).compact(stale_after=0)
+    assert report["snapshot_mutations"] == 5 and "log/dev-a/000000000006" in names(store)
+    assert "log/dev-a/000000000007" in names(store)
+
+
+def test_a_slow_compaction_never_removes_a_later_one(store: Any) -> None:
+    """A compaction that outlives its lock: another takes over and writes a newer snapshot;
+    the slow one removes only what is older than its own, and not the other's lock."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    for n in range(3):
+        writer.push([of("dev-a", n)])
+    slow = ObjectRemote(store, "s3://bucket", frames=frames)
+    fast = ObjectRemote(store, "s3://bucket", frames=frames)
+    done: list[dict[str, Any]] = []
+    readers = slow._readers
+
+    def meanwhile(stale_after: float) -> dict[str, dict[str, list[int]]]:
+        writer.push([of("dev-a", 3)])
+        done.append(fast.compact(stale_after=0))  # the slow one's lock is stale already
+        return readers(stale_after)
+
+    slow._readers = meanwhile  # type: ignore[method-assign]
+    report = slow.compact(stale_after=0, lock_ttl=0)
+    assert report["snapshot"] == 1 and done[0]["snapshot"] == 2
+    assert any(n.startswith("snapshots/000000000002") for n in names(store))
+    assert ids(pull_all(ObjectRemote(store, "s3://bucket", frames=frames))) == [
+        f"dev-a-{n:05d}" for n in range(4)
+    ]
+
+
+def test_a_batch_number_is_not_reused_when_removals_arrive_before_the_snapshot(
+    store: Any,
+) -> None:
+    """A synced folder may deliver a compaction's removals before its snapshot: the device's
+    own record (how far it read its log) still keeps it from numbering a batch again."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames, publish_every=0)
+    for n in range(3):
+        writer.push([of("dev-a", n)])
+    writer.pull(pull_all_cursor(writer))  # publishes that it has read its 3 batches
+    ObjectRemote(store, "s3://bucket", frames=frames).compact()
+    snapshot = {n: bytes(obstore.get(store, n).bytes()) for n in names(store) if "snap" in n}
+    obstore.delete(store, list(snapshot))  # not here yet
+    ObjectRemote(store, "s3://bucket", "dev-a", frames).push([of("dev-a", 3)])
+    assert [n for n in names(store) if n.startswith("log/")] == ["log/dev-a/000000000004"]
+    for path, data in snapshot.items():
+        obstore.put(store, path, data)
+    assert len(ids(pull_all(ObjectRemote(store, "s3://bucket", frames=frames)))) == 4
+
+
+def test_two_processes_of_one_device_store_a_mutation_once(store: Any) -> None:
+    frames = Frames(os.urandom(32))
+    cli = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    daemon = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    assert cli.push([of("dev-a", 0)]).stored == 1
+    assert daemon.push([of("dev-a", 1)]).stored == 1  # batch 2
+    result = cli.push([of("dev-a", 1), of("dev-a", 2)])  # number 2 is taken: reread, filter
+    assert (result.stored, result.duplicates) == (1, 1)
+    assert ids(pull_all(cli)) == ["dev-a-00000", "dev-a-00001", "dev-a-00002"]

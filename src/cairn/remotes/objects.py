@@ -179,10 +179,8 @@ class ObjectRemote:
                 if mutation.mutation_id not in own and mutation.mutation_id not in seen:
                     seen.add(mutation.mutation_id)
                     fresh.append(mutation)
-            if fresh:
-                self._write_batch(device, fresh)
-                own.update(seen)
-        return PushResult(len(fresh), len(mutations) - len(fresh), 0)
+            stored = self._write_batch(device, fresh)
+        return PushResult(len(stored), len(mutations) - len(stored), 0)
 
     def _own_ids(self, device: str) -> set[str]:
         """The mutation ids of the device's latest batches, read once (under the lock): a push
@@ -203,25 +201,41 @@ class ObjectRemote:
                         raise
                     continue
                 self._own[device] = ids
-                self._next[device] = max([covered, *(int(n) for n in names)]) + 1
+                self._next[device] = max([covered, self._read_up_to(device), *map(int, names)]) + 1
                 break
         return self._own[device]
 
-    def _write_batch(self, device: str, batch: list[WireMutation]) -> None:
+    def _read_up_to(self, device: str) -> int:
+        """The batch of its own log this device last said it had read (its record is written by
+        it alone, so it is current here even when a synced folder delivers a compaction's
+        removals before its snapshot: a number removed is then still not handed out again)."""
+        if device != self.device_id:
+            return 0
+        record = self._device_record(device) or {}
+        try:
+            return int(record.get("at", {}).get(device, [0])[0])
+        except (AttributeError, TypeError, ValueError, IndexError):
+            return 0
+
+    def _write_batch(self, device: str, batch: list[WireMutation]) -> list[WireMutation]:
+        """Store ``batch`` as the device's next batch; returns what was stored (less, when
+        another process of this device stored some of it first)."""
         self._ensure_header()
-        body = _pack(batch)
-        while True:
+        while batch:
             path = f"log/{device}/{self._next[device]:0{_NUMBER}d}"
             try:
-                self._put(path, self._seal(path, body), create=True)
+                self._put(path, self._seal(path, _pack(batch)), create=True)
             except AlreadyExistsError:
                 # Another process of this device wrote that number first: reread and go on.
                 del self._own[device]
-                self._own_ids(device)
+                own = self._own_ids(device)
+                batch = [m for m in batch if m.mutation_id not in own]
                 continue
             self._next[device] += 1
             self._remember(path, batch)
-            return
+            self._own[device].update(m.mutation_id for m in batch)
+            return batch
+        return []
 
     # --- pull ---------------------------------------------------------------------------------
 
@@ -464,11 +478,11 @@ class ObjectRemote:
         every device (that read within ``stale_after`` seconds) has read past, and the earlier
         snapshots. Runs under ``compact.lock``; raises RemoteConflict while another holds it."""
         self._ensure_header()
-        self._take_lock(lock_ttl)
+        token = self._take_lock(lock_ttl)
         try:
             return self._compact(stale_after, progress or (lambda _s, _d, _t: None))
         finally:
-            self._delete([LOCK])
+            self._release_lock(token)
 
     def _compact(
         self, stale_after: float, progress: Callable[[str, int, int], None]
@@ -481,15 +495,21 @@ class ObjectRemote:
         for device in sorted(set(heads) | set(covers)):
             if previous is not None:
                 entries.extend(self._entries(previous, device))
+            end = covers.get(device, 0)
             for name in heads.get(device, []):
                 number = int(name)
+                if number > end and number != end + 1:
+                    break  # a gap (a folder still syncing): cover nothing past it
                 batch = self._batch(device, name)
+                if f"log/{device}/{name}" in self.skipped:
+                    break  # an object that does not open is never covered, never removed
                 lengths[(device, number)] = len(batch)
-                if number > covers.get(device, 0):
+                if number > end:
                     entries.extend((number, at, m) for at, m in enumerate(batch))
                     progress("reading", len(entries), 0)
-            if heads.get(device):
-                covers[device] = max(covers.get(device, 0), int(heads[device][-1]))
+                    end = number
+            if end:
+                covers[device] = end
         snapshot = previous
         if entries and (previous is None or covers != previous.covers):
             snapshot = self._write_snapshot(previous, covers, entries, progress)
@@ -501,10 +521,11 @@ class ObjectRemote:
             and all(_passed(at.get(device), number, length) for at in readers.values())
         ]
         kept = len(lengths) - len(doomed)
+        # Earlier snapshots only: a later one (another compaction's) holds all this one does.
         old = [
             p
             for p in self._names("snapshots/")
-            if snapshot is None or (p != _name(snapshot.number) and p not in snapshot.parts)
+            if snapshot is not None and _snapshot_number(p) < snapshot.number
         ]
         for start in range(0, len(doomed), 500):
             self._delete(doomed[start : start + 500])
@@ -563,18 +584,33 @@ class ObjectRemote:
         found: dict[str, dict[str, list[int]]] = {}
         for device in self._names("devices/"):
             record = self._device_record(device)
-            if not record or "at" not in record or int(record.get("updated_at", 0)) < since:
-                continue
-            found[device] = {str(d): [int(a[0]), int(a[1])] for d, a in record["at"].items()}
+            try:
+                if not record or "at" not in record or int(record.get("updated_at", 0)) < since:
+                    continue
+                found[device] = {str(d): [int(a[0]), int(a[1])] for d, a in record["at"].items()}
+            except (AttributeError, TypeError, ValueError, IndexError):
+                continue  # not a position this version wrote: it holds nothing back
         return found
 
-    def _take_lock(self, ttl: float) -> None:
+    def _release_lock(self, token: str) -> None:
+        """Remove the lock if it is still this compaction's (a slow one may have been taken
+        over; correctness never rests on the lock, only its politeness does)."""
+        try:
+            held = json.loads(self._get(LOCK))
+        except FileNotFoundError:
+            return
+        except ValueError:
+            held = {}
+        if isinstance(held, dict) and held.get("owner") == token:
+            self._delete([LOCK])
+
+    def _take_lock(self, ttl: float) -> str:
         token = secrets.token_hex(8)
         body = json.dumps({"owner": token, "expires_at": _now_ms() + int(ttl * 1000)}).encode()
         for _attempt in range(2):
             try:
                 self._put(LOCK, body, create=True)
-                return
+                return token
             except AlreadyExistsError:
                 try:
                     held = json.loads(self._get(LOCK))
@@ -625,7 +661,14 @@ class ObjectRemote:
                 )
             except FileNotFoundError:
                 continue  # replaced by a newer one meanwhile
-            except (ValueError, KeyError, TypeError, CryptoError, zlib.error) as exc:
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+                CryptoError,
+                zlib.error,
+            ) as exc:
                 raise SyncError(f"{path} in {self._url} is damaged: {exc}") from exc
             return self._snapshot
         raise RemoteUnreachable(f"the snapshots in {self._url} keep changing; retry in a moment")
@@ -739,8 +782,17 @@ class ObjectRemote:
         self._call(lambda: obstore.put(self._store, path, data, mode="create" if create else None))
 
     def _delete(self, paths: list[str]) -> None:
-        if paths:
+        """Remove objects; one already gone (another compaction, a synced folder) is fine."""
+        if not paths:
+            return
+        try:
             self._call(lambda: obstore.delete(self._store, paths))
+        except FileNotFoundError:
+            for path in paths:
+                try:
+                    self._call(lambda p=path: obstore.delete(self._store, p))  # type: ignore[misc]
+                except FileNotFoundError:
+                    pass
 
     def _call(self, work: Callable[[], T]) -> T:
         """Run an obstore call; failures of the storage become RemoteUnreachable."""
@@ -824,8 +876,10 @@ def _first_line(exc: Exception) -> str:
     return str(exc).split("\n\nDebug source", 1)[0].strip()
 
 
-def _name(number: int) -> str:
-    return f"{number:0{_NUMBER}d}"
+def _snapshot_number(name: str) -> int:
+    """The snapshot an object under ``snapshots/`` belongs to (its manifest or a part)."""
+    head = name.split("/", 1)[0].split("-", 1)[0]
+    return int(head) if head.isdigit() else 1 << 62
 
 
 def _passed(at: list[int] | None, number: int, length: int) -> bool:
