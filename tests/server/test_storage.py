@@ -1,6 +1,7 @@
 """The sync server's storage contract (``cairn.server.storage``), for every backend.
 
-A PostgreSQL backend joins by adding a param to the ``server_storage`` fixture.
+Runs on each backend (``server_backend`` in tests/server/conftest.py): embedded SQLite and a
+real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from cairn.server.sqlite_db import SqliteFile
 from cairn.server.sqlite_storage import MIGRATIONS, SqliteStorage
 from cairn.server.storage import ServerStorage
 
-from ..conftest import envelope
+from ..conftest import envelope, server_storage_for
 
 NOW = 1_700_000_000_000
 
 
-@pytest.fixture(params=["sqlite"])
-def server_storage(tmp_path: Path) -> Iterator[ServerStorage]:
-    storage = SqliteStorage(tmp_path / "server.db")
+@pytest.fixture
+def server_storage(
+    tmp_path: Path, server_backend: str, request: pytest.FixtureRequest
+) -> Iterator[ServerStorage]:
+    storage = server_storage_for(server_backend, tmp_path, request)
     yield storage
     storage.close()
 

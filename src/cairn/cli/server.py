@@ -16,12 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from cairn.cli import output
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.server import keys
 from cairn.server.sqlite_storage import SqliteStorage
-from cairn.server.storage import Workspace
+from cairn.server.storage import ServerStorage, Workspace
 
 DB_FILE = "server.db"
 
@@ -61,6 +61,15 @@ DataOpt = Annotated[
         "else ~/.cairn/server).",
     ),
 ]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="CAIRN_SERVER_DB",
+        help="Keep the server's data in PostgreSQL instead of the embedded SQLite file: "
+        "postgresql://user:password@host:5432/database (or set CAIRN_SERVER_DB).",
+    ),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="The workspace's name.")]
 
@@ -75,7 +84,15 @@ def data_dir(data: Path | None) -> Path:
     return (Path(home).expanduser() if home else Path.home() / ".cairn") / "server"
 
 
-def _open(data: Path | None) -> SqliteStorage:
+def _open(data: Path | None, db: str | None = None) -> ServerStorage:
+    """The server's storage: PostgreSQL when --db (or CAIRN_SERVER_DB) names one, else the
+    embedded SQLite file under the data folder."""
+    if db:  # a postgresql:// URL or a libpq "key=value" string
+        from cairn.server.pg_storage import PostgresStorage
+
+        return PostgresStorage(db)
+    if data is not None and str(data).startswith(("postgresql://", "postgres://")):
+        raise InvalidInput("--data is a folder; a PostgreSQL URL goes in --db")
     return SqliteStorage(data_dir(data) / DB_FILE)
 
 
@@ -86,6 +103,7 @@ def run(
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
     data: DataOpt = None,
+    db: DbOpt = None,
     max_body: Annotated[
         int, typer.Option(help="Largest request body in bytes; bigger pushes get 413.")
     ] = 8 * 1024 * 1024,
@@ -99,7 +117,7 @@ def run(
     from cairn.server.context import ServerSettings
 
     settings = ServerSettings(max_body=max_body, rate_limit=rate_limit, rate_burst=2 * rate_limit)
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         output.err.print(f"cairn sync server on http://{host}:{port}, data in {storage.path}")
         app.run(storage, settings, host, port)
@@ -118,10 +136,11 @@ def workspace_create(
         ),
     ] = Mode.e2e,
     data: DataOpt = None,
+    db: DbOpt = None,
     json_: JsonFlag = False,
 ) -> None:
     """Create a workspace and print its first admin key (shown this once only)."""
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         workspace, token = keys.create_workspace(storage, name, _now(), mode.value)
     finally:
@@ -140,9 +159,9 @@ def workspace_create(
 
 
 @workspace_app.command("list")
-def workspace_list(data: DataOpt = None, json_: JsonFlag = False) -> None:
+def workspace_list(data: DataOpt = None, db: DbOpt = None, json_: JsonFlag = False) -> None:
     """List the workspaces with how many mutations, devices and keys each holds."""
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         rows = []
         for workspace in storage.workspaces():
@@ -179,10 +198,11 @@ def key_create(
         Scope, typer.Option(help="read: pull; write: also push; admin: also manage keys.")
     ] = Scope.write,
     data: DataOpt = None,
+    db: DbOpt = None,
     json_: JsonFlag = False,
 ) -> None:
     """Create an API key in a workspace and print it (shown this once only)."""
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         key, token = keys.issue(
             storage, storage.workspace(workspace).id, name, [scope.value], _now()
@@ -198,9 +218,11 @@ def key_create(
 
 
 @key_app.command("list")
-def key_list(workspace: WorkspaceOpt, data: DataOpt = None, json_: JsonFlag = False) -> None:
+def key_list(
+    workspace: WorkspaceOpt, data: DataOpt = None, db: DbOpt = None, json_: JsonFlag = False
+) -> None:
     """List a workspace's API keys (never their secrets), revoked ones included."""
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         listed = storage.keys(storage.workspace(workspace).id)
     finally:
@@ -218,10 +240,11 @@ def key_list(workspace: WorkspaceOpt, data: DataOpt = None, json_: JsonFlag = Fa
 def key_revoke(
     key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (from key list).")],
     data: DataOpt = None,
+    db: DbOpt = None,
     json_: JsonFlag = False,
 ) -> None:
     """Revoke an API key: requests with it fail from now on (on a running server too)."""
-    storage = _open(data)
+    storage = _open(data, db)
     try:
         found = storage.find_key(key_id)
         if found is None:

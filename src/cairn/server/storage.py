@@ -1,9 +1,9 @@
 """What the sync server needs from its database: one narrow interface, many backends.
 
-Embedded SQLite (``cairn.server.sqlite_storage``) implements it today; a PostgreSQL backend must
-pass the same tests (``tests/server/test_storage.py``). Every method that touches a workspace's
-data takes its ``workspace_id``, and implementations filter every query by it: a workspace can
-never see another's rows.
+Embedded SQLite (``cairn.server.sqlite_storage``) and PostgreSQL (``cairn.server.pg_storage``)
+implement it, and pass the same tests (``tests/server/test_storage.py``). Every method that
+touches a workspace's data takes its ``workspace_id``, and implementations filter every query by
+it: a workspace can never see another's rows.
 
 Contract for ``push``: one transaction, all-or-nothing; idempotent by ``mutation_id`` (a stored
 mutation is counted as a duplicate and not stored again); sequence numbers are assigned per
@@ -80,6 +80,11 @@ class Totals:
 
 class ServerStorage(Protocol):
     """The sync server's database; every method is safe to call from any thread."""
+
+    @property
+    def path(self) -> object:
+        """Where the data is, for messages (a file, or a database URL without its password)."""
+        ...
 
     def create_workspace(
         self, workspace_id: str, name: str, now: int, mode: str = E2E

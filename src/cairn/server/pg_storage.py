@@ -1,0 +1,496 @@
+"""The sync server's PostgreSQL storage: many stateless app processes over one database.
+
+``cairn server run --db postgresql://user@host/db`` (or ``CAIRN_SERVER_DB``) uses it instead of
+the embedded SQLite file. psycopg 3 with a connection pool; numbered migrations, applied under an
+advisory lock so several app processes starting at once migrate once.
+
+Sequence numbers: a push locks its workspace's row (``SELECT ... FOR UPDATE``) for the length of
+its transaction, numbers the new mutations from the ``latest_seq`` it read, and writes both
+before it commits. Pushes to one workspace therefore commit one at a time in seq order, and a
+pull reads the rows and ``latest_seq`` in one snapshot (REPEATABLE READ): it can never see seq 8
+without 7, nor hand out a cursor past a mutation that commits later. A push that fails rolls
+back its numbers with it, so sequences stay gapless.
+
+Tenancy, twice over: every query filters by ``workspace_id``, and row-level security (forced,
+so it binds the tables' owner too) lets a transaction see only the rows of the workspace it
+declared (``SET LOCAL cairn.workspace_id``). A query that forgot its filter still returns one
+workspace's rows. Only the few cross-workspace reads (finding a request's API key, listing
+workspaces, totals for metrics) declare ``*``. The app must connect as a role that is not a
+superuser (superusers bypass row-level security); ``compose.yaml`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
+from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.server.storage import ApiKey, Device, Totals, Workspace, WorkspaceStats
+
+MAX_SCOPES = 1000
+ALL = "*"
+"""The workspace a cross-workspace read declares (key lookup, workspace list, totals)."""
+_TENANT = "current_setting('cairn.workspace_id', true)"
+_MIGRATE_LOCK = 7_351_100  # pg_advisory_xact_lock key: one migrator at a time
+
+# Numbered migrations: cairn_schema.version is how many ran. Never edit one; add the next.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the same tables as the embedded store, and row-level security on every one of them.
+    f"""
+    CREATE TABLE workspaces (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        mode TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        latest_seq BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_used_at BIGINT,
+        revoked_at BIGINT
+    );
+    CREATE INDEX api_keys_workspace ON api_keys (workspace_id, created_at);
+    CREATE TABLE mutations (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        seq BIGINT NOT NULL,
+        mutation_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        hlc TEXT NOT NULL,
+        entity_id TEXT NOT NULL,
+        scope TEXT,
+        payload BYTEA NOT NULL,
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (workspace_id, seq),
+        UNIQUE (workspace_id, mutation_id)
+    );
+    CREATE TABLE devices (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        device_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        pushed BIGINT NOT NULL DEFAULT 0,
+        last_push_at BIGINT,
+        last_pull_at BIGINT,
+        PRIMARY KEY (workspace_id, device_id)
+    );
+    CREATE TABLE keyrings (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        version INTEGER NOT NULL,
+        blob BYTEA NOT NULL,
+        revoked INTEGER[] NOT NULL DEFAULT '{{}}'
+    );
+    ALTER TABLE workspaces ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE workspaces FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant ON workspaces USING (id = {_TENANT} OR {_TENANT} = '{ALL}');
+    """
+    + "".join(
+        f"""
+    ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant ON {table}
+        USING (workspace_id = {_TENANT} OR {_TENANT} = '{ALL}');
+    """
+        for table in ("api_keys", "mutations", "devices", "keyrings")
+    ),
+)
+
+_KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
+_DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
+_MUTATION_COLUMNS = (
+    "workspace_id, seq, mutation_id, version, device_id, hlc, entity_id, scope, payload, "
+    "received_at"
+)
+
+
+class PostgresStorage:
+    """``ServerStorage`` over a PostgreSQL database; safe to share between threads."""
+
+    def __init__(self, url: str, min_size: int = 1, max_size: int = 8) -> None:
+        self.path = _redacted(url)
+        """Where the data is, for messages (the password left out)."""
+        try:  # one plain connection first: a wrong URL fails fast, with PostgreSQL's reason
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.path}: {reason}; check --db "
+                "(postgresql://user:password@host:5432/database) and that the server runs"
+            ) from exc
+        self._pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=30,
+            open=False,
+            kwargs={"autocommit": False},
+        )
+        try:
+            self._pool.open(wait=True, timeout=30)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self.path} within 30 s; check --db "
+                "(postgresql://user:password@host:5432/database) and that the server runs"
+            ) from exc
+        self._migrate()
+
+    # -- workspaces ---------------------------------------------------------------------------
+
+    def create_workspace(
+        self, workspace_id: str, name: str, now: int, mode: str = E2E
+    ) -> Workspace:
+        try:
+            with self._tx(ALL) as conn:
+                taken = conn.execute("SELECT 1 FROM workspaces WHERE name = %s", (name,))
+                if taken.fetchone() is None:
+                    conn.execute(
+                        "INSERT INTO workspaces (id, name, mode, created_at) "
+                        "VALUES (%s, %s, %s, %s)",
+                        (workspace_id, name, mode, now),
+                    )
+                    return Workspace(workspace_id, name, mode, now)
+        except pg_errors.UniqueViolation:
+            pass  # another process created it at the same moment
+        raise InvalidInput(
+            f"a workspace named {name!r} already exists; pick another name "
+            "(`cairn server workspace list` shows them)"
+        )
+
+    def workspace(self, name: str) -> Workspace:
+        row = self._one(
+            ALL, "SELECT id, name, mode, created_at FROM workspaces WHERE name = %s", name
+        )
+        if row is None:
+            raise NotFound(f"no workspace named {name!r}; `cairn server workspace list` shows them")
+        return Workspace(*row)
+
+    def workspace_by_id(self, workspace_id: str) -> Workspace:
+        row = self._one(
+            workspace_id,
+            "SELECT id, name, mode, created_at FROM workspaces WHERE id = %s",
+            workspace_id,
+        )
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return Workspace(*row)
+
+    def workspaces(self) -> list[Workspace]:
+        rows = self._all(
+            ALL, "SELECT id, name, mode, created_at FROM workspaces ORDER BY created_at, id"
+        )
+        return [Workspace(*row) for row in rows]
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    def add_key(self, key: ApiKey) -> None:
+        with self._tx(key.workspace_id) as conn:
+            conn.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    key.id,
+                    key.workspace_id,
+                    key.name,
+                    ",".join(key.scopes),
+                    key.created_at,
+                    key.last_used_at,
+                    key.revoked_at,
+                    key.secret_hash,
+                ),
+            )
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        # The one lookup across workspaces: a request's key is how its workspace is known.
+        row = self._one(ALL, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = %s", key_id)
+        return _key(row) if row else None
+
+    def keys(self, workspace_id: str) -> list[ApiKey]:
+        rows = self._all(
+            workspace_id,
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE workspace_id = %s ORDER BY created_at, id",
+            workspace_id,
+        )
+        return [_key(row) for row in rows]
+
+    def revoke_key(self, workspace_id: str, key_id: str, now: int) -> ApiKey:
+        with self._tx(workspace_id) as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = %s "
+                "WHERE workspace_id = %s AND id = %s AND revoked_at IS NULL",
+                (now, workspace_id, key_id),
+            )
+            row = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE workspace_id = %s AND id = %s",
+                (workspace_id, key_id),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"this workspace has no API key {key_id!r}; list them to check the id")
+        return _key(row)
+
+    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
+        with self._tx(workspace_id) as conn:
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = %s WHERE workspace_id = %s AND id = %s",
+                (now, workspace_id, key_id),
+            )
+
+    # -- the mutation log ---------------------------------------------------------------------
+
+    def push(
+        self,
+        workspace_id: str,
+        mutations: Sequence[WireMutation],
+        device_id: str | None,
+        now: int,
+    ) -> PushResult:
+        with self._tx(workspace_id) as conn:
+            seq = self._latest(conn, workspace_id, lock=True)
+            ids = list({m.mutation_id for m in mutations})
+            stored_ids = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT mutation_id FROM mutations "
+                    "WHERE workspace_id = %s AND mutation_id = ANY(%s)",
+                    (workspace_id, ids),
+                )
+            }
+            rows = []
+            for m in mutations:
+                if m.mutation_id in stored_ids:
+                    continue
+                stored_ids.add(m.mutation_id)
+                seq += 1
+                rows.append(
+                    (workspace_id, seq, m.mutation_id, m.version, m.device_id, m.hlc)
+                    + (m.entity_id, m.scope, m.payload, now)
+                )
+            if rows:  # pipelined; COPY would be faster but row-level security forbids it
+                conn.cursor().executemany(
+                    f"INSERT INTO mutations ({_MUTATION_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
+                conn.execute(
+                    "UPDATE workspaces SET latest_seq = %s WHERE id = %s", (seq, workspace_id)
+                )
+            if device_id is not None:
+                conn.execute(
+                    "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                    "pushed, last_push_at) VALUES (%s, %s, '', %s, %s, %s, %s) "
+                    "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                    "last_seen = excluded.last_seen, pushed = devices.pushed + excluded.pushed, "
+                    "last_push_at = excluded.last_push_at",
+                    (workspace_id, device_id, now, now, len(rows), now),
+                )
+        return PushResult(len(rows), len(mutations) - len(rows), seq)
+
+    def pull(
+        self,
+        workspace_id: str,
+        since: int,
+        limit: int,
+        scopes: Sequence[str] | None,
+    ) -> PullPage:
+        sql = (
+            "SELECT seq, mutation_id, version, device_id, hlc, entity_id, scope, payload "
+            "FROM mutations WHERE workspace_id = %s AND seq > %s"
+        )
+        args: list[Any] = [workspace_id, since]
+        if scopes is not None:
+            wanted = sorted(set(scopes))
+            if len(wanted) > MAX_SCOPES:
+                raise InvalidInput(f"a pull takes at most {MAX_SCOPES} scopes")
+            sql += " AND (scope IS NULL OR scope = ANY(%s))"
+            args.append(wanted)
+        sql += " ORDER BY seq LIMIT %s"
+        args.append(limit)
+        # One snapshot for the page and the latest seq: the cursor cannot pass an unseen row.
+        with self._tx(workspace_id, snapshot=True) as conn:
+            latest = self._latest(conn, workspace_id)
+            rows = conn.execute(sql, args).fetchall()
+        page = [
+            WireMutation(mid, device, hlc, entity, scope, bytes(payload), seq, version)
+            for seq, mid, version, device, hlc, entity, scope, payload in rows
+        ]
+        last = page[-1].seq if len(page) == limit and page[-1].seq else latest
+        return PullPage(page, str(last), last < latest)
+
+    def latest_seq(self, workspace_id: str) -> int:
+        with self._tx(workspace_id) as conn:
+            return self._latest(conn, workspace_id)
+
+    def stats(self, workspace_id: str) -> WorkspaceStats:
+        with self._tx(workspace_id, snapshot=True) as conn:
+            latest = self._latest(conn, workspace_id)
+            row = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM mutations WHERE workspace_id = %s), "
+                "(SELECT COUNT(*) FROM devices WHERE workspace_id = %s)",
+                (workspace_id, workspace_id),
+            ).fetchone()
+        assert row is not None  # a SELECT of two aggregates returns one row
+        return WorkspaceStats(latest, row[0], row[1])
+
+    def totals(self) -> Totals:
+        row = self._one(
+            ALL,
+            "SELECT COUNT(*), COALESCE(SUM(latest_seq), 0), COALESCE(MAX(latest_seq), 0) "
+            "FROM workspaces",
+        )
+        assert row is not None  # an aggregate always returns one row
+        return Totals(int(row[0]), int(row[1]), int(row[2]))
+
+    # -- keyring and devices ------------------------------------------------------------------
+
+    def keyring(self, workspace_id: str) -> KeyringBlob | None:
+        row = self._one(
+            workspace_id,
+            "SELECT blob, version, revoked FROM keyrings WHERE workspace_id = %s",
+            workspace_id,
+        )
+        return KeyringBlob(bytes(row[0]), row[1], tuple(row[2])) if row else None
+
+    def put_keyring(
+        self,
+        workspace_id: str,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+    ) -> int:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id, lock=True)  # NotFound; one keyring writer at a time
+            row = conn.execute(
+                "SELECT version FROM keyrings WHERE workspace_id = %s", (workspace_id,)
+            ).fetchone()
+            current = row[0] if row else None
+            if current != expected_version:
+                raise RemoteConflict(
+                    "the keyring changed on the server since it was read; read it again"
+                )
+            version = (current or 0) + 1
+            conn.execute(
+                "INSERT INTO keyrings (workspace_id, version, blob, revoked) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (workspace_id) DO UPDATE SET "
+                "version = excluded.version, blob = excluded.blob, revoked = excluded.revoked",
+                (workspace_id, version, blob, sorted(set(revoked))),
+            )
+        return version
+
+    def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (workspace_id, device_id) DO UPDATE "
+                "SET name = excluded.name, last_seen = excluded.last_seen",
+                (workspace_id, device_id, name, now, now),
+            )
+
+    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                "last_pull_at) VALUES (%s, %s, '', %s, %s, %s) "
+                "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                "last_seen = excluded.last_seen, "
+                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at)",
+                (workspace_id, device_id, now, now, now if pulled else None),
+            )
+
+    def devices(self, workspace_id: str) -> list[Device]:
+        rows = self._all(
+            workspace_id,
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = %s "
+            "ORDER BY first_seen, device_id",
+            workspace_id,
+        )
+        return [Device(*row) for row in rows]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, workspace_id: str, snapshot: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction that sees only ``workspace_id``'s rows (``ALL``: every workspace);
+        ``snapshot``: every statement in it reads the same snapshot."""
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                if snapshot:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                conn.execute("SELECT set_config('cairn.workspace_id', %s, true)", (workspace_id,))
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreError(
+                f"no connection to PostgreSQL at {self.path} became free within 30 s"
+            ) from exc
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"PostgreSQL at {self.path}: {exc}") from exc
+
+    def _one(self, workspace_id: str, sql: str, *args: Any) -> Any:
+        with self._tx(workspace_id) as conn:
+            return conn.execute(sql, args).fetchone()
+
+    def _all(self, workspace_id: str, sql: str, *args: Any) -> list[Any]:
+        with self._tx(workspace_id) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    @staticmethod
+    def _latest(conn: psycopg.Connection[Any], workspace_id: str, lock: bool = False) -> int:
+        row = conn.execute(
+            "SELECT latest_seq FROM workspaces WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (workspace_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        with self._tx(ALL) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS cairn_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM cairn_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO cairn_schema (version) VALUES (0)")
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"the database at {self.path} was written by a newer Cairn server (schema "
+                    f"{version}, this one knows {len(MIGRATIONS)}); upgrade cairn"
+                )
+            for number in range(version, len(MIGRATIONS)):
+                conn.execute(MIGRATIONS[number].encode())
+                conn.execute("UPDATE cairn_schema SET version = %s", (number + 1,))
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip()
+        raise InvalidInput(
+            f"--db: {reason}; give postgresql://user:password@host:5432/database"
+        ) from exc
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+def _key(row: Sequence[Any]) -> ApiKey:
+    key_id, workspace_id, name, scopes, created, used, revoked, secret_hash = row
+    return ApiKey(
+        key_id, workspace_id, name, tuple(scopes.split(",")), created, used, revoked, secret_hash
+    )
