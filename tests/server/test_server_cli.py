@@ -7,12 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -55,11 +58,18 @@ def ok_json(env: dict[str, str], *args: str) -> object:
 @pytest.fixture
 def server_url(env: dict[str, str]) -> Iterator[str]:
     """`cairn server run` as a subprocess on a free port, over $CAIRN_HOME/server."""
+    with serving(env) as (url, _process):
+        yield url
+
+
+@contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`cairn server run [args]` on a free port until the block ends (then SIGINT, exit 0)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [CAIRN, "server", "run", "--port", str(port)],
+        [CAIRN, "server", "run", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -75,9 +85,10 @@ def server_url(env: dict[str, str]) -> Iterator[str]:
                 break
         except httpx.TransportError:
             time.sleep(0.05)
-    yield url
+    yield url, process
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
     assert f"on http://127.0.0.1:{port}" in stderr
     if "CAIRN_SERVER_DB" in env:
         assert "dbname=cairn_" in stderr and "password" not in stderr
@@ -85,9 +96,52 @@ def server_url(env: dict[str, str]) -> Iterator[str]:
         assert str(Path(env["CAIRN_HOME"]) / "server" / "server.db") in stderr
 
 
-def mutation(n: int) -> WireMutation:
+def test_several_workers_serve_one_workspace_gaplessly(env: dict[str, str]) -> None:
+    """`--workers 2`: two processes over one database; pushes through both and pulls through
+    both see one gapless sequence, each mutation once."""
+    made = ok_json(env, "workspace", "create", "team")
+    assert isinstance(made, dict)
+    with serving(env, "--workers", "2") as (url, process):
+        workers = psutil.Process(process.pid).children(recursive=True)
+        assert len([w for w in workers if "python" in w.name() or "cairn" in w.name()]) >= 2
+        failures: list[BaseException] = []
+
+        def push(device: str) -> None:
+            try:
+                for n in range(10):  # a new connection each time: spread over the workers
+                    remote = HttpRemote(url, made["key"], device_id=device)
+                    batch = [mutation(n * 10 + i, device) for i in range(5)]
+                    assert remote.push(batch).stored == 5
+                    remote.close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=push, args=(f"dev-{d}",)) for d in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        reader = HttpRemote(url, made["key"])
+        cursor, seqs = None, []
+        while True:
+            page = reader.pull(cursor, limit=33)
+            seqs += [m.seq for m in page.mutations]
+            cursor = page.cursor
+            if not page.has_more:
+                break
+        reader.close()
+        assert seqs == list(range(1, 4 * 10 * 5 + 1))
+
+
+def mutation(n: int, device: str = "dev-a") -> WireMutation:
     return WireMutation(
-        f"m-{n}", "dev-a", f"{1_700_000_000_000 + n:013d}-0000-dev-a", "e", None, envelope()
+        f"m-{device}-{n}",
+        device,
+        f"{1_700_000_000_000 + n:013d}-0000-{device}",
+        "e",
+        None,
+        envelope(),
     )
 
 

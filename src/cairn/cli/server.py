@@ -7,7 +7,6 @@ directly (no server needs to be running), so whoever can read the folder is its 
 
 from __future__ import annotations
 
-import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -16,14 +15,11 @@ from typing import Annotated, Any
 import typer
 
 from cairn.cli import output
-from cairn.errors import InvalidInput, NotFound
+from cairn.errors import NotFound
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
-from cairn.server import keys
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server import backends, keys
 from cairn.server.storage import ServerStorage, Workspace
-
-DB_FILE = "server.db"
 
 server_app = typer.Typer(
     name="server",
@@ -74,26 +70,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="The workspace's name.")]
 
 
-def data_dir(data: Path | None) -> Path:
-    """Where the server keeps its database: --data, else the environment, else ~/.cairn."""
-    if data is not None:
-        return data.expanduser()
-    if os.environ.get("CAIRN_SERVER_DATA"):
-        return Path(os.environ["CAIRN_SERVER_DATA"]).expanduser()
-    home = os.environ.get("CAIRN_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".cairn") / "server"
-
-
 def _open(data: Path | None, db: str | None = None) -> ServerStorage:
-    """The server's storage: PostgreSQL when --db (or CAIRN_SERVER_DB) names one, else the
-    embedded SQLite file under the data folder."""
-    if db:  # a postgresql:// URL or a libpq "key=value" string
-        from cairn.server.pg_storage import PostgresStorage
-
-        return PostgresStorage(db)
-    if data is not None and str(data).startswith(("postgresql://", "postgres://")):
-        raise InvalidInput("--data is a folder; a PostgreSQL URL goes in --db")
-    return SqliteStorage(data_dir(data) / DB_FILE)
+    return backends.open_storage(data, db)
 
 
 @server_app.command()
@@ -110,6 +88,14 @@ def run(
     rate_limit: Annotated[
         float, typer.Option(help="Requests per second per API key (bursts of twice that); 0: off.")
     ] = 200.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes serving requests; each opens its own connections to the "
+            "database (the rate limit then counts per worker).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the sync server (HTTP) until interrupted; devices sync through it with an API key."""
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
@@ -117,9 +103,15 @@ def run(
     from cairn.server.context import ServerSettings
 
     settings = ServerSettings(max_body=max_body, rate_limit=rate_limit, rate_burst=2 * rate_limit)
-    storage = _open(data, db)
+    storage = _open(data, db)  # created or migrated once, before any worker starts
+    where = storage.path
+    procs = f" with {workers} workers" if workers > 1 else ""
+    output.err.print(f"cairn sync server on http://{host}:{port}{procs}, data in {where}")
+    if workers > 1:
+        storage.close()
+        app.run_workers(workers, settings, backends.data_dir(data), db, host, port)
+        return
     try:
-        output.err.print(f"cairn sync server on http://{host}:{port}, data in {storage.path}")
         app.run(storage, settings, host, port)
     finally:
         storage.close()

@@ -7,8 +7,12 @@ methods too, so a client maps any failure back to an exception by its code.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -19,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from cairn import __version__
 from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited
+from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
 from cairn.server.metrics import RequestMetrics
@@ -30,6 +35,7 @@ DEFAULT_PORT = 8787
 # Seconds a stopping server gives open requests (long-polls included) before closing them.
 SHUTDOWN_GRACE = 5
 
+_WORKER_ENV = "CAIRN_SERVER_WORKER"  # what `run_workers` hands each worker process
 # Errors that are not CairnErrors (unknown route, wrong method) get a code too.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -74,6 +80,40 @@ def run(
         log_level="warning",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
+
+
+def run_workers(
+    workers: int,
+    settings: ServerSettings,
+    data: Path,
+    db: str | None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+) -> None:
+    """Serve with ``workers`` processes until interrupted; each builds its app with
+    ``worker_app`` from what this process puts in its environment."""
+    os.environ[_WORKER_ENV] = json.dumps(
+        {"settings": asdict(settings), "data": str(data), "db": db}
+    )
+    uvicorn.run(
+        "cairn.server.app:worker_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+
+
+def worker_app() -> FastAPI:
+    """One worker process's app (``cairn server run --workers N``): its own storage (its own
+    connections), closed when the worker stops."""
+    spec = json.loads(os.environ[_WORKER_ENV])
+    storage = backends.open_storage(Path(spec["data"]), spec["db"])
+    app = create_app(storage, ServerSettings(**spec["settings"]))
+    app.router.add_event_handler("shutdown", storage.close)
+    return app
 
 
 def _error(exc: CairnError, headers: dict[str, str] | None = None) -> JSONResponse:

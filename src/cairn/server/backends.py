@@ -1,0 +1,36 @@
+"""Which storage a sync server uses: PostgreSQL when a database URL is given, else the embedded
+SQLite file under its data folder (the one place that decides, for the CLI and each worker)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cairn.errors import InvalidInput
+from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage import ServerStorage
+
+DB_FILE = "server.db"
+
+
+def data_dir(data: Path | None) -> Path:
+    """Where the server keeps its SQLite file: ``data``, else $CAIRN_SERVER_DATA, else
+    $CAIRN_HOME/server, else ~/.cairn/server."""
+    if data is not None:
+        return data.expanduser()
+    if os.environ.get("CAIRN_SERVER_DATA"):
+        return Path(os.environ["CAIRN_SERVER_DATA"]).expanduser()
+    home = os.environ.get("CAIRN_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cairn") / "server"
+
+
+def open_storage(data: Path | None, db: str | None = None) -> ServerStorage:
+    """PostgreSQL when ``db`` names one (a postgresql:// URL or a libpq "key=value" string),
+    else the SQLite file under ``data_dir(data)``."""
+    if db:
+        from cairn.server.pg_storage import PostgresStorage  # psycopg only when it is used
+
+        return PostgresStorage(db)
+    if data is not None and str(data).startswith(("postgresql://", "postgres://")):
+        raise InvalidInput("--data is a folder; a PostgreSQL URL goes in --db")
+    return SqliteStorage(data_dir(data) / DB_FILE)
