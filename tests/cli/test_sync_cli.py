@@ -273,3 +273,39 @@ def test_the_workspace_key_can_live_in_the_os_keyring(
     saved = json.loads((tmp_path / "dev" / "keys" / "sync.json").read_text())
     assert saved["key_store"] == "file" and saved["master_key"]
     assert (tmp_path / "dev" / "keys" / "sync.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_quota_refusal_keeps_the_changes_until_the_admin_raises_it(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    """The admin limits the workspace; a device's push over it is refused as quota_exceeded,
+    its changes wait, and go through once the quota is raised (`--clear`)."""
+    admin_env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
+    data = str(tmp_path / "server-data")
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [CAIRN, "server", "workspace", *args, "--data", data],
+            env=admin_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    a = new_device(tmp_path, "laptop", server)
+    a("remember", "The first memory fits", "--json")
+    a("sync", "now", "--json")
+    limited = json.loads(admin("set-quota", "team", "--max-mutations", "1", "--json").stdout)
+    assert limited["max_mutations"] == 1 and limited["mutations"] == 1
+    a("remember", "The second memory is over the quota", "--json")
+    refused = a("sync", "now", ok=False)
+    assert refused.returncode == 8 and "quota" in refused.stderr, refused.stderr
+    assert a("sync", "status", "--json")["pending"] == 1
+    assert "limited to changes 1" in admin("set-quota", "team", "--max-bytes", "100000").stdout
+    admin("set-quota", "team", "--clear")
+    assert a("sync", "now", "--json")["push"]["stored"] == 1
+    assert a("sync", "status", "--json")["pending"] == 0
+    listed = json.loads(admin("list", "--json").stdout)
+    assert listed[0]["quota"] == {"max_mutations": None, "max_bytes": None}

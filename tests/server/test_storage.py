@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew
+from cairn.errors import InvalidInput, NotFound, QuotaExceeded, RemoteConflict, SchemaTooNew
 from cairn.protocol import KeyringBlob, WireMutation
 from cairn.server import keys
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.sqlite_storage import MIGRATIONS, SqliteStorage
-from cairn.server.storage import ServerStorage
+from cairn.server.storage import Quota, ServerStorage
 
 from ..conftest import envelope, server_storage_for
 
@@ -195,3 +195,53 @@ def test_a_version_1_database_gains_revoked_key_ids(tmp_path: Path) -> None:
     assert storage.put_keyring("w", b"\x01", 3, [2, 1, 2]) == 4
     assert storage.keyring("w") == KeyringBlob(b"\x01", 4, (1, 2))
     storage.close()
+
+
+def test_usage_counts_pushes_pulls_and_bytes_per_day(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    day = 86_400_000
+    server_storage.push(ws.id, [mutation(1), mutation(2)], "dev-a", NOW, "key-1")
+    server_storage.push(ws.id, [mutation(2), mutation(3)], "dev-a", NOW + day, "key-1")
+    server_storage.record_pull(ws.id, "key-2", 3, NOW + day)
+    used = server_storage.usage(ws.id, 7, NOW + day)
+    size = len(mutation(1).payload)
+    assert (used.mutations, used.stored_bytes, used.entities) == (3, 3 * size, 3)
+    assert [(d.pushes, d.mutations, d.bytes, d.pulled) for d in used.days] == [
+        (1, 1, size, 3),  # the later day first
+        (1, 2, 2 * size, 0),
+    ]
+    assert [d.day for d in server_storage.usage(ws.id, 1, NOW + day).days] == [used.days[0].day]
+
+
+def test_a_push_over_the_quota_stores_nothing(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    server_storage.set_quota(ws.id, Quota(max_mutations=3))
+    server_storage.push(ws.id, [mutation(1), mutation(2)], None, NOW)
+    with pytest.raises(QuotaExceeded, match="may hold 3 changes"):
+        server_storage.push(ws.id, [mutation(3), mutation(4)], None, NOW)
+    assert server_storage.latest_seq(ws.id) == 2
+    assert server_storage.push(ws.id, [mutation(2), mutation(3)], None, NOW).stored == 1
+    size = len(mutation(1).payload)
+    server_storage.set_quota(ws.id, Quota(max_bytes=4 * size))
+    with pytest.raises(QuotaExceeded, match="bytes"):
+        server_storage.push(ws.id, [mutation(5), mutation(6)], None, NOW)
+    server_storage.set_quota(ws.id, Quota())
+    assert server_storage.push(ws.id, [mutation(5), mutation(6)], None, NOW).stored == 2
+    assert server_storage.usage(ws.id, 1, NOW).quota == Quota()
+
+
+def test_the_audit_log_says_who_did_what_newest_first(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    other = server_storage.create_workspace("o", "other", NOW)
+    server_storage.push(ws.id, [mutation(1)], "dev-a", NOW + 1, "key-w")
+    server_storage.record_pull(ws.id, "key-r", 1, NOW + 2)
+    server_storage.audit(ws.id, "key-a", "key_revoke", {"revoked": "key-w"}, NOW + 3)
+    server_storage.audit(other.id, "key-o", "key_create", {}, NOW + 4)
+    log = server_storage.audit_log(ws.id, 10, None)
+    assert [(e.at, e.key_id, e.action) for e in log] == [
+        (NOW + 3, "key-a", "key_revoke"),
+        (NOW + 2, "key-r", "pull"),
+        (NOW + 1, "key-w", "push"),
+    ]
+    assert log[2].detail == {"stored": 1, "duplicates": 0, "device": "dev-a"}
+    assert [e.action for e in server_storage.audit_log(ws.id, 1, NOW + 3)] == ["pull"]

@@ -15,11 +15,11 @@ from typing import Annotated, Any
 import typer
 
 from cairn.cli import output
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.server import backends, keys
-from cairn.server.storage import ServerStorage, Workspace
+from cairn.server.storage import Quota, ServerStorage, Workspace
 
 server_app = typer.Typer(
     name="server",
@@ -158,12 +158,15 @@ def workspace_list(data: DataOpt = None, db: DbOpt = None, json_: JsonFlag = Fal
         rows = []
         for workspace in storage.workspaces():
             stats = storage.stats(workspace.id)
+            used = storage.usage(workspace.id, 1, _now())
             live = [k for k in storage.keys(workspace.id) if k.revoked_at is None]
             rows.append(
                 {
                     **_workspace_json(workspace),
                     "latest_seq": stats.latest_seq,
                     "mutations": stats.mutations,
+                    "stored_bytes": used.stored_bytes,
+                    "quota": vars(used.quota),
                     "devices": stats.devices,
                     "keys": len(live),
                 }
@@ -177,9 +180,67 @@ def workspace_list(data: DataOpt = None, db: DbOpt = None, json_: JsonFlag = Fal
         output.err.print("no workspaces; create one with `cairn server workspace create NAME`")
     for row in rows:
         output.out.print(
-            f"{row['name']}  {row['id']}  {row['mode']}  mutations {row['mutations']}  devices "
-            f"{row['devices']}  keys {row['keys']}  created {row['created_at']}"
+            f"{row['name']}  {row['id']}  {row['mode']}  mutations {row['mutations']}  bytes "
+            f"{row['stored_bytes']}  devices {row['devices']}  keys {row['keys']}  created "
+            f"{row['created_at']}"
         )
+
+
+@workspace_app.command("set-quota")
+def workspace_set_quota(
+    name: Annotated[str, typer.Argument(help="The workspace's name.")],
+    max_mutations: Annotated[
+        int | None,
+        typer.Option(min=0, help="Most changes the workspace may hold (every push adds some)."),
+    ] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option(min=0, help="Most bytes of stored changes it may hold.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every limit.")] = False,
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Limit what a workspace may hold. A push that would go over is refused with 429
+    quota_exceeded and nothing of it is stored; devices keep the changes and send them once
+    the quota allows (raise it, or `--clear`). Options not given keep their current value."""
+    if clear and (max_mutations is not None or max_bytes is not None):
+        raise InvalidInput("--clear removes every limit; give it alone")
+    storage = _open(data, db)
+    try:
+        workspace = storage.workspace(name)
+        current = storage.usage(workspace.id, 1, _now())
+        quota = (
+            Quota()
+            if clear
+            else Quota(
+                max_mutations if max_mutations is not None else current.quota.max_mutations,
+                max_bytes if max_bytes is not None else current.quota.max_bytes,
+            )
+        )
+        storage.set_quota(workspace.id, quota)
+        detail = {"max_mutations": quota.max_mutations, "max_bytes": quota.max_bytes, "by": "cli"}
+        storage.audit(workspace.id, None, "quota_set", detail, _now())
+    finally:
+        storage.close()
+    result = {
+        "workspace": name,
+        **vars(quota),
+        "mutations": current.mutations,
+        "stored_bytes": current.stored_bytes,
+    }
+    if json_:
+        output.emit_json(result)
+        return
+    limits = ", ".join(
+        f"{label} {value}"
+        for label, value in (("changes", quota.max_mutations), ("bytes", quota.max_bytes))
+        if value is not None
+    )
+    output.out.print(
+        f"workspace {name}: {'limited to ' + limits if limits else 'no quota'} "
+        f"(holds {current.mutations} changes, {current.stored_bytes} bytes)"
+    )
 
 
 @key_app.command("create")
@@ -199,6 +260,8 @@ def key_create(
         key, token = keys.issue(
             storage, storage.workspace(workspace).id, name, [scope.value], _now()
         )
+        detail = {"created": key.id, "name": name, "scopes": [scope.value], "by": "cli"}
+        storage.audit(key.workspace_id, None, "key_create", detail, _now())
     finally:
         storage.close()
     if json_:
@@ -242,6 +305,8 @@ def key_revoke(
         if found is None:
             raise NotFound(f"no API key {key_id!r}; `cairn server key list -w NAME` shows them")
         key = storage.revoke_key(found.workspace_id, key_id, _now())
+        detail = {"revoked": key_id, "by": "cli"}
+        storage.audit(found.workspace_id, None, "key_revoke", detail, _now())
     finally:
         storage.close()
     if json_:

@@ -4,9 +4,9 @@
 the embedded SQLite file. psycopg 3 with a connection pool; numbered migrations, applied under an
 advisory lock so several app processes starting at once migrate once.
 
-Sequence numbers: a push locks its workspace's row (``SELECT ... FOR UPDATE``) for the length of
-its transaction, numbers the new mutations from the ``latest_seq`` it read, and writes both
-before it commits. Pushes to one workspace therefore commit one at a time in seq order, and a
+Sequence numbers: a push locks its workspace's row (``SELECT ... FOR NO KEY UPDATE``) for the
+length of its transaction, numbers the new mutations from the ``latest_seq`` it read, and writes
+both before it commits. Pushes to one workspace therefore commit one at a time in seq order, and a
 pull reads the rows and ``latest_seq`` in one snapshot (REPEATABLE READ): it can never see seq 8
 without 7, nor hand out a cursor past a mutation that commits later. A push that fails rolls
 back its numbers with it, so sequences stay gapless.
@@ -27,11 +27,25 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
-from cairn.server.storage import ApiKey, Device, Totals, Workspace, WorkspaceStats
+from cairn.server.storage import (
+    DAY_MS,
+    ApiKey,
+    AuditEntry,
+    Device,
+    Quota,
+    Totals,
+    Usage,
+    UsageDay,
+    Workspace,
+    WorkspaceStats,
+    check_quota,
+    day_of,
+)
 
 MAX_SCOPES = 1000
 ALL = "*"
@@ -104,6 +118,44 @@ MIGRATIONS: tuple[str, ...] = (
         USING (workspace_id = {_TENANT} OR {_TENANT} = '{ALL}');
     """
         for table in ("api_keys", "mutations", "devices", "keyrings")
+    ),
+    # 2: metering (bytes stored, usage per day), quotas, and the audit log.
+    """
+    ALTER TABLE workspaces ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE workspaces ADD COLUMN max_mutations BIGINT;
+    ALTER TABLE workspaces ADD COLUMN max_bytes BIGINT;
+    UPDATE workspaces SET stored_bytes = (
+        SELECT COALESCE(SUM(length(payload)), 0) FROM mutations m
+        WHERE m.workspace_id = workspaces.id
+    );
+    CREATE TABLE usage_days (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        day TEXT NOT NULL,
+        pushes BIGINT NOT NULL DEFAULT 0,
+        mutations BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0,
+        pulled BIGINT NOT NULL DEFAULT 0,
+        recalls BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (workspace_id, day)
+    );
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        at BIGINT NOT NULL,
+        key_id TEXT,
+        action TEXT NOT NULL,
+        detail JSONB NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (workspace_id, at);
+    """
+    + "".join(
+        f"""
+    ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant ON {table}
+        USING (workspace_id = {_TENANT} OR {_TENANT} = '{ALL}');
+    """
+        for table in ("usage_days", "audit")
     ),
 )
 
@@ -254,6 +306,7 @@ class PostgresStorage:
         mutations: Sequence[WireMutation],
         device_id: str | None,
         now: int,
+        key_id: str | None = None,
     ) -> PushResult:
         with self._tx(workspace_id) as conn:
             seq = self._latest(conn, workspace_id, lock=True)
@@ -276,15 +329,34 @@ class PostgresStorage:
                     (workspace_id, seq, m.mutation_id, m.version, m.device_id, m.hlc)
                     + (m.entity_id, m.scope, m.payload, now)
                 )
+            added = sum(len(row[8]) for row in rows)  # the payloads' bytes
             if rows:  # pipelined; COPY would be faster but row-level security forbids it
+                held = self._bytes(conn, workspace_id) + added
+                check_quota(self._quota(conn, workspace_id), seq, held)
                 conn.cursor().executemany(
                     f"INSERT INTO mutations ({_MUTATION_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     rows,
                 )
                 conn.execute(
-                    "UPDATE workspaces SET latest_seq = %s WHERE id = %s", (seq, workspace_id)
+                    "UPDATE workspaces SET latest_seq = %s, stored_bytes = stored_bytes + %s "
+                    "WHERE id = %s",
+                    (seq, added, workspace_id),
                 )
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, pushes, mutations, bytes) "
+                "VALUES (%s, %s, 1, %s, %s) ON CONFLICT (workspace_id, day) DO UPDATE SET "
+                "pushes = usage_days.pushes + 1, "
+                "mutations = usage_days.mutations + excluded.mutations, "
+                "bytes = usage_days.bytes + excluded.bytes",
+                (workspace_id, day_of(now), len(rows), added),
+            )
+            detail = {
+                "stored": len(rows),
+                "duplicates": len(mutations) - len(rows),
+                "device": device_id,
+            }
+            self._audit(conn, workspace_id, key_id, "push", detail, now)
             if device_id is not None:
                 conn.execute(
                     "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
@@ -330,6 +402,64 @@ class PostgresStorage:
     def latest_seq(self, workspace_id: str) -> int:
         with self._tx(workspace_id) as conn:
             return self._latest(conn, workspace_id)
+
+    def record_pull(self, workspace_id: str, key_id: str, pulled: int, now: int) -> None:
+        with self._tx(workspace_id) as conn:
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, pulled) VALUES (%s, %s, %s) "
+                "ON CONFLICT (workspace_id, day) DO UPDATE SET "
+                "pulled = usage_days.pulled + excluded.pulled",
+                (workspace_id, day_of(now), pulled),
+            )
+            self._audit(conn, workspace_id, key_id, "pull", {"mutations": pulled}, now)
+
+    # -- quotas, usage, audit -----------------------------------------------------------------
+
+    def set_quota(self, workspace_id: str, quota: Quota) -> None:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "UPDATE workspaces SET max_mutations = %s, max_bytes = %s WHERE id = %s",
+                (quota.max_mutations, quota.max_bytes, workspace_id),
+            )
+
+    def usage(self, workspace_id: str, days: int, now: int) -> Usage:
+        with self._tx(workspace_id, snapshot=True) as conn:
+            latest = self._latest(conn, workspace_id)
+            row = conn.execute(
+                "SELECT COUNT(DISTINCT entity_id) FROM mutations WHERE workspace_id = %s",
+                (workspace_id,),
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT day, pushes, mutations, bytes, pulled, recalls FROM usage_days "
+                "WHERE workspace_id = %s AND day >= %s ORDER BY day DESC",
+                (workspace_id, day_of(now - (days - 1) * DAY_MS)),
+            ).fetchall()
+            return Usage(
+                latest,
+                self._bytes(conn, workspace_id),
+                int(row[0]) if row else 0,
+                self._quota(conn, workspace_id),
+                [UsageDay(*r) for r in rows],
+            )
+
+    def audit(
+        self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int
+    ) -> None:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id)
+            self._audit(conn, workspace_id, key_id, action, detail, now)
+
+    def audit_log(self, workspace_id: str, limit: int, before: int | None) -> list[AuditEntry]:
+        rows = self._all(
+            workspace_id,
+            "SELECT at, key_id, action, detail FROM audit WHERE workspace_id = %s AND at < %s "
+            "ORDER BY at DESC, id DESC LIMIT %s",
+            workspace_id,
+            before if before is not None else 2**62,
+            limit,
+        )
+        return [AuditEntry(at, key, action, dict(detail)) for at, key, action, detail in rows]
 
     def stats(self, workspace_id: str) -> WorkspaceStats:
         with self._tx(workspace_id, snapshot=True) as conn:
@@ -449,9 +579,42 @@ class PostgresStorage:
             return conn.execute(sql, args).fetchall()
 
     @staticmethod
+    def _audit(
+        conn: psycopg.Connection[Any],
+        workspace_id: str,
+        key_id: str | None,
+        action: str,
+        detail: dict[str, Any],
+        now: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO audit (workspace_id, at, key_id, action, detail) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (workspace_id, now, key_id, action, Jsonb(detail)),
+        )
+
+    @staticmethod
+    def _quota(conn: psycopg.Connection[Any], workspace_id: str) -> Quota:
+        row = conn.execute(
+            "SELECT max_mutations, max_bytes FROM workspaces WHERE id = %s", (workspace_id,)
+        ).fetchone()
+        return Quota(*row) if row else Quota()
+
+    @staticmethod
+    def _bytes(conn: psycopg.Connection[Any], workspace_id: str) -> int:
+        row = conn.execute(
+            "SELECT stored_bytes FROM workspaces WHERE id = %s", (workspace_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
     def _latest(conn: psycopg.Connection[Any], workspace_id: str, lock: bool = False) -> int:
         row = conn.execute(
-            "SELECT latest_seq FROM workspaces WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            # FOR NO KEY UPDATE: serialises pushes, yet lets the foreign-key checks of rows that
+            # reference the workspace (usage, audit: FOR KEY SHARE) through, so a pull's
+            # metering never waits on a push that waits on it.
+            "SELECT latest_seq FROM workspaces WHERE id = %s"
+            + (" FOR NO KEY UPDATE" if lock else ""),
             (workspace_id,),
         ).fetchone()
         if row is None:

@@ -1,4 +1,5 @@
-"""The sync server's routes under ``/v1``: push, pull, status, keyring, devices and API keys.
+"""The sync server's routes under ``/v1``: push, pull, status, keyring, devices, API keys, and
+for admins usage (metering and quota) and the audit log.
 
 Every route but /healthz and /metrics authenticates an API key and works inside that key's
 workspace only; the workspace comes from the key, never from the request.
@@ -114,7 +115,7 @@ async def push(
     """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
     mutations = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
     result = await run_in_threadpool(
-        ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms()
+        ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
     )
     ctx.metrics.pushed(result.stored, result.duplicates, sum(len(m.payload) for m in mutations))
     if result.stored:
@@ -155,6 +156,10 @@ async def pull(
         await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
     if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
         await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
+    if page.mutations:  # metered and audited when it served something (not every long-poll)
+        await run_in_threadpool(
+            ctx.storage.record_pull, workspace, key.id, len(page.mutations), now_ms()
+        )
     ctx.metrics.pulled(len(page.mutations), sum(len(m.payload) for m in page.mutations))
     return await run_in_threadpool(_page_response, page)
 
@@ -171,6 +176,50 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
         "mutations": stats.mutations,
         "devices": stats.devices,
         "key": {"id": key.id, "name": key.name, "scopes": list(key.scopes)},
+    }
+
+
+@router.get("/v1/usage", tags=["admin"], summary="Metering: totals, quota and usage per day")
+def usage(
+    ctx: Context,
+    key: Admin,
+    days: Annotated[int, Query(ge=1, le=366, description="How many days back (UTC).")] = 30,
+) -> dict[str, Any]:
+    found = ctx.storage.usage(key.workspace_id, days, now_ms())
+    return {
+        "mutations": found.mutations,
+        "stored_bytes": found.stored_bytes,
+        "entities": found.entities,
+        "quota": {
+            "max_mutations": found.quota.max_mutations,
+            "max_bytes": found.quota.max_bytes,
+        },
+        "days": [vars(day) for day in found.days],
+    }
+
+
+@router.get("/v1/audit", tags=["admin"], summary="Who did what, newest first")
+def audit(
+    ctx: Context,
+    key: Admin,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        int | None, Query(ge=0, description="Only entries older than this (Unix ms): paging.")
+    ] = None,
+) -> dict[str, Any]:
+    entries = ctx.storage.audit_log(key.workspace_id, limit, before)
+    return {
+        "entries": [
+            {
+                "at": iso(e.at),
+                "at_ms": e.at,
+                "key_id": e.key_id,
+                "action": e.action,
+                "detail": e.detail,
+            }
+            for e in entries
+        ],
+        "next_before": entries[-1].at if len(entries) == limit else None,
     }
 
 
@@ -195,12 +244,16 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     version = ctx.storage.put_keyring(
         key.workspace_id, blob, body.expected_version, body.revoked_key_ids
     )
+    detail = {"version": version, "revoked_key_ids": body.revoked_key_ids}
+    ctx.storage.audit(key.workspace_id, key.id, "keyring_put", detail, now_ms())
     return {"version": version}
 
 
 @router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")
 def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
     ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
+    detail = {"device": body.device_id}
+    ctx.storage.audit(key.workspace_id, key.id, "device_register", detail, now_ms())
     return {"device_id": body.device_id, "name": body.name}
 
 
@@ -213,6 +266,8 @@ def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
 def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """The response holds the key itself: it is shown this once and never stored."""
     made, token = keys.issue(ctx.storage, key.workspace_id, body.name, body.scopes, now_ms())
+    detail = {"created": made.id, "name": made.name, "scopes": list(made.scopes)}
+    ctx.storage.audit(key.workspace_id, key.id, "key_create", detail, now_ms())
     return {**keys.to_json(made), "key": token}
 
 
@@ -223,7 +278,9 @@ def list_keys(ctx: Context, key: Admin) -> dict[str, list[dict[str, Any]]]:
 
 @router.delete("/v1/auth/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
 def revoke_key(key_id: str, ctx: Context, key: Admin) -> dict[str, Any]:
-    return keys.to_json(ctx.storage.revoke_key(key.workspace_id, key_id, now_ms()))
+    revoked = ctx.storage.revoke_key(key.workspace_id, key_id, now_ms())
+    ctx.storage.audit(key.workspace_id, key.id, "key_revoke", {"revoked": key_id}, now_ms())
+    return keys.to_json(revoked)
 
 
 def _device(device: Device) -> dict[str, Any]:

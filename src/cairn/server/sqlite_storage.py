@@ -17,11 +17,18 @@ from cairn.errors import InvalidInput, NotFound, RemoteConflict
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
+    DAY_MS,
     ApiKey,
+    AuditEntry,
     Device,
+    Quota,
     Totals,
+    Usage,
+    UsageDay,
     Workspace,
     WorkspaceStats,
+    check_quota,
+    day_of,
 )
 
 MAX_SCOPES = 1000
@@ -82,6 +89,34 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: the key ids a keyring revoked (a JSON list), so pushes sealed under them are refused.
     """
     ALTER TABLE keyrings ADD COLUMN revoked TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 3: metering (bytes stored, usage per day), quotas, and the audit log.
+    """
+    ALTER TABLE workspaces ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workspaces ADD COLUMN max_mutations INTEGER;
+    ALTER TABLE workspaces ADD COLUMN max_bytes INTEGER;
+    UPDATE workspaces SET stored_bytes = (
+        SELECT COALESCE(SUM(length(payload)), 0) FROM mutations m
+        WHERE m.workspace_id = workspaces.id
+    );
+    CREATE TABLE usage_days (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        day TEXT NOT NULL,
+        pushes INTEGER NOT NULL DEFAULT 0,
+        mutations INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        pulled INTEGER NOT NULL DEFAULT 0,
+        recalls INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (workspace_id, day)
+    );
+    CREATE TABLE audit (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        at INTEGER NOT NULL,
+        key_id TEXT,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (workspace_id, at);
     """,
 )
 
@@ -191,10 +226,11 @@ class SqliteStorage:
         mutations: Sequence[WireMutation],
         device_id: str | None,
         now: int,
+        key_id: str | None = None,
     ) -> PushResult:
         with self._db.write() as conn:
             seq = self._latest(conn, workspace_id)
-            stored = 0
+            stored = stored_bytes = 0
             for m in mutations:
                 inserted = conn.execute(
                     "INSERT INTO mutations (workspace_id, seq, mutation_id, version, device_id, "
@@ -216,10 +252,27 @@ class SqliteStorage:
                 ).rowcount
                 seq += inserted
                 stored += inserted
+                stored_bytes += len(m.payload) * inserted
             if stored:
-                conn.execute(
-                    "UPDATE workspaces SET latest_seq = ? WHERE id = ?", (seq, workspace_id)
+                check_quota(
+                    self._quota(conn, workspace_id),
+                    seq,
+                    stored_bytes + self._bytes(conn, workspace_id),
                 )
+                conn.execute(
+                    "UPDATE workspaces SET latest_seq = ?, stored_bytes = stored_bytes + ? "
+                    "WHERE id = ?",
+                    (seq, stored_bytes, workspace_id),
+                )
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, pushes, mutations, bytes) "
+                "VALUES (?, ?, 1, ?, ?) ON CONFLICT (workspace_id, day) DO UPDATE SET "
+                "pushes = pushes + 1, mutations = mutations + excluded.mutations, "
+                "bytes = bytes + excluded.bytes",
+                (workspace_id, day_of(now), stored, stored_bytes),
+            )
+            detail = {"stored": stored, "duplicates": len(mutations) - stored, "device": device_id}
+            self._audit(conn, workspace_id, key_id, "push", detail, now)
             if device_id is not None:
                 conn.execute(
                     "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
@@ -266,6 +319,62 @@ class SqliteStorage:
     def latest_seq(self, workspace_id: str) -> int:
         with self._db.read() as conn:
             return self._latest(conn, workspace_id)
+
+    def record_pull(self, workspace_id: str, key_id: str, pulled: int, now: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, pulled) VALUES (?, ?, ?) "
+                "ON CONFLICT (workspace_id, day) DO UPDATE SET pulled = pulled + excluded.pulled",
+                (workspace_id, day_of(now), pulled),
+            )
+            self._audit(conn, workspace_id, key_id, "pull", {"mutations": pulled}, now)
+
+    # -- quotas, usage, audit -----------------------------------------------------------------
+
+    def set_quota(self, workspace_id: str, quota: Quota) -> None:
+        with self._db.write() as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "UPDATE workspaces SET max_mutations = ?, max_bytes = ? WHERE id = ?",
+                (quota.max_mutations, quota.max_bytes, workspace_id),
+            )
+
+    def usage(self, workspace_id: str, days: int, now: int) -> Usage:
+        with self._db.read() as conn:
+            latest = self._latest(conn, workspace_id)
+            (entities,) = conn.execute(
+                "SELECT COUNT(DISTINCT entity_id) FROM mutations WHERE workspace_id = ?",
+                (workspace_id,),
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT day, pushes, mutations, bytes, pulled, recalls FROM usage_days "
+                "WHERE workspace_id = ? AND day >= ? ORDER BY day DESC",
+                (workspace_id, day_of(now - (days - 1) * DAY_MS)),
+            ).fetchall()
+            return Usage(
+                latest,
+                self._bytes(conn, workspace_id),
+                entities,
+                self._quota(conn, workspace_id),
+                [UsageDay(*row) for row in rows],
+            )
+
+    def audit(
+        self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int
+    ) -> None:
+        with self._db.write() as conn:
+            self._latest(conn, workspace_id)
+            self._audit(conn, workspace_id, key_id, action, detail, now)
+
+    def audit_log(self, workspace_id: str, limit: int, before: int | None) -> list[AuditEntry]:
+        rows = self._all(
+            "SELECT at, key_id, action, detail FROM audit WHERE workspace_id = ? AND at < ? "
+            "ORDER BY at DESC, rowid DESC LIMIT ?",
+            workspace_id,
+            before if before is not None else 2**62,
+            limit,
+        )
+        return [AuditEntry(at, key, action, json.loads(detail)) for at, key, action, detail in rows]
 
     def stats(self, workspace_id: str) -> WorkspaceStats:
         with self._db.read() as conn:
@@ -362,6 +471,34 @@ class SqliteStorage:
     def _all(self, sql: str, *args: Any) -> list[Any]:
         with self._db.read() as conn:
             return conn.execute(sql, args).fetchall()
+
+    @staticmethod
+    def _audit(
+        conn: sqlite3.Connection,
+        workspace_id: str,
+        key_id: str | None,
+        action: str,
+        detail: dict[str, Any],
+        now: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO audit (workspace_id, at, key_id, action, detail) VALUES (?, ?, ?, ?, ?)",
+            (workspace_id, now, key_id, action, json.dumps(detail, sort_keys=True)),
+        )
+
+    @staticmethod
+    def _quota(conn: sqlite3.Connection, workspace_id: str) -> Quota:
+        row = conn.execute(
+            "SELECT max_mutations, max_bytes FROM workspaces WHERE id = ?", (workspace_id,)
+        ).fetchone()
+        return Quota(*row) if row else Quota()
+
+    @staticmethod
+    def _bytes(conn: sqlite3.Connection, workspace_id: str) -> int:
+        row = conn.execute(
+            "SELECT stored_bytes FROM workspaces WHERE id = ?", (workspace_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     @staticmethod
     def _latest(conn: sqlite3.Connection, workspace_id: str) -> int:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from cairn.errors import QuotaExceeded
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
+
+DAY_MS = 86_400_000
 
 SCOPES = ("read", "write", "admin")
 """API key scopes, weakest first: each one grants everything the ones before it grant."""
@@ -70,12 +74,74 @@ class WorkspaceStats:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits an administrator set on a workspace (None: no limit)."""
+
+    max_mutations: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class UsageDay:
+    """What a workspace did on one UTC day."""
+
+    day: str  # YYYY-MM-DD
+    pushes: int = 0
+    mutations: int = 0
+    bytes: int = 0
+    pulled: int = 0
+    recalls: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A workspace's totals now, its quota, and its days (newest first)."""
+
+    mutations: int
+    stored_bytes: int
+    entities: int
+    quota: Quota
+    days: list[UsageDay]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who (which API key) did what, when."""
+
+    at: int
+    key_id: str | None
+    action: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Totals:
     """Figures over every workspace, for metrics (no names: they may be private)."""
 
     workspaces: int
     mutations: int
     max_seq: int
+
+
+def day_of(ms: int) -> str:
+    """The UTC day of a time, as usage is counted: YYYY-MM-DD."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def check_quota(quota: Quota, mutations: int, stored_bytes: int) -> None:
+    """QuotaExceeded when a push would leave the workspace holding more than its quota."""
+    if quota.max_mutations is not None and mutations > quota.max_mutations:
+        raise QuotaExceeded(
+            f"this workspace may hold {quota.max_mutations} changes and this push would make "
+            f"it {mutations}; its administrator can raise the quota (`cairn server workspace "
+            "set-quota`). Unsent changes wait on the device."
+        )
+    if quota.max_bytes is not None and stored_bytes > quota.max_bytes:
+        raise QuotaExceeded(
+            f"this workspace may hold {quota.max_bytes} bytes and this push would make it "
+            f"{stored_bytes}; its administrator can raise the quota (`cairn server workspace "
+            "set-quota`). Unsent changes wait on the device."
+        )
 
 
 class ServerStorage(Protocol):
@@ -130,8 +196,33 @@ class ServerStorage(Protocol):
         mutations: Sequence[WireMutation],
         device_id: str | None,
         now: int,
+        key_id: str | None = None,
     ) -> PushResult:
-        """Store a checked batch all-or-nothing (see the module contract)."""
+        """Store a checked batch all-or-nothing (see the module contract), count it in the
+        day's usage and the audit log (as ``key_id``'s); QuotaExceeded, storing nothing, when
+        it would take the workspace over its quota."""
+        ...
+
+    def record_pull(self, workspace_id: str, key_id: str, pulled: int, now: int) -> None:
+        """Count ``pulled`` mutations served in the day's usage and the audit log."""
+        ...
+
+    def set_quota(self, workspace_id: str, quota: Quota) -> None:
+        """Replace the workspace's quota (``Quota()``: none)."""
+        ...
+
+    def usage(self, workspace_id: str, days: int, now: int) -> Usage:
+        """The workspace's totals, quota, and its last ``days`` days of usage."""
+        ...
+
+    def audit(
+        self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int
+    ) -> None:
+        """Add an entry to the workspace's audit log."""
+        ...
+
+    def audit_log(self, workspace_id: str, limit: int, before: int | None) -> list[AuditEntry]:
+        """The workspace's audit entries, newest first (older than ``before`` if given)."""
         ...
 
     def pull(
