@@ -12,6 +12,7 @@ from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
 
 import typer
 from rich.markup import escape
@@ -198,8 +199,6 @@ def _remote_url(remote_url: str | None, git: bool) -> str:
             return (top / ".cairn").as_uri()
         if not remote_url.startswith("file://"):
             raise InvalidInput("--git goes with a file:// remote inside a repository")
-        from urllib.parse import unquote, urlparse
-
         if config.git_root(Path(unquote(urlparse(remote_url).path))) is None:
             raise InvalidInput(f"--git: {remote_url} is not inside a git repository")
         return remote_url
@@ -211,8 +210,6 @@ def _remote_url(remote_url: str | None, git: bool) -> str:
 def _mark_for_git(url: str) -> None:
     """Files git should take as they are (never converted or merged as text) and the ones it
     should not track (a compaction's lock, an interrupted write's staging file)."""
-    from urllib.parse import unquote, urlparse
-
     folder = Path(unquote(urlparse(url).path))
     (folder / ".gitattributes").write_text("* -text -diff -merge\n", encoding="utf-8")
     (folder / ".gitignore").write_text("compact.lock\n*#*\n", encoding="utf-8")
