@@ -28,7 +28,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +45,6 @@ import httpx
 import obstore
 from threadpoolctl import threadpool_limits
 
-from bench_sync import _free_port, _uncommitted_src
 from cairn.crypto.keyring import KdfParams
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes import objects
@@ -56,12 +54,15 @@ from cairn.syncing import Syncer
 from cairn.workspace_keys import join
 from common import (
     CACHE,
+    BackgroundProcess,
     cached_store,
+    free_port,
     log,
     new_embedder,
     open_store,
     peak_rss_mib,
     print_table,
+    uncommitted_src,
     write_results,
 )
 
@@ -80,53 +81,27 @@ PHASES = {
     "compact": "compact",
     "pull_compacted": "pull after compaction",
 }
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --- the S3 server -------------------------------------------------------------------------------
 
 
-class MotoServer:
+class MotoServer(BackgroundProcess):
     """moto's S3 server in a subprocess on 127.0.0.1 (buckets held in its memory)."""
 
     def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(log_path)
         self.endpoint = ""
 
     def __enter__(self) -> MotoServer:
-        port = _free_port()
+        port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"moto's server exited:\n{self.log_text()}")
-            try:
-                httpx.get(self.endpoint, timeout=1)
-                return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise SystemExit(f"moto's server never answered:\n{self.log_text()}")
-            time.sleep(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.launch(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            lambda: httpx.get(self.endpoint, timeout=1).status_code > 0,
+            "moto's server",
+        )
+        return self
 
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.endpoint)
@@ -146,15 +121,6 @@ class MotoServer:
     def reset(self) -> None:
         """Drop every bucket (moto's own API), so one run's objects do not weigh on the next."""
         httpx.post(f"{self.endpoint}/moto-api/reset", timeout=30).raise_for_status()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @dataclass
@@ -587,7 +553,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         vars(args),
         {
             "notes": notes,
-            "uncommitted_src": _uncommitted_src(),
+            "uncommitted_src": uncommitted_src(),
             "results": results,
             "peak_rss_mib": peak_rss_mib(),
         },

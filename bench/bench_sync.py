@@ -27,7 +27,6 @@ import json
 import os
 import pstats
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -51,12 +50,15 @@ from cairn.workspace_keys import join
 from common import (
     CACHE,
     ROOT,
+    BackgroundProcess,
     cached_store,
+    free_port,
     log,
     new_embedder,
     open_store,
     peak_rss_mib,
     print_table,
+    uncommitted_src,
     write_results,
 )
 
@@ -68,7 +70,6 @@ OVERHEAD_TARGET = 0.10
 PASSPHRASE = "a benchmark passphrase"
 MODE_NAMES = {"e2e": "end-to-end encrypted", "hosted": "unencrypted (hosted)"}
 RECALL_CHECKS = 5
-_TICK = os.sysconf("SC_CLK_TCK")
 
 MEMORY_COLUMNS = (
     "rowid, id, content, kind, project, topic_key, source, created_at, updated_at, deleted, "
@@ -79,15 +80,15 @@ MEMORY_COLUMNS = (
 # --- the server ----------------------------------------------------------------------------------
 
 
-class Server:
-    """``cairn server run`` in a subprocess with a fresh data folder and one workspace."""
+class Server(BackgroundProcess):
+    """``cairn server run`` in a subprocess with a fresh data folder (or a PostgreSQL database)
+    and one workspace."""
 
     def __init__(self, data: Path, mode: str = "e2e", db: str | None = None) -> None:
+        super().__init__(data.with_suffix(".log"))
         self.data = data
         self.mode = mode
         self.storage = ["--db", db] if db else ["--data", str(data)]
-        self.log_path = data.with_suffix(".log")
-        self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.key = ""
 
@@ -102,54 +103,15 @@ class Server:
         if made.returncode != 0:
             raise SystemExit(f"`cairn server workspace create` failed:\n{made.stdout}{made.stderr}")
         self.key = json.loads(made.stdout)["key"]
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        with self.log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [str(CAIRN), "server", "run", *self.storage]
-                + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the sync server exited:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise SystemExit(f"the sync server never answered /healthz:\n{self.log_text()}")
-            time.sleep(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        self.launch(
+            [str(CAIRN), "server", "run", *self.storage]
+            + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"],
+            lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
+            "the sync server",
+        )
+        return self
 
 
 # --- bytes on the wire ---------------------------------------------------------------------------
@@ -705,23 +667,11 @@ def main() -> None:
         vars(args),
         {
             "notes": notes,
-            "uncommitted_src": _uncommitted_src(),
+            "uncommitted_src": uncommitted_src(),
             "results": results,
             "peak_rss_mib": peak_rss_mib(),
         },
     )
-
-
-def _uncommitted_src() -> list[str]:
-    """Source files that differ from the commit the results name (their numbers include them)."""
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--", "src"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return [line[3:] for line in status.stdout.splitlines()]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import platform
 import resource
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 import corpus
@@ -232,3 +234,75 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- servers the benchmarks start ----------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+class BackgroundProcess:
+    """A server a benchmark runs in a subprocess (its output in ``log_path``): started and
+    waited for, its CPU time read, stopped."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self, command: list[str], ready: Callable[[], bool], what: str) -> None:
+        """Start ``command`` (BLAS pinned to one thread) and wait up to 60 s for ``ready()``."""
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{what} exited:\n{self.log_text()}")
+            try:
+                if ready():
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"{what} never answered:\n{self.log_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def uncommitted_src() -> list[str]:
+    """Source files that differ from the commit the results name (their numbers include them)."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line[3:] for line in status.stdout.splitlines()]

@@ -253,3 +253,9 @@ def many_from_json(items: Any) -> list[WireMutation]:
 
 def to_json(mutations: Iterable[WireMutation]) -> list[dict[str, Any]]:
     return [m.to_json() for m in mutations]
+
+
+def check_pull_limit(limit: int) -> None:
+    """InvalidInput unless a pull's ``limit`` is one every remote accepts."""
+    if not 1 <= limit <= MAX_PULL_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PULL_LIMIT}")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cairn.errors import InvalidInput, RemoteConflict
-from cairn.protocol import E2E, MAX_PULL_LIMIT, PullPage, PushResult, WireMutation, check_batch
+from cairn.protocol import E2E, PullPage, PushResult, WireMutation, check_batch, check_pull_limit
 from cairn.remotes.base import Frames, KeyringBlob
 
 
@@ -52,8 +52,7 @@ class MemoryRemote:
         scopes: Sequence[str] | None = None,
         wait: float = 0.0,
     ) -> PullPage:
-        if not 1 <= limit <= MAX_PULL_LIMIT:
-            raise InvalidInput(f"limit must be between 1 and {MAX_PULL_LIMIT}")
+        check_pull_limit(limit)
         try:
             since = int(cursor or 0)
         except ValueError as exc:

@@ -64,12 +64,12 @@ from cairn.errors import (
     SyncNotConfigured,
 )
 from cairn.protocol import (
-    MAX_PULL_LIMIT,
     KeyringBlob,
     PullPage,
     PushResult,
     WireMutation,
     check_batch,
+    check_pull_limit,
 )
 from cairn.remotes.base import Frames
 
@@ -246,8 +246,7 @@ class ObjectRemote:
         scopes: Sequence[str] | None = None,
         wait: float = 0.0,
     ) -> PullPage:
-        if not 1 <= limit <= MAX_PULL_LIMIT:
-            raise InvalidInput(f"limit must be between 1 and {MAX_PULL_LIMIT}")
+        check_pull_limit(limit)
         position, count = _read_cursor(cursor)
         if cursor is not None:
             self._publish(cursor, position)
