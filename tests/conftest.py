@@ -72,6 +72,9 @@ class Postgres:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name} OWNER cairn_app")
         info = conninfo.conninfo_to_dict(self.admin_url)
+        # pgvector is not a trusted extension: a superuser creates it, as in production.
+        with psycopg.connect(conninfo.make_conninfo("", **{**info, "dbname": name})) as conn:
+            conn.execute("CREATE EXTENSION vector")
         info.update(dbname=name, user="cairn_app")
         info.pop("password", None)
         return conninfo.make_conninfo("", **info)
@@ -142,7 +145,7 @@ class SyncServer:
 
 @pytest.fixture
 def sync_server_factory(
-    tmp_path: Path, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: Path, server_backend: str, request: pytest.FixtureRequest, embedder: OnnxEmbedder
 ) -> Iterator[Callable[..., SyncServer]]:
     """Starts sync servers with the given ``ServerSettings``; all stop after the test."""
     running: list[tuple[uvicorn.Server, threading.Thread, ServerStorage]] = []
@@ -153,7 +156,7 @@ def sync_server_factory(
         workspace, admin_key = keys.create_workspace(storage, "test", now_ms())
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(storage, settings),
+                create_app(storage, settings, embedder),  # one model for the whole session
                 host="127.0.0.1",
                 port=0,
                 log_level="warning",

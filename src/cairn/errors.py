@@ -26,6 +26,7 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
         ├── MutationRejected        8  422  invalid_mutation
         ├── RateLimited             8  429  rate_limited
         ├── QuotaExceeded           8  429  quota_exceeded
+        ├── NotHosted               8  409  not_hosted
         └── CryptoError            10  400  crypto_failed
             ├── WrongPassphrase    10  401  wrong_passphrase
             ├── KeyMismatch        10  409  key_mismatch
@@ -192,6 +193,14 @@ class QuotaExceeded(SyncError):
 
     code = "quota_exceeded"
     http_status = 429
+
+
+class NotHosted(SyncError):
+    """An endpoint for hosted workspaces (the server embeds, searches and remembers) was called
+    in an end-to-end encrypted one, whose server cannot read its memories."""
+
+    code = "not_hosted"
+    http_status = 409
 
 
 class CryptoError(SyncError):

@@ -8,7 +8,7 @@ import pytest
 
 from cairn.errors import InvalidInput
 from cairn.model import Filters, Hit, Match, Memory
-from cairn.search.hybrid import _successors_first, fts_query
+from cairn.search.hybrid import successors_first, fts_query
 from cairn.service import Store
 
 
@@ -112,9 +112,9 @@ def _hit(memory_id: str, score: float, superseded_by: str | None = None) -> Hit:
 
 def test_successor_ordering_keeps_every_hit_even_in_a_cycle() -> None:
     chain = [_hit("old", 3, "mid"), _hit("mid", 2, "new"), _hit("x", 1.5), _hit("new", 1)]
-    assert [h.memory.id for h in _successors_first(chain)] == ["x", "new", "mid", "old"]
+    assert [h.memory.id for h in successors_first(chain)] == ["x", "new", "mid", "old"]
     cycle = [_hit("a", 2, "b"), _hit("b", 1, "a")]
-    assert sorted(h.memory.id for h in _successors_first(cycle)) == ["a", "b"]
+    assert sorted(h.memory.id for h in successors_first(cycle)) == ["a", "b"]
 
 
 def test_project_filter_stays_right_as_the_index_changes(store: Store) -> None:

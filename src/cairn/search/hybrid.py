@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,23 +35,62 @@ _STOPWORDS = frozenset(
     "were what when where which who why will with you your can should would could about".split()
 )
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+K = TypeVar("K", bound=Hashable)
 
 
-def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression: the query's distinct words, OR-ed, stop words dropped.
+def query_terms(text: str) -> list[tuple[str, ...]]:
+    """The query's distinct search terms, stop words dropped: each a phrase of tokens.
 
     A word made of several tokens (``onboarding-proxy``, ``pnpm-lock.yaml``, ``docs/oncall.md``)
     becomes a phrase, so it matches those tokens side by side rather than each one anywhere:
-    more precise, and far fewer rows for BM25 to score.
+    more precise, and far fewer rows for BM25 to score. Tokens are word characters only.
     """
-    seen: dict[str, None] = {}
+    seen: dict[tuple[str, ...], None] = {}
     for word in text.lower().split():
-        tokens = [t for t in _TOKEN.findall(word) if t.strip("_")]
-        if len(tokens) > 1:
-            seen.setdefault('"' + " ".join(tokens) + '"', None)
-        elif tokens and tokens[0] not in _STOPWORDS:
-            seen.setdefault(f'"{tokens[0]}"', None)
-    return " OR ".join(seen) or None
+        tokens = tuple(t for t in _TOKEN.findall(word) if t.strip("_"))
+        if len(tokens) > 1 or (tokens and tokens[0] not in _STOPWORDS):
+            seen.setdefault(tokens, None)
+    return list(seen)
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression: the query's terms (``query_terms``) as phrases, OR-ed."""
+    return " OR ".join('"' + " ".join(tokens) + '"' for tokens in query_terms(text)) or None
+
+
+def fuse(
+    semantic: Sequence[tuple[K, float]],
+    keyword: Sequence[tuple[K, float]],
+    about: Mapping[K, tuple[str, int]],
+    successors: Mapping[str, str],
+    now: int,
+) -> list[tuple[float, str, K, Match]]:
+    """Both rankings fused by reciprocal rank, best first, as (score, memory id, key, match).
+
+    ``about`` gives each candidate's memory id and created_at (a candidate missing from it
+    is gone and left out); ``successors`` maps a superseded memory id to its successor's.
+    """
+    fused: dict[K, float] = {}
+    for ranked in (semantic, keyword):
+        for rank, (key, _score) in enumerate(ranked, 1):
+            fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank)
+    sem = {k: (i, c) for i, (k, c) in enumerate(semantic, 1)}
+    kw = {k: (i, s) for i, (k, s) in enumerate(keyword, 1)}
+    scored: list[tuple[float, str, K, Match]] = []
+    for key, (memory_id, created_at) in about.items():
+        if key not in fused:
+            continue
+        age_days = max(0.0, (now - created_at) / 86_400_000)
+        decay = math.exp(-age_days * math.log(2) / RECENCY_HALF_LIFE_DAYS)
+        score = fused[key] * (1.0 + RECENCY_WEIGHT * decay)
+        successor = successors.get(memory_id)
+        if successor is not None:
+            score *= SUPERSEDED_FACTOR
+        s_rank, cosine = sem.get(key, (None, None))
+        k_rank, bm25 = kw.get(key, (None, None))
+        scored.append((score, memory_id, key, Match(s_rank, cosine, k_rank, bm25, successor)))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return scored
 
 
 def recall(
@@ -80,31 +120,13 @@ def recall(
     nearest = index.search(embed(query), depth, allowed, project)
     semantic = [(r, c) for r, c in nearest if c >= MIN_COSINE]
     keyword = pending.result() if pending else []
-    fused: dict[int, float] = {}
-    for ranked in (semantic, keyword):
-        for rank, (rowid, _score) in enumerate(ranked, 1):
-            fused[rowid] = fused.get(rowid, 0.0) + 1.0 / (RRF_K + rank)
-    if not fused:
+    candidates = [r for r, _ in semantic] + [r for r, _ in keyword]
+    if not candidates:
         return []
     with db.read() as conn:
-        brief = memories.briefs(conn, list(fused))  # a row may be gone since the searches
+        brief = memories.briefs(conn, candidates)  # a row may be gone since the searches
         successors = relations.successors(conn, [memory_id for memory_id, _ in brief.values()])
-    sem = {r: (i, c) for i, (r, c) in enumerate(semantic, 1)}
-    kw = {r: (i, s) for i, (r, s) in enumerate(keyword, 1)}
-    now = now_ms()
-    scored: list[tuple[float, str, int, Match]] = []
-    for rowid, (memory_id, created_at) in brief.items():
-        age_days = max(0.0, (now - created_at) / 86_400_000)
-        decay = math.exp(-age_days * math.log(2) / RECENCY_HALF_LIFE_DAYS)
-        score = fused[rowid] * (1.0 + RECENCY_WEIGHT * decay)
-        successor = successors.get(memory_id)
-        if successor is not None:
-            score *= SUPERSEDED_FACTOR
-        s_rank, cosine = sem.get(rowid, (None, None))
-        k_rank, bm25 = kw.get(rowid, (None, None))
-        scored.append((score, memory_id, rowid, Match(s_rank, cosine, k_rank, bm25, successor)))
-    scored.sort(key=lambda t: (-t[0], t[1]))
-    top = scored[:limit]
+    top = fuse(semantic, keyword, brief, successors, now_ms())[:limit]
     with db.read() as conn:
         found = memories.by_rowids(conn, [rowid for _s, _id, rowid, _m in top])
     hits = [
@@ -112,7 +134,7 @@ def recall(
         for score, _id, rowid, match in top
         if rowid in found and not found[rowid].deleted
     ]
-    return _successors_first(hits)
+    return successors_first(hits)
 
 
 def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
@@ -120,7 +142,7 @@ def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tup
         return memories.keyword_search(conn, match, filters, depth)
 
 
-def _successors_first(hits: list[Hit]) -> list[Hit]:
+def successors_first(hits: list[Hit]) -> list[Hit]:
     """Hold back each superseded hit until its successor (when also listed) has been placed."""
     listed = {h.memory.id for h in hits}
     waiting: dict[str, list[Hit]] = {}

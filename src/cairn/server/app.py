@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from cairn import __version__
+from cairn.embedding.base import Embedder
 from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited
 from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
@@ -40,9 +41,12 @@ _WORKER_ENV = "CAIRN_SERVER_WORKER"  # what `run_workers` hands each worker proc
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def create_app(storage: ServerStorage, settings: ServerSettings | None = None) -> FastAPI:
-    """The sync server over ``storage``; the caller owns (and closes) the storage."""
-    context = ServerContext(storage, settings or ServerSettings())
+def create_app(
+    storage: ServerStorage, settings: ServerSettings | None = None, embedder: Embedder | None = None
+) -> FastAPI:
+    """The sync server over ``storage``; the caller owns (and closes) the storage.
+    ``embedder``: for hosted workspaces (None: the bundled model, loaded on first use)."""
+    context = ServerContext(storage, settings or ServerSettings(), embedder)
     app = FastAPI(
         title="Cairn sync server",
         version=__version__,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from cairn.embedding.base import Embedder
+from cairn.server.hosted import Hosted
 from cairn.server.limits import RateLimiter, Throttle
 from cairn.server.metrics import Metrics
 from cairn.server.notify import Notifier
@@ -33,12 +35,16 @@ class ServerSettings:
 class ServerContext:
     storage: ServerStorage
     settings: ServerSettings
+    embedder: Embedder | None = None
+    """Hosted workspaces' embedder (None: the bundled model, loaded on first use)."""
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
     limiter: RateLimiter = field(init=False)
     touches: Throttle = field(init=False)
+    hosted: Hosted = field(init=False)
 
     def __post_init__(self) -> None:
+        self.hosted = Hosted(self.storage, self.embedder)
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.touches = Throttle(self.settings.touch_interval)
 

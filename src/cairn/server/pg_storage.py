@@ -25,19 +25,24 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
+from cairn.model import Filters, Memory, RelationState
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.storage import (
     DAY_MS,
+    INDEX_DIM,
     ApiKey,
     AuditEntry,
     Device,
+    IndexedMemory,
     Quota,
+    Ranked,
     Totals,
     Usage,
     UsageDay,
@@ -157,8 +162,74 @@ MIGRATIONS: tuple[str, ...] = (
     """
         for table in ("usage_days", "audit")
     ),
+    # 3: hosted workspaces' search index, a projection of their log (cairn.server.hosted): how
+    # far it has read, each memory's merged state with the fields searched, a pgvector HNSW
+    # index (cosine) and a full-text index, and the relations.
+    f"""
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE hosted_index (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        position BIGINT NOT NULL
+    );
+    CREATE TABLE hosted_memories (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        project TEXT NOT NULL,
+        tags TEXT[] NOT NULL,
+        topic_key TEXT,
+        source TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        deleted BOOLEAN NOT NULL,
+        content_hash TEXT NOT NULL,
+        model_id TEXT,
+        hlc TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        embedding vector({INDEX_DIM}),
+        words tsvector GENERATED ALWAYS AS
+            (to_tsvector('english'::regconfig, CASE WHEN deleted THEN '' ELSE content END))
+            STORED,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (workspace_id, id)
+    );
+    CREATE INDEX hosted_memories_embedding ON hosted_memories
+        USING hnsw (embedding vector_cosine_ops);
+    CREATE INDEX hosted_memories_words ON hosted_memories USING gin (words);
+    CREATE INDEX hosted_memories_hash ON hosted_memories (workspace_id, project, content_hash);
+    CREATE INDEX hosted_memories_topic ON hosted_memories
+        (workspace_id, project, topic_key, created_at);
+    CREATE INDEX hosted_memories_created ON hosted_memories (workspace_id, created_at);
+    CREATE TABLE hosted_relations (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        from_id TEXT NOT NULL,
+        to_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        deleted BOOLEAN NOT NULL,
+        hlc TEXT NOT NULL,
+        PRIMARY KEY (workspace_id, from_id, type, to_id)
+    );
+    CREATE INDEX hosted_relations_to ON hosted_relations (workspace_id, to_id, type);
+    """
+    + "".join(
+        f"""
+    ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE {table} FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant ON {table}
+        USING (workspace_id = {_TENANT} OR {_TENANT} = '{ALL}');
+    """
+        for table in ("hosted_index", "hosted_memories", "hosted_relations")
+    ),
 )
+EF_SEARCH = 100
+"""HNSW candidates examined per query (pgvector's default, 40, is under recall's depth of 50)."""
 
+_MEMORY_COLUMNS = (
+    "id, content, kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
+    "content_hash, model_id, hlc"
+)
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 _MUTATION_COLUMNS = (
@@ -548,6 +619,193 @@ class PostgresStorage:
         )
         return [Device(*row) for row in rows]
 
+    # -- a hosted workspace's search index ----------------------------------------------------
+
+    def index_position(self, workspace_id: str) -> int:
+        with self._tx(workspace_id) as conn:
+            return self._position(conn, workspace_id)
+
+    def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        rows = self._all(
+            workspace_id,
+            "SELECT id, payload FROM hosted_memories WHERE workspace_id = %s AND id = ANY(%s)",
+            workspace_id,
+            list(memory_ids),
+        )
+        return {memory_id: bytes(payload) for memory_id, payload in rows}
+
+    def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
+        rows = self._all(
+            workspace_id,
+            "SELECT from_id, to_id, type, created_at, deleted, hlc FROM hosted_relations "
+            "WHERE workspace_id = %s AND from_id || '|' || type || '|' || to_id = ANY(%s)",
+            workspace_id,
+            list(keys),
+        )
+        states = [RelationState(*row) for row in rows]
+        return {state.key: state for state in states}
+
+    def put_index(
+        self,
+        workspace_id: str,
+        expected: int,
+        position: int,
+        memories: Sequence[IndexedMemory],
+        relations: Sequence[RelationState],
+    ) -> bool:
+        with self._tx(workspace_id) as conn:
+            # Moving the position first takes its row's lock: a second writer that read the
+            # same position waits here, then sees it moved and writes nothing.
+            moved = conn.execute(
+                "INSERT INTO hosted_index (workspace_id, position) VALUES (%s, %s) "
+                "ON CONFLICT (workspace_id) DO UPDATE SET position = excluded.position "
+                "WHERE hosted_index.position = %s",
+                (workspace_id, position, expected),
+            ).rowcount
+            if not moved:  # nothing written: the transaction commits nothing
+                return False
+            conn.cursor().executemany(
+                f"INSERT INTO hosted_memories (workspace_id, {_MEMORY_COLUMNS}, payload, "
+                "embedding, position) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s::vector, %s) "
+                "ON CONFLICT (workspace_id, id) DO UPDATE SET content = excluded.content, "
+                "kind = excluded.kind, project = excluded.project, tags = excluded.tags, "
+                "topic_key = excluded.topic_key, source = excluded.source, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+                "deleted = excluded.deleted, content_hash = excluded.content_hash, "
+                "model_id = excluded.model_id, hlc = excluded.hlc, payload = excluded.payload, "
+                "embedding = excluded.embedding, position = excluded.position",
+                [
+                    (workspace_id, *_memory_row(m.memory), m.payload, _vector(m.vector), position)
+                    for m in memories
+                ],
+            )
+            conn.cursor().executemany(
+                "INSERT INTO hosted_relations (workspace_id, from_id, to_id, type, created_at, "
+                "deleted, hlc) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (workspace_id, from_id, type, to_id) DO UPDATE SET "
+                "created_at = excluded.created_at, deleted = excluded.deleted, hlc = excluded.hlc",
+                [
+                    (workspace_id, r.from_id, r.to_id, r.type, r.created_at, r.deleted, r.hlc)
+                    for r in relations
+                ],
+            )
+        return True
+
+    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
+        where, params = _index_filter(filters)
+        query = _vector(vector)
+        with self._tx(workspace_id) as conn:
+            # Iterative scans keep walking the HNSW graph until enough rows pass the filters
+            # (this workspace's, the project's...), instead of filtering one fixed candidate set.
+            conn.execute(
+                "SELECT set_config('hnsw.ef_search', %s, true), "
+                "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                (str(max(EF_SEARCH, depth)),),
+            )
+            rows = conn.execute(
+                "SELECT m.id, 1 - (m.embedding <=> %s::vector) AS cosine FROM hosted_memories m "
+                f"WHERE m.workspace_id = %s AND m.embedding IS NOT NULL AND {where} "
+                "ORDER BY m.embedding <=> %s::vector LIMIT %s",
+                (query, workspace_id, *params, query, depth),
+            ).fetchall()
+        ranked = [(memory_id, float(cosine)) for memory_id, cosine in rows]
+        ranked.sort(key=lambda r: -r[1])  # relaxed order: nearly sorted
+        return ranked
+
+    def keyword(
+        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
+    ) -> Ranked:
+        # Each term a phrase of quoted tokens; the tokens are word characters only (no quotes).
+        match = " | ".join(
+            "(" + " <-> ".join(f"'{token}'" for token in tokens) + ")" for tokens in terms if tokens
+        )
+        if not match:
+            return []
+        where, params = _index_filter(filters)
+        rows = self._all(
+            workspace_id,
+            "SELECT m.id, ts_rank_cd(m.words, q) AS rank "
+            "FROM hosted_memories m, to_tsquery('english'::regconfig, %s) q "
+            f"WHERE m.workspace_id = %s AND m.words @@ q AND {where} "
+            "ORDER BY rank DESC, m.id LIMIT %s",
+            match,
+            workspace_id,
+            *params,
+            depth,
+        )
+        return [(memory_id, float(rank)) for memory_id, rank in rows]
+
+    def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        rows = self._all(
+            workspace_id,
+            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            "AND id = ANY(%s)",
+            workspace_id,
+            list(memory_ids),
+        )
+        return {row[0]: _memory(row) for row in rows}
+
+    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
+        rows = self._all(
+            workspace_id,
+            "SELECT r.to_id, r.from_id FROM hosted_relations r JOIN hosted_memories m "
+            "ON m.workspace_id = r.workspace_id AND m.id = r.from_id "
+            "WHERE r.workspace_id = %s AND r.type = 'supersedes' AND NOT r.deleted "
+            "AND NOT m.deleted AND r.to_id = ANY(%s) ORDER BY r.created_at",
+            workspace_id,
+            list(memory_ids),
+        )
+        return {to_id: from_id for to_id, from_id in rows}
+
+    def list_indexed(
+        self, workspace_id: str, filters: Filters, limit: int, offset: int
+    ) -> tuple[list[Memory], int]:
+        where, params = _index_filter(filters)
+        sql = f"FROM hosted_memories m WHERE m.workspace_id = %s AND {where}"
+        with self._tx(workspace_id, snapshot=True) as conn:
+            row = conn.execute(f"SELECT COUNT(*) {sql}", (workspace_id, *params)).fetchone()
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
+                "LIMIT %s OFFSET %s",
+                (workspace_id, *params, limit, offset),
+            ).fetchall()
+        return [_memory(r) for r in rows], int(row[0]) if row else 0
+
+    def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
+        row = self._one(
+            workspace_id,
+            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            "AND project = %s AND content_hash = %s AND NOT deleted ORDER BY id LIMIT 1",
+            workspace_id,
+            project,
+            content_hash,
+        )
+        return _memory(row) if row else None
+
+    def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
+        row = self._one(
+            workspace_id,
+            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            "AND project = %s AND topic_key = %s ORDER BY created_at DESC, id DESC LIMIT 1",
+            workspace_id,
+            project,
+            topic_key,
+        )
+        return _memory(row) if row else None
+
+    def record_recall(
+        self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
+    ) -> None:
+        with self._tx(workspace_id) as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, recalls) VALUES (%s, %s, 1) "
+                "ON CONFLICT (workspace_id, day) DO UPDATE SET recalls = usage_days.recalls + 1",
+                (workspace_id, day_of(now)),
+            )
+            self._audit(conn, workspace_id, key_id, "recall", detail, now)
+
     def close(self) -> None:
         self._pool.close()
 
@@ -608,6 +866,13 @@ class PostgresStorage:
         return int(row[0]) if row else 0
 
     @staticmethod
+    def _position(conn: psycopg.Connection[Any], workspace_id: str) -> int:
+        row = conn.execute(
+            "SELECT position FROM hosted_index WHERE workspace_id = %s", (workspace_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
     def _latest(conn: psycopg.Connection[Any], workspace_id: str, lock: bool = False) -> int:
         row = conn.execute(
             # FOR NO KEY UPDATE: serialises pushes, yet lets the foreign-key checks of rows that
@@ -635,8 +900,89 @@ class PostgresStorage:
                     f"{version}, this one knows {len(MIGRATIONS)}); upgrade cairn"
                 )
             for number in range(version, len(MIGRATIONS)):
-                conn.execute(MIGRATIONS[number].encode())
+                try:
+                    conn.execute(MIGRATIONS[number].encode())
+                except (pg_errors.InsufficientPrivilege, pg_errors.FeatureNotSupported) as exc:
+                    if '"vector"' not in str(exc):
+                        raise
+                    raise StoreError(
+                        f"the database at {self.path} needs the pgvector extension, and this "
+                        f"role cannot create it ({str(exc).strip()}); as a superuser, run "
+                        "`CREATE EXTENSION vector;` in this database (pgvector is installed "
+                        "with PostgreSQL on most hosts, and on Supabase, Neon and RDS)"
+                    ) from exc
                 conn.execute("UPDATE cairn_schema SET version = %s", (number + 1,))
+
+
+def _index_filter(filters: Filters) -> tuple[str, list[Any]]:
+    """The SQL (over ``hosted_memories m``) of live memories passing ``filters``."""
+    clauses = ["NOT m.deleted"]
+    params: list[Any] = []
+    if filters.project is not None:
+        clauses.append("m.project = %s")
+        params.append(filters.project)
+    if filters.kinds:
+        clauses.append("m.kind = ANY(%s)")
+        params.append(list(filters.kinds))
+    if filters.since_ms is not None:
+        clauses.append("m.created_at >= %s")
+        params.append(filters.since_ms)
+    if filters.until_ms is not None:
+        clauses.append("m.created_at < %s")
+        params.append(filters.until_ms)
+    if filters.tags:
+        clauses.append("m.tags @> %s")
+        params.append(list(filters.tags))
+    return " AND ".join(clauses), params
+
+
+def _vector(vector: bytes | None) -> str | None:
+    """A float32 vector in pgvector's text form (None stays NULL)."""
+    if vector is None:
+        return None
+    values = np.frombuffer(vector, dtype="<f4")
+    if values.shape != (INDEX_DIM,):
+        return None
+    return "[" + ",".join(map(repr, values.tolist())) + "]"
+
+
+def _memory_row(memory: Memory) -> tuple[Any, ...]:
+    m = memory
+    return (
+        m.id,
+        m.content,
+        m.kind,
+        m.project,
+        list(m.tags),
+        m.topic_key,
+        m.source,
+        m.created_at,
+        m.updated_at,
+        m.deleted,
+        m.content_hash,
+        m.model_id,
+        m.hlc,
+    )
+
+
+def _memory(row: Sequence[Any]) -> Memory:
+    memory_id, content, kind, project, tags, topic_key, source, created, updated = row[:9]
+    deleted, content_hash, model_id, hlc = row[9:13]
+    return Memory(
+        memory_id,
+        content,
+        kind,
+        project,
+        tuple(tags),
+        topic_key,
+        source,
+        int(created),
+        int(updated),
+        bool(deleted),
+        content_hash,
+        model_id,
+        hlc,
+    )
 
 
 def _redacted(url: str) -> str:

@@ -1,5 +1,6 @@
-"""The sync server's routes under ``/v1``: push, pull, status, keyring, devices, API keys, and
-for admins usage (metering and quota) and the audit log.
+"""The sync server's routes under ``/v1``: push, pull, status, keyring, devices, API keys, for
+admins usage (metering and quota) and the audit log, and for hosted workspaces embed, remember,
+recall and list (``cairn.server.hosted``; they take the local HTTP API's request bodies).
 
 Every route but /healthz and /metrics authenticates an API key and works inside that key's
 workspace only; the workspace comes from the key, never from the request.
@@ -14,15 +15,22 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from cairn import __version__, protocol
+from cairn import __version__, model, protocol
+from cairn.api.schemas import (
+    ListOut,
+    RecallOut,
+    RecallRequest,
+    RememberOut,
+    RememberRequest,
+)
 from cairn.errors import InvalidInput, NotFound
-from cairn.model import iso
+from cairn.model import Filters, iso
 from cairn.protocol import MAX_PULL_LIMIT, PullPage, WireMutation
-from cairn.server import keys
+from cairn.server import hosted, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
 from cairn.server.storage import ApiKey, Device
@@ -92,6 +100,14 @@ class DeviceIn(_Request):
     name: str = Field(max_length=200, description="A name people recognise, e.g. a hostname.")
 
 
+class EmbedIn(_Request):
+    texts: list[str] = Field(
+        description=f"1 to {hosted.MAX_EMBED} texts (each at most 64 KiB of UTF-8).",
+        min_length=1,
+        max_length=hosted.MAX_EMBED,
+    )
+
+
 class KeyIn(_Request):
     name: str = Field(description="Who or what uses the key, e.g. a device or a person.")
     scopes: list[str] = Field(description="read, write and/or admin (admin > write > read).")
@@ -110,16 +126,22 @@ def metrics(ctx: Context) -> Response:
 
 @router.post("/v1/sync/push", tags=["sync"], summary="Store a batch of mutations")
 async def push(
-    request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
+    request: Request,
+    ctx: Context,
+    key: Writer,
+    after: BackgroundTasks,
+    x_cairn_device: DeviceHeader = None,
 ) -> dict[str, int | None]:
     """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
-    mutations = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
+    mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
     )
     ctx.metrics.pushed(result.stored, result.duplicates, sum(len(m.payload) for m in mutations))
     if result.stored:
         ctx.notifier.notify(key.workspace_id)
+        if mode == protocol.HOSTED:  # searchable soon; a recall folds whatever is left first
+            after.add_task(ctx.hosted.fold, key.workspace_id)
     return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
 
 
@@ -223,6 +245,97 @@ def audit(
     }
 
 
+def _hosted(ctx: ServerContext, key: ApiKey) -> None:
+    """409 not_hosted unless the key's workspace is hosted."""
+    ctx.hosted.require(ctx.storage.workspace_by_id(key.workspace_id))
+
+
+@router.post(
+    "/v1/embed", tags=["hosted"], summary="Embed texts with the model devices use (hosted only)"
+)
+def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
+    """Unit-length float32 vectors, one per text, from the same ONNX model as a device's default,
+    so they compare with the vectors devices make."""
+    _hosted(ctx, key)
+    vectors = ctx.hosted.embed(body.texts)
+    return {
+        "model_id": ctx.hosted.embedder.model_id,
+        "dim": int(vectors.shape[1]),
+        "vectors": [[round(float(x), 7) for x in row] for row in vectors],
+    }
+
+
+@router.post(
+    "/v1/remember",
+    status_code=201,
+    response_model=RememberOut,
+    tags=["hosted"],
+    summary="Remember a memory (hosted only); devices pull it",
+    description=(
+        "The local HTTP API's body. 201 when a memory was created, 200 when an identical one "
+        "already lives in the project (returned, with the new tags added). A memory with the "
+        "same project and topic_key as an existing one supersedes the newest of them. The "
+        "server embeds it and adds it to the log, vector included, so devices pull it as is."
+    ),
+)
+def remember(body: RememberRequest, response: Response, ctx: Context, key: Writer) -> Any:
+    _hosted(ctx, key)
+    item = hosted.NewMemory(
+        body.content,
+        body.kind or model.DEFAULT_KIND,
+        body.project or model.DEFAULT_PROJECT,
+        body.tags,
+        body.topic_key,
+    )
+    result = ctx.hosted.remember(key.workspace_id, key.id, item, now_ms())
+    if result.created:
+        ctx.notifier.notify(key.workspace_id)
+    else:
+        response.status_code = 200
+    return result.to_dict()
+
+
+@router.post(
+    "/v1/recall",
+    response_model=RecallOut,
+    tags=["hosted"],
+    summary="Recall by meaning and keyword (hosted only)",
+    description=(
+        "The local HTTP API's body and answer: semantic (pgvector HNSW on PostgreSQL, exact on "
+        "SQLite) and full-text candidates fused by reciprocal rank, as on a device."
+    ),
+)
+def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
+    _hosted(ctx, key)
+    filters = Filters.parse(body.project, body.kinds, body.tags, body.since, body.until)
+    hits = ctx.hosted.recall(key.workspace_id, key.id, body.query, filters, body.limit, now_ms())
+    return {"results": [hit.to_dict() for hit in hits]}
+
+
+@router.get(
+    "/v1/memories",
+    response_model=ListOut,
+    tags=["hosted"],
+    summary="List memories, newest first (hosted only)",
+    description="`kind` and `tag` may repeat: any of the kinds, all of the tags.",
+)
+def list_memories(
+    ctx: Context,
+    key: Reader,
+    project: Annotated[str | None, Query(description="Only this project.")] = None,
+    kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
+    tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
+    since: Annotated[str | None, Query(description="Created at or after (ISO or 7d).")] = None,
+    until: Annotated[str | None, Query(description="Created before (ISO or 7d).")] = None,
+    limit: Annotated[int, Query(ge=1, le=hosted.MAX_LIST)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    _hosted(ctx, key)
+    filters = Filters.parse(project, kind or [], tag or [], since, until)
+    found, total = ctx.hosted.list(key.workspace_id, filters, limit, offset)
+    return {"memories": [m.to_dict() for m in found], "total": total}
+
+
 @router.get("/v1/keyring", tags=["keyring"], summary="The workspace's keyring blob")
 def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
@@ -299,10 +412,14 @@ def _iso(ms: int | None) -> str | None:
     return None if ms is None else iso(ms)
 
 
-def _decode_batch(body: bytes, ctx: ServerContext, key: ApiKey) -> Sequence[WireMutation]:
-    """The checked mutations of a push body; InvalidInput or MutationRejected otherwise.
+def _decode_batch(
+    body: bytes, ctx: ServerContext, key: ApiKey
+) -> tuple[Sequence[WireMutation], str]:
+    """The checked mutations of a push body and the workspace's mode; InvalidInput or
+    MutationRejected otherwise.
 
-    An end-to-end workspace takes sealed envelopes only, under no key id its keyring revoked.
+    An end-to-end workspace takes sealed envelopes only, under no key id its keyring revoked;
+    a hosted one, payloads its server can read.
     """
     try:
         data = json.loads(body)
@@ -313,10 +430,13 @@ def _decode_batch(body: bytes, ctx: ServerContext, key: ApiKey) -> Sequence[Wire
     if not isinstance(data, dict) or set(data) != {"mutations"}:
         raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
     mutations = protocol.many_from_json(data["mutations"])
-    sealed = ctx.storage.workspace_by_id(key.workspace_id).mode == protocol.E2E
+    mode = ctx.storage.workspace_by_id(key.workspace_id).mode
+    sealed = mode == protocol.E2E
     keyring = ctx.storage.keyring(key.workspace_id) if sealed else None
     protocol.check_batch(mutations, sealed, keyring.revoked if keyring else ())
-    return mutations
+    if not sealed:
+        hosted.readable(mutations)
+    return mutations, mode
 
 
 def _page_response(page: PullPage) -> Response:

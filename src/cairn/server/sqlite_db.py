@@ -84,9 +84,8 @@ class SqliteFile:
                     f"one knows {len(migrations)}); upgrade cairn"
                 )
             for number in range(version, len(migrations)):
-                for statement in migrations[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(migrations[number]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
 
     @contextmanager
@@ -119,3 +118,14 @@ class SqliteFile:
                 "from a backup or point --data elsewhere"
             )
         return StoreError(f"SQLite error on {self.path}: {exc}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, one at a time (a trigger's body holds semicolons too)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""

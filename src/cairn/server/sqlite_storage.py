@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
+from cairn.model import Filters, Memory, RelationState
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     DAY_MS,
+    INDEX_DIM,
     ApiKey,
     AuditEntry,
     Device,
+    IndexedMemory,
     Quota,
+    Ranked,
     Totals,
     Usage,
     UsageDay,
@@ -118,8 +126,70 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_at ON audit (workspace_id, at);
     """,
+    # 4: hosted workspaces' search index, a projection of their log (cairn.server.hosted):
+    # how far it has read, each memory's merged state with the fields searched, keyword search
+    # (FTS5 kept in step by triggers, tombstones not indexed) and the relations.
+    """
+    CREATE TABLE hosted_index (
+        workspace_id TEXT PRIMARY KEY REFERENCES workspaces(id),
+        position INTEGER NOT NULL
+    );
+    CREATE TABLE hosted_memories (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        project TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        topic_key TEXT,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        model_id TEXT,
+        hlc TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        vector BLOB,
+        position INTEGER NOT NULL,
+        PRIMARY KEY (workspace_id, id)
+    );
+    CREATE INDEX hosted_memories_position ON hosted_memories (workspace_id, position);
+    CREATE INDEX hosted_memories_hash ON hosted_memories (workspace_id, project, content_hash);
+    CREATE INDEX hosted_memories_topic ON hosted_memories
+        (workspace_id, project, topic_key, created_at);
+    CREATE INDEX hosted_memories_created ON hosted_memories (workspace_id, created_at);
+    CREATE VIRTUAL TABLE hosted_fts USING fts5(
+        content, content='hosted_memories', content_rowid='rowid',
+        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
+    );
+    CREATE TRIGGER hosted_fts_insert AFTER INSERT ON hosted_memories WHEN new.deleted = 0 BEGIN
+        INSERT INTO hosted_fts(rowid, content) VALUES (new.rowid, new.content);
+    END;
+    CREATE TRIGGER hosted_fts_update AFTER UPDATE OF content, deleted ON hosted_memories BEGIN
+        INSERT INTO hosted_fts(hosted_fts, rowid, content)
+            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
+        INSERT INTO hosted_fts(rowid, content)
+            SELECT new.rowid, new.content WHERE new.deleted = 0;
+    END;
+    CREATE TABLE hosted_relations (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        from_id TEXT NOT NULL,
+        to_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        hlc TEXT NOT NULL,
+        PRIMARY KEY (workspace_id, from_id, type, to_id)
+    );
+    CREATE INDEX hosted_relations_to ON hosted_relations (workspace_id, to_id, type);
+    """,
 )
 
+_MEMORY_COLUMNS = (
+    "id, content, kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
+    "content_hash, model_id, hlc"
+)
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 
@@ -130,6 +200,8 @@ class SqliteStorage:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = SqliteFile(path, MIGRATIONS)
+        self._vectors: dict[str, _Vectors] = {}
+        self._vectors_lock = threading.Lock()
 
     # -- workspaces ---------------------------------------------------------------------------
 
@@ -459,6 +531,190 @@ class SqliteStorage:
         )
         return [Device(*row) for row in rows]
 
+    # -- a hosted workspace's search index ----------------------------------------------------
+
+    def index_position(self, workspace_id: str) -> int:
+        with self._db.read() as conn:
+            return self._position(conn, workspace_id)
+
+    def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._db.read() as conn:
+            for start in range(0, len(memory_ids), 500):
+                chunk = list(memory_ids[start : start + 500])
+                rows = conn.execute(
+                    "SELECT id, payload FROM hosted_memories WHERE workspace_id = ? "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    [workspace_id, *chunk],
+                )
+                found.update((memory_id, bytes(payload)) for memory_id, payload in rows)
+        return found
+
+    def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
+        found: dict[str, RelationState] = {}
+        with self._db.read() as conn:
+            for key in keys:
+                from_id, type_, to_id = key.split("|", 2)
+                row = conn.execute(
+                    "SELECT created_at, deleted, hlc FROM hosted_relations WHERE workspace_id = ? "
+                    "AND from_id = ? AND type = ? AND to_id = ?",
+                    (workspace_id, from_id, type_, to_id),
+                ).fetchone()
+                if row:
+                    found[key] = RelationState(from_id, to_id, type_, row[0], bool(row[1]), row[2])
+        return found
+
+    def put_index(
+        self,
+        workspace_id: str,
+        expected: int,
+        position: int,
+        memories: Sequence[IndexedMemory],
+        relations: Sequence[RelationState],
+    ) -> bool:
+        with self._db.write() as conn:
+            if self._position(conn, workspace_id) != expected:
+                return False
+            conn.execute(
+                "INSERT INTO hosted_index (workspace_id, position) VALUES (?, ?) "
+                "ON CONFLICT (workspace_id) DO UPDATE SET position = excluded.position",
+                (workspace_id, position),
+            )
+            conn.executemany(
+                f"INSERT INTO hosted_memories (workspace_id, {_MEMORY_COLUMNS}, payload, vector, "
+                "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workspace_id, id) DO UPDATE SET content = excluded.content, "
+                "kind = excluded.kind, project = excluded.project, tags = excluded.tags, "
+                "topic_key = excluded.topic_key, source = excluded.source, "
+                "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+                "deleted = excluded.deleted, content_hash = excluded.content_hash, "
+                "model_id = excluded.model_id, hlc = excluded.hlc, payload = excluded.payload, "
+                "vector = excluded.vector, position = excluded.position",
+                [
+                    (workspace_id, *_memory_row(m.memory), m.payload, m.vector, position)
+                    for m in memories
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO hosted_relations (workspace_id, from_id, to_id, type, created_at, "
+                "deleted, hlc) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workspace_id, from_id, type, to_id) DO UPDATE SET "
+                "created_at = excluded.created_at, deleted = excluded.deleted, hlc = excluded.hlc",
+                [
+                    (workspace_id, r.from_id, r.to_id, r.type, r.created_at, int(r.deleted), r.hlc)
+                    for r in relations
+                ],
+            )
+        return True
+
+    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
+        with self._vectors_lock:
+            cache = self._vectors.setdefault(workspace_id, _Vectors())
+        allowed = None
+        with self._db.read() as conn:  # one snapshot: the cache and the filter agree
+            cache.refresh(conn, workspace_id)
+            if not filters.empty:
+                where, params = _index_filter(filters)
+                allowed = [
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT m.id FROM hosted_memories m WHERE m.workspace_id = ? AND {where}",
+                        [workspace_id, *params],
+                    )
+                ]
+        return cache.search(np.frombuffer(vector, dtype="<f4"), depth, allowed)
+
+    def keyword(
+        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
+    ) -> Ranked:
+        match = " OR ".join('"' + " ".join(tokens) + '"' for tokens in terms if tokens)
+        if not match:
+            return []
+        where, params = _index_filter(filters)
+        rows = self._all(
+            "SELECT m.id, bm25(hosted_fts) AS rank FROM hosted_fts "
+            "JOIN hosted_memories m ON m.rowid = hosted_fts.rowid "
+            f"WHERE hosted_fts MATCH ? AND m.workspace_id = ? AND {where} ORDER BY rank LIMIT ?",
+            match,
+            workspace_id,
+            *params,
+            depth,
+        )
+        return [(memory_id, -rank) for memory_id, rank in rows]
+
+    def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        found: dict[str, Memory] = {}
+        with self._db.read() as conn:
+            for start in range(0, len(memory_ids), 500):
+                chunk = list(memory_ids[start : start + 500])
+                rows = conn.execute(
+                    f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    [workspace_id, *chunk],
+                )
+                found.update((row[0], _memory(row)) for row in rows)
+        return found
+
+    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
+        if not memory_ids:
+            return {}
+        marks = ", ".join("?" * len(memory_ids))
+        rows = self._all(
+            "SELECT r.to_id, r.from_id FROM hosted_relations r JOIN hosted_memories m "
+            "ON m.workspace_id = r.workspace_id AND m.id = r.from_id "
+            "WHERE r.workspace_id = ? AND r.type = 'supersedes' AND r.deleted = 0 "
+            f"AND m.deleted = 0 AND r.to_id IN ({marks}) ORDER BY r.created_at",
+            workspace_id,
+            *memory_ids,
+        )
+        return {to_id: from_id for to_id, from_id in rows}
+
+    def list_indexed(
+        self, workspace_id: str, filters: Filters, limit: int, offset: int
+    ) -> tuple[list[Memory], int]:
+        where, params = _index_filter(filters)
+        sql = f"FROM hosted_memories m WHERE m.workspace_id = ? AND {where}"
+        with self._db.read() as conn:
+            (total,) = conn.execute(f"SELECT COUNT(*) {sql}", [workspace_id, *params]).fetchone()
+            rows = conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
+                "LIMIT ? OFFSET ?",
+                [workspace_id, *params, limit, offset],
+            ).fetchall()
+        return [_memory(row) for row in rows], int(total)
+
+    def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
+        row = self._one(
+            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            "AND project = ? AND content_hash = ? AND deleted = 0 ORDER BY id LIMIT 1",
+            workspace_id,
+            project,
+            content_hash,
+        )
+        return _memory(row) if row else None
+
+    def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
+        row = self._one(
+            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            "AND project = ? AND topic_key = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+            workspace_id,
+            project,
+            topic_key,
+        )
+        return _memory(row) if row else None
+
+    def record_recall(
+        self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
+    ) -> None:
+        with self._db.write() as conn:
+            self._latest(conn, workspace_id)
+            conn.execute(
+                "INSERT INTO usage_days (workspace_id, day, recalls) VALUES (?, ?, 1) "
+                "ON CONFLICT (workspace_id, day) DO UPDATE SET recalls = recalls + 1",
+                (workspace_id, day_of(now)),
+            )
+            self._audit(conn, workspace_id, key_id, "recall", detail, now)
+
     def close(self) -> None:
         self._db.close()
 
@@ -501,6 +757,13 @@ class SqliteStorage:
         return int(row[0]) if row else 0
 
     @staticmethod
+    def _position(conn: sqlite3.Connection, workspace_id: str) -> int:
+        row = conn.execute(
+            "SELECT position FROM hosted_index WHERE workspace_id = ?", (workspace_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
     def _latest(conn: sqlite3.Connection, workspace_id: str) -> int:
         row = conn.execute(
             "SELECT latest_seq FROM workspaces WHERE id = ?", (workspace_id,)
@@ -509,6 +772,139 @@ class SqliteStorage:
             raise NotFound(f"no workspace with id {workspace_id!r}")
         latest: int = row[0]
         return latest
+
+
+class _Vectors:
+    """One hosted workspace's vectors as a dense float32 matrix, for exact cosine search (as
+    on a device: ``cairn.search.vector_index``). It follows the index by position: a refresh
+    reads only the rows written since the last one, by this process or another."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._matrix = np.zeros((0, INDEX_DIM), dtype=np.float32)
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+        self._seen = 0
+
+    def refresh(self, conn: sqlite3.Connection, workspace_id: str) -> None:
+        with self._lock:
+            rows = conn.execute(
+                "SELECT id, deleted, vector, position FROM hosted_memories "
+                "WHERE workspace_id = ? AND position > ? ORDER BY position",
+                (workspace_id, self._seen),
+            ).fetchall()
+            for memory_id, deleted, vector, position in rows:
+                if deleted or vector is None or len(vector) != INDEX_DIM * 4:
+                    self._remove(memory_id)
+                else:
+                    self._put(memory_id, np.frombuffer(vector, dtype="<f4"))
+                self._seen = max(self._seen, position)
+
+    def search(
+        self, query: npt.NDArray[np.float32], depth: int, allowed: Sequence[str] | None
+    ) -> Ranked:
+        with self._lock:
+            size = len(self._ids)
+            if allowed is None:
+                rows = np.arange(size)
+            else:
+                rows = np.fromiter(
+                    (self._row[i] for i in allowed if i in self._row), dtype=np.int64
+                )
+            if not len(rows) or query.shape != (INDEX_DIM,):
+                return []
+            scores = (
+                self._matrix[rows] @ query if allowed is not None else self._matrix[:size] @ query
+            )
+            take = min(depth, len(rows))
+            top = np.argpartition(-scores, take - 1)[:take]
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return [(self._ids[int(rows[i])], float(scores[i])) for i in top]
+
+    def _put(self, memory_id: str, vector: npt.NDArray[np.float32]) -> None:
+        row = self._row.get(memory_id)
+        if row is None:
+            row = len(self._ids)
+            if row == len(self._matrix):  # grow by doubling
+                grown = np.zeros((max(64, 2 * row), INDEX_DIM), dtype=np.float32)
+                grown[:row] = self._matrix
+                self._matrix = grown
+            self._ids.append(memory_id)
+            self._row[memory_id] = row
+        self._matrix[row] = vector
+
+    def _remove(self, memory_id: str) -> None:
+        row = self._row.pop(memory_id, None)
+        if row is None:
+            return
+        last = len(self._ids) - 1  # the last row moves into the hole
+        if row != last:
+            moved = self._ids[last]
+            self._matrix[row] = self._matrix[last]
+            self._ids[row] = moved
+            self._row[moved] = row
+        self._ids.pop()
+
+
+def _index_filter(filters: Filters) -> tuple[str, list[Any]]:
+    """The SQL (over ``hosted_memories m``) of live memories passing ``filters``."""
+    clauses = ["m.deleted = 0"]
+    params: list[Any] = []
+    if filters.project is not None:
+        clauses.append("m.project = ?")
+        params.append(filters.project)
+    if filters.kinds:
+        clauses.append(f"m.kind IN ({', '.join('?' * len(filters.kinds))})")
+        params.extend(filters.kinds)
+    if filters.since_ms is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(filters.since_ms)
+    if filters.until_ms is not None:
+        clauses.append("m.created_at < ?")
+        params.append(filters.until_ms)
+    for tag in filters.tags:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
+        params.append(tag)
+    return " AND ".join(clauses), params
+
+
+def _memory_row(memory: Memory) -> tuple[Any, ...]:
+    m = memory
+    return (
+        m.id,
+        m.content,
+        m.kind,
+        m.project,
+        json.dumps(list(m.tags)),
+        m.topic_key,
+        m.source,
+        m.created_at,
+        m.updated_at,
+        int(m.deleted),
+        m.content_hash,
+        m.model_id,
+        m.hlc,
+    )
+
+
+def _memory(row: Sequence[Any]) -> Memory:
+    memory_id, content, kind, project, tags, topic_key, source, created, updated = row[:9]
+    deleted, content_hash, model_id, hlc = row[9:13]
+    return Memory(
+        memory_id,
+        content,
+        kind,
+        project,
+        tuple(json.loads(tags)),
+        topic_key,
+        source,
+        created,
+        updated,
+        bool(deleted),
+        content_hash,
+        model_id,
+        hlc,
+    )
 
 
 def _key(row: Sequence[Any]) -> ApiKey:

@@ -21,9 +21,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cairn.errors import QuotaExceeded
+from cairn.model import Filters, Memory, RelationState
 from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
 
 DAY_MS = 86_400_000
+INDEX_DIM = 384
+"""Width of the vectors a hosted workspace's search index holds (the bundled model's)."""
 
 SCOPES = ("read", "write", "admin")
 """API key scopes, weakest first: each one grants everything the ones before it grant."""
@@ -121,6 +124,21 @@ class Totals:
     workspaces: int
     mutations: int
     max_seq: int
+
+
+@dataclass(frozen=True)
+class IndexedMemory:
+    """A hosted workspace's memory as its search index holds it: the merged state's payload
+    (``cairn.sync.payload``, to merge the next change into) beside the fields searched.
+    ``vector``: float32 of ``INDEX_DIM`` values, or None (keyword search only)."""
+
+    memory: Memory
+    payload: bytes
+    vector: bytes | None
+
+
+Ranked = list[tuple[str, float]]
+"""Memory ids, best first, each with its score (cosine, or the keyword rank's score)."""
 
 
 def day_of(ms: int) -> str:
@@ -266,6 +284,72 @@ class ServerStorage(Protocol):
 
     def devices(self, workspace_id: str) -> list[Device]:
         """The workspace's devices, first seen first."""
+        ...
+
+    # -- a hosted workspace's search index: a projection of its log -------------------------
+
+    def index_position(self, workspace_id: str) -> int:
+        """The seq up to which the workspace's log is folded into its index (0: none)."""
+        ...
+
+    def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        """The indexed merged payload of each of these memories that the index holds."""
+        ...
+
+    def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
+        """The indexed state of each of these relations (by ``RelationState.key``)."""
+        ...
+
+    def put_index(
+        self,
+        workspace_id: str,
+        expected: int,
+        position: int,
+        memories: Sequence[IndexedMemory],
+        relations: Sequence[RelationState],
+    ) -> bool:
+        """Write these rows and move the position from ``expected`` to ``position``, in one
+        transaction; False, writing nothing, when the position is no longer ``expected``
+        (another process folded that part of the log first)."""
+        ...
+
+    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
+        """Up to ``depth`` live memories by cosine to ``vector``, highest first."""
+        ...
+
+    def keyword(
+        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
+    ) -> Ranked:
+        """Up to ``depth`` live memories matching any of ``terms`` (each a phrase of
+        tokens), best first by the backend's full-text rank."""
+        ...
+
+    def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        """These memories as the index holds them (tombstones included)."""
+        ...
+
+    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
+        """For each id a live memory supersedes: the newest such successor's id."""
+        ...
+
+    def list_indexed(
+        self, workspace_id: str, filters: Filters, limit: int, offset: int
+    ) -> tuple[list[Memory], int]:
+        """Live memories, newest first, and how many match in all."""
+        ...
+
+    def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
+        """The live memory of ``project`` with this content hash, if any."""
+        ...
+
+    def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
+        """The newest-created memory of ``project`` with this topic key, if any."""
+        ...
+
+    def record_recall(
+        self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
+    ) -> None:
+        """Count a recall in the day's usage and the audit log."""
         ...
 
     def close(self) -> None: ...
