@@ -4,9 +4,8 @@
 --
 -- The role is not a superuser and has no BYPASSRLS: either would skip the row-level security
 -- that keeps each workspace's rows apart. It owns its database, so it can create and migrate
--- the server's tables. It cannot create extensions, so pgvector is created here, as the
--- superuser: today's server schema does not use it, and a later migration that does must not
--- need a superuser.
+-- the server's tables. It cannot create extensions, so pgvector (the search index of hosted
+-- workspaces) is created here, as the superuser.
 -- Its password comes from the container's environment (CAIRN_DB_PASSWORD), never from this file.
 
 \set ON_ERROR_STOP on

@@ -21,7 +21,10 @@ from cairn.remotes.http import HttpRemote
 from cairn.server import keys
 from cairn.server.context import now_ms
 from cairn.server.hosted import Hosted
+from cairn.service import Store
+from cairn.store.db import Database
 from cairn.sync import payload
+from cairn.syncing import Syncer
 
 from ..conftest import envelope
 
@@ -305,3 +308,49 @@ def test_memory_state_is_merged_like_a_device(hosted: tuple[SyncServer, str, str
     merged = payload.decode(WireMutation("i", "s", base, "mem-x", None, stored))
     assert isinstance(merged, MemoryState)
     assert [r.content for r in merged.revisions] == ["the queue is RabbitMQ"]
+
+
+@pytest.fixture(scope="module")
+def device_embedder() -> OnnxEmbedder:
+    """The device's own model instance, so its count of texts embedded is its own."""
+    model = OnnxEmbedder()
+    model.load()
+    return model
+
+
+def test_devices_and_cloud_agents_share_one_hosted_workspace(
+    hosted: tuple[SyncServer, str, str], device_embedder: OnnxEmbedder, tmp_path: Path
+) -> None:
+    """A device syncs memories in and a cloud agent recalls them over HTTP; the agent remembers
+    over HTTP and the device pulls that memory with its vector, embedding nothing."""
+    server, workspace_id, admin = hosted
+    key = server.new_key(["write"], workspace_id)
+    with Store(Database(tmp_path / "laptop.db"), device_embedder, project="web") as laptop:
+        syncer = Syncer(laptop, HttpRemote(server.url, key, device_id="laptop"), None)
+        mine = laptop.remember("Our CDN purges its cache on every deploy", tags=["cdn"])
+        laptop.remember("Feature flags live in LaunchDarkly", kind="fact")
+        syncer.push()
+        agent = Agent(server.url, key)
+        hits = agent.recall("when is the CDN cache cleared?")
+        assert hits[0]["id"] == mine.memory.id and hits[0]["tags"] == ["cdn"]
+        assert hits[0]["project"] == "web" and hits[0]["source"] == laptop.source
+        assert hits[0]["match"]["semantic_rank"] == 1
+
+        cloud = agent.remember(
+            "Load tests run against the perf cluster, never staging", project="web", kind="gotcha"
+        ).json()
+        embedded = device_embedder.texts_embedded
+        syncer.pull()
+        assert device_embedder.texts_embedded == embedded  # the vector came with it
+        pulled = laptop.get(cloud["id"])
+        assert (pulled.content, pulled.kind, pulled.model_id) == (
+            cloud["content"],
+            "gotcha",
+            device_embedder.model_id,
+        )
+        (hit, *_) = laptop.recall("where do load tests run?")
+        assert hit.memory.id == cloud["id"] and hit.match.semantic_rank == 1
+        # Edits flow back: the device forgets the agent's memory, and the agent stops finding it.
+        laptop.forget(cloud["id"])
+        syncer.push()
+        assert cloud["id"] not in [h["id"] for h in agent.recall("where do load tests run?")]
