@@ -33,6 +33,10 @@ MODES = (E2E, HOSTED)
 """A workspace's mode: e2e takes sealed envelopes only (the remote cannot read them); hosted
 takes plain payloads (its user chose to let the server read them)."""
 
+RELATION_PREFIX = "rel-"
+"""How a relation's entity id starts (a memory's is a UUID): the one thing about an entity a
+remote can tell, which lets it count memories apart from relations."""
+
 SEALED_VERSION = 1
 SEALED_HEADER = struct.Struct(">BI16s12s")
 """A sealed payload starts ``version | key_id | salt | nonce`` and ends with a 16-byte tag

@@ -145,6 +145,8 @@ def test_a_topic_key_supersedes_and_recall_prefers_the_successor(
     hits = agent.recall("what is the API rate limit?")
     assert [h["id"] for h in hits[:2]] == [new.json()["id"], old.json()["id"]]
     assert hits[1]["match"]["superseded_by"] == new.json()["id"]
+    usage = agent.client.get("/v1/usage").json()  # two memories and the relation between them
+    assert (usage["entities"], usage["memories"]) == (3, 2)
 
 
 def test_near_duplicates_are_reported_not_merged(hosted: tuple[SyncServer, str, str]) -> None:

@@ -205,7 +205,7 @@ def test_usage_counts_pushes_pulls_and_bytes_per_day(server_storage: ServerStora
     server_storage.record_pull(ws.id, "key-2", 3, NOW + day)
     used = server_storage.usage(ws.id, 7, NOW + day)
     size = len(mutation(1).payload)
-    assert (used.mutations, used.stored_bytes, used.entities) == (3, 3 * size, 3)
+    assert (used.mutations, used.stored_bytes, used.entities, used.memories) == (3, 3 * size, 3, 3)
     assert [(d.pushes, d.mutations, d.bytes, d.pulled) for d in used.days] == [
         (1, 1, size, 3),  # the later day first
         (1, 2, 2 * size, 0),

@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
 from cairn.model import Filters, Memory, RelationState
-from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import E2E, RELATION_PREFIX, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.storage import (
     DAY_MS,
     INDEX_DIM,
@@ -498,7 +498,9 @@ class PostgresStorage:
         with self._tx(workspace_id, snapshot=True) as conn:
             latest = self._latest(conn, workspace_id)
             row = conn.execute(
-                "SELECT COUNT(DISTINCT entity_id) FROM mutations WHERE workspace_id = %s",
+                "SELECT COUNT(DISTINCT entity_id), COUNT(DISTINCT entity_id) FILTER "
+                f"(WHERE entity_id NOT LIKE '{RELATION_PREFIX}%%') FROM mutations "
+                "WHERE workspace_id = %s",
                 (workspace_id,),
             ).fetchone()
             rows = conn.execute(
@@ -510,6 +512,7 @@ class PostgresStorage:
                 latest,
                 self._bytes(conn, workspace_id),
                 int(row[0]) if row else 0,
+                int(row[1]) if row else 0,
                 self._quota(conn, workspace_id),
                 [UsageDay(*r) for r in rows],
             )

@@ -212,6 +212,7 @@ def usage(
         "mutations": found.mutations,
         "stored_bytes": found.stored_bytes,
         "entities": found.entities,
+        "memories": found.memories,
         "quota": {
             "max_mutations": found.quota.max_mutations,
             "max_bytes": found.quota.max_bytes,

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
 from cairn.model import Filters, Memory, RelationState
-from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import E2E, RELATION_PREFIX, KeyringBlob, PullPage, PushResult, WireMutation
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     DAY_MS,
@@ -414,8 +414,10 @@ class SqliteStorage:
     def usage(self, workspace_id: str, days: int, now: int) -> Usage:
         with self._db.read() as conn:
             latest = self._latest(conn, workspace_id)
-            (entities,) = conn.execute(
-                "SELECT COUNT(DISTINCT entity_id) FROM mutations WHERE workspace_id = ?",
+            entities, memories = conn.execute(
+                "SELECT COUNT(DISTINCT entity_id), COUNT(DISTINCT CASE WHEN entity_id "
+                f"NOT LIKE '{RELATION_PREFIX}%' THEN entity_id END) FROM mutations "
+                "WHERE workspace_id = ?",
                 (workspace_id,),
             ).fetchone()
             rows = conn.execute(
@@ -427,6 +429,7 @@ class SqliteStorage:
                 latest,
                 self._bytes(conn, workspace_id),
                 entities,
+                memories,
                 self._quota(conn, workspace_id),
                 [UsageDay(*row) for row in rows],
             )

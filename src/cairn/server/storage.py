@@ -103,6 +103,8 @@ class Usage:
     mutations: int
     stored_bytes: int
     entities: int
+    memories: int
+    """Memories among the entities (tombstones included); the rest are relations."""
     quota: Quota
     days: list[UsageDay]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from cairn.errors import InvalidInput
 from cairn.model import Memory, MemoryState, RelationState, Revision
-from cairn.protocol import WireMutation
+from cairn.protocol import RELATION_PREFIX, WireMutation
 
 FORMAT = 1
 MAX_BODY = 4 * 1024 * 1024
@@ -48,7 +48,7 @@ def scope_tag(scope_key: bytes, project: str) -> str:
 
 def relation_entity_id(state: RelationState) -> str:
     """An opaque entity id for a relation (its endpoints and type stay in the payload)."""
-    return "rel-" + hashlib.sha256(state.key.encode("utf-8")).hexdigest()[:32]
+    return RELATION_PREFIX + hashlib.sha256(state.key.encode("utf-8")).hexdigest()[:32]
 
 
 def encode_memory(state: MemoryState) -> bytes:
