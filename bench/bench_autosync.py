@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import corpus
-from bench_sync import Server
 from cairn.autosync import Backoff, Worker
 from cairn.crypto.keyring import KdfParams
 from cairn.embedding.onnx import OnnxEmbedder
@@ -34,7 +33,15 @@ from cairn.remotes.http import HttpRemote
 from cairn.service import Store
 from cairn.syncing import Syncer
 from cairn.workspace_keys import join
-from common import log, new_embedder, open_store, print_table, stats_ms, write_results
+from common import (
+    Server,
+    log,
+    new_embedder,
+    open_store,
+    print_table,
+    stats_ms,
+    write_results,
+)
 
 PASSPHRASE = "bench passphrase"
 KDF = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)  # setup cost only, not measured

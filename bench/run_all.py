@@ -4,7 +4,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync crypto autosync objects)
+    coldstart sync crypto autosync objects load)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FULL: dict[str, list[str]] = {
     "crypto": [],
     "autosync": [],
     "objects": [],
+    "load": [],
 }
 QUICK: dict[str, list[str]] = {
     "embed": ["--texts", "256", "--queries", "50"],
@@ -38,6 +39,7 @@ QUICK: dict[str, list[str]] = {
     "crypto": ["--quick"],
     "autosync": ["--quick"],
     "objects": ["--quick"],
+    "load": ["--quick"],
 }
 
 
