@@ -396,8 +396,10 @@ def embedded_postgres(folder: Path) -> Iterator[Callable[[], str]]:
         made += 1
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE bench_{made} OWNER cairn_app")
-        info = {**conninfo.conninfo_to_dict(admin), "dbname": f"bench_{made}", "user": "cairn_app"}
-        return conninfo.make_conninfo("", **info)
+        info = {**conninfo.conninfo_to_dict(admin), "dbname": f"bench_{made}"}
+        with psycopg.connect(conninfo.make_conninfo("", **info)) as conn:
+            conn.execute("CREATE EXTENSION vector")  # as an administrator would (README)
+        return conninfo.make_conninfo("", **{**info, "user": "cairn_app"})
 
     try:
         yield new_database
