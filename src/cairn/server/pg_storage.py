@@ -56,6 +56,9 @@ MAX_SCOPES = 1000
 ALL = "*"
 """The workspace a cross-workspace read declares (key lookup, workspace list, totals)."""
 _TENANT = "current_setting('cairn.workspace_id', true)"
+_NO_FLUSH = "SET LOCAL synchronous_commit = off"
+"""For metering a read (a pull, a recall): the reader does not wait for the WAL flush. A crash
+may lose the last few hundred ms of such counts and audit entries, never a stored change."""
 _MIGRATE_LOCK = 7_351_100  # pg_advisory_xact_lock key: one migrator at a time
 
 # Numbered migrations: cairn_schema.version is how many ran. Never edit one; add the next.
@@ -476,6 +479,7 @@ class PostgresStorage:
 
     def record_pull(self, workspace_id: str, key_id: str, pulled: int, now: int) -> None:
         with self._tx(workspace_id) as conn:
+            conn.execute(_NO_FLUSH)
             conn.execute(
                 "INSERT INTO usage_days (workspace_id, day, pulled) VALUES (%s, %s, %s) "
                 "ON CONFLICT (workspace_id, day) DO UPDATE SET "
@@ -801,6 +805,7 @@ class PostgresStorage:
         self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
     ) -> None:
         with self._tx(workspace_id) as conn:
+            conn.execute(_NO_FLUSH)
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO usage_days (workspace_id, day, recalls) VALUES (%s, %s, 1) "
