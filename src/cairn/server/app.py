@@ -68,6 +68,7 @@ def create_app(
     )
     app.state.cairn = context
     app.include_router(router)
+    app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
     # Added last = outermost: metrics count the body limit's 413s too.
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)
     app.add_middleware(RequestMetrics, metrics=context.metrics)

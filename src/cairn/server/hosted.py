@@ -82,6 +82,11 @@ class Hosted:
         self._clock = HLC(0, 0, self.device_id)
         self._clock_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cairn-hosted")
+        # Folds after pushes run here, off the request: a fold of a big push can take seconds
+        # (HNSW inserts), and a client's next request on its connection must not wait for it.
+        self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-fold")
+        self._due: set[str] = set()
+        self._due_lock = threading.Lock()
 
     @property
     def embedder(self) -> Embedder:
@@ -98,6 +103,7 @@ class Hosted:
 
     def close(self) -> None:
         self._pool.shutdown()
+        self._folder.shutdown(cancel_futures=True)
 
     @staticmethod
     def require(workspace: Workspace) -> None:
@@ -122,6 +128,23 @@ class Hosted:
             memories, relations = self._merge(workspace_id, page.mutations)
             # False: another process folded this part first; read the position again.
             self.storage.put_index(workspace_id, position, int(page.cursor), memories, relations)
+
+    def schedule(self, workspace_id: str) -> None:
+        """Fold the workspace soon, on this process's fold thread (once, however many pushes
+        ask before it starts); a recall folds whatever is left itself."""
+        with self._due_lock:
+            if workspace_id in self._due:
+                return
+            self._due.add(workspace_id)
+        self._folder.submit(self._fold_due, workspace_id)
+
+    def _fold_due(self, workspace_id: str) -> None:
+        with self._due_lock:
+            self._due.discard(workspace_id)
+        try:
+            self.fold(workspace_id)
+        except Exception:  # the next push or recall folds again; the log keeps everything
+            log.exception("hosted index: folding workspace %s failed", workspace_id)
 
     def _merge(
         self, workspace_id: str, mutations: Sequence[WireMutation]

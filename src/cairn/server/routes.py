@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -126,11 +126,7 @@ def metrics(ctx: Context) -> Response:
 
 @router.post("/v1/sync/push", tags=["sync"], summary="Store a batch of mutations")
 async def push(
-    request: Request,
-    ctx: Context,
-    key: Writer,
-    after: BackgroundTasks,
-    x_cairn_device: DeviceHeader = None,
+    request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
 ) -> dict[str, int | None]:
     """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
     mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
@@ -141,7 +137,7 @@ async def push(
     if result.stored:
         ctx.notifier.notify(key.workspace_id)
         if mode == protocol.HOSTED:  # searchable soon; a recall folds whatever is left first
-            after.add_task(ctx.hosted.fold, key.workspace_id)
+            ctx.hosted.schedule(key.workspace_id)
     return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
 
 
