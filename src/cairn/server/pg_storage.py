@@ -37,6 +37,7 @@ from cairn.protocol import E2E, RELATION_PREFIX, KeyringBlob, PullPage, PushResu
 from cairn.server.storage import (
     DAY_MS,
     INDEX_DIM,
+    MEMORY_COLUMNS,
     ApiKey,
     AuditEntry,
     Device,
@@ -50,6 +51,8 @@ from cairn.server.storage import (
     WorkspaceStats,
     check_quota,
     day_of,
+    memory_of,
+    memory_values,
 )
 
 MAX_SCOPES = 1000
@@ -229,10 +232,6 @@ MIGRATIONS: tuple[str, ...] = (
 EF_SEARCH = 100
 """HNSW candidates examined per query (pgvector's default, 40, is under recall's depth of 50)."""
 
-_MEMORY_COLUMNS = (
-    "id, content, kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
-    "content_hash, model_id, hlc"
-)
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 _MUTATION_COLUMNS = (
@@ -672,7 +671,7 @@ class PostgresStorage:
             if not moved:  # nothing written: the transaction commits nothing
                 return False
             conn.cursor().executemany(
-                f"INSERT INTO hosted_memories (workspace_id, {_MEMORY_COLUMNS}, payload, "
+                f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, "
                 "embedding, position) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s::vector, %s) "
                 "ON CONFLICT (workspace_id, id) DO UPDATE SET content = excluded.content, "
@@ -683,7 +682,13 @@ class PostgresStorage:
                 "model_id = excluded.model_id, hlc = excluded.hlc, payload = excluded.payload, "
                 "embedding = excluded.embedding, position = excluded.position",
                 [
-                    (workspace_id, *_memory_row(m.memory), m.payload, _vector(m.vector), position)
+                    (
+                        workspace_id,
+                        *memory_values(m.memory, list(m.memory.tags)),
+                        m.payload,
+                        _vector(m.vector),
+                        position,
+                    )
                     for m in memories
                 ],
             )
@@ -746,12 +751,12 @@ class PostgresStorage:
     def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
         rows = self._all(
             workspace_id,
-            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
             "AND id = ANY(%s)",
             workspace_id,
             list(memory_ids),
         )
-        return {row[0]: _memory(row) for row in rows}
+        return {row[0]: memory_of(row, row[4]) for row in rows}
 
     def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
         rows = self._all(
@@ -773,33 +778,33 @@ class PostgresStorage:
         with self._tx(workspace_id, snapshot=True) as conn:
             row = conn.execute(f"SELECT COUNT(*) {sql}", (workspace_id, *params)).fetchone()
             rows = conn.execute(
-                f"SELECT {_MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
+                f"SELECT {MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
                 "LIMIT %s OFFSET %s",
                 (workspace_id, *params, limit, offset),
             ).fetchall()
-        return [_memory(r) for r in rows], int(row[0]) if row else 0
+        return [memory_of(r, r[4]) for r in rows], int(row[0]) if row else 0
 
     def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
         row = self._one(
             workspace_id,
-            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
             "AND project = %s AND content_hash = %s AND NOT deleted ORDER BY id LIMIT 1",
             workspace_id,
             project,
             content_hash,
         )
-        return _memory(row) if row else None
+        return memory_of(row, row[4]) if row else None
 
     def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
         row = self._one(
             workspace_id,
-            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = %s "
             "AND project = %s AND topic_key = %s ORDER BY created_at DESC, id DESC LIMIT 1",
             workspace_id,
             project,
             topic_key,
         )
-        return _memory(row) if row else None
+        return memory_of(row, row[4]) if row else None
 
     def record_recall(
         self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
@@ -952,45 +957,6 @@ def _vector(vector: bytes | None) -> str | None:
     if values.shape != (INDEX_DIM,):
         return None
     return "[" + ",".join(map(repr, values.tolist())) + "]"
-
-
-def _memory_row(memory: Memory) -> tuple[Any, ...]:
-    m = memory
-    return (
-        m.id,
-        m.content,
-        m.kind,
-        m.project,
-        list(m.tags),
-        m.topic_key,
-        m.source,
-        m.created_at,
-        m.updated_at,
-        m.deleted,
-        m.content_hash,
-        m.model_id,
-        m.hlc,
-    )
-
-
-def _memory(row: Sequence[Any]) -> Memory:
-    memory_id, content, kind, project, tags, topic_key, source, created, updated = row[:9]
-    deleted, content_hash, model_id, hlc = row[9:13]
-    return Memory(
-        memory_id,
-        content,
-        kind,
-        project,
-        tuple(tags),
-        topic_key,
-        source,
-        int(created),
-        int(updated),
-        bool(deleted),
-        content_hash,
-        model_id,
-        hlc,
-    )
 
 
 def _redacted(url: str) -> str:

@@ -24,6 +24,7 @@ from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     DAY_MS,
     INDEX_DIM,
+    MEMORY_COLUMNS,
     ApiKey,
     AuditEntry,
     Device,
@@ -37,6 +38,8 @@ from cairn.server.storage import (
     WorkspaceStats,
     check_quota,
     day_of,
+    memory_of,
+    memory_values,
 )
 
 MAX_SCOPES = 1000
@@ -186,10 +189,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_MEMORY_COLUMNS = (
-    "id, content, kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
-    "content_hash, model_id, hlc"
-)
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 
@@ -584,7 +583,7 @@ class SqliteStorage:
                 (workspace_id, position),
             )
             conn.executemany(
-                f"INSERT INTO hosted_memories (workspace_id, {_MEMORY_COLUMNS}, payload, vector, "
+                f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, vector, "
                 "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id, id) DO UPDATE SET content = excluded.content, "
                 "kind = excluded.kind, project = excluded.project, tags = excluded.tags, "
@@ -594,7 +593,13 @@ class SqliteStorage:
                 "model_id = excluded.model_id, hlc = excluded.hlc, payload = excluded.payload, "
                 "vector = excluded.vector, position = excluded.position",
                 [
-                    (workspace_id, *_memory_row(m.memory), m.payload, m.vector, position)
+                    (
+                        workspace_id,
+                        *memory_values(m.memory, json.dumps(list(m.memory.tags))),
+                        m.payload,
+                        m.vector,
+                        position,
+                    )
                     for m in memories
                 ],
             )
@@ -651,11 +656,11 @@ class SqliteStorage:
             for start in range(0, len(memory_ids), 500):
                 chunk = list(memory_ids[start : start + 500])
                 rows = conn.execute(
-                    f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+                    f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
                     f"AND id IN ({', '.join('?' * len(chunk))})",
                     [workspace_id, *chunk],
                 )
-                found.update((row[0], _memory(row)) for row in rows)
+                found.update((row[0], memory_of(row, json.loads(row[4]))) for row in rows)
         return found
 
     def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
@@ -680,31 +685,31 @@ class SqliteStorage:
         with self._db.read() as conn:
             (total,) = conn.execute(f"SELECT COUNT(*) {sql}", [workspace_id, *params]).fetchone()
             rows = conn.execute(
-                f"SELECT {_MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
+                f"SELECT {MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
                 "LIMIT ? OFFSET ?",
                 [workspace_id, *params, limit, offset],
             ).fetchall()
-        return [_memory(row) for row in rows], int(total)
+        return [memory_of(row, json.loads(row[4])) for row in rows], int(total)
 
     def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
         row = self._one(
-            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
             "AND project = ? AND content_hash = ? AND deleted = 0 ORDER BY id LIMIT 1",
             workspace_id,
             project,
             content_hash,
         )
-        return _memory(row) if row else None
+        return memory_of(row, json.loads(row[4])) if row else None
 
     def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
         row = self._one(
-            f"SELECT {_MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
             "AND project = ? AND topic_key = ? ORDER BY created_at DESC, id DESC LIMIT 1",
             workspace_id,
             project,
             topic_key,
         )
-        return _memory(row) if row else None
+        return memory_of(row, json.loads(row[4])) if row else None
 
     def record_recall(
         self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
@@ -869,45 +874,6 @@ def _index_filter(filters: Filters) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
         params.append(tag)
     return " AND ".join(clauses), params
-
-
-def _memory_row(memory: Memory) -> tuple[Any, ...]:
-    m = memory
-    return (
-        m.id,
-        m.content,
-        m.kind,
-        m.project,
-        json.dumps(list(m.tags)),
-        m.topic_key,
-        m.source,
-        m.created_at,
-        m.updated_at,
-        int(m.deleted),
-        m.content_hash,
-        m.model_id,
-        m.hlc,
-    )
-
-
-def _memory(row: Sequence[Any]) -> Memory:
-    memory_id, content, kind, project, tags, topic_key, source, created, updated = row[:9]
-    deleted, content_hash, model_id, hlc = row[9:13]
-    return Memory(
-        memory_id,
-        content,
-        kind,
-        project,
-        tuple(json.loads(tags)),
-        topic_key,
-        source,
-        created,
-        updated,
-        bool(deleted),
-        content_hash,
-        model_id,
-        hlc,
-    )
 
 
 def _key(row: Sequence[Any]) -> ApiKey:

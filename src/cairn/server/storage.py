@@ -139,6 +139,41 @@ class IndexedMemory:
     vector: bytes | None
 
 
+MEMORY_COLUMNS = (
+    "id, content, kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
+    "content_hash, model_id, hlc"
+)
+"""The columns of an indexed memory, in the order ``memory_values`` and ``memory_of`` use."""
+
+
+def memory_values(memory: Memory, tags: Any) -> tuple[Any, ...]:
+    """A memory's values for ``MEMORY_COLUMNS``, its tags as the backend stores them."""
+    m = memory
+    head = (m.id, m.content, m.kind, m.project, tags, m.topic_key, m.source, m.created_at)
+    return (*head, m.updated_at, m.deleted, m.content_hash, m.model_id, m.hlc)
+
+
+def memory_of(row: Sequence[Any], tags: Sequence[str]) -> Memory:
+    """The memory a ``MEMORY_COLUMNS`` row holds (``tags`` decoded by the backend)."""
+    memory_id, content, kind, project, _, topic_key, source, created, updated = row[:9]
+    deleted, content_hash, model_id, hlc = row[9:13]
+    return Memory(
+        memory_id,
+        content,
+        kind,
+        project,
+        tuple(tags),
+        topic_key,
+        source,
+        int(created),
+        int(updated),
+        bool(deleted),
+        content_hash,
+        model_id,
+        hlc,
+    )
+
+
 Ranked = list[tuple[str, float]]
 """Memory ids, best first, each with its score (cosine, or the keyword rank's score)."""
 
