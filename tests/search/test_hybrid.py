@@ -8,7 +8,7 @@ import pytest
 
 from cairn.errors import InvalidInput
 from cairn.model import Filters, Hit, Match, Memory
-from cairn.search.hybrid import successors_first, fts_query
+from cairn.search.hybrid import fts_query, successors_first
 from cairn.service import Store
 
 
