@@ -15,7 +15,7 @@ import pytest
 
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.ids import uuid7
-from cairn.model import Filters, Memory, MemoryState
+from cairn.model import Filters, Memory, MemoryState, RelationState
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server import keys
@@ -147,6 +147,22 @@ def test_a_topic_key_supersedes_and_recall_prefers_the_successor(
     assert hits[1]["match"]["superseded_by"] == new.json()["id"]
     usage = agent.client.get("/v1/usage").json()  # two memories and the relation between them
     assert (usage["entities"], usage["memories"]) == (3, 2)
+    # A stale removal of the link (an older clock) loses to the link the index holds.
+    stale = RelationState(
+        new.json()["id"], old.json()["id"], "supersedes", 0, True, "0" * 13 + "-0000-dev"
+    )
+    device = HttpRemote(server.url, admin, device_id="dev")
+    relation_id = payload.relation_entity_id(stale)
+    device.push(
+        [
+            WireMutation(
+                "m-stale", "dev", stale.hlc, relation_id, None, payload.encode_relation(stale)
+            )
+        ]
+    )
+    assert (
+        agent.recall("what is the API rate limit?")[1]["match"]["superseded_by"] == new.json()["id"]
+    )
 
 
 def test_near_duplicates_are_reported_not_merged(hosted: tuple[SyncServer, str, str]) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -41,7 +41,7 @@ from cairn.model import (
 from cairn.protocol import HOSTED, WireMutation
 from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
-from cairn.service import MAX_LIMIT
+from cairn.service import MAX_LIMIT, NewMemory
 from cairn.sync import payload
 from cairn.sync.merge import merge_memory, merge_relation
 from cairn.sync.payload import PayloadError
@@ -57,17 +57,6 @@ NEAR_DUPLICATE = 0.92
 """Cosine from which remembering reports an existing memory as a near-duplicate (as local)."""
 SOURCE = "api"
 """The ``source`` of memories remembered through the server's API."""
-
-
-@dataclass(frozen=True)
-class NewMemory:
-    """A memory an agent asks the server to remember."""
-
-    content: str
-    kind: str = model.DEFAULT_KIND
-    project: str = model.DEFAULT_PROJECT
-    tags: Sequence[str] = ()
-    topic_key: str | None = None
 
 
 class Hosted:

@@ -641,12 +641,16 @@ class PostgresStorage:
         return {memory_id: bytes(payload) for memory_id, payload in rows}
 
     def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
+        parts = [key.split("|", 2) for key in keys]  # from_id, type, to_id: the primary key
         rows = self._all(
             workspace_id,
             "SELECT from_id, to_id, type, created_at, deleted, hlc FROM hosted_relations "
-            "WHERE workspace_id = %s AND from_id || '|' || type || '|' || to_id = ANY(%s)",
+            "WHERE workspace_id = %s AND (from_id, type, to_id) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
             workspace_id,
-            list(keys),
+            [p[0] for p in parts],
+            [p[1] for p in parts],
+            [p[2] for p in parts],
         )
         states = [RelationState(*row) for row in rows]
         return {state.key: state for state in states}

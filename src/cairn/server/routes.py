@@ -34,6 +34,7 @@ from cairn.server import hosted, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
 from cairn.server.storage import ApiKey, Device
+from cairn.service import NewMemory
 
 MAX_WAIT = 60.0
 ID_PATTERN = r"^[0-9A-Za-z_.:|-]{1,160}$"  # what cairn.protocol accepts as a device id
@@ -277,7 +278,7 @@ def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
 )
 def remember(body: RememberRequest, response: Response, ctx: Context, key: Writer) -> Any:
     _hosted(ctx, key)
-    item = hosted.NewMemory(
+    item = NewMemory(
         body.content,
         body.kind or model.DEFAULT_KIND,
         body.project or model.DEFAULT_PROJECT,
