@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,14 +43,28 @@ async def connect(env: dict[str, str], cwd: Path) -> AsyncIterator[ClientSession
                 yield session
 
 
-async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
-    """A successful call's result; the text an agent reads carries the same data."""
+async def call(session: ClientSession, tool: str, **arguments: Any) -> str:
+    """A successful call's answer: one compact text block, said once (no structured copy)."""
     result = await session.call_tool(tool, arguments)
     assert not result.is_error, result.content
-    assert [json.loads(block.text) for block in result.content if block.type == "text"] == [
-        result.structured_content
-    ]
-    return result.structured_content
+    assert result.structured_content is None
+    [block] = result.content
+    assert block.type == "text" and "{" not in block.text.split("\n")[0]
+    return block.text
+
+
+_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def ids(text: str) -> list[str]:
+    """The ids of the memories an answer lists, in order (the first id on each item's line)."""
+    return re.findall(
+        rf"^(?:\d+\. |remembered |already remembered \(tags merged\) )?({_ID}) ", text, flags=re.M
+    )
+
+
+def first_id(text: str) -> str:
+    return ids(text)[0]
 
 
 async def call_error(session: ClientSession, tool: str, **arguments: Any) -> str:
@@ -69,6 +83,8 @@ async def test_lists_the_tools_with_descriptions_and_schemas(
     assert set(tools) == {
         "remember",
         "recall",
+        "get",
+        "edit",
         "forget",
         "list_memories",
         "sync_status",
@@ -78,77 +94,99 @@ async def test_lists_the_tools_with_descriptions_and_schemas(
         assert tool.description and len(tool.description) > 100
         assert tool.input_schema["type"] == "object"
         assert all(p.get("description") for p in tool.input_schema["properties"].values())
+        assert tool.output_schema is None  # answers are compact text, said once
     assert tools["remember"].input_schema["required"] == ["content"]
     assert tools["recall"].input_schema["required"] == ["query"]
     assert tools["forget"].input_schema["required"] == ["id"]
+    assert tools["get"].input_schema["required"] == ["id"]
+    assert tools["edit"].input_schema["required"] == ["id"]
     assert "'shop'" in (tools["remember"].description or "")
 
 
 async def test_remember_recall_list_and_forget(cairn_env: dict[str, str], repo: Path) -> None:
     async with connect(cairn_env, repo) as session:
-        deploy = await call(
+        deploy_text = await call(
             session,
             "remember",
             content="We deploy to production with blue-green releases behind the load balancer",
             kind="decision",
             tags=["Deploy"],
         )
-        fixtures = await call(
-            session,
-            "remember",
-            content="Prefer pytest fixtures over unittest setUp methods in this codebase",
-            kind="preference",
+        deploy = first_id(deploy_text)
+        fixtures = first_id(
+            await call(
+                session,
+                "remember",
+                content="Prefer pytest fixtures over unittest setUp methods in this codebase",
+                kind="preference",
+            )
         )
-        staging = await call(
+        staging_text = await call(
             session,
             "remember",
             content="The staging database is wiped and reseeded every Sunday at 02:00 UTC",
             kind="fact",
             project="infra",
         )
-        assert deploy["created"] and deploy["project"] == "shop" and deploy["tags"] == ["deploy"]
-        assert staging["project"] == "infra"
+        staging = first_id(staging_text)
+        assert deploy_text.startswith(f"remembered {deploy} decision · shop · #deploy · ")
+        assert staging_text.startswith(f"remembered {staging} fact · infra · ")
 
         found = await call(session, "recall", query="how do we ship a new version to prod?")
-        top = found["results"][0]
-        assert top["id"] == deploy["id"]
-        assert top["content"].startswith("We deploy to production")
-        assert top["why"].startswith("semantic #1")
+        assert first_id(found) == deploy
+        first = found.split("\n\n")[0].splitlines()
+        assert first[1].startswith("We deploy to production")
+        assert first[2].startswith("why: semantic #1 (cosine ")
 
         question = "when is the staging database reset?"
-        everywhere = await call(session, "recall", query=question)
-        assert everywhere["results"][0]["id"] == staging["id"]
+        assert first_id(await call(session, "recall", query=question)) == staging
         in_infra = await call(session, "recall", query=question, project="infra")
-        assert [hit["id"] for hit in in_infra["results"]] == [staging["id"]]
+        assert ids(in_infra) == [staging]
         in_shop = await call(session, "recall", query=question, project="shop")
-        assert staging["id"] not in {hit["id"] for hit in in_shop["results"]}
-        assert {hit["project"] for hit in in_shop["results"]} <= {"shop"}
+        assert staging not in ids(in_shop)
+        assert " · infra · " not in in_shop
         tagged = await call(session, "recall", query="releases", tags=["deploy"])
-        assert [hit["id"] for hit in tagged["results"]] == [deploy["id"]]
+        assert ids(tagged) == [deploy]
 
         listed = await call(session, "list_memories")
-        assert [m["id"] for m in listed["memories"]] == [
-            staging["id"],
-            fixtures["id"],
-            deploy["id"],
-        ]
-        assert listed["total"] == 3
-        first = await call(session, "list_memories", project="shop", limit=1)
-        assert [m["id"] for m in first["memories"]] == [fixtures["id"]]
-        assert first["total"] == 2
+        assert ids(listed) == [staging, fixtures, deploy]
+        assert listed.endswith("3 of 3 shown")
+        page = await call(session, "list_memories", project="shop", limit=1)
+        assert ids(page) == [fixtures]
+        assert page.endswith("1 of 2 shown; 1 more beyond the limit")
         prefs = await call(session, "list_memories", kinds=["preference"])
-        assert [m["id"] for m in prefs["memories"]] == [fixtures["id"]]
+        assert ids(prefs) == [fixtures]
 
-        assert await call(session, "forget", id=deploy["id"]) == {
-            "id": deploy["id"],
-            "forgotten": True,
-        }
+        assert await call(session, "forget", id=deploy) == f"forgot {deploy}"
         again = await call(session, "recall", query="how do we ship a new version to prod?")
-        assert deploy["id"] not in {hit["id"] for hit in again["results"]}
+        assert deploy not in ids(again)
         after = await call(session, "list_memories")
-        assert deploy["id"] not in {m["id"] for m in after["memories"]}
-        assert after["total"] == 2
-        assert "not_found" in await call_error(session, "forget", id=deploy["id"])
+        assert deploy not in ids(after)
+        assert after.endswith("2 of 2 shown")
+        assert "not_found" in await call_error(session, "forget", id=deploy)
+        unknown = await call_error(session, "get", id="0123456789abcdef")
+        assert "list_memories" in unknown and "cairn list" not in unknown
+
+
+async def test_get_and_edit_a_memory(cairn_env: dict[str, str], repo: Path) -> None:
+    async with connect(cairn_env, repo) as session:
+        made = first_id(
+            await call(session, "remember", content="The cache TTL is 60 seconds", kind="fact")
+        )
+        edited = await call(
+            session,
+            "edit",
+            id=made[:8],
+            content="The cache TTL is 300 seconds since the March incident",
+            kind="gotcha",
+            add_tags=["cache"],
+        )
+        assert edited.startswith(f"edited {made} gotcha · shop · #cache · ")
+        shown = await call(session, "get", id=made)
+        assert shown.endswith("\n\nThe cache TTL is 300 seconds since the March incident")
+        found = await call(session, "recall", query="how long do cached entries live?")
+        assert first_id(found) == made and "300 seconds" in found
+        assert "nothing to change" in await call_error(session, "edit", id=made)
 
 
 async def test_bad_input_is_a_tool_error_and_writes_nothing(
@@ -162,12 +200,18 @@ async def test_bad_input_is_a_tool_error_and_writes_nothing(
         bad_tag = await call_error(session, "remember", content="Tags matter", tags=["two words"])
         assert "invalid_input" in bad_tag and "two words" in bad_tag
         assert "query is empty" in await call_error(session, "recall", query=" ")
-        assert "limit" in await call_error(session, "recall", query="ci", limit=0)
+        bad_limit = await call_error(session, "recall", query="ci", limit=0)
+        assert bad_limit == "invalid_input: limit: Input should be greater than or equal to 1"
+        not_a_number = await call_error(session, "list_memories", limit="many")
+        assert not_a_number.startswith("invalid_input: limit: ")
+        assert "pydantic" not in not_a_number and "\n" not in not_a_number
 
         listed = await call(session, "list_memories")
-    assert [m["content"] for m in listed["memories"]] == [
-        "CI runs on GitHub Actions with a 20 minute cap"
-    ]
+    assert listed == (
+        f"{first_id(listed)} note · shop · "
+        f"{listed.split(' · ')[2].splitlines()[0]}\n"
+        "CI runs on GitHub Actions with a 20 minute cap\n\n1 of 1 shown"
+    )
 
 
 async def test_identical_content_is_stored_once(cairn_env: dict[str, str], repo: Path) -> None:
@@ -177,30 +221,35 @@ async def test_identical_content_is_stored_once(cairn_env: dict[str, str], repo:
         second = await call(session, "remember", content=text, kind="gotcha", tags=["pci"])
         listed = await call(session, "list_memories")
 
-    assert first["created"] is True
-    assert second["created"] is False
-    assert second["id"] == first["id"]
-    assert second["tags"] == ["pci"]
-    assert listed["total"] == 1
+    assert first.startswith("remembered ")
+    assert second.startswith("already remembered (tags merged) ")
+    assert first_id(second) == first_id(first)
+    assert " · #pci · " in second
+    assert listed.endswith("1 of 1 shown")
 
 
 async def test_topic_key_supersedes_the_older_memory(cairn_env: dict[str, str], repo: Path) -> None:
     async with connect(cairn_env, repo) as session:
-        old = await call(
-            session, "remember", content="We lint with flake8 and isort", topic_key="linter"
+        old = first_id(
+            await call(
+                session, "remember", content="We lint with flake8 and isort", topic_key="linter"
+            )
         )
-        new = await call(session, "remember", content="We lint with ruff", topic_key="linter")
+        new_text = await call(session, "remember", content="We lint with ruff", topic_key="linter")
         found = await call(session, "recall", query="which linter do we use?")
+        shown = await call(session, "get", id=old)
 
-    assert new["supersedes"] == old["id"]
-    ranked = {hit["id"]: hit for hit in found["results"]}
-    assert [hit["id"] for hit in found["results"]][0] == new["id"]
-    assert ranked[old["id"]]["superseded_by"] == new["id"]
+    new = first_id(new_text)
+    assert f"\nsupersedes {old} (same topic_key)" in new_text
+    assert ids(found)[0] == new
+    older = next(block for block in found.split("\n\n") if old in block.splitlines()[0])
+    assert older.endswith(f"superseded by {new} (prefer the newer memory)")
+    assert f"\nsuperseded by {new}\n" in shown
 
 
 async def test_parallel_calls_all_succeed(cairn_env: dict[str, str], repo: Path) -> None:
     """Agents issue tool calls in parallel; the server must answer each one correctly."""
-    results: list[Any] = []
+    results: list[str] = []
 
     async def remember(n: int) -> None:
         results.append(await call(session, "remember", content=f"Service number {n} runs on k8s"))
@@ -217,5 +266,5 @@ async def test_parallel_calls_all_succeed(cairn_env: dict[str, str], repo: Path)
         found = await call(session, "recall", query="which services run on k8s?", limit=20)
 
     assert len(results) == 16
-    assert listed["total"] == 8
-    assert len(found["results"]) == 8
+    assert listed.endswith("8 of 8 shown")
+    assert len(ids(found)) == 8

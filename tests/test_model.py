@@ -89,3 +89,17 @@ def test_packed_hlc_sorts_like_the_clock(w1: int, c1: int, w2: int, c2: int) -> 
     a, b = HLC(w1, c1, "dev"), HLC(w2, c2, "dev")
     assert (a < b) == (a.pack() < b.pack())
     assert HLC.unpack(a.pack()) == a
+
+
+def test_why_never_rounds_a_keyword_score_to_zero() -> None:
+    """FTS5's BM25 is tiny in a small store; `why` must still show it, not `bm25 0.00`."""
+    tiny = model.Match(semantic_rank=1, cosine=0.66, keyword_rank=1, bm25=0.0000012)
+    assert tiny.explain() == "semantic #1 (cosine 0.66); keyword #1 (bm25 1.2e-06)"
+    assert model.Match(keyword_rank=2, bm25=9.4612).explain() == "keyword #2 (bm25 9.46)"
+
+
+def test_a_relation_reads_from_either_end() -> None:
+    relation = model.Relation("new", "old", "supersedes", 0)
+    assert relation.seen_from("new") == ("supersedes", "old")
+    assert relation.seen_from("old") == ("superseded by", "new")
+    assert model.Relation("a", "b", "duplicate_of", 0).seen_from("b") == ("duplicated by", "a")

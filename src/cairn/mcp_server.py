@@ -11,15 +11,16 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import Field, ValidationError
 
 import cairn
-from cairn import model
+from cairn import agent_text, model
 from cairn.config import Settings
 from cairn.errors import CairnError
-from cairn.model import Filters, Hit, Memory, RememberResult
+from cairn.model import Filters
 from cairn.service import MAX_LIMIT, Store
 
 INSTRUCTIONS = """\
@@ -42,112 +43,31 @@ def tool_errors() -> Iterator[None]:
     try:
         yield
     except CairnError as exc:
-        raise ToolError(f"{exc.code}: {exc.message}") from exc
+        raise ToolError(f"{exc.code}: {_for_agents(exc.message)}") from exc
 
 
-# --- results ----------------------------------------------------------------------------------
-# Trimmed views of the model's to_dict(): what an agent needs to act, not the sync bookkeeping.
+def _for_agents(message: str) -> str:
+    """A message written for the CLI, pointed at this edge's tools instead of its commands."""
+    return message.replace("`cairn list`", "list_memories").replace("`cairn show`", "get")
 
 
-class MemoryOut(BaseModel):
-    id: str = Field(description="UUIDv7; any unique prefix of 8+ characters also finds it.")
-    content: str
-    kind: str
-    project: str
-    tags: list[str]
-    topic_key: str | None
-    created_at: str = Field(description="ISO-8601, UTC.")
+class CairnMCPServer(MCPServer):
+    """The SDK's server, saying bad arguments in one line per field instead of pydantic's
+    multi-line dump (which also names internal model names and documentation URLs)."""
 
-    @classmethod
-    def of(cls, memory: Memory) -> MemoryOut:
-        return cls.model_validate(memory.to_dict())
-
-
-class SimilarOut(BaseModel):
-    id: str
-    similarity: float = Field(description="Cosine similarity to the new memory.")
-
-
-class RememberOut(MemoryOut):
-    created: bool = Field(description="False when identical content was already remembered.")
-    supersedes: str | None = Field(description="The id of the older memory on this topic_key.")
-    near_duplicates: list[SimilarOut] = Field(
-        description="Existing memories that say nearly the same thing (kept, not merged)."
-    )
-
-    @classmethod
-    def of_result(cls, result: RememberResult) -> RememberOut:
-        return cls.model_validate(result.to_dict())
-
-
-class HitOut(MemoryOut):
-    score: float = Field(description="Fused rank score; only the order matters.")
-    why: str = Field(description="How it matched, e.g. 'semantic #1 (cosine 0.71)'.")
-    superseded_by: str | None = Field(
-        description="The id of a newer memory on the same topic; prefer that one."
-    )
-
-    @classmethod
-    def of_hit(cls, hit: Hit) -> HitOut:
-        data = hit.to_dict()
-        return cls.model_validate({**data, "superseded_by": data["match"]["superseded_by"]})
-
-
-class RecallOut(BaseModel):
-    results: list[HitOut] = Field(description="Best first; empty when nothing matched.")
-
-
-class ListOut(BaseModel):
-    memories: list[MemoryOut] = Field(description="Newest first.")
-    total: int = Field(description="How many memories match the filters, beyond the limit too.")
-
-
-class ForgetOut(BaseModel):
-    id: str = Field(description="The full id of the forgotten memory.")
-    forgotten: bool
-
-
-class SyncStatusOut(BaseModel):
-    configured: bool = Field(description="False until `cairn sync setup` has run on this device.")
-    remote: str | None
-    phase: str = Field(
-        description="idle | pushing | pulling | healthy | backoff | degraded | disabled."
-    )
-    reason: str | None = Field(
-        description="Why, when not healthy: e.g. unreachable, auth_failed, quota_exceeded, "
-        "key_mismatch, payload_too_large, dead_letter, sync_not_configured, other_worker."
-    )
-    message: str = Field(description="What is happening, or what the user should do.")
-    worker_running: bool = Field(description="Whether a background sync worker runs now.")
-    last_success_at: str | None = Field(description="ISO-8601, UTC: the worker's last success.")
-    pending: int = Field(description="Local changes not yet sent.")
-    dead_letters: int = Field(description="Changes the remote refused; the user must look.")
-    conflicts: int = Field(description="Memories two devices changed at once, to settle.")
-    last_push_at: str | None
-    last_pull_at: str | None
-
-    @classmethod
-    def of(cls, status: dict[str, Any]) -> SyncStatusOut:
-        worker = status["worker"]
-        shown = ("phase", "reason", "message", "worker_running", "last_success_at")
-        return cls.model_validate({**status, **{k: worker[k] for k in shown}})
-
-
-class SyncNowOut(BaseModel):
-    pushed: int = Field(description="Local changes the remote acknowledged.")
-    received: int = Field(description="Changes from other devices that arrived.")
-    applied: int = Field(description="Of those, how many changed a memory here.")
-    dead_lettered: int = Field(description="Changes refused or unreadable (see sync_status).")
-
-    @classmethod
-    def of(cls, report: dict[str, dict[str, Any]]) -> SyncNowOut:
-        steps = report.values()
-        return cls(
-            pushed=sum(s.get("pushed", 0) for s in steps),
-            received=sum(s.get("received", 0) for s in steps),
-            applied=sum(s.get("applied", 0) for s in steps),
-            dead_lettered=sum(s.get("dead_lettered", 0) + s.get("failed", 0) for s in steps),
-        )
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc']) or 'arguments'}: {error['msg']}"
+                for error in exc.__cause__.errors(include_url=False)
+            )
+            raise ToolError(f"invalid_input: {problems}") from exc.__cause__
 
 
 # --- arguments --------------------------------------------------------------------------------
@@ -191,6 +111,13 @@ MemoryId = Annotated[
     str, Field(description="The memory's id, or a unique prefix of at least 8 characters.")
 ]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many memories at most.")]
+NewContent = Annotated[
+    str | None, Field(description="The corrected text (embedded again); omit to keep it.")
+]
+NewKind = Annotated[str | None, Field(description=f"A new kind ({_KINDS}); omit to keep it.")]
+AddTags = Annotated[
+    Sequence[str], Field(description="Tags to add (tags only grow, so that sync can merge them).")
+]
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -199,7 +126,7 @@ Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="How many memories 
 def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPServer:
     """An MCP server whose tools call ``store`` (and ``sync``, which adds the sync tools); the
     caller keeps ownership of both."""
-    server = MCPServer(
+    server = CairnMCPServer(
         "cairn", version=cairn.__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
     # The SDK serves requests concurrently and runs each sync tool on a worker thread; a Store
@@ -214,14 +141,15 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
             "code or its environment (fact), something the user prefers (preference), a trap "
             "that cost time (gotcha); anything else is a note. One self-contained idea per "
             "memory, in words that make sense without this conversation; never secrets. "
-            "Identical content in the same project is stored once: remembering it again returns "
-            "the existing memory with created=false. With topic_key, the new memory supersedes "
+            "Identical content in the same project is stored once: remembering it again says "
+            "'already remembered' with the existing id. With topic_key, the new memory supersedes "
             "the older one on that topic (the old one stays as history and ranks below it). "
-            "near_duplicates lists existing memories that say nearly the same thing; forget one "
-            "if it is now wrong. Without project, the memory goes to the current project, "
-            f"{store.project!r}."
+            "The answer lists near duplicates: existing memories that say nearly the same "
+            "thing; forget one if it is now wrong. Without project, the memory goes to the "
+            f"current project, {store.project!r}."
         ),
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
+        structured_output=False,
     )
     def remember(
         content: Content,
@@ -229,10 +157,10 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
         project: OwnProject = None,
         tags: Tags = (),
         topic_key: TopicKey = None,
-    ) -> RememberOut:
+    ) -> str:
         with tool_errors():
             result = store.remember(content, kind, project, tags, topic_key)
-        return RememberOut.of_result(result)
+        return agent_text.remembered(result)
 
     @server.tool(
         description=(
@@ -240,12 +168,13 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
             "at the start of a task, before a decision the team may already have made, and "
             "whenever you are unsure about a convention, preference or past problem. Ask in "
             "plain words ('how do we deploy to production?'); exact names match by keyword too. "
-            "Each result has the memory (id, content, kind, project, tags, created_at), a score "
-            "(only the order matters), why (how it matched, e.g. 'semantic #1 (cosine 0.71); "
-            "keyword #2 (bm25 3.10)') and superseded_by (a newer memory on the same topic; "
-            f"trust that one). {everywhere}"
+            "Each result is numbered, then its id, kind, project, #tags, topic and date, its "
+            "content, and why it matched (e.g. 'semantic #1 (cosine 0.71); keyword #2 (bm25 "
+            "3.1)'); a result 'superseded by' another id has a newer memory on the same topic: "
+            f"trust that one. {everywhere}"
         ),
         annotations=ToolAnnotations(read_only_hint=True),
+        structured_output=False,
     )
     def recall(
         query: Query,
@@ -253,10 +182,42 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
         kinds: KindsFilter = (),
         tags: TagsFilter = (),
         limit: Limit = 10,
-    ) -> RecallOut:
+    ) -> str:
         with tool_errors():
             hits = store.recall(query, Filters.parse(project, kinds, tags), limit)
-        return RecallOut(results=[HitOut.of_hit(hit) for hit in hits])
+        return agent_text.hits(hits)
+
+    @server.tool(
+        description=(
+            "Read one memory in full by id (from recall or list_memories; a unique prefix of 8+ "
+            "characters works): its facets, content and relations (what it supersedes or is "
+            "superseded by, duplicates, related memories)."
+        ),
+        annotations=ToolAnnotations(read_only_hint=True),
+        structured_output=False,
+    )
+    def get(id: MemoryId) -> str:
+        with tool_errors():
+            memory = store.get(id)
+            relations = store.relations(memory.id)
+        return agent_text.full(memory, [r.seen_from(memory.id) for r in relations])
+
+    @server.tool(
+        description=(
+            "Correct a memory in place by id: new content (embedded again), a new kind, and/or "
+            "tags to add. The change syncs to the user's other devices. Use it to fix a memory "
+            "that is slightly wrong; to record that knowledge changed over time, prefer remember "
+            "with the same topic_key, which keeps the history."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
+        structured_output=False,
+    )
+    def edit(
+        id: MemoryId, content: NewContent = None, kind: NewKind = None, add_tags: AddTags = ()
+    ) -> str:
+        with tool_errors():
+            memory = store.edit(id, content=content, kind=kind, tags=add_tags)
+        return f"edited {agent_text.memory_line(memory)}"
 
     @server.tool(
         description=(
@@ -266,31 +227,33 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
             "prefer remember with the same topic_key, which keeps the history."
         ),
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True),
+        structured_output=False,
     )
-    def forget(id: MemoryId) -> ForgetOut:
+    def forget(id: MemoryId) -> str:
         with tool_errors():
             memory = store.forget(id)
-        return ForgetOut(id=memory.id, forgotten=True)
+        return f"forgot {memory.id}"
 
     @server.tool(
         description=(
             "List memories newest first, without a query: to see what is known about a project "
-            "or to find ids. Filters combine. total is how many memories match the filters, so "
-            f"you can tell when limit cut the list. {everywhere}"
+            "or to find ids. Filters combine. The last line says how many of the matching "
+            f"memories are shown, so you can tell when limit cut the list. {everywhere}"
         ),
         annotations=ToolAnnotations(read_only_hint=True),
+        structured_output=False,
     )
     def list_memories(
         project: ProjectFilter = None,
         kinds: KindsFilter = (),
         tags: TagsFilter = (),
         limit: Limit = 20,
-    ) -> ListOut:
+    ) -> str:
         with tool_errors():
             filters = Filters.parse(project, kinds, tags)
             memories = store.list(filters, limit)
             total = store.count(filters)
-        return ListOut(memories=[MemoryOut.of(m) for m in memories], total=total)
+        return agent_text.listing(memories, total)
 
     if sync is not None:
         _sync_tools(server, sync)
@@ -301,17 +264,36 @@ def _sync_tools(server: MCPServer, sync: cairn.SyncControl) -> None:
     @server.tool(
         description=(
             "Whether this device's memories are in sync with the user's other devices: the "
-            "phase (healthy, backoff, degraded, disabled...), a reason code and a message, the "
-            "last success, and counts of changes waiting to be sent, refused (dead letters) or "
-            "in conflict. Sync runs by itself in the background; call this when the user asks "
-            "about sync or a memory from another device seems missing, and relay the message "
+            "phase (idle, pushing, pulling, healthy, backoff, degraded, disabled), a reason code "
+            "when not healthy (e.g. unreachable, auth_failed, quota_exceeded, key_mismatch, "
+            "dead_letter), a message, the last success, and counts of changes waiting to be "
+            "sent, refused (dead letters) or in conflict. Sync runs by itself in the "
+            "background; call this when the user asks about sync or a memory from another "
+            "device seems missing, and relay the message "
             "when it says the user must act (for example auth_failed or dead letters)."
         ),
         annotations=ToolAnnotations(read_only_hint=True),
+        structured_output=False,
     )
-    def sync_status() -> SyncStatusOut:
+    def sync_status() -> str:
         with tool_errors():
-            return SyncStatusOut.of(sync.status())
+            status = sync.status()
+        worker = status["worker"]
+        return agent_text.fields(
+            {
+                "phase": worker["phase"],
+                "reason": worker["reason"],
+                "message": worker["message"],
+                "remote": status["remote"] or "none (sync is not set up on this device)",
+                "pending": status["pending"],
+                "dead letters": status["dead_letters"],
+                "conflicts": status["conflicts"],
+                "last success": worker["last_success_at"],
+                "last push": status["last_push_at"],
+                "last pull": status["last_pull_at"],
+                "background worker": "running" if worker["worker_running"] else "not running",
+            }
+        )
 
     @server.tool(
         description=(
@@ -322,10 +304,20 @@ def _sync_tools(server: MCPServer, sync: cairn.SyncControl) -> None:
             "and changes nothing local when sync cannot run."
         ),
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False),
+        structured_output=False,
     )
-    def sync_now() -> SyncNowOut:
+    def sync_now() -> str:
         with tool_errors():
-            return SyncNowOut.of(sync.now())
+            steps = sync.now().values()
+        total = {
+            key: sum(step.get(key, 0) for step in steps)
+            for key in ("pushed", "received", "applied", "dead_lettered", "failed")
+        }
+        return (
+            f"pushed {total['pushed']}, received {total['received']}, applied "
+            f"{total['applied']}, refused or unreadable {total['dead_lettered'] + total['failed']}"
+            + (" (see sync_status)" if total["dead_lettered"] + total["failed"] else "")
+        )
 
 
 def run(settings: Settings, autosync: bool = True) -> None:

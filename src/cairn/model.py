@@ -61,12 +61,28 @@ class Memory:
         }
 
 
+_RELATION_PHRASES = {
+    "supersedes": ("supersedes", "superseded by"),
+    "relates_to": ("relates to", "related from"),
+    "contradicts": ("contradicts", "contradicted by"),
+    "duplicate_of": ("duplicate of", "duplicated by"),
+}
+"""A relation's phrase seen from its ``from`` end and from its ``to`` end."""
+
+
 @dataclass(frozen=True)
 class Relation:
     from_id: str
     to_id: str
     type: str
     created_at: int
+
+    def seen_from(self, memory_id: str) -> tuple[str, str]:
+        """How this relation reads from one of its ends: ``(phrase, other id)``, e.g.
+        ``("superseded by", newer)`` seen from the older memory of a topic."""
+        if self.from_id == memory_id:
+            return _RELATION_PHRASES.get(self.type, (self.type, ""))[0], self.to_id
+        return _RELATION_PHRASES.get(self.type, ("", f"{self.type} (from)"))[1], self.from_id
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,7 +108,7 @@ class Match:
         if self.semantic_rank is not None and self.cosine is not None:
             parts.append(f"semantic #{self.semantic_rank} (cosine {self.cosine:.2f})")
         if self.keyword_rank is not None and self.bm25 is not None:
-            parts.append(f"keyword #{self.keyword_rank} (bm25 {self.bm25:.2f})")
+            parts.append(f"keyword #{self.keyword_rank} (bm25 {self.bm25:.3g})")
         if self.superseded_by:
             parts.append(f"superseded by {self.superseded_by}")
         return "; ".join(parts)

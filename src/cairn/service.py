@@ -224,15 +224,18 @@ class Store:
         content: str | None = None,
         kind: str | None = None,
         settles: Sequence[str] = (),
+        tags: Sequence[str] = (),
     ) -> Memory:
-        """Change a memory's content (embedded again) and/or kind; the change syncs like any.
+        """Change a memory's content (embedded again) and/or kind, and add ``tags``; the change
+        syncs like any. Tags only grow (sync merges them as a set), so none can be removed.
 
         ``settles`` names conflict versions (by clock) that this edit resolves.
         """
-        if content is None and kind is None and not settles:
-            raise InvalidInput("nothing to change; give new content and/or --kind")
+        if content is None and kind is None and not settles and not tags:
+            raise InvalidInput("nothing to change; give new content, a kind and/or tags to add")
         text = model.check_content(content) if content is not None else None
         kind = model.check_kind(kind) if kind is not None else None
+        new_tags = model.check_tags(tags)
         with self.db.read() as conn:
             current = self._resolve(conn, memory_id)
         changes_text = text is not None and model.content_hash(text) != current.content_hash
@@ -248,7 +251,7 @@ class Store:
             new_text = text if changes_text else (memory.content if settles else None)
             if vector is not None:
                 memory = replace(memory, model_id=self.embedder.model_id)
-            return memories.edit(
+            memory = memories.edit(
                 conn,
                 memory,
                 content=new_text,
@@ -256,6 +259,7 @@ class Store:
                 kind=kind,
                 settles=settles,
             )
+            return memories.add_tags(conn, memory, new_tags) if new_tags else memory
 
     def forget(self, memory_id: str) -> Memory:
         """Tombstone a memory: its content, tags and vector are erased; the id stays known."""

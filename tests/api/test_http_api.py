@@ -192,6 +192,36 @@ def test_forget_returns_the_tombstone_and_the_memory_is_gone(client: httpx.Clien
     assert client.get("/v1/stats").json()["forgotten"] == 1
 
 
+def test_edit_changes_content_kind_and_tags_and_recall_follows(client: httpx.Client) -> None:
+    memory = remember(client, "The cache TTL is 60 seconds", kind="fact", tags=["cache"])
+
+    response = client.patch(
+        f"/v1/memories/{memory['id'][:8]}",
+        json={
+            "content": "Cached pages live for five minutes",
+            "kind": "gotcha",
+            "add_tags": ["cdn"],
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    edited = response.json()
+    assert (edited["id"], edited["kind"], edited["tags"]) == (
+        memory["id"],
+        "gotcha",
+        ["cache", "cdn"],
+    )
+    assert client.get(f"/v1/memories/{memory['id']}").json()["content"].startswith("Cached pages")
+    assert recall_ids(client, "how long are cached pages kept?")[0] == memory["id"]
+    assert_error(client.patch(f"/v1/memories/{memory['id']}", json={}), 422, "invalid_input")
+    assert_error(
+        client.patch(f"/v1/memories/{memory['id']}", json={"kind": "Bad Kind"}),
+        422,
+        "invalid_input",
+    )
+    assert client.get(f"/v1/memories/{memory['id']}").json()["kind"] == "gotcha"
+
+
 def test_empty_content_is_rejected_and_nothing_is_stored(client: httpx.Client) -> None:
     assert_error(client.post("/v1/memories", json={"content": "  \n"}), 422, "content_empty")
     message = assert_error(client.post("/v1/memories", json={}), 422, "invalid_input")
@@ -252,6 +282,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         ("/v1/memories", "get"),
         ("/v1/memories/{memory_id}", "get"),
         ("/v1/memories/{memory_id}", "delete"),
+        ("/v1/memories/{memory_id}", "patch"),
         ("/v1/recall", "post"),
         ("/v1/stats", "get"),
         ("/v1/sync/status", "get"),

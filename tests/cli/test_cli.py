@@ -70,6 +70,17 @@ def test_remember_recall_show_list_forget(cairn_env: dict[str, str]) -> None:
     assert isinstance(stats, dict) and stats["memories"] == 1 and stats["forgotten"] == 1
 
 
+def test_edit_adds_tags_and_changes_kind(cairn_env: dict[str, str]) -> None:
+    made = ok_json(cairn_env, "remember", "Feature flags live in LaunchDarkly", "--tag", "flags")
+    assert isinstance(made, dict)
+    edited = ok_json(cairn_env, "edit", made["id"][:8], "--kind", "fact", "--tag", "vendor,ops")
+    assert isinstance(edited, dict)
+    assert (edited["kind"], edited["tags"]) == ("fact", ["flags", "ops", "vendor"])
+    assert edited["content"] == "Feature flags live in LaunchDarkly"
+    nothing = run(cairn_env, "edit", made["id"])
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+
+
 def test_remember_reads_stdin_and_reports_duplicates(cairn_env: dict[str, str]) -> None:
     first = run(cairn_env, "remember", "-", "--json", stdin="Backups run nightly at 02:00 UTC\n")
     again = run(cairn_env, "remember", "Backups run nightly at 02:00 UTC")

@@ -81,6 +81,9 @@ def test_end_to_end_workspaces_refuse_the_hosted_endpoints(sync_server: SyncServ
         agent.remember("the deploy runs on Fridays"),
         agent.client.post("/v1/recall", json={"query": "deploy"}),
         agent.client.get("/v1/memories"),
+        agent.client.get(f"/v1/memories/{uuid7(1)}"),
+        agent.client.patch(f"/v1/memories/{uuid7(1)}", json={"kind": "fact"}),
+        agent.client.delete(f"/v1/memories/{uuid7(1)}"),
     ]
     for answer in calls:
         assert answer.status_code == 409, answer.text
@@ -116,6 +119,48 @@ def test_an_agent_remembers_and_recalls_over_http(hosted: tuple[SyncServer, str,
     assert usage["mutations"] == 3
     actions = [e["action"] for e in agent.client.get("/v1/audit").json()["entries"]]
     assert actions.count("recall") == 5 and actions.count("remember") == 3
+
+
+def test_an_agent_gets_edits_and_forgets_and_devices_follow(
+    hosted: tuple[SyncServer, str, str], device_embedder: OnnxEmbedder, tmp_path: Path
+) -> None:
+    server, workspace_id, admin = hosted
+    agent = Agent(server.url, admin)
+    made = agent.remember("The cache TTL is 60 seconds", kind="fact", tags=["cache"]).json()
+    other = agent.remember("Cached pages live for five minutes").json()
+    memory_id = made["id"]
+    assert agent.client.get(f"/v1/memories/{memory_id}").json()["content"] == made["content"]
+
+    edited = agent.client.patch(
+        f"/v1/memories/{memory_id}",
+        json={"content": "The cache TTL is 300 seconds", "kind": "gotcha", "add_tags": ["cdn"]},
+    )
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["kind"], edited.json()["tags"]) == ("gotcha", ["cache", "cdn"])
+    assert agent.recall("how long do cache entries live?", kinds=["gotcha"])[0]["id"] == memory_id
+    same = agent.client.patch(f"/v1/memories/{memory_id}", json={"content": other["content"]})
+    assert same.status_code == 422 and "already says exactly this" in same.text
+    read_only = Agent(server.url, server.new_key(["read"], workspace_id))
+    assert read_only.client.delete(f"/v1/memories/{memory_id}").status_code == 403
+
+    with Store(Database(tmp_path / "laptop.db"), device_embedder, project="p") as laptop:
+        syncer = Syncer(laptop, HttpRemote(server.url, admin, device_id="laptop"), None)
+        syncer.pull()
+        pulled = laptop.get(memory_id)
+        assert (pulled.content, pulled.kind, pulled.tags) == (
+            "The cache TTL is 300 seconds",
+            "gotcha",
+            ("cache", "cdn"),
+        )
+        assert syncer.conflicts() == []  # the server's edit descends from the version it replaced
+        gone = agent.client.delete(f"/v1/memories/{memory_id}")
+        assert gone.status_code == 200 and gone.json()["deleted"] is True
+        assert agent.client.get(f"/v1/memories/{memory_id}").status_code == 404
+        assert agent.client.delete(f"/v1/memories/{memory_id}").status_code == 404
+        syncer.pull()
+        assert laptop.count() == 1  # the other memory; the forgotten one is a tombstone
+    actions = [e["action"] for e in agent.client.get("/v1/audit").json()["entries"]]
+    assert actions.count("edit") == 1 and actions.count("forget") == 1
 
 
 def test_remembering_the_same_text_twice_adds_tags_and_nothing_else(

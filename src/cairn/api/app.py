@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from cairn import SyncControl, __version__, build, model
 from cairn.api.schemas import (
+    EditRequest,
     ErrorOut,
     HealthOut,
     ListOut,
@@ -166,6 +167,22 @@ def create_app(
         memory = store.get(memory_id)
         relations = store.relations(memory.id)
         return {**memory.to_dict(), "relations": [r.to_dict() for r in relations]}
+
+    @app.patch(
+        "/v1/memories/{memory_id}",
+        response_model=MemoryOut,
+        tags=["memories"],
+        summary="Edit a memory",
+        description=(
+            "Changes the content (embedded again) and/or kind, and adds tags; the change syncs. "
+            "Returns the edited memory. `memory_id` may be a unique prefix of 8+ characters."
+        ),
+        responses={**_NOT_FOUND, **_INVALID},
+    )
+    def edit(memory_id: str, body: EditRequest) -> dict[str, Any]:
+        return store.edit(
+            memory_id, content=body.content, kind=body.kind, tags=body.add_tags
+        ).to_dict()
 
     @app.delete(
         "/v1/memories/{memory_id}",

@@ -41,6 +41,17 @@ class RememberRequest(_Request):
     )
 
 
+class EditRequest(_Request):
+    content: str | None = Field(
+        None, description="The corrected text (embedded again); omit to keep the current one."
+    )
+    kind: str | None = Field(None, description="A new kind; omit to keep the current one.")
+    add_tags: list[str] = Field(
+        default_factory=list,
+        description="Tags to add. Tags only grow (sync merges them as a set), so none is removed.",
+    )
+
+
 class RecallRequest(_Request):
     query: str = Field(
         description="What you are looking for, in words.",

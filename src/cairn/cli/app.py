@@ -157,12 +157,16 @@ def edit(
         str | None, typer.Argument(help="The new content; `-` reads standard input.")
     ] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="A new kind.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", help="A tag to add (repeatable or a,b; tags only grow)."),
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
-    """Change a memory's content (embedded again) or kind; the change syncs."""
+    """Change a memory's content (embedded again) or kind, or add tags; the change syncs."""
     text = sys.stdin.read() if content == "-" else content
     with open_store() as store:
-        memory = store.edit(memory_id, content=text, kind=kind)
+        memory = store.edit(memory_id, content=text, kind=kind, tags=split(tag))
     if json_:
         output.emit_json(memory.to_dict())
     else:

@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from cairn import model
 from cairn.embedding.base import Embedder, Vectors
-from cairn.errors import InvalidInput, MutationRejected, NotHosted
+from cairn.errors import InvalidInput, MutationRejected, NotFound, NotHosted
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
 from cairn.model import (
@@ -43,7 +43,7 @@ from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
 from cairn.service import MAX_LIMIT, NewMemory
 from cairn.sync import payload
-from cairn.sync.merge import merge_memory, merge_relation
+from cairn.sync.merge import edited, forgotten, merge_memory, merge_relation
 from cairn.sync.payload import PayloadError
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,65 @@ class Hosted:
         self.fold(workspace_id)
         return self.storage.list_indexed(workspace_id, filters, limit, offset)
 
+    def get(self, workspace_id: str, memory_id: str) -> Memory:
+        """A live memory by its full id."""
+        self.fold(workspace_id)
+        return self._live(workspace_id, memory_id).memory
+
+    def edit(
+        self,
+        workspace_id: str,
+        key_id: str,
+        memory_id: str,
+        change: tuple[str | None, str | None, Sequence[str]],
+        now: int,
+    ) -> Memory:
+        """Change a memory's content (embedded here) and/or kind and add tags, as a device's
+        edit does; ``change`` is (content, kind, tags to add)."""
+        content, kind, add_tags = change
+        text = model.check_content(content) if content is not None else None
+        new_kind = model.check_kind(kind) if kind is not None else None
+        tags = model.check_tags(add_tags)
+        if text is None and new_kind is None and not tags:
+            raise InvalidInput("nothing to change; give new content, a kind and/or tags to add")
+        self.fold(workspace_id)
+        state = self._live(workspace_id, memory_id)
+        new_text = None
+        if text is not None and model.content_hash(text) != state.memory.content_hash:
+            digest = model.content_hash(text)
+            same = self.storage.live_by_hash(workspace_id, state.memory.project, digest)
+            if same is not None and same.id != memory_id:
+                raise InvalidInput(
+                    f"memory {same.id} already says exactly this; forget one of them instead"
+                )
+            vector = _bytes(self.embedder.embed([text])[0])
+            new_text = (text, digest, self.embedder.model_id, vector)
+        new = edited(state, self._tick(now), now, content=new_text, kind=new_kind, tags=tags)
+        if new != state:
+            self._write(workspace_id, key_id, [new], [], now, action="edit")
+        return new.memory
+
+    def forget(self, workspace_id: str, key_id: str, memory_id: str, now: int) -> Memory:
+        """Tombstone a memory: devices pull the deletion and erase it too."""
+        self.fold(workspace_id)
+        state = self._live(workspace_id, memory_id)
+        gone = forgotten(state, self._tick(now), now)
+        self._write(workspace_id, key_id, [gone], [], now, action="forget")
+        return gone.memory
+
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _live(self, workspace_id: str, memory_id: str) -> MemoryState:
+        stored = self.storage.indexed_payloads(workspace_id, [memory_id])
+        if memory_id not in stored:
+            raise NotFound(
+                f"no memory has the id {memory_id!r} in this workspace; recall or list "
+                "memories to find the ids"
+            )
+        state = _state(memory_id, stored[memory_id])
+        if state.memory.deleted:
+            raise NotFound(f"memory {memory_id} was forgotten")
+        return state
 
     def _write(
         self,
@@ -302,8 +360,10 @@ class Hosted:
         states: Sequence[MemoryState],
         links: Sequence[RelationState],
         now: int,
+        action: str = "remember",
     ) -> None:
-        """Append these states to the log (as this process's device) and fold them in."""
+        """Append these states to the log (as this process's device), audit them under
+        ``action`` and fold them in."""
         scope = {
             s.memory.id: payload.scope_tag(payload.HOSTED_SCOPE_KEY, s.memory.project)
             for s in states
@@ -332,7 +392,7 @@ class Hosted:
         ]
         self.storage.push(workspace_id, wire, None, now, key_id)
         for s in states:
-            self.storage.audit(workspace_id, key_id, "remember", {"memory_id": s.memory.id}, now)
+            self.storage.audit(workspace_id, key_id, action, {"memory_id": s.memory.id}, now)
         self.fold(workspace_id)
 
     def _state(self, workspace_id: str, memory_id: str) -> MemoryState:

@@ -21,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 
 from cairn import __version__, model, protocol
 from cairn.api.schemas import (
+    EditRequest,
     ListOut,
+    MemoryOut,
     RecallOut,
     RecallRequest,
     RememberOut,
@@ -332,6 +334,48 @@ def list_memories(
     filters = Filters.parse(project, kind or [], tag or [], since, until)
     found, total = ctx.hosted.list(key.workspace_id, filters, limit, offset)
     return {"memories": [m.to_dict() for m in found], "total": total}
+
+
+@router.get(
+    "/v1/memories/{memory_id}",
+    response_model=MemoryOut,
+    tags=["hosted"],
+    summary="Get a memory by its full id (hosted only)",
+)
+def get_memory(memory_id: str, ctx: Context, key: Reader) -> Any:
+    _hosted(ctx, key)
+    return ctx.hosted.get(key.workspace_id, memory_id).to_dict()
+
+
+@router.patch(
+    "/v1/memories/{memory_id}",
+    response_model=MemoryOut,
+    tags=["hosted"],
+    summary="Edit a memory (hosted only); devices pull the change",
+    description=(
+        "The local HTTP API's body: new content (embedded by the server), a new kind, tags to "
+        "add. The edit goes into the log like a device's, so devices merge it by the same rule."
+    ),
+)
+def edit_memory(memory_id: str, body: EditRequest, ctx: Context, key: Writer) -> Any:
+    _hosted(ctx, key)
+    change = (body.content, body.kind, body.add_tags)
+    memory = ctx.hosted.edit(key.workspace_id, key.id, memory_id, change, now_ms())
+    ctx.notifier.notify(key.workspace_id)
+    return memory.to_dict()
+
+
+@router.delete(
+    "/v1/memories/{memory_id}",
+    response_model=MemoryOut,
+    tags=["hosted"],
+    summary="Forget a memory (hosted only); devices pull the tombstone",
+)
+def forget_memory(memory_id: str, ctx: Context, key: Writer) -> Any:
+    _hosted(ctx, key)
+    memory = ctx.hosted.forget(key.workspace_id, key.id, memory_id, now_ms())
+    ctx.notifier.notify(key.workspace_id)
+    return memory.to_dict()
 
 
 @router.get("/v1/keyring", tags=["keyring"], summary="The workspace's keyring blob")

@@ -84,3 +84,48 @@ def merge_relation(local: RelationState | None, incoming: RelationState) -> Rela
         return incoming
     newest = incoming if incoming.hlc > local.hlc else local
     return replace(newest, created_at=min(local.created_at, incoming.created_at), hlc=newest.hlc)
+
+
+def edited(
+    state: MemoryState,
+    hlc: str,
+    now: int,
+    *,
+    content: tuple[str, str, str | None, bytes | None] | None = None,
+    kind: str | None = None,
+    tags: tuple[str, ...] = (),
+) -> MemoryState:
+    """``state`` after one edit at clock ``hlc``: new ``content`` as (text, hash, model id,
+    vector), whose ancestors then include the version it replaces; a new kind; tags added.
+    The same rules a device's store applies when it edits a row."""
+    memory, clocks, ancestors = state.memory, dict(state.field_hlc), state.ancestors
+    vector = state.vector
+    if content is not None:
+        text, digest, model_id, vector = content
+        ancestors = tuple(sorted({*ancestors, state.clock(CONTENT_CLOCK)}))
+        memory = replace(memory, content=text, content_hash=digest, model_id=model_id)
+        clocks[CONTENT_CLOCK] = hlc
+    if kind is not None and kind != memory.kind:
+        memory = replace(memory, kind=kind)
+        clocks["kind"] = hlc
+    memory = replace(memory, tags=tuple(sorted({*memory.tags, *tags})))
+    if memory == state.memory:
+        return state
+    memory = replace(memory, updated_at=now, hlc=hlc)
+    return replace(state, memory=memory, field_hlc=clocks, ancestors=ancestors, vector=vector)
+
+
+def forgotten(state: MemoryState, hlc: str, now: int) -> MemoryState:
+    """``state`` as a tombstone at clock ``hlc``: content, tags and vector erased."""
+    memory = replace(
+        state.memory,
+        content="",
+        content_hash="",
+        tags=(),
+        model_id=None,
+        deleted=True,
+        updated_at=now,
+        hlc=hlc,
+    )
+    clocks = {**state.field_hlc, "deleted": hlc}
+    return replace(state, memory=memory, field_hlc=clocks, vector=None, revisions=())
