@@ -75,6 +75,8 @@ class Settings:
     near_duplicate: float = 0.92
     source: str = "cli"
     sync: SyncSettings = field(default_factory=SyncSettings)
+    local_token: str | None = None
+    """CAIRN_LOCAL_TOKEN: the bearer token `cairn serve` requires (needed off loopback)."""
 
 
 def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Settings:
@@ -100,6 +102,7 @@ def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Setti
         near_duplicate=near_dup,
         source=source,
         sync=_sync(home, _section(data, "sync"), env.get("CAIRN_KEY_STORE") or "auto"),
+        local_token=env.get("CAIRN_LOCAL_TOKEN") or None,
     )
 
 

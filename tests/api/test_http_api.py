@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ from cairn.store.db import Database
 @pytest.fixture
 def base_url(store: Store) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 (a free port) serving the API over ``store``."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(store), host="127.0.0.1", port=0, log_level="warning")
-    )
+    with serving(create_app(store)) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on 127.0.0.1 (a free port), in a thread; its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -42,9 +48,11 @@ def base_url(store: Store) -> Iterator[str]:
         assert time.monotonic() < deadline, "the server did not start within 30 s"
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -291,6 +299,32 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
     }
     assert all(op.get("summary") for ops in spec["paths"].values() for op in ops.values())
     assert client.get("/docs").status_code == 200
+
+
+def test_a_token_guards_every_route_but_healthz(store: Store) -> None:
+    with serving(create_app(store, token="s3cret-token")) as url:
+        anonymous = httpx.post(f"{url}/v1/memories", json={"content": "Not without the token"})
+        wrong = httpx.get(f"{url}/v1/stats", headers={"Authorization": "Bearer nope"})
+        right = httpx.get(f"{url}/v1/stats", headers={"Authorization": "Bearer s3cret-token"})
+        health = httpx.get(f"{url}/healthz")
+    assert "CAIRN_LOCAL_TOKEN" in assert_error(anonymous, 401, "unauthorized")
+    assert_error(wrong, 401, "unauthorized")
+    assert right.status_code == 200 and right.json()["memories"] == 0  # nothing was stored
+    assert health.status_code == 200
+
+
+def test_serve_refuses_a_network_bind_without_a_token(cairn_env: dict[str, str]) -> None:
+    cairn_script = shutil.which("cairn", path=str(Path(sys.executable).parent))
+    assert cairn_script
+    refused = subprocess.run(
+        [cairn_script, "serve", "--host", "0.0.0.0", "--port", "9"],
+        env=cairn_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "--token" in refused.stderr and "CAIRN_LOCAL_TOKEN" in refused.stderr
 
 
 def test_healthz(client: httpx.Client) -> None:

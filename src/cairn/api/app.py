@@ -7,6 +7,7 @@ whose Host header names this machine: a web page cannot reach it through DNS reb
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Collection, Sequence
 from typing import Annotated, Any
 
@@ -43,7 +44,12 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 
 # Errors that are not CairnErrors (unknown route, wrong method, foreign Host) get a code too.
-_HTTP_CODES = {403: "host_not_allowed", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "host_not_allowed",
+    404: "not_found",
+    405: "method_not_allowed",
+}
 
 # OpenAPI entries for the errors each route can return (all in the ErrorOut shape).
 _Responses = dict[int | str, dict[str, Any]]
@@ -56,9 +62,22 @@ def create_app(
     store: Store,
     allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
     sync: SyncControl | None = None,
+    token: str | None = None,
 ) -> FastAPI:
     """The API over ``store`` (and ``sync``, for the sync routes); ``allowed_hosts=None``
-    accepts any Host header."""
+    accepts any Host header; with ``token``, every route but /healthz needs it as a bearer."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    def check_token(request: Request) -> None:
+        if expected is None or request.url.path == "/healthz":
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(
+                401,
+                "this Cairn API needs its token: send `Authorization: Bearer <token>` with the "
+                "value of CAIRN_LOCAL_TOKEN (or --token) that `cairn serve` was started with",
+            )
 
     def check_host(request: Request) -> None:
         if allowed_hosts is None:
@@ -79,7 +98,7 @@ def create_app(
             "The HTTP API of one local Cairn store. Errors are "
             '`{"error": {"code": ..., "message": ...}}`; bad input changes nothing.'
         ),
-        dependencies=[Depends(check_host)],
+        dependencies=[Depends(check_host), Depends(check_token)],
         exception_handlers={
             CairnError: _on_cairn_error,
             RequestValidationError: _on_invalid_request,
@@ -270,6 +289,13 @@ def run(
     The model and the vector index load before the port opens, so a missing model fails here
     with its CairnError, and the first request is as fast as the rest.
     """
+    token = settings.local_token
+    if _host_name(host) not in LOOPBACK_HOSTS and not token:
+        raise InvalidInput(
+            f"--host {host} would open this unauthenticated API (every memory, forget included) "
+            "to the network; set a token first (`cairn serve --token ...` or CAIRN_LOCAL_TOKEN) "
+            "and send it as `Authorization: Bearer <token>`, or keep the default 127.0.0.1"
+        )
     store = build(settings)
     sync = None
     try:
@@ -277,7 +303,8 @@ def run(
         sync = SyncControl(settings, store, autosync)
         # Listening beyond this machine was asked for, so requests will name other hosts.
         hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}
-        uvicorn.run(create_app(store, allowed_hosts=hosts, sync=sync), host=host, port=port)
+        app = create_app(store, allowed_hosts=hosts, sync=sync, token=token)
+        uvicorn.run(app, host=host, port=port)
     finally:
         if sync is not None:
             sync.close()

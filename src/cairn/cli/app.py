@@ -6,6 +6,7 @@ to exit codes through each error class's ``exit_code`` (see ``cairn.errors``).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -290,15 +291,25 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7777,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Require `Authorization: Bearer TOKEN` on every request (needed for a --host "
+            "beyond this machine); CAIRN_LOCAL_TOKEN keeps it out of the process list."
+        ),
+    ] = None,
     autosync: AutosyncFlag = True,
 ) -> None:
     """Serve the local HTTP API (OpenAPI docs at /docs)."""
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
     from cairn import api
 
+    settings = config.load(source="http")
+    if token:
+        settings = dataclasses.replace(settings, local_token=token)
     # uvicorn stops on SIGTERM, then raises it again: until_stopped makes that a clean exit.
     with until_stopped():
-        api.run(config.load(source="http"), host, port, autosync)
+        api.run(settings, host, port, autosync)
 
 
 def _version(value: bool) -> None:
