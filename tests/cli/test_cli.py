@@ -81,6 +81,18 @@ def test_edit_adds_tags_and_changes_kind(cairn_env: dict[str, str]) -> None:
     assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
 
 
+def test_shell_completion_completes_commands(cairn_env: dict[str, str]) -> None:
+    script = run(cairn_env, "--show-completion", "bash")
+    assert (
+        script.returncode == 0
+        and "complete " in script.stdout
+        and "_CAIRN_COMPLETE" in script.stdout
+    )
+    env = {**cairn_env, "_CAIRN_COMPLETE": "complete_bash", "COMP_WORDS": "cairn sync st"}
+    completed = run({**env, "COMP_CWORD": "2"})
+    assert completed.returncode == 0 and completed.stdout.split() == ["status"]
+
+
 def test_remember_reads_stdin_and_reports_duplicates(cairn_env: dict[str, str]) -> None:
     first = run(cairn_env, "remember", "-", "--json", stdin="Backups run nightly at 02:00 UTC\n")
     again = run(cairn_env, "remember", "Backups run nightly at 02:00 UTC")

@@ -26,7 +26,7 @@ app = typer.Typer(
     name="cairn",
     help="Long-term memory for AI coding agents: remember and recall knowledge, offline.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
