@@ -15,7 +15,8 @@ Exported variables and the working folder carry from one block to the next. A bl
 cannot run here is marked right above it with ``<!-- not-run: the reason -->``, which the
 reader does not see on GitHub or the site. A page whose examples talk to ``127.0.0.1:8787`` (a
 sync server) or ``127.0.0.1:7777`` (``cairn serve``) gets that process started on a free port
-(and the address rewritten both ways), with the page's own home and data folder.
+(and the address rewritten both ways), with the page's own home and data folder. The
+temporary home shows as ``/home/you`` in what the commands print.
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ ALL_BLOCKS = [block for page in PAGES for block in blocks_of(page)]
 
 NORMALISE = [
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<id>"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{8}\b"), "<conflict-id>"),
     (re.compile(r"\bcairn_[0-9a-f]{12}_[A-Za-z0-9_-]{43}\b"), "<api-key>"),
     (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?([+-]\d\d:\d\d|Z)?"), "<time>"),
     (re.compile(r"\b[A-Z2-7]{4}(-[A-Z2-7]{4}){5,}\b"), "<recovery-key>"),
     (re.compile(r"\b[0-9a-f]{12,64}\b"), "<hex>"),  # key ids, device ids, hashes, clocks
-    (re.compile(r"\b\d+\.\d+\b"), "<n>"),  # scores, cosines, durations
+    (re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])"), "<n>"),  # scores, cosines; not addresses
 ]
 
 
@@ -181,7 +183,7 @@ class Reader:
     def unrewrite(self, text: str) -> str:
         for address, (_process, actual) in self.servers.items():
             text = text.replace(actual, address)
-        return text.replace(str(self.home), "~")
+        return text.replace(str(self.home), "/home/you")
 
     def shell(self, script: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``script`` in bash with the state the earlier blocks left, then save it."""
