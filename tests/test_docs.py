@@ -3,7 +3,7 @@
 Each page's fenced blocks run in order, as a reader would go through the page, in a home of
 their own (a temporary ``HOME``, so ``~/.cairn`` is a fresh store) with ``cairn`` on ``PATH``:
 
-- ``sh`` blocks run through bash (``set -e``: every line must succeed);
+- ``sh`` blocks run through bash (``set -e -o pipefail``: every line must succeed);
 - ``python`` blocks run with this interpreter;
 - ``console`` blocks are transcripts: each ``$ command`` runs, must exit 0, and what it prints
   (stdout and stderr, as a terminal shows them) must match the lines shown under it once ids,
@@ -185,8 +185,11 @@ class Reader:
             text = text.replace(actual, address)
         return text.replace(str(self.home), "/home/you")
 
-    def shell(self, script: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``script`` in bash with the state the earlier blocks left, then save it."""
+    def shell(
+        self, script: str, stdin: str | None = None, strict: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` in bash with the state the earlier blocks left, then save it;
+        ``strict`` stops at the first failing line (a transcript's line runs as typed)."""
         for address in (SYNC_SERVER, LOCAL_API):
             port = address.rsplit(":", 1)[1]
             if f":{port}" in script and address not in self.servers:
@@ -198,8 +201,8 @@ class Reader:
         wrapped = (
             f'cd "$(cat {self.state}.cwd 2>/dev/null || echo {self.cwd})"\n'
             f". {self.state}\n"
-            f"trap '{save}' EXIT\n"
-            "set -eo pipefail\n" + self.rewrite(script)
+            f"trap '{save}' EXIT\n" + ("set -eo pipefail\n" if strict else "")
+            + self.rewrite(script)
         )
         return subprocess.run(
             ["bash", "-c", wrapped],
@@ -263,7 +266,7 @@ class Reader:
         elif block.lang == "console":
             failures = []
             for command, shown in transcript(block.text):
-                done = self.shell(command)
+                done = self.shell(command, strict=False)
                 actual = self.unrewrite(done.stdout)
                 if done.returncode != 0:
                     failures.append(f"{block.where}: `{command}` exit {done.returncode}\n{actual}")
