@@ -50,7 +50,7 @@ RUN = {"sh", "console", "python"}
 PARSE = {"toml": tomllib.loads, "json": json.loads}
 SHOWN = {"text", "ini", "xml", "nginx", "sql"}  # shown for reading, not run
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>\S[^\n]*?)\s*-->\s*", re.ASCII)
-MARKER = re.compile(r"<!--\s*not-run\b", re.ASCII)
+MARKER = re.compile(r"^<!--\s*not-run\b", re.ASCII | re.MULTILINE)
 
 SYNC_SERVER = "127.0.0.1:8787"
 LOCAL_API = "127.0.0.1:7777"
@@ -201,7 +201,8 @@ class Reader:
         wrapped = (
             f'cd "$(cat {self.state}.cwd 2>/dev/null || echo {self.cwd})"\n'
             f". {self.state}\n"
-            f"trap '{save}' EXIT\n" + ("set -eo pipefail\n" if strict else "")
+            f"trap '{save}' EXIT\n"
+            + ("set -eo pipefail\n" if strict else "")
             + self.rewrite(script)
         )
         return subprocess.run(
@@ -330,12 +331,12 @@ def test_readme_is_the_front_door() -> None:
 
 
 def test_pages_cite_only_files_in_the_repository() -> None:
-    """A `name.md` or `path.py` the docs name is a file of this repository."""
+    """A document (`DESIGN.md`) or source file (`src/...py`) the pages name is in this repository:
+    the docs stand on their own."""
+    cited = re.compile(r"`((?:[\w.-]+/)*[A-Z][A-Z_-]*\.md|(?:src|bench|tests)/[\w./-]+\.py)`")
     for page in PAGES:
-        text = page.read_text(encoding="utf-8")
-        for name in set(re.findall(r"`([\w./-]+\.(?:md|py))`", text)):
-            candidates = [ROOT / name, ROOT / "src" / name, ROOT / "docs" / name]
-            assert any(c.is_file() for c in candidates), f"{page.name} cites `{name}`"
+        for name in set(cited.findall(page.read_text(encoding="utf-8"))):
+            assert (ROOT / name).is_file(), f"{page.name} cites `{name}`, not in the repository"
 
 
 def _commands(group: typer.Typer, prefix: str) -> Iterator[str]:
@@ -365,3 +366,26 @@ def test_the_error_table_is_the_code() -> None:
         if issubclass(c, errors.CairnError)
     }
     assert rows == expected
+
+
+def test_the_site_builds_strict_and_loads_nothing_from_elsewhere(tmp_path: Path) -> None:
+    """`mkdocs build --strict` passes (no broken link or anchor), and no page pulls a script,
+    a stylesheet or a font from another site: the manual reads offline."""
+    site = tmp_path / "site"
+    built = subprocess.run(
+        [str(BIN / "mkdocs"), "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert built.returncode == 0, built.stderr
+    external = re.compile(
+        r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["']?(?:https?:)?//"""
+    )
+    for page in site.rglob("*.html"):
+        found = external.findall(page.read_text(encoding="utf-8"))
+        assert not found, f"{page.name} loads {found}"
+    for sheet in site.rglob("*.css"):
+        assert "//fonts." not in sheet.read_text(encoding="utf-8"), sheet
