@@ -225,13 +225,11 @@ class Reader:
         else:
             command = f"exec cairn serve --port {port} --no-autosync"
         wrapped = f". {self.state}\n{command}"
-        process = subprocess.Popen(
-            ["bash", "-c", wrapped],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        log = self.state.with_name(f"server-{port}.log")
+        with log.open("wb") as sink:  # a file, not a pipe: a pipe nobody reads fills and blocks
+            process = subprocess.Popen(
+                ["bash", "-c", wrapped], env=self.env, cwd=self.cwd, stdout=sink, stderr=sink
+            )
         actual = f"127.0.0.1:{port}"
         self.servers[address] = (process, actual)
         for _ in range(TIMEOUT * 10):
@@ -240,7 +238,7 @@ class Reader:
                 return
             except httpx.HTTPError:
                 if process.poll() is not None:
-                    error = process.stderr.read().decode() if process.stderr else ""
+                    error = log.read_text(encoding="utf-8", errors="replace")
                     raise AssertionError(f"`{command}` exited: {error}") from None
                 time.sleep(0.1)
         raise AssertionError(f"`{command}` did not answer /healthz")
