@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint test-slow bench clean
+.PHONY: install test lint docs test-slow bench clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,13 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# The manual (docs/) as a static site in site/; strict: a warning (a broken link) fails it.
+# (Not --quiet: it hides the warnings, and strict mode then has none to count.)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # The whole suite less the long soak/fuzz runs (a bounded, seeded slice of those still runs).
-test: lint
+test: lint docs
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Everything, including the long runs.
@@ -30,4 +35,4 @@ bench: install
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

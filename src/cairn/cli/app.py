@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 import cairn
 from cairn import config, model, transfer
@@ -247,7 +248,7 @@ def import_(
             f"embedded {report.embedded}, bad lines {len(report.errors)}"
         )
         for number, message in report.errors[:50]:
-            output.err.print(f"  line {number}: {message}")
+            output.err.print(f"  line {number}: {escape(message)}")
         if len(report.errors) > 50:
             output.err.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
     if report.errors:
@@ -335,5 +336,5 @@ def main() -> None:
     except CairnError as exc:
         if "--json" in sys.argv:
             output.emit_json({"error": exc.to_dict()})
-        output.err.print(f"[red]error:[/] {exc.message}")
+        output.err.print(f"[red]error:[/] {escape(exc.message)}")
         sys.exit(exc.exit_code)
