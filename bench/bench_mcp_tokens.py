@@ -102,7 +102,7 @@ def main() -> None:
         rows,
     )
     print(f"\nexample recall result:\n{wires['recall (10 results)'][0][:1500]}", file=sys.stderr)
-    common.write_results("mcp_tokens", vars(args) | {"out": None}, results, args.out)
+    common.write_results("bench_mcp_tokens", vars(args) | {"out": None}, results, args.out)
 
 
 if __name__ == "__main__":
