@@ -113,6 +113,14 @@ def authenticate(storage: ServerStorage, authorization: str | None) -> ApiKey:
     return key
 
 
+def recheck(storage: ServerStorage, key: ApiKey) -> None:
+    """AuthFailed if ``key`` was revoked (or removed) since it authenticated: a request that
+    waited (a long-poll) must not answer with what was written after its key was revoked."""
+    current = storage.find_key(key.id)
+    if current is None or current.revoked_at is not None:
+        raise AuthFailed(f"API key {key.id} was revoked; ask a workspace admin for a new one")
+
+
 def require(key: ApiKey, needed: str) -> None:
     """Forbidden unless ``key`` grants ``needed``."""
     if not grants(key.scopes, needed):
