@@ -54,9 +54,12 @@ DeviceHeader = Annotated[
 ]
 
 
-def _caller(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """The request's API key, authenticated and within its rate limit."""
-    key = keys.authenticate(ctx.storage, authorization)
+def _caller(
+    request: Request, ctx: Context, authorization: Annotated[str | None, Header()] = None
+) -> ApiKey:
+    """The request's API key, authenticated and within its rate limit (failed attempts are
+    limited per client address and key id: ``cairn.server.failures``)."""
+    key = ctx.failures.authenticate(authorization, request.client.host if request.client else None)
     ctx.limiter.check(key.id)
     if ctx.touches.due(("key", key.id)):
         ctx.storage.touch_key(key.workspace_id, key.id, now_ms())
