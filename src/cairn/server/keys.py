@@ -128,8 +128,7 @@ def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejecti
     if not hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))):
         return Rejection("wrong_secret", invalid, key_id, key.workspace_id)
     if key.revoked_at is not None:
-        revoked = AuthFailed(f"API key {key.id} was revoked; ask a workspace admin for a new one")
-        return Rejection("revoked", revoked, key_id, key.workspace_id)
+        return Rejection("revoked", _revoked(key_id), key_id, key.workspace_id)
     return key
 
 
@@ -138,7 +137,11 @@ def recheck(storage: ServerStorage, key: ApiKey) -> None:
     waited (a long-poll) must not answer with what was written after its key was revoked."""
     current = storage.find_key(key.id)
     if current is None or current.revoked_at is not None:
-        raise AuthFailed(f"API key {key.id} was revoked; ask a workspace admin for a new one")
+        raise _revoked(key.id)
+
+
+def _revoked(key_id: str) -> AuthFailed:
+    return AuthFailed(f"API key {key_id} was revoked; ask a workspace admin for a new one")
 
 
 def require(key: ApiKey, needed: str) -> None:
