@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -195,3 +196,38 @@ def test_keyring_blobs_travel_as_base64(sync_server: SyncServer) -> None:
     }
     negative = {"blob": blob, "expected_version": 1, "revoked_key_ids": [-1]}
     assert_error(call(sync_server, "PUT", "/v1/keyring", key, json=negative), 422, "invalid_input")
+
+
+@pytest.mark.parametrize("woken", [True, False], ids=["woken-by-the-push", "by-the-recheck"])
+def test_a_long_poll_answers_401_once_its_key_is_revoked(
+    sync_server: SyncServer, woken: bool
+) -> None:
+    """A read key's open long-poll must not hand out what was pushed after its revocation,
+    whether the push wakes it (same process) or its periodic recheck finds it (another one)."""
+    reader = sync_server.new_key(["read"])
+    reader_id = reader.split("_")[1]
+    answer: list[httpx.Response] = []
+    waiter = threading.Thread(
+        target=lambda: answer.append(
+            call(sync_server, "GET", "/v1/sync/pull?since=0&wait=20", reader)
+        )
+    )
+    waiter.start()
+    # The key's first use is recorded as it authenticates: from then on the pull is past its
+    # key check and reads or waits.
+    deadline = time.monotonic() + 30
+    while (found := sync_server.storage.find_key(reader_id)) and found.last_used_at is None:
+        assert time.monotonic() < deadline, "the long-poll never reached the server"
+        time.sleep(0.01)
+    revoked = call(sync_server, "DELETE", f"/v1/auth/keys/{reader_id}", sync_server.admin_key)
+    assert revoked.status_code == 200, revoked.text
+    if woken:
+        writer = HttpRemote(sync_server.url, sync_server.new_key(["write"]))
+        assert writer.push([mutation(1)]).stored == 1
+        writer.close()
+    else:  # as another server process on the same database would: no in-process wake-up
+        sync_server.storage.push(sync_server.workspace.id, [mutation(1)], None, 0)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    assert "revoked" in assert_error(answer[0], 401, "auth_failed")
+    assert "m-1" not in answer[0].text

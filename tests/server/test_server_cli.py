@@ -63,8 +63,11 @@ def server_url(env: dict[str, str]) -> Iterator[str]:
 
 
 @contextmanager
-def serving(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`cairn server run [args]` on a free port until the block ends (then SIGINT, exit 0)."""
+def serving(
+    env: dict[str, str], *args: str, log: list[str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`cairn server run [args]` on a free port until the block ends (then SIGINT, exit 0);
+    what it wrote to standard error is added to ``log``."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -89,6 +92,8 @@ def serving(env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.P
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
+    if log is not None:
+        log.append(stderr)
     assert f"on http://127.0.0.1:{port}" in stderr
     if "CAIRN_SERVER_DB" in env:
         assert "dbname=cairn_" in stderr and "password" not in stderr
@@ -198,6 +203,40 @@ def test_admin_errors_say_what_to_do_and_exit_nonzero(env: dict[str, str], tmp_p
     assert bad_name.returncode == 2 and "workspace name" in bad_name.stderr
     env_data = {**env, "CAIRN_SERVER_DATA": data}
     assert "team" in cairn(env_data, "workspace", "list").stdout
+
+
+@pytest.mark.parametrize("server_backend", ["sqlite"])  # about HTTP, not the storage
+def test_x_forwarded_for_is_believed_only_from_the_proxies_named(env: dict[str, str]) -> None:
+    """By default the TCP peer is the client whose failed authentications count: a client
+    cannot claim other addresses to escape the limit. `--forwarded-allow-ips` names a proxy."""
+    ok_json(env, "workspace", "create", "team")
+    limits = ("--auth-failure-rate", "0.01", "--auth-failure-burst", "2")
+
+    def failures(url: str) -> list[int]:  # each claims another address, with another key id
+        return [
+            httpx.get(
+                f"{url}/v1/sync/status",
+                headers={
+                    "Authorization": f"Bearer cairn_{n:012x}_{'S' * 43}",
+                    "X-Forwarded-For": f"203.0.113.{n}",
+                },
+                timeout=30,
+            ).status_code
+            for n in range(1, 5)
+        ]
+
+    log: list[str] = []
+    with serving(env, *limits, log=log) as (url, _process):
+        assert failures(url) == [401, 401, 429, 429]
+    with serving(env, *limits, "--forwarded-allow-ips", "127.0.0.1", log=log) as (url, _process):
+        assert failures(url) == [401, 401, 401, 401]
+    untrusted, trusted = log
+    # Each server sums its failures in one warning when it stops (and every minute).
+    assert "4 failed authentication(s) (unknown_key 4; 2 answered 429)" in untrusted
+    assert "from 1 client address(es), most from 127.0.0.1 (4)" in untrusted
+    assert "from 4 client address(es)" in trusted and "203.0.113.1 (1)" in trusted
+    bad = cairn(env, "run", "--forwarded-allow-ips", "proxy.internal")
+    assert bad.returncode == 2 and "not an IP address" in bad.stderr
 
 
 def _server_commands() -> list[tuple[list[str], Any]]:

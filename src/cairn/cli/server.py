@@ -7,6 +7,7 @@ directly (no server needs to be running), so whoever can read the folder is its 
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -41,6 +42,14 @@ server_app.add_typer(key_app, name="key")
 class Mode(StrEnum):
     e2e = E2E
     hosted = HOSTED
+
+
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
 
 
 class Scope(StrEnum):
@@ -96,25 +105,75 @@ def run(
             "database (the rate limit then counts per worker).",
         ),
     ] = 1,
+    auth_failure_rate: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Failed authentications per second allowed per client address and per key id "
+            "once a burst is spent; more get 429. Valid keys never count. 0: off.",
+        ),
+    ] = 1.0,
+    auth_failure_burst: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Failed authentications per client address and per key id at once."
+        ),
+    ] = 20.0,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Behind a reverse proxy: its addresses (comma-separated IPs or networks), "
+            "whose X-Forwarded-For then names the client. Default: trust no such header.",
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Least severe log records written to standard error.")
+    ] = LogLevel.warning,
 ) -> None:
     """Run the sync server (HTTP) until interrupted; devices sync through it with an API key."""
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
     from cairn.server import app
     from cairn.server.context import ServerSettings
 
-    settings = ServerSettings(max_body=max_body, rate_limit=rate_limit, rate_burst=2 * rate_limit)
+    proxies = _proxies(forwarded_allow_ips) if forwarded_allow_ips is not None else None
+    settings = ServerSettings(
+        max_body=max_body,
+        rate_limit=rate_limit,
+        rate_burst=2 * rate_limit,
+        auth_failure_rate=auth_failure_rate,
+        auth_failure_burst=auth_failure_burst,
+    )
     storage = _open(data, db)  # created or migrated once, before any worker starts
     where = storage.path
     procs = f" with {workers} workers" if workers > 1 else ""
     output.err.print(f"cairn sync server on http://{host}:{port}{procs}, data in {where}")
+    level = log_level.value
     if workers > 1:
         storage.close()
-        app.run_workers(workers, settings, backends.data_dir(data), db, host, port)
+        folder = backends.data_dir(data)
+        app.run_workers(workers, settings, folder, db, host, port, level, proxies)
         return
     try:
-        app.run(storage, settings, host, port)
+        app.run(storage, settings, host, port, level, proxies)
     finally:
         storage.close()
+
+
+def _proxies(value: str) -> str:
+    """``--forwarded-allow-ips`` checked: each entry an IP address or network (uvicorn would
+    take a typo for a name that never matches, and trust nobody without saying so)."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"--forwarded-allow-ips: {entry!r} is not an IP address or network; give the "
+                "reverse proxy's addresses, e.g. 127.0.0.1 or 172.16.0.0/12"
+            ) from exc
+    if not entries:
+        raise InvalidInput("--forwarded-allow-ips needs the reverse proxy's addresses")
+    return ",".join(entries)
 
 
 @workspace_app.command("create")

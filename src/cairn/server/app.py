@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,29 @@ def create_app(
     app.state.cairn = context
     app.include_router(router)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
+    _while_serving(app, context.failures.run)
+    app.router.add_event_handler("shutdown", lambda: context.failures.flush(final=True))
     # Added last = outermost: metrics count the body limit's 413s too.
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)
     app.add_middleware(RequestMetrics, metrics=context.metrics)
     return app
+
+
+def _while_serving(app: FastAPI, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Runs ``work`` as a task of the app's event loop from its startup to its shutdown."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        tasks.append(asyncio.create_task(work()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.router.add_event_handler("startup", start)
+    app.router.add_event_handler("shutdown", stop)
 
 
 def run(
@@ -80,14 +100,17 @@ def run(
     settings: ServerSettings | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    log_level: str = "warning",
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve until interrupted."""
+    configure_logging(log_level)
     uvicorn.run(
         create_app(storage, settings),
         host=host,
         port=port,
-        log_level="warning",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        **_uvicorn_options(log_level, forwarded_allow_ips),
     )
 
 
@@ -98,12 +121,15 @@ def run_workers(
     db: str | None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    log_level: str = "warning",
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve with ``workers`` processes until interrupted; each builds its app with
     ``worker_app`` from what this process puts in its environment."""
     os.environ[_WORKER_ENV] = json.dumps(
-        {"settings": asdict(settings), "data": str(data), "db": db}
+        {"settings": asdict(settings), "data": str(data), "db": db, "log_level": log_level}
     )
+    configure_logging(log_level)
     uvicorn.run(
         "cairn.server.app:worker_app",
         factory=True,
@@ -111,9 +137,27 @@ def run_workers(
         http="cairn.server.app:NoDelayHTTP",
         host=host,
         port=port,
-        log_level="warning",
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        **_uvicorn_options(log_level, forwarded_allow_ips),
     )
+
+
+def configure_logging(level: str) -> None:
+    """Cairn's (and libraries') log records at ``level`` and above go to standard error;
+    uvicorn configures its own loggers."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _uvicorn_options(log_level: str, forwarded_allow_ips: str | None) -> dict[str, Any]:
+    """X-Forwarded-For is believed only from the proxies named: uvicorn would otherwise trust
+    it from 127.0.0.1, letting any local client pick the address its failures count against."""
+    return {
+        "log_level": log_level,
+        "proxy_headers": forwarded_allow_ips is not None,
+        "forwarded_allow_ips": forwarded_allow_ips,
+    }
 
 
 class NoDelayHTTP(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
@@ -137,6 +181,7 @@ def worker_app() -> FastAPI:
     """One worker process's app (``cairn server run --workers N``): its own storage (its own
     connections), closed when the worker stops."""
     spec = json.loads(os.environ[_WORKER_ENV])
+    configure_logging(spec["log_level"])
     storage = backends.open_storage(Path(spec["data"]), spec["db"])
     app = create_app(storage, ServerSettings(**spec["settings"]))
     app.router.add_event_handler("shutdown", storage.close)

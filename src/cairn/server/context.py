@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from cairn.embedding.base import Embedder
+from cairn.server.failures import AuthFailures
 from cairn.server.hosted import Hosted
 from cairn.server.limits import RateLimiter, Throttle
 from cairn.server.metrics import Metrics
@@ -29,6 +30,15 @@ class ServerSettings:
     """Seconds between writes of a key's last_used_at (and a device's last pull)."""
     recheck: float = 1.0
     """Seconds between database checks during a long-poll (sees other processes' pushes)."""
+    auth_failure_rate: float = 1.0
+    """Failed authentications per second allowed per client address and per key id on average
+    (then 429); 0 turns the limit off. Requests with a valid key are never counted."""
+    auth_failure_burst: float = 20.0
+    """Failed authentications per client address and per key id allowed in a burst."""
+    auth_audit_interval: float = 60.0
+    """Seconds between a key's ``auth_failed`` audit entries (and the failure log summaries)."""
+    auth_failure_tracked: int = 10_000
+    """Client addresses, and key ids, whose failures are tracked at most (oldest forgotten)."""
 
 
 @dataclass
@@ -40,12 +50,21 @@ class ServerContext:
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
     limiter: RateLimiter = field(init=False)
+    failures: AuthFailures = field(init=False)
     touches: Throttle = field(init=False)
     hosted: Hosted = field(init=False)
 
     def __post_init__(self) -> None:
         self.hosted = Hosted(self.storage, self.embedder)
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
+        self.failures = AuthFailures(
+            self.storage,
+            self.metrics,
+            self.settings.auth_failure_rate,
+            self.settings.auth_failure_burst,
+            self.settings.auth_audit_interval,
+            self.settings.auth_failure_tracked,
+        )
         self.touches = Throttle(self.settings.touch_interval)
 
 

@@ -11,6 +11,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import AuthFailed, Forbidden, InvalidInput
@@ -97,20 +98,50 @@ def create_workspace(
     return workspace, token
 
 
-def authenticate(storage: ServerStorage, authorization: str | None) -> ApiKey:
-    """The live key an ``Authorization: Bearer`` header carries; AuthFailed otherwise."""
+@dataclass(frozen=True)
+class Rejection:
+    """Why a request's credentials did not authenticate, for counting and auditing failures."""
+
+    reason: str
+    """``missing``, ``malformed``, ``unknown_key``, ``wrong_secret`` or ``revoked``."""
+    error: AuthFailed
+    key_id: str | None = None
+    """The key id the request presented (a well-formed token's; public, never the secret)."""
+    workspace_id: str | None = None
+    """That key's workspace, when the key exists."""
+
+
+def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejection:
+    """The live key an ``Authorization: Bearer`` header carries, or why there is none."""
     if not authorization:
-        raise AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}")
+        return Rejection("missing", AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}"))
     scheme, _, token = authorization.partition(" ")
     match = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
     if match is None:
-        raise AuthFailed(f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}")
-    key = storage.find_key(match.group(1))
-    if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))):
-        raise AuthFailed("this API key is not valid here; check it or create a new one")
+        message = f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}"
+        return Rejection("malformed", AuthFailed(message))
+    key_id = match.group(1)
+    key = storage.find_key(key_id)
+    invalid = AuthFailed("this API key is not valid here; check it or create a new one")
+    if key is None:
+        return Rejection("unknown_key", invalid, key_id)
+    if not hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))):
+        return Rejection("wrong_secret", invalid, key_id, key.workspace_id)
     if key.revoked_at is not None:
-        raise AuthFailed(f"API key {key.id} was revoked; ask a workspace admin for a new one")
+        return Rejection("revoked", _revoked(key_id), key_id, key.workspace_id)
     return key
+
+
+def recheck(storage: ServerStorage, key: ApiKey) -> None:
+    """AuthFailed if ``key`` was revoked (or removed) since it authenticated: a request that
+    waited (a long-poll) must not answer with what was written after its key was revoked."""
+    current = storage.find_key(key.id)
+    if current is None or current.revoked_at is not None:
+        raise _revoked(key.id)
+
+
+def _revoked(key_id: str) -> AuthFailed:
+    return AuthFailed(f"API key {key_id} was revoked; ask a workspace admin for a new one")
 
 
 def require(key: ApiKey, needed: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Hashable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,34 +18,47 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 class RateLimiter:
-    """A token bucket per key: ``rate`` requests per second on average, bursts up to ``burst``.
+    """A token bucket per key: ``rate`` tokens per second on average, bursts up to ``burst``.
 
-    ``rate`` 0 turns the limit off.
+    ``rate`` 0 turns the limit off. At most ``capacity`` buckets are kept: past that, the least
+    recently used is forgotten (it starts full again if its key comes back), so keys a client
+    makes up (addresses, key ids) cannot grow the limiter without bound.
     """
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, capacity: int = 10_000) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
-        self._buckets: dict[Hashable, tuple[float, float]] = {}
+        self.capacity = max(capacity, 1)
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def take(self, key: Hashable) -> float:
+        """Take one token for ``key``: 0.0 when there was one, else the seconds until one is
+        free (nothing taken)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self._buckets[key] = (tokens - 1 if wait == 0.0 else tokens, now)
+            if len(self._buckets) > self.capacity:
+                self._buckets.popitem(last=False)
+            return wait
 
     def check(self, key: Hashable) -> None:
         """Take one token for ``key``, or raise RateLimited saying when one will be free."""
-        if self.rate <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            tokens, then = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - then) * self.rate)
-            if tokens < 1:
-                self._buckets[key] = (tokens, now)
-                wait = (1 - tokens) / self.rate
-                raise RateLimited(
-                    f"too many requests with this API key (limit {self.rate:g}/s); "
-                    f"retry after {wait:.2f} s",
-                    retry_after=wait,
-                )
-            self._buckets[key] = (tokens - 1, now)
+        wait = self.take(key)
+        if wait > 0:
+            raise RateLimited(
+                f"too many requests with this API key (limit {self.rate:g}/s); "
+                f"retry after {wait:.2f} s",
+                retry_after=wait,
+            )
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class Throttle:

@@ -32,6 +32,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._requests: Counter[tuple[str, str, int]] = Counter()
         self._counters: Counter[str] = Counter()
+        self._auth_failures: Counter[tuple[str, bool]] = Counter()
 
     def request(self, route: str, method: str, status: int) -> None:
         with self._lock:
@@ -48,11 +49,18 @@ class Metrics:
             self._counters["cairn_mutations_pulled_total"] += count
             self._counters["cairn_pull_payload_bytes_total"] += payload_bytes
 
+    def auth_failed(self, reason: str, limited: bool) -> None:
+        """A failed authentication: ``reason`` is one of the few ``keys.Rejection`` names;
+        ``limited``: answered 429 instead of 401."""
+        with self._lock:
+            self._auth_failures[(reason, limited)] += 1
+
     def render(self, totals: Totals) -> str:
         """The exposition text: these counters, then gauges over every workspace."""
         with self._lock:
             requests = sorted(self._requests.items())
             counters = dict(self._counters)
+            failures = sorted(self._auth_failures.items())
         lines = [
             "# HELP cairn_http_requests_total HTTP requests by route template, method and status.",
             "# TYPE cairn_http_requests_total counter",
@@ -63,6 +71,14 @@ class Metrics:
         for name, help_text in _COUNTERS.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
             lines.append(f"{name} {counters.get(name, 0)}")
+        lines += [
+            "# HELP cairn_auth_failures_total Failed authentications by reason and by whether "
+            "they were answered 429 (over a failure limit) instead of 401.",
+            "# TYPE cairn_auth_failures_total counter",
+        ]
+        for (reason, limited), count in failures:
+            labels = f'reason="{reason}",limited="{str(limited).lower()}"'
+            lines.append(f"cairn_auth_failures_total{{{labels}}} {count}")
         gauges = {
             "cairn_workspaces": ("Workspaces on this server.", totals.workspaces),
             "cairn_mutations_stored": ("Mutations stored, all workspaces.", totals.mutations),

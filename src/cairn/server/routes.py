@@ -56,9 +56,12 @@ DeviceHeader = Annotated[
 ]
 
 
-def _caller(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """The request's API key, authenticated and within its rate limit."""
-    key = keys.authenticate(ctx.storage, authorization)
+def _caller(
+    request: Request, ctx: Context, authorization: Annotated[str | None, Header()] = None
+) -> ApiKey:
+    """The request's API key, authenticated and within its rate limit (failed attempts are
+    limited per client address and key id: ``cairn.server.failures``)."""
+    key = ctx.failures.authenticate(authorization, request.client.host if request.client else None)
     ctx.limiter.check(key.id)
     if ctx.touches.due(("key", key.id)):
         ctx.storage.touch_key(key.workspace_id, key.id, now_ms())
@@ -168,6 +171,7 @@ async def pull(
     workspace = key.workspace_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    waited = False
     while True:
         news = ctx.notifier.subscribe(workspace)  # before reading, so no push slips between
         page = await run_in_threadpool(ctx.storage.pull, workspace, since, limit, wanted)
@@ -175,6 +179,9 @@ async def pull(
         if int(page.cursor) != since or left <= 0 or await request.is_disconnected():
             break
         await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
+        waited = True
+    if waited:  # checked after the last read: a key revoked meanwhile gets nothing it read
+        await run_in_threadpool(keys.recheck, ctx.storage, key)
     if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
         await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
     if page.mutations:  # metered and audited when it served something (not every long-poll)
