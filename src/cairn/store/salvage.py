@@ -57,7 +57,12 @@ def check(path: Path, limit: int = 20) -> list[str]:
         return [str(exc)]
     finally:
         conn.close()
-    lines = [line for row in rows for line in str(row[0]).splitlines() if line.strip()]
+    lines = [
+        line
+        for row in rows
+        for line in str(row[0]).splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    ]
     return [] if lines == ["ok"] else lines[:limit]
 
 
