@@ -93,6 +93,15 @@ def _read(conn: sqlite3.Connection) -> Salvaged:
         for k, v in walk(conn, "SELECT key, value FROM meta", ("key",))
         if isinstance(k, str) and isinstance(v, str)
     }
+    found.memories, found.lost["memories"] = _memories(conn)
+    found.relations, found.lost["relations"] = _relations(conn)
+    found.dead_letters, found.lost["dead_letters"] = _dead_letters(conn)
+    return found
+
+
+def _memories(conn: sqlite3.Connection) -> tuple[list[MemoryState], int]:
+    """The memories that read as valid rows (with their tags, vectors and conflict versions),
+    and how many rows the indexes show existed but do not."""
     tags = _tags(conn)
     vectors = {
         rowid: (model_id, vector)
@@ -128,9 +137,10 @@ def _read(conn: sqlite3.Connection) -> Salvaged:
             unreadable += 1
         elif state.memory.id not in by_id or by_id[state.memory.id].hlc < state.hlc:
             by_id[state.memory.id] = state
-    found.memories = list(by_id.values())
-    found.lost["memories"] = unreadable
+    return list(by_id.values()), unreadable
 
+
+def _relations(conn: sqlite3.Connection) -> tuple[list[RelationState], int]:
     keys = ("from_id", "to_id", "type")
     relations = [
         relation
@@ -157,9 +167,10 @@ def _read(conn: sqlite3.Connection) -> Salvaged:
         )
         if row is not None and (relation := _relation_state(row)) is not None:
             relations.append(relation)
-    found.relations = relations
-    found.lost["relations"] = len(existed - {(r.from_id, r.to_id, r.type) for r in relations})
+    return relations, len(existed - {(r.from_id, r.to_id, r.type) for r in relations})
 
+
+def _dead_letters(conn: sqlite3.Connection) -> tuple[list[DeadLetter], int]:
     letters = list(
         walk(
             conn,
@@ -168,7 +179,7 @@ def _read(conn: sqlite3.Connection) -> Salvaged:
             ("rowid",),
         )
     )
-    found.dead_letters = [
+    readable = [
         DeadLetter(*row[1:])
         for row in letters
         if all(isinstance(v, str) for v in row[1:7]) and isinstance(row[7], int)
@@ -181,8 +192,7 @@ def _read(conn: sqlite3.Connection) -> Salvaged:
             ("mutation_id",),
         )
     }
-    found.lost["dead_letters"] = len(ids - {d.mutation_id for d in found.dead_letters})
-    return found
+    return readable, len(ids - {d.mutation_id for d in readable})
 
 
 def _tags(conn: sqlite3.Connection) -> dict[int, set[str]]:
