@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "cairn.service": 3,
     "cairn.transfer": 3,
     "cairn.syncing": 3,
+    "cairn.repairing": 3,
     "cairn.workspace_keys": 3,
     "cairn.autosync": 3,
     # the Python API's composition root (cairn/__init__.py)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cairn import autosync, config, keystore
+from cairn import autosync, config, keystore, repairing
 from cairn.autosync import Worker
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
@@ -58,14 +59,59 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: cairn.open(path)
 def build(settings: config.Settings, path: Path | None = None, project: str | None = None) -> Store:
     """Wire a Store from settings: the composition shared by every entry point."""
     db = Database(path or settings.db_path)
-    embedder = OnnxEmbedder(settings.model_dir, max_tokens=settings.max_tokens)
     return Store(
         db,
-        embedder,
+        build_embedder(settings),
         project=project or config.default_project(),
         source=settings.source,
         near_duplicate=settings.near_duplicate,
     )
+
+
+def build_embedder(settings: config.Settings) -> OnnxEmbedder:
+    return OnnxEmbedder(settings.model_dir, max_tokens=settings.max_tokens)
+
+
+def repair_store(
+    settings: config.Settings,
+    force: bool = False,
+    pull: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Repair the store of ``settings`` (``cairn.repairing.repair``), then, when sync is set
+    up and ``pull``, pull from the remote what the damage took; the report as a dict.
+
+    A pull that fails leaves the store repaired: the next pull (any sync) still brings back
+    this device's own changes, and ``pull_error`` says why this one did not. Topic chains are
+    linked again once every memory is back (``topic_links``: links added or removed).
+    """
+    report = asdict(repairing.repair(settings.db_path, build_embedder(settings), force))
+    report.update(pull=None, pull_error=None, pulled_back={"memories": 0, "relations": 0})
+    report["topic_links"] = 0
+    if report["status"] != "repaired":
+        return report
+    syncing = sync_configured(_fresh(settings))
+    with build(settings) as store:
+        if syncing and pull:
+            before = store.stats()
+            try:
+                syncer = build_syncer(_fresh(settings), store)
+                try:
+                    report["pull"] = asdict(syncer.pull(progress))
+                finally:
+                    syncer.close()
+            except CairnError as exc:
+                report["pull_error"] = exc.to_dict()
+            after = store.stats()
+            rows = ("memories", "forgotten")
+            report["pulled_back"] = {
+                "memories": sum(after[k] for k in rows) - sum(before[k] for k in rows),
+                "relations": after["relations"] - before["relations"],
+            }
+        if report["pull"] is not None or not syncing:  # every memory that will come is back
+            report["topic_links"] = repairing.relink_topics(store.db)
+        report["memories_now"] = store.count()
+    return report
 
 
 def open_remote(

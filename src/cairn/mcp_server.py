@@ -6,6 +6,7 @@ store that is already built, so tests and other hosts can wire their own.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from pydantic import Field, ValidationError
 import cairn
 from cairn import agent_text, model
 from cairn.config import Settings
-from cairn.errors import CairnError
+from cairn.errors import CairnError, StoreError
 from cairn.model import Filters
 from cairn.service import MAX_LIMIT, Store
 
@@ -324,7 +325,13 @@ def run(settings: Settings, autosync: bool = True) -> None:
     """Serve the tools on stdin/stdout until the client disconnects, then close the store;
     meanwhile (unless ``autosync`` is off) the store syncs in the background."""
     with cairn.build(settings) as store:
-        store.warm_up()  # so the agent's first recall is not slow
+        try:
+            store.warm_up()  # so the agent's first recall is not slow
+        except StoreError as exc:
+            # Trigger: a damaged (or long-locked) store. Why: the agent learns what is wrong
+            # and what to do only from a server that answers. Outcome: served anyway; each
+            # tool that touches the damage answers the error, the message on stderr too.
+            print(f"cairn mcp: {exc.message}", file=sys.stderr)
         sync = cairn.SyncControl(settings, store, autosync)
         try:
             create_server(store, sync).run("stdio")

@@ -110,10 +110,14 @@ class Store:
         with a cosine of ``near_duplicate`` or more are reported (not merged).
         """
         item = self._validate(NewMemory(content, kind, project, tags, topic_key))
-        with self.db.write() as conn:  # an exact duplicate needs no embedding
-            known = self._known(conn, item)
-        if known is not None:
-            return known
+        assert item.project is not None  # set by _validate
+        with self.db.read() as conn:  # an exact duplicate needs no embedding
+            same = memories.live_by_hash(conn, item.project, model.content_hash(item.content))
+        if same is not None:
+            with self.db.write() as conn:  # only to add tags; checked again under the lock
+                known = self._known(conn, item)
+            if known is not None:
+                return known
         vector = self.embedder.embed([item.content])[0]
         index = self.index
         index.refresh()

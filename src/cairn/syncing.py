@@ -48,6 +48,9 @@ CURSOR = "sync.cursor"
 TARGET = "sync.target"
 LAST_PUSH = "sync.last_push_at"
 LAST_PULL = "sync.last_pull_at"
+RESTORE = "sync.restore"
+"""Set by `cairn repair`: pulls take this device's own mutations too (it lost some of what it
+had written) until one pull has read the remote to its end."""
 FIRST_PAGE = 1000
 
 Progress = Callable[[int, int], None]
@@ -301,17 +304,19 @@ class Syncer:
         counts = PullReport()
         with self.store.db.read() as conn:
             cursor = replica.get_meta(conn, CURSOR)
+            own = replica.get_meta(conn, RESTORE) is not None
         # Trigger: the first page has nothing to overlap with. Why: a small one starts the
         # apply sooner, while later pages stay large (each commit costs the keyword index a
         # segment merge). Outcome: measured in bench/bench_sync.py. It is fetched on this
         # thread: a long-poll on the pool's (non-daemon) thread would hold up interpreter exit.
-        page = self._fetch(cursor, scopes or None, wait, min(self.page_size, FIRST_PAGE))
+        page = self._fetch(cursor, scopes or None, wait, min(self.page_size, FIRST_PAGE), own)
+        finished = False
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-pull") as fetcher:
             while True:
                 ahead = None
                 if page.has_more:
                     ahead = fetcher.submit(
-                        self._fetch, page.cursor, scopes or None, 0.0, self.page_size
+                        self._fetch, page.cursor, scopes or None, 0.0, self.page_size, own
                     )
                 if not self._apply_page(page, cursor, counts):
                     break  # another pull of this store moved the cursor first: it goes on
@@ -319,21 +324,31 @@ class Syncer:
                 if progress:
                     progress(counts.received, counts.received + (self.page_size if ahead else 0))
                 if ahead is None:
+                    finished = True
                     break
                 page = ahead.result()
-        if counts.received:
+        if counts.received or (own and finished):
             with self.store.db.write() as conn:
-                replica.set_meta(conn, LAST_PULL, str(now_ms()))
+                if counts.received:
+                    replica.set_meta(conn, LAST_PULL, str(now_ms()))
+                if own and finished:  # the remote was read to its end: restored
+                    replica.set_meta(conn, RESTORE, None)
         return counts
 
     def _fetch(
-        self, cursor: str | None, scopes: Sequence[str] | None, wait: float, limit: int
+        self,
+        cursor: str | None,
+        scopes: Sequence[str] | None,
+        wait: float,
+        limit: int,
+        own: bool = False,
     ) -> _Page:
-        """One page from the remote, decoded and sorted into what to apply and what not."""
+        """One page from the remote, decoded and sorted into what to apply and what not
+        (this device's own mutations are skipped unless ``own``: see ``RESTORE``)."""
         page = self.remote.pull(cursor, limit, scopes, wait)
         decoded = _Page(page.cursor, page.has_more, len(page.mutations))
         for mutation in page.mutations:
-            if mutation.device_id == self.device_id:
+            if mutation.device_id == self.device_id and not own:
                 decoded.own += 1  # this device's own change: already here
                 continue
             try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from cairn.errors import SchemaTooNew, StoreCorrupt, StoreLocked
 from cairn.service import Store
 from cairn.store.db import Database, _statements
 from cairn.store.migrations import MIGRATIONS
+
+from ..damage import damage, fill
 
 
 def _version_1_file(path: Path, embedder: OnnxEmbedder) -> None:
@@ -77,19 +81,71 @@ def test_corrupt_file_gets_a_clear_error_and_is_not_modified(tmp_path: Path) -> 
     assert path.read_bytes() == before
 
 
-def test_a_long_held_write_lock_is_reported_as_locked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_write_locked_past_its_bound_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "cairn.db"
     Database(path).close()
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        monkeypatch.setattr("cairn.store.db.BUSY_TIMEOUT_MS", 200)
-        db = Database(path)
-        with pytest.raises(StoreLocked) as info, db.write():
-            pass
+        db = Database(path, write_wait=0.3)
+        with pytest.raises(StoreLocked) as info, db.write() as conn:
+            conn.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')")
         assert "locked by another process" in info.value.message
+        assert "nothing was written" in info.value.message
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+    with db.read() as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'k'").fetchone()[0] == 0
+
+
+def test_reads_go_on_while_a_write_waits_for_another_writer(tmp_path: Path) -> None:
+    """A write waiting for another connection's lock must not hold up this store's readers
+    (the MCP server and the HTTP API share one Database between their threads)."""
+    path = tmp_path / "cairn.db"
+    db = Database(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            with db.write() as conn:
+                conn.execute("INSERT INTO meta(key, value) VALUES ('waited', 'yes')")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.5)  # ordering only: let the writer start waiting
+    with db.read() as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'waited'").fetchone()[0] == 0
+    assert writer.is_alive()  # the read finished while the write still waited
+    holder.execute("COMMIT")
+    holder.close()
+    writer.join(timeout=60)
+    assert outcome == [None]
+    with db.read() as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'waited'").fetchone()[0] == "yes"
+    db.close()
+
+
+def test_damaged_pages_are_reported_as_damaged_and_leave_the_connection_usable(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    path = tmp_path / "cairn.db"
+    fill(path, embedder)
+    damage(path)
+    db = Database(path)  # the header is intact: opening works, reading the damage does not
+    with pytest.raises(StoreCorrupt) as info, db.read() as conn:
+        conn.execute("SELECT count(*) FROM memories WHERE content LIKE '%port%'").fetchone()
+    assert "is damaged" in info.value.message and "cairn repair" in info.value.message
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    with pytest.raises(StoreCorrupt) as info, db.write() as conn:
+        conn.execute("UPDATE memories SET kind = 'note'")
+    assert "cannot rollback" not in info.value.message
+    assert not db.conn.in_transaction
+    with db.read() as conn:  # what is still readable still reads
+        assert conn.execute("SELECT value FROM meta WHERE key = 'device_id'").fetchone()
+    db.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.errors import NotFound
+from cairn.errors import NotFound, StoreError
 from cairn.service import NewMemory, Store
 from cairn.store import outbox, replica
 from cairn.store.db import Database
@@ -65,8 +65,10 @@ def test_a_failure_inside_the_transaction_leaves_no_trace(store: Store) -> None:
         "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox "
         "BEGIN SELECT RAISE(ABORT, 'simulated disk full'); END"
     )
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError) as info:  # translated, with SQLite's error as the cause
         store.remember("This memory must not half-exist", tags=["x"])
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert "simulated disk full" in info.value.message
     assert _counts(store) == before
     assert store.db.conn.execute("SELECT count(*) FROM memory_tags").fetchone()[0] == 0
     assert [h.memory.content for h in store.recall("half-exist memory")] == ["Before the fault"]

@@ -8,6 +8,7 @@ whose Host header names this machine: a web page cannot reach it through DNS reb
 from __future__ import annotations
 
 import hmac
+import sys
 from collections.abc import Collection, Sequence
 from typing import Annotated, Any
 
@@ -34,7 +35,7 @@ from cairn.api.schemas import (
     SyncStatusOut,
 )
 from cairn.config import Settings
-from cairn.errors import CairnError, InvalidInput, SyncError, SyncNotConfigured
+from cairn.errors import CairnError, InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
 from cairn.service import MAX_LIMIT, Store
 
@@ -287,7 +288,8 @@ def run(
     background unless ``autosync`` is off.
 
     The model and the vector index load before the port opens, so a missing model fails here
-    with its CairnError, and the first request is as fast as the rest.
+    with its CairnError, and the first request is as fast as the rest. A damaged store is
+    served all the same: each route that touches the damage answers ``store_corrupt``.
     """
     token = settings.local_token
     if _host_name(host) not in LOOPBACK_HOSTS and not token:
@@ -299,7 +301,10 @@ def run(
     store = build(settings)
     sync = None
     try:
-        store.warm_up()
+        try:
+            store.warm_up()
+        except StoreError as exc:  # damaged or long locked: each route answers the error
+            print(f"cairn serve: {exc.message}", file=sys.stderr)
         sync = SyncControl(settings, store, autosync)
         # Listening beyond this machine was asked for, so requests will name other hosts.
         hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}

@@ -17,7 +17,7 @@ from rich.markup import escape
 import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress, split, until_stopped
+from cairn.cli.common import JsonFlag, open_store, progress, progress_to, split, until_stopped
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
 from cairn.errors import CairnError, InvalidInput
@@ -264,6 +264,39 @@ def stats(json_: JsonFlag = False) -> None:
         output.emit_json(data)
     else:
         output.mapping(data)
+
+
+@app.command()
+def repair(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Rebuild the store even when the integrity check finds nothing wrong."
+        ),
+    ] = False,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            "--pull/--no-pull",
+            help="When sync is set up, pull what the damage took back from the remote (on by "
+            "default; with --no-pull the next sync does it).",
+        ),
+    ] = True,
+    json_: JsonFlag = False,
+) -> None:
+    """Repair a damaged store: check its integrity, copy every row that can still be read into
+    a new store (keyword index and vectors rebuilt), keep the damaged file aside as
+    cairn.db.damaged-<time>, and pull the rest back from the remote when sync is set up.
+
+    A healthy store is left alone. Stop agents (`cairn mcp`) and `cairn serve` using the store
+    before repairing it, and start them again after.
+    """
+    with progress_to("pulling") as bar:
+        report = cairn.repair_store(config.load(), force=force, pull=pull, progress=bar)
+    if json_:
+        output.emit_json(report)
+    else:
+        output.repaired(report)
 
 
 AutosyncFlag = Annotated[

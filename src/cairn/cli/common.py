@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,7 +20,16 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 
 
 def open_store(project: str | None = None, source: str = "cli") -> Store:
-    return cairn.build(config.load(source=source), project=project)
+    store = cairn.build(config.load(source=source), project=project)
+    store.db.on_wait = _waiting
+    return store
+
+
+def _waiting(path: Path, bound: float) -> None:
+    """Say why a write is slow: another process holds the store's write lock."""
+    output.err.print(
+        f"waiting for another process to finish writing to {path} (up to {bound:g} s)…"
+    )
 
 
 @contextmanager

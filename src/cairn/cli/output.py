@@ -95,3 +95,38 @@ def mapping(data: dict[str, Any]) -> None:
                 out.print(f"  {escape(str(k)):<28} {v}")
         else:
             out.print(f"[dim]{key:<16}[/] {escape(str(value))}")
+
+
+def repaired(report: dict[str, Any]) -> None:
+    """What `cairn repair` found and did."""
+    if report["status"] == "healthy":
+        out.print(
+            f"{escape(report['path'])} passed the integrity check; nothing to repair "
+            "(--force rebuilds it anyway)"
+        )
+        return
+    out.print(f"[green]repaired[/] {escape(report['path'])}")
+    for problem in report["problems"][:3]:
+        out.print(f"  [dim]found:[/] {escape(problem)}")
+    out.print(f"  damaged file kept as {escape(report['damaged_copy'])}")
+    out.print(
+        f"  memories recovered {report['memories_recovered']}, lost {report['memories_lost']}; "
+        f"relations recovered {report['relations_recovered']}, lost {report['relations_lost']}; "
+        f"rows lost in all {report['rows_lost']}"
+    )
+    if report["re_embedded"]:
+        out.print(f"  embedded again (their vectors were lost): {report['re_embedded']}")
+    back = report["pulled_back"]
+    if report["pull"] is not None:
+        out.print(
+            f"  pulled back from the remote: {back['memories']} memories, "
+            f"{back['relations']} relations"
+        )
+    elif report["pull_error"] is not None:
+        err.print(
+            f"[yellow]could not pull from the remote:[/] {escape(report['pull_error']['message'])}"
+            "; the next `cairn sync pull` brings back what the damage took"
+        )
+    if report["topic_links"]:
+        out.print(f"  topic links made again: {report['topic_links']}")
+    out.print(f"  memories now {report['memories_now']}")

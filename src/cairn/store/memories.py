@@ -424,6 +424,12 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def with_topic(conn: sqlite3.Connection) -> list[Memory]:
+    """Every memory with a topic_key (forgotten ones too: topic chains include them), oldest
+    first."""
+    return _fetch(conn, "m.topic_key IS NOT NULL ORDER BY m.created_at, m.id", ())
+
+
 def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` the store has, live or forgotten."""
     return {r[0] for r in rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}

@@ -110,6 +110,18 @@ def dead_letter(
         )
 
 
+def restore_dead_letters(conn: sqlite3.Connection, letters: Sequence[DeadLetter]) -> None:
+    """Put dead letters back as they were (a repaired store keeps its list)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO dead_letters(mutation_id, direction, entity, entity_id, code, "
+        "message, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (d.mutation_id, d.direction, d.entity, d.entity_id, d.code, d.message, d.failed_at)
+            for d in letters
+        ],
+    )
+
+
 def dead_letters(conn: sqlite3.Connection) -> list[DeadLetter]:
     return [
         DeadLetter(*r)

@@ -225,6 +225,18 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str | None) -> None:
         )
 
 
+def without_vector(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(id, content, content_hash) of the live memories that have no vector."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT m.id, m.content, m.content_hash FROM memories m WHERE m.deleted = 0 AND "
+            "NOT EXISTS (SELECT 1 FROM memory_vectors v WHERE v.memory_rowid = m.rowid) "
+            "ORDER BY m.rowid"
+        )
+    ]
+
+
 def set_vector(
     conn: sqlite3.Connection, memory_id: str, content_hash: str, model_id: str, vector: bytes
 ) -> None:
