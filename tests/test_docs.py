@@ -100,6 +100,7 @@ NORMALISE = [
     (re.compile(r"\b\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?([+-]\d\d:\d\d|Z)?"), "<time>"),
     (re.compile(r"\b[A-Z2-7]{4}(-[A-Z2-7]{4}){5,}\b"), "<recovery-key>"),
     (re.compile(r"\b[0-9a-f]{12,64}\b"), "<hex>"),  # key ids, device ids, hashes, clocks
+    (re.compile(r"(?<![\w.])\d+(\.\d+)?e[+-]\d+\b"), "<n>"),  # tiny BM25 scores: 3e-06
     (re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])"), "<n>"),  # scores, cosines; not addresses
 ]
 
