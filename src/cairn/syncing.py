@@ -300,7 +300,7 @@ class Syncer:
         scopes = [self._scope(p) for p in self.rules.include_projects]
         counts = PullReport()
         with self.store.db.read() as conn:
-            cursor = replica.get_meta(conn, CURSOR)
+            cursor = start = replica.get_meta(conn, CURSOR)
         # Trigger: the first page has nothing to overlap with. Why: a small one starts the
         # apply sooner, while later pages stay large (each commit costs the keyword index a
         # segment merge). Outcome: measured in bench/bench_sync.py. It is fetched on this
@@ -321,6 +321,8 @@ class Syncer:
                 if ahead is None:
                     break
                 page = ahead.result()
+        if cursor is not None and cursor != start and not self._closed:
+            self.remote.mark_read(cursor)  # an object remote records how far this device read
         if counts.received:
             with self.store.db.write() as conn:
                 replica.set_meta(conn, LAST_PULL, str(now_ms()))
@@ -368,7 +370,7 @@ class Syncer:
         counts.failed += len(page.failed)
         counts.embedded += self._embed_missing(result.needs_vector)
         counts.duplicates_merged += result.duplicates_merged
-        counts.pages += 1
+        counts.pages += 1 if page.received else 0  # pages that brought something
         return True
 
     def _embed_missing(self, memory_ids: Sequence[str]) -> int:

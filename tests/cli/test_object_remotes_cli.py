@@ -224,6 +224,15 @@ def test_a_team_syncs_through_a_git_repository_without_merge_conflicts(tmp_path:
     assert memories_of(alice) == memories_of(bob)
     for clone in clones.values():  # no merge ever stopped on a conflict
         assert not any(line[:2] in ("UU", "AA") for line in git(clone, "status", "--porcelain"))
+    # One repository is one project, whatever each clone's folder is called (the origin's name).
+    projects = {m["project"] for run in (alice, bob) for m in run("list", "--json")["memories"]}
+    assert projects == {"origin"}
+    # Once what a sync wrote is committed, a sync that brings nothing new changes no file.
+    for name, run in (("alice", alice), ("bob", bob)):
+        git(clones[name], "add", "-A", ".cairn")
+        git(clones[name], "commit", "-qm", "read positions", "--allow-empty")
+        assert run("sync", "now", "--json")["pull"]["received"] == 0
+        assert git(clones[name], "status", "--porcelain") == ""
     tracked = git(clones["alice"], "ls-files", ".cairn").split()
     assert ".cairn/.gitattributes" in tracked and ".cairn/cairn.json" in tracked
     assert_zero_knowledge(every_object(LocalStore(clones["alice"] / ".cairn")))

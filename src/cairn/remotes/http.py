@@ -114,6 +114,9 @@ class HttpRemote:
     def register_device(self, device_id: str, name: str) -> None:
         self._call("POST", "/v1/devices", json={"device_id": device_id, "name": name})
 
+    def mark_read(self, cursor: str) -> None:
+        return None  # the server needs no read positions: it never removes what it stores
+
     def set_frames(self, frames: Frames) -> None:
         return None  # envelopes are sealed already; the remote adds no objects of its own
 

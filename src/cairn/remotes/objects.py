@@ -401,19 +401,32 @@ class ObjectRemote:
         record = {**record, "updated_at": _now_ms()}
         self._put(path, self._frame(path, json.dumps(record).encode()), create=False)
 
-    def _publish(self, cursor: str, position: dict[str, list[int]]) -> None:
+    def mark_read(self, cursor: str) -> None:
+        """This device has applied everything up to ``cursor``: record it at once (a sync that
+        ends here leaves nothing for the next one to write)."""
+        self._publish(cursor, _read_cursor(cursor)[0], force=True)
+
+    def _publish(self, cursor: str, position: dict[str, list[int]], force: bool = False) -> None:
         """Record how far this device has read (the cursor it pulls from has been applied), so
         a compaction knows which batches every device has passed; at most every
-        ``publish_every`` seconds, and only when it moved."""
+        ``publish_every`` seconds (unless ``force``), and only when it moved: a record that
+        already holds this position is not written again, so a folder in a git repository is
+        left unmodified by a sync that brought nothing."""
         if self.device_id is None or self.frames is None:
             return
         last = self._published
         now = time.monotonic()
-        if last is not None and (last[0] == cursor or now - last[1] < self.publish_every):
+        if last is not None and (
+            last[0] == cursor or (not force and now - last[1] < self.publish_every)
+        ):
             return
-        if self._name is None:
+        if last is None:  # this process has not written it yet: what does it hold?
             record = self._device_record(self.device_id)
-            self._name = str(record.get("name") or self.device_id) if record else self.device_id
+            if self._name is None:
+                self._name = str(record.get("name") or self.device_id) if record else self.device_id
+            if record is not None and record.get("at") == position:
+                self._published = (cursor, now)
+                return
         self._write_device(self.device_id, {"name": self._name, "at": position})
         self._published = (cursor, now)
 
