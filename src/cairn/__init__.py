@@ -88,6 +88,9 @@ def open_remote(
     )
 
 
+FLUSH_SECONDS = 3.0
+"""How long a long-running entry point, stopping, may spend pushing what is left in the outbox."""
+
 NOT_CONFIGURED = "sync is not set up on this device; run `cairn sync setup --remote URL`"
 
 
@@ -221,5 +224,7 @@ class SyncControl:
         return sync_now(self.settings, self.store, timeout=timeout)
 
     def close(self) -> None:
+        """Stop the worker, pushing what is still in the outbox first (for at most
+        ``FLUSH_SECONDS``)."""
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(flush=FLUSH_SECONDS)

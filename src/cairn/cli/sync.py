@@ -414,7 +414,7 @@ def daemon(
         try:
             threading.Event().wait()
         finally:
-            worker.stop()
+            worker.stop(flush=cairn.FLUSH_SECONDS)
 
 
 @sync_app.command()
