@@ -263,6 +263,35 @@ class Store:
             memory = self._resolve(conn, memory_id)
             return memories.tombstone(conn, memory)
 
+    def rename_project(self, old: str, new: str) -> dict[str, Any]:
+        """Move every live memory of project ``old`` to ``new``, each move a change that syncs.
+
+        Topic chains of the two projects join by creation time, and a memory whose text the
+        new project already holds collapses onto one (as sync does with duplicates).
+        """
+        old, new = model.check_project(old), model.check_project(new)
+        if old == new:
+            raise InvalidInput(f"the project is already called {new!r}")
+        with self.db.write() as conn:
+            moving = memories.live_in_project(conn, old)
+            if not moving:
+                raise NotFound(
+                    f"no memory is in project {old!r}; `cairn project list` shows the projects"
+                )
+            moved = [memories.set_project(conn, memory, new) for memory in moving]
+            for memory in moved:
+                relations.link_topic(conn, memory)
+            merged = sum(
+                relations.collapse(conn, new, digest)
+                for digest in sorted({m.content_hash for m in moved})
+            )
+        return {"from": old, "to": new, "renamed": len(moved), "duplicates_merged": merged}
+
+    def projects(self) -> dict[str, int]:
+        """Each project with live memories, and how many it holds."""
+        with self.db.read() as conn:
+            return memories.projects(conn)
+
     def relate(self, from_id: str, to_id: str, type_: str) -> Relation:
         type_ = model.check_relation_type(type_)
         with self.db.write() as conn:

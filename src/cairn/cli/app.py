@@ -16,6 +16,7 @@ import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress, split, until_stopped
+from cairn.cli.project import project_app
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
 from cairn.errors import CairnError, InvalidInput
@@ -29,6 +30,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(project_app)
 app.add_typer(server_app)
 app.add_typer(sync_app)
 
