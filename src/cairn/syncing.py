@@ -32,6 +32,7 @@ from cairn.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RemoteUnreachable,
     SyncError,
 )
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
@@ -410,7 +411,7 @@ class Syncer:
             local["remote_status"] = self.remote.status()
             local["reachable"] = True
         except SyncError as exc:
-            local["reachable"] = False
+            local["reachable"] = not isinstance(exc, RemoteUnreachable)  # a refusal is an answer
             local["error"] = exc.to_dict()
         return local
 

@@ -253,13 +253,20 @@ def import_(
 
 @app.command()
 def stats(json_: JsonFlag = False) -> None:
-    """Counts by kind and project, store size, model and pending sync mutations."""
+    """Counts by kind and project, store size, model, and where sync stands: the remote and
+    the changes waiting to be sent, or `off` before `cairn sync setup`."""
+    settings = config.load()
     with open_store() as store:
         data = store.stats()
+    data["sync"] = settings.sync.remote if cairn.sync_configured(settings) else "off"
     if json_:
         output.emit_json(data)
-    else:
-        output.mapping(data)
+        return
+    if data["sync"] == "off":  # nothing is waiting for a remote: changes are only kept here
+        pending = data.pop("outbox_pending")
+        kept = f" ({output.plural(pending, 'change')} kept on this device until `cairn sync setup`)"
+        data["sync"] = "off" + (kept if pending else "")
+    output.mapping(data)
 
 
 AutosyncFlag = Annotated[

@@ -22,7 +22,15 @@ from cairn import config, keystore
 from cairn.autosync import LEASE_TTL, WorkerStatus
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store, progress_to, until_stopped
-from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
+from cairn.crypto import keyring
+from cairn.errors import (
+    AuthFailed,
+    CairnError,
+    Forbidden,
+    InvalidInput,
+    RemoteUnreachable,
+    SyncError,
+)
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.syncing import Syncer
@@ -104,7 +112,8 @@ def setup(
     json_: JsonFlag = False,
 ) -> None:
     """Connect this device to a workspace: check the remote, create or unlock the end-to-end
-    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save.
+    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE; a new one needs at least 8
+    characters), register the device, save.
 
     The workspace key goes to the OS keyring where one exists, else to a 0600 file under
     $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
@@ -221,14 +230,18 @@ def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
         return os.environ[env]
     if not sys.stdin.isatty():
         raise InvalidInput(f"no passphrase: set {env} or run this in a terminal")
-    prompt = "new passphrase for the workspace" if creating else "the workspace's passphrase"
+    prompt = (
+        f"new passphrase for the workspace (at least {keyring.MIN_PASSPHRASE} characters)"
+        if creating
+        else "the workspace's passphrase"
+    )
     return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=creating))
 
 
 @sync_app.command()
 def passphrase(json_: JsonFlag = False) -> None:
-    """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE); nothing is
-    re-encrypted and other devices keep working."""
+    """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE; at least 8
+    characters); nothing is re-encrypted and other devices keep working."""
     new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
     with _syncer() as syncer:
         syncer.envelopes.change_passphrase(new)
@@ -355,28 +368,36 @@ def status(json_: JsonFlag = False) -> None:
     settings = config.load()
     with open_store() as store:
         data = cairn.sync_status(settings, store)
-        if not data["configured"]:
-            raise SyncNotConfigured(cairn.NOT_CONFIGURED)
-        try:
-            syncer = cairn.build_syncer(settings, store)
-        except CairnError as exc:  # the local state still shows; the failure says what is wrong
-            data.update(reachable=False, error=exc.to_dict())
-        else:
+        if data["configured"]:
             try:
-                data.update(syncer.status())
-            finally:
-                syncer.close()
+                syncer = cairn.build_syncer(settings, store)
+            except CairnError as exc:  # the local part still shows; the error says what is wrong
+                data.update(reachable=_reached(exc), error=exc.to_dict())
+            else:
+                try:
+                    data.update(syncer.status())
+                finally:
+                    syncer.close()
     if json_:
         output.emit_json(data)
         return
-    reach = (
-        "[green]reachable[/]"
-        if data["reachable"]
-        else f"[red]unreachable[/] ({data['error']['message']})"
-    )
-    output.out.print(f"remote        {data['remote']}  {reach}")
+    pending = data["pending"]
+    if not data["configured"]:
+        output.out.print(
+            "sync          off (not set up on this device; `cairn sync setup --remote URL` "
+            "sets it up)"
+        )
+        output.out.print(f"device        {data['device_id']}")
+        output.out.print(
+            f"pending       {pending} ({output.plural(pending, 'change')} kept on this device "
+            "until sync is set up)"
+            if pending
+            else "pending       0"
+        )
+        return
+    output.out.print(f"remote        {data['remote']}  {_reachability(data)}")
     output.out.print(f"device        {data['device_id']}")
-    output.out.print(f"pending       {data['pending']}")
+    output.out.print(f"pending       {pending}")
     output.out.print(f"dead letters  {data['dead_letters']}")
     output.out.print(f"conflicts     {data['conflicts']}")
     output.out.print(f"last push     {data['last_push_at'] or 'never'}")
@@ -384,6 +405,29 @@ def status(json_: JsonFlag = False) -> None:
     worker = data["worker"]
     reason = f" ({worker['reason']})" if worker["reason"] else ""
     output.out.print(f"worker        {worker['phase']}{reason}: {escape(worker['message'])}")
+
+
+def _reached(exc: CairnError) -> bool | None:
+    """Whether the remote answered, from what went wrong: a refusal is an answer; a local
+    problem (the saved key, the settings) says nothing about the remote (None)."""
+    if isinstance(exc, RemoteUnreachable):
+        return False
+    return True if isinstance(exc, SyncError) else None
+
+
+def _reachability(data: dict[str, Any]) -> str:
+    """The remote's part of `cairn sync status`: reached or not, and what it refused."""
+    error = data.get("error")
+    if error is None:
+        return "[green]reachable[/]"
+    message = escape(error["message"])
+    if error["code"] == RemoteUnreachable.code:
+        return f"[red]unreachable[/] ({message})"
+    if error["code"] in (AuthFailed.code, Forbidden.code):
+        return f"[red]reached, but it refused this device's API key[/] ({message})"
+    if data.get("reachable"):
+        return f"[red]reached, but[/] {message}"
+    return f"[red]not checked[/]: {message}"
 
 
 @sync_app.command()
