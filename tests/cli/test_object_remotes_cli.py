@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ def test_bad_remote_urls_are_refused_and_change_nothing(tmp_path: Path) -> None:
 
 def test_a_folder_remote_compacts_and_a_new_device_reads_the_snapshot(tmp_path: Path) -> None:
     folder = tmp_path / "Dropbox" / "cairn"
+    folder.mkdir(parents=True)
     alpha = device(tmp_path, "alpha")
     beta = device(tmp_path, "beta")
     alpha("sync", "setup", "--remote", folder.as_uri(), "--name", "alpha-laptop")
@@ -236,3 +238,27 @@ def test_a_team_syncs_through_a_git_repository_without_merge_conflicts(tmp_path:
     tracked = git(clones["alice"], "ls-files", ".cairn").split()
     assert ".cairn/.gitattributes" in tracked and ".cairn/cairn.json" in tracked
     assert_zero_knowledge(every_object(LocalStore(clones["alice"] / ".cairn")))
+
+
+def test_a_folder_that_does_not_exist_is_refused_unless_create_and_plain_paths_work(
+    tmp_path: Path,
+) -> None:
+    alpha = device(tmp_path, "alpha")
+    typo = tmp_path / "typo" / "path"
+    refused = alpha("sync", "setup", "--remote", typo.as_uri(), ok=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "does not exist" in refused.stderr and "--create" in refused.stderr
+    assert not (tmp_path / "typo").exists()
+    assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()
+
+    made = alpha("sync", "setup", "--remote", str(typo), "--create", "--name", "alpha")
+    assert f"made the folder {typo} for a new workspace" in made.stdout
+    assert "recovery key" in made.stdout
+    beta = device(tmp_path, "beta")  # runs in tmp_path: a relative path names the same folder
+    joined = beta("sync", "setup", "--remote", "./typo/path", "--name", "beta", "--json")
+    assert joined["remote"] == typo.as_uri() and joined["created_keyring"] is False
+
+    shutil.rmtree(typo)  # unmounted, moved: syncing waits for it, never makes a new one
+    gone = alpha("sync", "now", ok=False)
+    assert gone.returncode == 8 and "does not exist" in gone.stderr
+    assert not typo.exists()

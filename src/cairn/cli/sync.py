@@ -69,9 +69,18 @@ def setup(
             "--remote",
             "--server",
             help="Where to sync: a Cairn sync server (https://...), an S3 or S3-compatible "
-            "bucket (s3://bucket/prefix) or a folder (file:///path/to/folder).",
+            "bucket (s3://bucket/prefix) or a folder that exists (/path/to/folder, ./folder or "
+            "file:///path/to/folder).",
         ),
     ] = None,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Make the folder if it does not exist: a new workspace, with its own "
+            "passphrase and recovery key.",
+        ),
+    ] = False,
     endpoint_url: Annotated[
         str | None,
         typer.Option(
@@ -122,8 +131,22 @@ def setup(
     url = _remote_url(remote_url, git)
     if endpoint_url and not url.startswith("s3://"):
         raise InvalidInput("--endpoint-url is for s3:// remotes")
+    parsed = urlparse(url)
+    folder = (
+        Path(unquote(parsed.path))
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost")
+        else None
+    )
+    if create and parsed.scheme != "file":
+        raise InvalidInput("--create is for a folder remote")
+    making = folder is not None and not folder.exists()
+    if making and not (create or git):
+        raise InvalidInput(
+            f"the folder {folder} does not exist: check the path, or add --create to make it "
+            "(a new workspace, with its own passphrase and recovery key)"
+        )
     with open_store() as store:
-        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url)
+        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url, create=making)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
             keys, recovery = None, None
@@ -169,6 +192,8 @@ def setup(
     if json_:
         output.emit_json(result)
         return
+    if making:
+        output.out.print(f"made the folder {folder} for a new workspace")
     workspace = f" (workspace {result['workspace']})" if result["workspace"] else ""
     output.out.print(
         f"[green]sync set up[/]: {result['remote']}{workspace}, "
@@ -199,7 +224,11 @@ def setup(
 
 
 def _remote_url(remote_url: str | None, git: bool) -> str:
-    """The remote's URL from --remote, or the .cairn folder of this git repository (--git)."""
+    """The remote's URL from --remote (a plain folder path becomes a file:// URL), or the
+    .cairn folder of this git repository (--git)."""
+    if remote_url in (".", "..") or (remote_url or "").startswith(("/", "./", "../", "~")):
+        assert remote_url is not None
+        remote_url = Path(remote_url).expanduser().resolve().as_uri()
     if git:
         if remote_url is None:
             top = config.git_root()

@@ -825,10 +825,13 @@ class ObjectRemote:
 
 
 def open_url(
-    url: str, endpoint_url: str | None = None, device_id: str | None = None
+    url: str, endpoint_url: str | None = None, device_id: str | None = None, create: bool = False
 ) -> ObjectRemote:
-    """The object remote a URL names: ``file:///path/to/folder`` (created if missing) or
-    ``s3://bucket/prefix``. S3 credentials and region come the usual AWS way (environment
+    """The object remote a URL names: ``file:///path/to/folder`` or ``s3://bucket/prefix``.
+
+    A folder must exist unless ``create`` (``cairn sync setup --create``): a typo never makes
+    a new, empty workspace, and a folder that went away (unmounted, moved) is unreachable
+    until it is back. S3 credentials and region come the usual AWS way (environment
     variables, then the shared config and credentials files and ``AWS_PROFILE``, through
     boto3's chain); ``endpoint_url`` points at an S3-compatible service (R2, B2, MinIO, ...)."""
     parsed = urlparse(url)
@@ -838,10 +841,15 @@ def open_url(
         folder = Path(unquote(parsed.path))
         if not folder.is_absolute():
             raise InvalidInput(f"{url!r}: a folder remote is file:///absolute/path")
+        if not create and not folder.is_dir():
+            raise RemoteUnreachable(
+                f"the sync folder {folder} does not exist (moved, or not mounted?); sync "
+                "waits for it to be back"
+            )
         from obstore.store import LocalStore
 
         try:
-            store = LocalStore(folder, mkdir=True)
+            store = LocalStore(folder, mkdir=create)
         except Exception as exc:  # obstore raises its own errors for a folder it cannot make
             raise InvalidInput(f"cannot use {folder} as a sync folder: {exc}") from exc
         return ObjectRemote(store, folder.as_uri(), device_id)
