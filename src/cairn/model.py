@@ -335,7 +335,9 @@ class RelationState:
 
 @dataclass(frozen=True)
 class Conflict:
-    """A content version that lost to a concurrent edit, kept until the user resolves it."""
+    """A content version that lost to a concurrent edit, kept until the user resolves it:
+    ``content`` written by ``device_id``, beside the ``current`` text ``current_device_id``
+    wrote."""
 
     id: str
     memory_id: str
@@ -344,6 +346,7 @@ class Conflict:
     current: str
     device_id: str
     created_at: int
+    current_device_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -353,6 +356,7 @@ class Conflict:
             "revision": self.content,
             "current": self.current,
             "device_id": self.device_id,
+            "current_device_id": self.current_device_id,
             "created_at": iso(self.created_at),
         }
 

@@ -68,15 +68,21 @@ def test_a_conflict_is_listed_and_resolved_from_the_cli(
         device("sync", "now")
     [conflict] = a("sync", "conflicts", "--json")
     assert b("sync", "conflicts", "--json")[0]["id"] == conflict["id"]
-    shown = a("sync", "conflicts")
-    assert conflict["id"] in shown.stdout and "requests per minute" in shown.stdout
-    a("sync", "resolve", conflict["id"], "--keep", "remote")
+    # The desktop's later edit shows; the laptop's own edit is the version kept beside it.
+    assert conflict["current"] == "The API allows 500 requests per minute"
+    assert (conflict["current_device_name"], conflict["device_name"]) == ("desktop", "laptop")
+    shown = a("sync", "conflicts").stdout
+    assert conflict["id"] in shown and "requests per minute" in shown
+    assert "written by desktop" in shown and "written by laptop (this device)" in shown
+    assert "remote" not in shown and "local" not in shown
+    assert "--keep current" in shown and "--keep other" in shown and "--keep both" in shown
+    a("sync", "resolve", conflict["id"], "--keep", "other")
     for device in (a, b):
         device("sync", "now")
     assert a("sync", "conflicts", "--json") == [] == b("sync", "conflicts", "--json")
     assert a("show", memory["id"], "--json")["content"] == conflict["revision"]
     assert memories_of(a) == memories_of(b)
-    missing = a("sync", "resolve", "nope-nope", "--keep", "local", ok=False)
+    missing = a("sync", "resolve", "nope-nope", "--keep", "current", ok=False)
     assert missing.returncode == 4 and "no open conflict" in missing.stderr
 
 

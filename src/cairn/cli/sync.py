@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
@@ -42,12 +41,6 @@ sync_app = typer.Typer(
     "or a git repository.",
     no_args_is_help=True,
 )
-
-
-class Keep(StrEnum):
-    local = "local"
-    remote = "remote"
-    both = "both"
 
 
 @contextmanager
@@ -492,41 +485,85 @@ def daemon(
 
 @sync_app.command()
 def conflicts(json_: JsonFlag = False) -> None:
-    """Memories whose content two devices changed at once: the kept version and the current."""
+    """Memories whose text two devices changed at once: the text shown now and the other
+    version kept beside it, with the device that wrote each."""
+    settings = config.load()
     with _syncer() as syncer:
         found = syncer.conflicts()
+        names = _device_names(syncer, settings.sync.device_name) if found else {}
     if json_:
-        output.emit_json([c.to_dict() for c in found])
+        output.emit_json(
+            [
+                c.to_dict()
+                | {
+                    "device_name": names.get(c.device_id),
+                    "current_device_name": names.get(c.current_device_id),
+                }
+                for c in found
+            ]
+        )
         return
     if not found:
         output.out.print("no conflicts")
         return
+
+    def writer(device: str) -> str:
+        name = escape(names.get(device, device))
+        return f"{name} (this device)" if device == syncer.device_id else name
+
     for c in found:
-        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}  from device {c.device_id}")
-        output.out.print(f"  current (local): {escape(c.current)}")
-        output.out.print(f"  other (remote):  {escape(c.content)}")
-    output.out.print("settle one with `cairn sync resolve ID --keep local|remote|both`")
+        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}")
+        output.out.print(f"  shown now, written by {writer(c.current_device_id)}:")
+        output.out.print(f"    {escape(c.current)}")
+        output.out.print(f"  other version, written by {writer(c.device_id)}:")
+        output.out.print(f"    {escape(c.content)}")
+    output.out.print(
+        "settle one with `cairn sync resolve ID --keep current` (the text shown now), "
+        "`--keep other` (the other version) or `--keep both` (the other version becomes a "
+        "memory of its own)"
+    )
+
+
+def _device_names(syncer: Syncer, own_name: str) -> dict[str, str]:
+    """Device names by id as the remote knows them (none if it cannot say), and this one's."""
+    try:
+        names = syncer.remote.devices()
+    except CairnError:
+        names = {}
+    return {**names, syncer.device_id: own_name}
+
+
+KEEP = {"current": "local", "other": "remote", "both": "both", "local": "local", "remote": "remote"}
+"""--keep choices, by what they keep (``local`` and ``remote``, their former names, still work),
+to the sync engine's names."""
 
 
 @sync_app.command()
 def resolve(
-    conflict: Annotated[str, typer.Argument(help="A conflict id, or the memory's id.")],
+    conflict: Annotated[
+        str, typer.Argument(metavar="ID", help="A conflict id, or the memory's id.")
+    ],
     keep: Annotated[
-        Keep,
+        str,
         typer.Option(
-            help="local: keep the content shown now; remote: keep the other version; "
-            "both: keep the current one and make the other version a memory of its own."
+            metavar="current|other|both",
+            help="current: keep the text shown now; other: keep the other version; both: keep "
+            "the text shown now and make the other version a memory of its own.",
         ),
     ],
     json_: JsonFlag = False,
 ) -> None:
     """Settle a conflict; the choice syncs to every device like any other change."""
+    if keep not in KEEP:
+        raise InvalidInput(f"--keep {keep!r}: choose current, other or both")
     with _syncer() as syncer:
-        result = syncer.resolve(conflict, keep.value)
+        result = syncer.resolve(conflict, KEEP[keep])
+    result["kept"] = {"local": "current", "remote": "other", "both": "both"}[result["kept"]]
     if json_:
         output.emit_json(result)
         return
-    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {keep.value}")
+    kept = {"current": "the text shown now", "other": "the other version", "both": "both"}
+    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {kept[result['kept']]}")
     if result["created"]:
         output.out.print(f"  the other version is now memory {result['created']}")
 

@@ -90,6 +90,10 @@ class MemoryRemote:
         with self._changed:
             self._devices[device_id] = name
 
+    def devices(self) -> dict[str, str]:
+        with self._changed:
+            return dict(self._devices)
+
     def mark_read(self, cursor: str) -> None:
         return None  # keeps everything, so needs no read positions
 

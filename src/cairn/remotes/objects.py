@@ -401,6 +401,17 @@ class ObjectRemote:
         record = {**record, "updated_at": _now_ms()}
         self._put(path, self._frame(path, json.dumps(record).encode()), create=False)
 
+    def devices(self) -> dict[str, str]:
+        """Each device's name, from its record (sealed: the keys must be open); a record that
+        does not open is left out (and listed under ``skipped_objects``)."""
+        self._frames()
+        names: dict[str, str] = {}
+        for device in self._names("devices/"):
+            record = self._device_record(device)
+            if record is not None and isinstance(record.get("name"), str):
+                names[device] = record["name"]
+        return names
+
     def mark_read(self, cursor: str) -> None:
         """This device has applied everything up to ``cursor``: record it at once (a sync that
         ends here leaves nothing for the next one to write)."""
