@@ -364,7 +364,8 @@ class Worker:
             self._set(
                 "degraded",
                 reason,
-                f"{what}; {len(letters)} change(s) refused or unreadable, see "
+                f"{what}; {len(letters)} {'change' if len(letters) == 1 else 'changes'} "
+                "refused or unreadable, see "
                 "`cairn sync dead-letters`",
             )
         else:

@@ -228,12 +228,12 @@ def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
 
 
 def check_kind(kind: str) -> str:
-    kind = kind.strip().lower()
-    if not KIND_PATTERN.match(kind):
+    normal = kind.strip().lower()
+    if not KIND_PATTERN.match(normal):
         raise InvalidInput(
             f"kind {kind!r} is not valid; use a lowercase word such as {', '.join(KINDS)}"
         )
-    return kind
+    return normal
 
 
 def check_project(project: str) -> str:

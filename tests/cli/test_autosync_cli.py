@@ -4,6 +4,7 @@ subprocess syncing through a real `cairn server run` process."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -324,3 +325,25 @@ def test_cairn_serve_stopped_right_after_a_write_pushes_it_on_the_way_out(tmp_pa
     status = laptop("sync", "status", "--json")
     assert status["pending"] == 0
     assert status["remote_status"]["mutations"] == 1
+
+
+def test_the_daemon_stamps_each_line_with_the_time(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [CAIRN, "sync", "daemon"],
+        env=env_for(tmp_path, "fresh"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)  # a daemon that prints nothing fails the test
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(15)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "
+    assert re.match(stamp + r"(idle|disabled)", line), line

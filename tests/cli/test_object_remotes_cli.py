@@ -262,3 +262,18 @@ def test_a_folder_that_does_not_exist_is_refused_unless_create_and_plain_paths_w
     gone = alpha("sync", "now", ok=False)
     assert gone.returncode == 8 and "does not exist" in gone.stderr
     assert not typo.exists()
+
+
+def test_setup_and_sync_reports_read_as_sentences(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    alpha = device(tmp_path, "alpha")
+    made = alpha("sync", "setup", "--remote", folder.as_uri(), "--name", "alpha").stdout
+    assert "no changes to send" in made and "change(s)" not in made
+    assert "with either, a new device can join; without either" in made
+    synced = alpha("sync", "now").stdout.splitlines()
+    assert synced == [
+        "push: nothing to send",
+        "pull: nothing new",
+        "push after pull: nothing to send",
+    ]

@@ -9,9 +9,9 @@ from rich.markup import escape
 
 from cairn import config
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store
+from cairn.cli.common import App, JsonFlag, open_store
 
-project_app = typer.Typer(
+project_app = App(
     name="project",
     help="The projects memories belong to (by default, the git repository you are in).",
     no_args_is_help=True,

@@ -20,7 +20,7 @@ import cairn
 from cairn import config, keystore
 from cairn.autosync import LEASE_TTL, WorkerStatus
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress_to, until_stopped
+from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
 from cairn.crypto import keyring
 from cairn.errors import (
     AuthFailed,
@@ -35,7 +35,7 @@ from cairn.protocol import E2E, HOSTED
 from cairn.syncing import Syncer
 from cairn.workspace_keys import join
 
-sync_app = typer.Typer(
+sync_app = App(
     name="sync",
     help="Sync memories with other devices through a Cairn sync server, an S3 bucket, a folder "
     "or a git repository.",
@@ -205,10 +205,13 @@ def setup(
         output.out.print(
             "created the workspace's end-to-end encryption keyring. Your recovery key, shown "
             f"this once:\n\n    [bold]{recovery}[/]\n\nwrite it down and keep it apart from "
-            "the passphrase: with either, a new device can join; without both, nobody can "
-            "read these memories (not even the server or storage holding them)."
+            "the passphrase: with either, a new device can join; without either, nobody "
+            "can read these memories (not even the server or storage holding them)."
         )
-    output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+    output.out.print(
+        f"{output.plural(pending, 'change')} to send"
+        + ("; run `cairn sync now`" if pending else "")
+    )
     if git:
         output.out.print(
             "then commit .cairn/ and push it; teammates pull, run `cairn sync setup --git` "
@@ -337,7 +340,8 @@ def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
         return
     for step, counts in report.items():
         shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
-        output.out.print(f"{step.replace('_', ' ')}: {shown or 'nothing to do'}")
+        idle = "nothing new" if step == "pull" else "nothing to send"
+        output.out.print(f"{step.replace('_', ' ')}: {shown or idle}")
         if counts.get("dead_lettered") or counts.get("failed"):
             output.out.print(
                 "[yellow]some changes were set aside[/]; `cairn sync dead-letters` shows why"
@@ -372,14 +376,16 @@ def compact(
     made = "wrote" if report["new_snapshot"] else "kept"
     output.out.print(
         f"[green]compacted[/]: {made} snapshot {report['snapshot']} "
-        f"({report['snapshot_mutations']} changes in {report['snapshot_parts']} part(s)); "
-        f"removed {report['removed_batches']} batch(es), kept {report['kept_batches']} that a "
-        "device has not read yet"
+        f"({output.plural(report['snapshot_mutations'], 'change')} in "
+        f"{output.plural(report['snapshot_parts'], 'part')}); removed "
+        f"{output.plural(report['removed_batches'], 'batch', 'batches')}, kept "
+        f"{output.plural(report['kept_batches'], 'batch', 'batches')} that a device has not "
+        "read yet"
     )
     if report["skipped_objects"]:
         output.out.print(
-            f"[yellow]{len(report['skipped_objects'])} object(s) did not open[/] and were "
-            "left out: " + ", ".join(sorted(report["skipped_objects"]))
+            f"[yellow]{output.plural(len(report['skipped_objects']), 'object')} did not "
+            "open[/] and were left out: " + ", ".join(sorted(report["skipped_objects"]))
         )
 
 
@@ -473,7 +479,7 @@ def daemon(
             print(json.dumps(status.to_dict()), flush=True)
         else:
             reason = f" ({status.reason})" if status.reason else ""
-            output.err.print(f"{status.phase}{reason}: {escape(status.message)}")
+            output.announce(f"{status.phase}{reason}: {status.message}")
 
     with open_store() as store, until_stopped():
         worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl, on_status=show)
@@ -594,4 +600,7 @@ def dead_letters(
             f"{d.direction:4} {d.entity} {d.entity_id}  [red]{d.code}[/]: {escape(d.message)}"
         )
     if retry:
-        output.out.print(f"{requeued} change(s) queued again; run `cairn sync push`")
+        output.out.print(
+            f"{output.plural(requeued, 'change')} queued again"
+            + ("; run `cairn sync push`" if requeued else "")
+        )

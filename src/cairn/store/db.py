@@ -24,8 +24,9 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
         )
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return StoreCorrupt(
-            f"{path} is not a readable Cairn store ({exc}); restore it from a backup or "
-            "`cairn export`, or point CAIRN_HOME elsewhere"
+            f"{path} is not a readable Cairn store ({exc}); restore it from a backup, or move "
+            "it aside to start a new store (with sync set up, `cairn sync setup` and "
+            "`cairn sync now` bring back what was synced), or point CAIRN_HOME elsewhere"
         )
     return StoreError(f"SQLite error on {path}: {exc}")
 
