@@ -232,7 +232,7 @@ def test_show_says_superseded_by_and_forgetting_twice_shows_the_tombstone(
     assert short.returncode == 4 and "at least 8 characters" in short.stderr
 
     first = run(cairn_env, "forget", new["id"])
-    again = run(cairn_env, "forget", new["id"][:8])
+    again = run(cairn_env, "forget", new["id"][:24])  # by a prefix, as typed
     assert (first.returncode, again.returncode) == (0, 0), again.stderr
     assert f"forgot {new['id']}" in first.stdout and "already forgotten" in again.stdout
     tombstone = run(cairn_env, "show", new["id"])
