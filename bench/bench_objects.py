@@ -132,7 +132,7 @@ class Place:
     listing: Callable[[], dict[str, int]]
 
     def open(self, device_id: str) -> ObjectRemote:
-        return open_url(self.url, self.endpoint, device_id)
+        return open_url(self.url, self.endpoint, device_id, create=True)
 
     def inventory(self, memories: int) -> dict[str, Any]:
         """Objects and bytes held, in all and by kind (``log``, ``snapshots``, ``devices`` ...)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +13,8 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 CAIRN = Path(sys.executable).with_name("cairn")
 TIMEOUT = 60.0
@@ -163,7 +166,7 @@ async def test_remember_recall_list_and_forget(cairn_env: dict[str, str], repo: 
         after = await call(session, "list_memories")
         assert deploy not in ids(after)
         assert after.endswith("2 of 2 shown")
-        assert "not_found" in await call_error(session, "forget", id=deploy)
+        assert await call(session, "forget", id=deploy) == f"forgot {deploy}"  # idempotent
         unknown = await call_error(session, "get", id="0123456789abcdef")
         assert "list_memories" in unknown and "cairn list" not in unknown
 
@@ -268,3 +271,31 @@ async def test_parallel_calls_all_succeed(cairn_env: dict[str, str], repo: Path)
     assert len(results) == 16
     assert listed.endswith("8 of 8 shown")
     assert len(ids(found)) == 8
+
+
+def cairn(env: dict[str, str], *args: str) -> Any:
+    done = subprocess.run(
+        [str(CAIRN), *args, "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def test_a_one_call_session_pushes_what_it_remembered_before_the_server_exits(
+    cairn_env: dict[str, str], repo: Path, tmp_path: Path
+) -> None:
+    """An MCP client that makes one call and closes the server (stdin closed) leaves nothing
+    pending: the sync worker pushes the outbox on its way out, and another device gets it."""
+    folder = tmp_path / "team-folder"
+    folder.mkdir()
+    env = {**cairn_env, "CAIRN_PASSPHRASE": "a passphrase the whole team knows"}
+    cairn(env, "sync", "setup", "--remote", folder.as_uri(), "--name", "laptop")
+    async with connect(env, repo) as session:
+        await call(session, "remember", content="Release trains leave on Thursdays")
+
+    assert cairn(env, "sync", "status")["pending"] == 0
+    other = {**env, "CAIRN_HOME": str(tmp_path / "desktop")}
+    cairn(other, "sync", "setup", "--remote", folder.as_uri(), "--name", "desktop")
+    assert cairn(other, "sync", "pull")["pull"]["applied"] == 1
+    listed = cairn(other, "list")["memories"]
+    assert [m["content"] for m in listed] == ["Release trains leave on Thursdays"]

@@ -116,3 +116,24 @@ def test_vectors_of_another_model_are_re_embedded(store: Store) -> None:
     report = transfer.import_(store, [line])
     assert report.imported == 1 and report.embedded == 1
     assert store.recall("foreign vector")[0].match.cosine > 0.9  # type: ignore[operator]
+
+
+def test_the_import_report_counts_relations_and_progress_covers_every_line(
+    tmp_path: Path, store: Store, embedder: OnnxEmbedder
+) -> None:
+    """A topic's supersedes relation arrives with its memories: counted as a relation, not as
+    unchanged; and progress reaches the line count the CLI's bar is sized by (header too)."""
+    _fill(store)
+    buffer = io.StringIO()
+    transfer.export(store, buffer)
+    lines = buffer.getvalue().splitlines(keepends=True)
+    assert [json.loads(line)["record"] for line in lines].count("relation") == 1
+    with Store(Database(tmp_path / "fresh.db"), embedder) as fresh:
+        done: list[int] = []
+        report = transfer.import_(fresh, lines, done.append)
+        assert (report.imported, report.unchanged, report.relations) == (3, 0, 1)
+        assert sum(done) == len(lines) == 5
+        done.clear()
+        again = transfer.import_(fresh, lines, done.append)
+        assert (again.imported, again.unchanged, again.relations) == (0, 4, 0)
+        assert sum(done) == len(lines)

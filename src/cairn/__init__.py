@@ -119,20 +119,24 @@ def open_remote(
     api_key: str | None = None,
     device_id: str | None = None,
     endpoint_url: str | None = None,
+    create: bool = False,
 ) -> Remote:
     """The remote a sync URL names: a Cairn sync server (http(s)://), an S3 or S3-compatible
-    bucket (s3://bucket/prefix) or a folder (file:///path)."""
+    bucket (s3://bucket/prefix) or a folder (file:///path; made if missing only if ``create``)."""
     if url.startswith(("http://", "https://")):
         if not api_key:
             raise InvalidInput("a sync server needs an API key: pass --api-key (or CAIRN_API_KEY)")
         return HttpRemote(url, api_key, device_id=device_id)
     if url.startswith(("s3://", "file://")):
-        return objects.open_url(url, endpoint_url, device_id)
+        return objects.open_url(url, endpoint_url, device_id, create)
     raise InvalidInput(
-        f"cannot sync with {url!r}: give a sync server's http(s):// URL, s3://bucket/prefix "
-        "or file:///path/to/folder"
+        f"cannot sync with {url!r}: give a sync server's http(s):// URL, s3://bucket/prefix, "
+        "a folder (/path/to/folder, ./folder or file:///path/to/folder)"
     )
 
+
+FLUSH_SECONDS = 3.0
+"""How long a long-running entry point, stopping, may spend pushing what is left in the outbox."""
 
 NOT_CONFIGURED = "sync is not set up on this device; run `cairn sync setup --remote URL`"
 
@@ -267,5 +271,7 @@ class SyncControl:
         return sync_now(self.settings, self.store, timeout=timeout)
 
     def close(self) -> None:
+        """Stop the worker, pushing what is still in the outbox first (for at most
+        ``FLUSH_SECONDS``)."""
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(flush=FLUSH_SECONDS)

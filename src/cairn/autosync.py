@@ -146,6 +146,7 @@ class Worker:
         self._served: int | None = None  # the last request (lease.ask) answered; None: not read
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._flush = False  # push what is left before stopping (``stop(flush=...)``)
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -157,10 +158,21 @@ class Worker:
             self._threads.append(thread)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, flush: float = 0.0) -> None:
         """Stop both threads (a push in progress finishes), close the remote and give the
-        lease back; the status says ``stopped``."""
+        lease back; the status says ``stopped``.
+
+        With ``flush`` > 0, local changes still in the outbox are pushed first, for at most
+        that many seconds: a process that lives for one remembered memory (an MCP client that
+        makes one call and closes the server) must not leave it unsent until the next start.
+        """
+        self._flush = flush > 0
         self._stop.set()
+        if self._flush:
+            deadline = time.monotonic() + flush
+            for thread in self._threads:
+                if thread.name == CONTROL_THREAD:
+                    _join_until(thread, deadline)
         syncer, self._syncer = self._syncer, None
         if syncer is not None:
             syncer.close()
@@ -215,6 +227,29 @@ class Worker:
                 self._sleep(self.tick)
             except Exception as exc:  # noqa: BLE001 - a worker must outlive any one failure
                 self._failed(exc)
+        if self._flush:
+            self._push_what_is_left()
+
+    def _push_what_is_left(self) -> None:
+        """On a stop with ``flush``: push what the outbox holds, now, whatever the debounce,
+        unless a permanent failure stands or another process's worker holds the lease (that
+        one pushes it)."""
+        try:
+            with self.store.db.read() as conn:
+                if outbox.latest(conn) is None:
+                    return
+            if self._blocked:
+                return
+            if not self._holding:
+                self._holding = _claim(self.store, self.owner, self.lease_ttl)
+                if not self._holding:
+                    return
+            if self._syncer is None:
+                self._version = self._config_version()
+                self._syncer = self._connect()
+            self._push()
+        except Exception as exc:  # noqa: BLE001 - stopping goes on; the status says why
+            self._failed(exc)
 
     def _lease(self) -> bool:
         """Whether this worker holds the lease; taken or renewed a third of its time ahead of
@@ -329,7 +364,8 @@ class Worker:
             self._set(
                 "degraded",
                 reason,
-                f"{what}; {len(letters)} change(s) refused or unreadable, see "
+                f"{what}; {len(letters)} {'change' if len(letters) == 1 else 'changes'} "
+                "refused or unreadable, see "
                 "`cairn sync dead-letters`",
             )
         else:
@@ -372,6 +408,16 @@ class Worker:
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(max(0.0, seconds))
+
+
+def _join_until(thread: threading.Thread, deadline: float) -> None:
+    """Wait for ``thread`` until ``deadline`` (monotonic). A second Ctrl-C or SIGTERM meanwhile
+    (an MCP client escalates after its grace period) does not cut the bounded wait short."""
+    while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+        try:
+            thread.join(left)
+        except KeyboardInterrupt:
+            continue
 
 
 def _served(conn: sqlite3.Connection) -> int:

@@ -31,15 +31,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
+import subprocess
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cairn.errors import ConfigError, InvalidInput
-from cairn.model import SyncRules, check_kind, check_project, check_tags
+from cairn.model import DEFAULT_PROJECT, SyncRules, check_kind, check_project, check_tags
 from cairn.protocol import E2E, HOSTED, MODES
 
 SYNC_FILE = "sync.json"
@@ -79,20 +82,41 @@ class Settings:
     """CAIRN_LOCAL_TOKEN: the bearer token `cairn serve` requires (needed off loopback)."""
 
 
+SECTIONS = {
+    "embedding": {"model_dir", "max_tokens"},
+    "recall": {"near_duplicate"},
+    "sync": {
+        *(f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags")),
+        "file_chunks",
+    },
+}
+"""The sections config.toml may have, and their keys: anything else is reported, not ignored."""
+
+
 def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("CAIRN_HOME") or Path.home() / ".cairn").expanduser()
     data = _read_toml(home / "config.toml")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{home / 'config.toml'}: unknown section [{unknown[0]}]; the sections are "
+            f"{', '.join(f'[{name}]' for name in SECTIONS)}"
+        )
     embedding = _section(data, "embedding")
     recall = _section(data, "recall")
     model_dir = env.get("CAIRN_MODEL_DIR") or embedding.get("model_dir")
-    try:
-        max_tokens = int(env.get("CAIRN_MAX_TOKENS") or embedding.get("max_tokens", 256))
-        near_dup = float(recall.get("near_duplicate", 0.92))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{home / 'config.toml'}: {exc}; fix the value and retry") from exc
+    tokens = env.get("CAIRN_MAX_TOKENS")
+    max_tokens = int(
+        _number(int, tokens, "CAIRN_MAX_TOKENS")
+        if tokens
+        else _number(int, embedding.get("max_tokens", 256), "config.toml: [embedding] max_tokens")
+    )
+    near_dup = float(
+        _number(float, recall.get("near_duplicate", 0.92), "config.toml: [recall] near_duplicate")
+    )
     if not 8 <= max_tokens <= 512:
-        raise ConfigError("embedding.max_tokens must be between 8 and 512")
+        raise ConfigError("config.toml: [embedding] max_tokens must be between 8 and 512")
     db = env.get("CAIRN_DB")
     return Settings(
         home=home,
@@ -104,6 +128,17 @@ def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Setti
         sync=_sync(home, _section(data, "sync"), env.get("CAIRN_KEY_STORE") or "auto"),
         local_token=env.get("CAIRN_LOCAL_TOKEN") or None,
     )
+
+
+def _number(kind: type[int] | type[float], raw: Any, where: str) -> float:
+    """``raw`` as a number of ``kind``; a ConfigError naming ``where`` it came from if not."""
+    try:
+        if isinstance(raw, bool):
+            raise TypeError("not a number")
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        noun = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{where} must be {noun}, not {raw!r}; fix the value and retry") from exc
 
 
 def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSettings:
@@ -140,16 +175,9 @@ def _rules(table: dict[str, Any]) -> SyncRules:
     def names(key: str) -> tuple[str, ...]:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config.toml: sync.{key} must be a list of strings")
+            raise ConfigError(f"config.toml: [sync] {key} must be a list of strings")
         return tuple(value)
 
-    unknown = (
-        set(table)
-        - {f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags")}
-        - {"file_chunks"}
-    )
-    if unknown:
-        raise ConfigError(f"config.toml: [sync] has unknown keys {sorted(unknown)}")
     try:
         return SyncRules(
             include_projects=tuple(check_project(p) for p in names("include_projects")),
@@ -214,13 +242,73 @@ def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"config.toml: [{name}] must be a table")
+    unknown = sorted(set(value) - SECTIONS[name])
+    if unknown:
+        raise ConfigError(
+            f"config.toml: [{name}] has unknown keys {unknown}; it takes "
+            f"{', '.join(sorted(SECTIONS[name]))}"
+        )
     return value
 
 
 def default_project(cwd: Path | None = None) -> str:
-    """The name of the git repository holding ``cwd`` (its top folder), else ``default``."""
+    """The project of memories written in ``cwd``: the repository its git ``origin`` remote
+    names (``org/repo``, the same in every clone, worktree and renamed folder), else the name
+    of the repository's own folder (the main one, for a worktree), else ``default``."""
     top = git_root(cwd)
-    return top.name if top is not None else "default"
+    if top is None:
+        return DEFAULT_PROJECT
+    origin = _git(top, "config", "--get", "remote.origin.url")
+    name = repository_name(origin) if origin else None
+    if name is not None:
+        return name
+    common = _git(top, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    main = Path(common).parent if common and Path(common).name == ".git" else top
+    return check_project(main.name)
+
+
+_SCP = re.compile(r"(?:[^@/:\s]+@)?[^@/:\s]{2,}:(?!//)(.+)", re.ASCII)
+"""git's scp-like syntax, ``[user@]host:path``."""
+
+
+def repository_name(url: str) -> str | None:
+    """The name a remote URL gives its repository, whatever the syntax: the path on the host
+    without ``.git``, lowercased (``git@github.com:Acme/Shop.git`` and
+    ``https://github.com/acme/shop`` are both ``acme/shop``); for a folder, its name. Never a
+    user name or a token from the URL. None if it names no repository."""
+    url = url.strip()
+    scp = _SCP.fullmatch(url)
+    if "://" in url:
+        parts = urlsplit(url)
+        path, local = parts.path, parts.scheme == "file"
+    elif scp is not None:
+        path, local = scp.group(1), False
+    else:
+        path, local = url, True
+    path = path.strip("/").removesuffix(".git").strip("/").lstrip("~")
+    name = (path.rsplit("/", 1)[-1] if local else path).lower()
+    if not name or name in (".", "..") or len(name) > 128:
+        return None
+    return name
+
+
+def _git(top: Path, *args: str) -> str | None:
+    """A git command's output in the repository at ``top`` (never one above it), or None when
+    it fails or git is not installed."""
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(top.parent)}
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(top), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    out = done.stdout.strip()
+    return out if done.returncode == 0 and out else None
 
 
 def git_root(cwd: Path | None = None) -> Path | None:

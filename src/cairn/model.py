@@ -244,12 +244,12 @@ def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
 
 
 def check_kind(kind: str) -> str:
-    kind = kind.strip().lower()
-    if not KIND_PATTERN.match(kind):
+    normal = kind.strip().lower()
+    if not KIND_PATTERN.match(normal):
         raise InvalidInput(
             f"kind {kind!r} is not valid; use a lowercase word such as {', '.join(KINDS)}"
         )
-    return kind
+    return normal
 
 
 def check_project(project: str) -> str:
@@ -351,7 +351,9 @@ class RelationState:
 
 @dataclass(frozen=True)
 class Conflict:
-    """A content version that lost to a concurrent edit, kept until the user resolves it."""
+    """A content version that lost to a concurrent edit, kept until the user resolves it:
+    ``content`` written by ``device_id``, beside the ``current`` text ``current_device_id``
+    wrote."""
 
     id: str
     memory_id: str
@@ -360,6 +362,7 @@ class Conflict:
     current: str
     device_id: str
     created_at: int
+    current_device_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -369,6 +372,7 @@ class Conflict:
             "revision": self.content,
             "current": self.current,
             "device_id": self.device_id,
+            "current_device_id": self.current_device_id,
             "created_at": iso(self.created_at),
         }
 

@@ -28,6 +28,8 @@ from cairn.store.db import Database
 
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
+MIN_PREFIX = 8
+"""Characters an id prefix needs to find a memory (fewer would match too many by chance)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class Store:
     def _validate(self, item: NewMemory) -> NewMemory:
         return NewMemory(
             content=model.check_content(item.content),
-            kind=model.check_kind(item.kind or model.DEFAULT_KIND),
+            kind=model.check_kind(item.kind),  # an empty kind is a mistake, not a note
             project=model.check_project(item.project or self.project),
             tags=model.check_tags(item.tags),
             topic_key=model.check_topic_key(item.topic_key),
@@ -266,10 +268,40 @@ class Store:
             return memories.add_tags(conn, memory, new_tags) if new_tags else memory
 
     def forget(self, memory_id: str) -> Memory:
-        """Tombstone a memory: its content, tags and vector are erased; the id stays known."""
+        """Tombstone a memory: its content, tags and vector are erased; the id stays known.
+        Forgetting a forgotten memory changes nothing and returns its tombstone."""
         with self.db.write() as conn:
-            memory = self._resolve(conn, memory_id)
-            return memories.tombstone(conn, memory)
+            memory = self._resolve(conn, memory_id, allow_deleted=True)
+            return memory if memory.deleted else memories.tombstone(conn, memory)
+
+    def rename_project(self, old: str, new: str) -> dict[str, Any]:
+        """Move every live memory of project ``old`` to ``new``, each move a change that syncs.
+
+        Topic chains of the two projects join by creation time, and a memory whose text the
+        new project already holds collapses onto one (as sync does with duplicates).
+        """
+        old, new = model.check_project(old), model.check_project(new)
+        if old == new:
+            raise InvalidInput(f"the project is already called {new!r}")
+        with self.db.write() as conn:
+            moving = memories.live_in_project(conn, old)
+            if not moving:
+                raise NotFound(
+                    f"no memory is in project {old!r}; `cairn project list` shows the projects"
+                )
+            moved = [memories.set_project(conn, memory, new) for memory in moving]
+            for memory in moved:
+                relations.link_topic(conn, memory)
+            merged = sum(
+                relations.collapse(conn, new, digest)
+                for digest in sorted({m.content_hash for m in moved})
+            )
+        return {"from": old, "to": new, "renamed": len(moved), "duplicates_merged": merged}
+
+    def projects(self) -> dict[str, int]:
+        """Each project with live memories, and how many it holds."""
+        with self.db.read() as conn:
+            return memories.projects(conn)
 
     def relate(self, from_id: str, to_id: str, type_: str) -> Relation:
         type_ = model.check_relation_type(type_)
@@ -299,10 +331,11 @@ class Store:
             self._pool,
         )
 
-    def get(self, memory_id: str) -> Memory:
-        """A memory by id (or a unique id prefix of 8+ characters); forgotten ones are NotFound."""
+    def get(self, memory_id: str, include_forgotten: bool = False) -> Memory:
+        """A memory by id (or a unique id prefix of 8+ characters); a forgotten one is NotFound
+        unless ``include_forgotten`` (then its tombstone: no text, no tags)."""
         with self.db.read() as conn:
-            return self._resolve(conn, memory_id)
+            return self._resolve(conn, memory_id, allow_deleted=include_forgotten)
 
     def relations(self, memory_id: str) -> list[Relation]:
         with self.db.read() as conn:
@@ -360,14 +393,19 @@ class Store:
     ) -> Memory:
         memory_id = memory_id.strip()
         memory = memories.get(conn, memory_id)
-        if memory is None and len(memory_id) >= 8:
+        if memory is None and len(memory_id) >= MIN_PREFIX:
             matches = memories.ids_with_prefix(conn, memory_id)
             if len(matches) > 1:
                 raise InvalidInput(f"{memory_id!r} matches several memories; give more of the id")
             if matches:
                 memory = memories.get(conn, matches[0])
         if memory is None:
-            raise NotFound(f"no memory has the id {memory_id!r}; `cairn list` shows the ids")
+            short = (
+                f" (a prefix needs at least {MIN_PREFIX} characters)"
+                if len(memory_id) < MIN_PREFIX
+                else ""
+            )
+            raise NotFound(f"no memory has the id {memory_id!r}{short}; `cairn list` shows the ids")
         if memory.deleted and not allow_deleted:
             raise NotFound(f"memory {memory.id} was forgotten")
         return memory

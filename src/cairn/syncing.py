@@ -32,6 +32,7 @@ from cairn.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RemoteUnreachable,
     SyncError,
 )
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
@@ -303,7 +304,7 @@ class Syncer:
         scopes = [self._scope(p) for p in self.rules.include_projects]
         counts = PullReport()
         with self.store.db.read() as conn:
-            cursor = replica.get_meta(conn, CURSOR)
+            cursor = start = replica.get_meta(conn, CURSOR)
             own = replica.get_meta(conn, RESTORE) is not None
         # Trigger: the first page has nothing to overlap with. Why: a small one starts the
         # apply sooner, while later pages stay large (each commit costs the keyword index a
@@ -327,6 +328,8 @@ class Syncer:
                     finished = True
                     break
                 page = ahead.result()
+        if cursor is not None and cursor != start and not self._closed:
+            self.remote.mark_read(cursor)  # an object remote records how far this device read
         if counts.received or (own and finished):
             with self.store.db.write() as conn:
                 if counts.received:
@@ -383,7 +386,7 @@ class Syncer:
         counts.failed += len(page.failed)
         counts.embedded += self._embed_missing(result.needs_vector)
         counts.duplicates_merged += result.duplicates_merged
-        counts.pages += 1
+        counts.pages += 1 if page.received else 0  # pages that brought something
         return True
 
     def _embed_missing(self, memory_ids: Sequence[str]) -> int:
@@ -423,7 +426,7 @@ class Syncer:
             local["remote_status"] = self.remote.status()
             local["reachable"] = True
         except SyncError as exc:
-            local["reachable"] = False
+            local["reachable"] = not isinstance(exc, RemoteUnreachable)  # a refusal is an answer
             local["error"] = exc.to_dict()
         return local
 

@@ -46,6 +46,8 @@ class ImportReport:
     relations: int = 0
     embedded: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    created_ids: set[str] = field(default_factory=set)
+    """The memories this import made (a relation between them is new, whoever linked it)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,21 +97,28 @@ def import_(
     lines: Iterable[str],
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import memories and relations from JSON Lines; see the module docstring."""
+    """Import memories and relations from JSON Lines; see the module docstring.
+
+    ``progress(n)`` counts lines done, whatever they hold, so it ends at the file's line count.
+    """
     report = ImportReport()
     batch: list[tuple[int, NewMemory, np.ndarray | None]] = []
     relations: list[tuple[int, dict[str, Any]]] = []
     seen_ids: dict[str, int] = {}
+    done = progress or (lambda _n: None)
     for number, line in enumerate(lines, 1):
         report.lines = number
         if not line.strip():
+            done(1)
             continue
         try:
             record = _parse(line, store)
         except CairnError as exc:
             report.errors.append((number, exc.message))
+            done(1)
             continue
-        if record is None:
+        if record is None:  # the header
+            done(1)
             continue
         if isinstance(record, dict):
             relations.append((number, record))
@@ -120,6 +129,7 @@ def import_(
             report.errors.append(
                 (number, f"id {item.id} already appears on line {seen_ids[item.id]}")
             )
+            done(1)
             continue
         seen_ids[item.id] = number
         batch.append((number, item, vector))
@@ -129,6 +139,7 @@ def import_(
     _flush(store, batch, report, progress)
     for number, rel in relations:
         _relate(store, number, rel, report)
+        done(1)
     return report
 
 
@@ -221,13 +232,19 @@ def _flush(
     for result in results:
         if result.created:
             report.imported += 1
+            report.created_ids.add(result.memory.id)
         else:
             report.duplicates += 1
 
 
 def _relate(store: Store, number: int, rel: dict[str, Any], report: ImportReport) -> None:
     if store.has_relation(rel["from_id"], rel["to_id"], rel["type"]):
-        report.unchanged += 1
+        # Linked already by this import (a topic chain of memories it made), or from before.
+        new = report.created_ids & {rel["from_id"], rel["to_id"]}
+        if new:
+            report.relations += 1
+        else:
+            report.unchanged += 1
         return
     try:
         store.relate(rel["from_id"], rel["to_id"], rel["type"])

@@ -4,6 +4,7 @@ subprocess syncing through a real `cairn server run` process."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -309,3 +310,40 @@ def test_the_local_api_without_sync_set_up_says_so(tmp_path: Path) -> None:
         refused = api.post("/v1/sync/now")
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "sync_not_configured"
+
+
+def test_cairn_serve_stopped_right_after_a_write_pushes_it_on_the_way_out(tmp_path: Path) -> None:
+    """SIGTERM a moment after a write (before the push's debounce is over): the worker pushes
+    the outbox before the process exits, so nothing is left pending on the remote's account."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    laptop = in_home(tmp_path, "laptop")
+    laptop("sync", "setup", "--remote", folder.as_uri(), "--name", "laptop")
+    with local_api(env_for(tmp_path, "laptop"), tmp_path) as api:
+        created = api.post("/v1/memories", json={"content": "Invoices are archived after 7 years"})
+        assert created.status_code == 201
+    status = laptop("sync", "status", "--json")
+    assert status["pending"] == 0
+    assert status["remote_status"]["mutations"] == 1
+
+
+def test_the_daemon_stamps_each_line_with_the_time(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [CAIRN, "sync", "daemon"],
+        env=env_for(tmp_path, "fresh"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)  # a daemon that prints nothing fails the test
+    watchdog.start()
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(15)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "
+    assert re.match(stamp + r"(idle|disabled)", line), line

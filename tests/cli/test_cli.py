@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from cairn.cli.app import app
 
@@ -65,7 +69,7 @@ def test_remember_recall_show_list_forget(cairn_env: dict[str, str]) -> None:
     assert made["id"] in human.stdout
     ok_json(cairn_env, "forget", made["id"])
     gone = run(cairn_env, "show", made["id"])
-    assert gone.returncode == 4 and "forgotten" in gone.stderr
+    assert gone.returncode == 0 and "forgotten" in gone.stdout  # the tombstone
     stats = ok_json(cairn_env, "stats")
     assert isinstance(stats, dict) and stats["memories"] == 1 and stats["forgotten"] == 1
 
@@ -133,6 +137,7 @@ def test_corrupt_store_is_reported(cairn_env: dict[str, str]) -> None:
     (home / "cairn.db").write_text("garbage " * 1000)
     result = run(cairn_env, "list")
     assert result.returncode == 5 and "not a readable Cairn store" in result.stderr
+    assert "cairn export" not in result.stderr  # which could not read it either
 
 
 def test_export_import_round_trip(cairn_env: dict[str, str], tmp_path: Path) -> None:
@@ -227,3 +232,87 @@ def test_config_file_sets_the_model_folder(cairn_env: dict[str, str], tmp_path: 
     (home / "config.toml").write_text("[embedding\n")
     broken = run(cairn_env, "list")
     assert broken.returncode == 7 and "config.toml" in broken.stderr
+
+
+def test_a_kind_must_be_a_word_and_errors_quote_what_was_typed(cairn_env: dict[str, str]) -> None:
+    empty = run(cairn_env, "remember", "Kinds are words", "--kind", "")
+    assert empty.returncode == 2 and "kind '' is not valid" in empty.stderr
+    bad = run(cairn_env, "remember", "Kinds are words", "--kind", "Bad Kind")
+    assert bad.returncode == 2 and "kind 'Bad Kind' is not valid" in bad.stderr
+    assert json.loads(run(cairn_env, "list", "--json").stdout)["total"] == 0
+
+
+def test_show_says_superseded_by_and_forgetting_twice_shows_the_tombstone(
+    cairn_env: dict[str, str],
+) -> None:
+    old = ok_json(cairn_env, "remember", "We lint with flake8", "--topic", "linter")
+    new = ok_json(cairn_env, "remember", "We lint with ruff", "--topic", "linter")
+    assert isinstance(old, dict) and isinstance(new, dict)
+    shown_old = run(cairn_env, "show", old["id"]).stdout
+    assert f"superseded by {new['id']}" in shown_old and "supersedes" not in shown_old
+    assert f"supersedes {old['id']}" in run(cairn_env, "show", new["id"]).stdout
+    short = run(cairn_env, "show", new["id"][:6])
+    assert short.returncode == 4 and "at least 8 characters" in short.stderr
+
+    first = run(cairn_env, "forget", new["id"])
+    again = run(cairn_env, "forget", new["id"][:24])  # by a prefix, as typed
+    assert (first.returncode, again.returncode) == (0, 0), again.stderr
+    assert f"forgot {new['id']}" in first.stdout and "already forgotten" in again.stdout
+    tombstone = run(cairn_env, "show", new["id"])
+    assert tombstone.returncode == 0 and "forgotten" in tombstone.stdout
+    assert ok_json(cairn_env, "show", new["id"])["deleted"] is True  # type: ignore[index]
+
+
+def test_a_filter_on_an_unknown_project_names_the_projects_there_are(
+    cairn_env: dict[str, str],
+) -> None:
+    run(cairn_env, "remember", "The API is versioned by URL", "--project", "api")
+    for command in (["list"], ["recall", "versioning"]):
+        result = run(cairn_env, *command, "--project", "apj")
+        assert result.returncode == 0
+        assert "no project is called 'apj'" in result.stderr and "api" in result.stderr
+
+
+def test_usage_lines_name_arguments_plainly() -> None:
+    runner = CliRunner()
+    for command, usage in (
+        (["show"], "Usage: cairn show [OPTIONS] ID"),
+        (["edit"], "Usage: cairn edit [OPTIONS] ID [TEXT]"),
+        (["sync", "resolve"], "Usage: cairn sync resolve [OPTIONS] ID"),
+        (["export"], "Usage: cairn export [OPTIONS] [FILE]"),
+    ):
+        shown = runner.invoke(app, [*command, "--help"]).output
+        assert usage in shown, shown
+
+
+def test_serve_says_where_it_listens_and_a_busy_port_is_a_clear_error(
+    cairn_env: dict[str, str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run(cairn_env, "serve", "--port", str(port), "--no-autosync")
+        assert busy.returncode == 2, busy.stderr
+        assert f"127.0.0.1:{port} is in use" in busy.stderr and "--port" in busy.stderr
+        assert "Traceback" not in busy.stderr and "Errno" not in busy.stderr
+    serving = subprocess.Popen(
+        [CAIRN, "serve", "--port", str(port), "--no-autosync"],
+        env=cairn_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert serving.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        serving.terminate()
+        _out, err = serving.communicate(timeout=30)
+    assert f"the local API on http://127.0.0.1:{port}" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ def test_bad_remote_urls_are_refused_and_change_nothing(tmp_path: Path) -> None:
 
 def test_a_folder_remote_compacts_and_a_new_device_reads_the_snapshot(tmp_path: Path) -> None:
     folder = tmp_path / "Dropbox" / "cairn"
+    folder.mkdir(parents=True)
     alpha = device(tmp_path, "alpha")
     beta = device(tmp_path, "beta")
     alpha("sync", "setup", "--remote", folder.as_uri(), "--name", "alpha-laptop")
@@ -224,6 +226,54 @@ def test_a_team_syncs_through_a_git_repository_without_merge_conflicts(tmp_path:
     assert memories_of(alice) == memories_of(bob)
     for clone in clones.values():  # no merge ever stopped on a conflict
         assert not any(line[:2] in ("UU", "AA") for line in git(clone, "status", "--porcelain"))
+    # One repository is one project, whatever each clone's folder is called (the origin's name).
+    projects = {m["project"] for run in (alice, bob) for m in run("list", "--json")["memories"]}
+    assert projects == {"origin"}
+    # Once what a sync wrote is committed, a sync that brings nothing new changes no file.
+    for name, run in (("alice", alice), ("bob", bob)):
+        git(clones[name], "add", "-A", ".cairn")
+        git(clones[name], "commit", "-qm", "read positions", "--allow-empty")
+        assert run("sync", "now", "--json")["pull"]["received"] == 0
+        assert git(clones[name], "status", "--porcelain") == ""
     tracked = git(clones["alice"], "ls-files", ".cairn").split()
     assert ".cairn/.gitattributes" in tracked and ".cairn/cairn.json" in tracked
     assert_zero_knowledge(every_object(LocalStore(clones["alice"] / ".cairn")))
+
+
+def test_a_folder_that_does_not_exist_is_refused_unless_create_and_plain_paths_work(
+    tmp_path: Path,
+) -> None:
+    alpha = device(tmp_path, "alpha")
+    typo = tmp_path / "typo" / "path"
+    refused = alpha("sync", "setup", "--remote", typo.as_uri(), ok=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "does not exist" in refused.stderr and "--create" in refused.stderr
+    assert not (tmp_path / "typo").exists()
+    assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()
+
+    made = alpha("sync", "setup", "--remote", str(typo), "--create", "--name", "alpha")
+    assert f"made the folder {typo} for a new workspace" in made.stdout
+    assert "recovery key" in made.stdout
+    beta = device(tmp_path, "beta")  # runs in tmp_path: a relative path names the same folder
+    joined = beta("sync", "setup", "--remote", "./typo/path", "--name", "beta", "--json")
+    assert joined["remote"] == typo.as_uri() and joined["created_keyring"] is False
+
+    shutil.rmtree(typo)  # unmounted, moved: syncing waits for it, never makes a new one
+    gone = alpha("sync", "now", ok=False)
+    assert gone.returncode == 8 and "does not exist" in gone.stderr
+    assert not typo.exists()
+
+
+def test_setup_and_sync_reports_read_as_sentences(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    alpha = device(tmp_path, "alpha")
+    made = alpha("sync", "setup", "--remote", folder.as_uri(), "--name", "alpha").stdout
+    assert "no changes to send" in made and "change(s)" not in made
+    assert "with either, a new device can join; without either" in made
+    synced = alpha("sync", "now").stdout.splitlines()
+    assert synced == [
+        "push: nothing to send",
+        "pull: nothing new",
+        "push after pull: nothing to send",
+    ]

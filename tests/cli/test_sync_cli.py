@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .conftest import CAIRN, in_home, memories_of, new_device, server_process
+from .conftest import CAIRN, env_for, in_home, memories_of, new_device, server_process
 
 
 def test_three_devices_converge_through_a_server_process(
@@ -68,35 +68,85 @@ def test_a_conflict_is_listed_and_resolved_from_the_cli(
         device("sync", "now")
     [conflict] = a("sync", "conflicts", "--json")
     assert b("sync", "conflicts", "--json")[0]["id"] == conflict["id"]
-    shown = a("sync", "conflicts")
-    assert conflict["id"] in shown.stdout and "requests per minute" in shown.stdout
-    a("sync", "resolve", conflict["id"], "--keep", "remote")
+    # The desktop's later edit shows; the laptop's own edit is the version kept beside it.
+    assert conflict["current"] == "The API allows 500 requests per minute"
+    assert (conflict["current_device_name"], conflict["device_name"]) == ("desktop", "laptop")
+    shown = a("sync", "conflicts").stdout
+    assert conflict["id"] in shown and "requests per minute" in shown
+    assert "written by desktop" in shown and "written by laptop (this device)" in shown
+    assert "remote" not in shown and "local" not in shown
+    assert "--keep current" in shown and "--keep other" in shown and "--keep both" in shown
+    a("sync", "resolve", conflict["id"], "--keep", "other")
     for device in (a, b):
         device("sync", "now")
     assert a("sync", "conflicts", "--json") == [] == b("sync", "conflicts", "--json")
     assert a("show", memory["id"], "--json")["content"] == conflict["revision"]
     assert memories_of(a) == memories_of(b)
-    missing = a("sync", "resolve", "nope-nope", "--keep", "local", ok=False)
+    missing = a("sync", "resolve", "nope-nope", "--keep", "current", ok=False)
     assert missing.returncode == 4 and "no open conflict" in missing.stderr
 
 
-def test_sync_commands_explain_what_is_missing(tmp_path: Path) -> None:
-    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "fresh")}
-    result = subprocess.run(
-        [CAIRN, "sync", "status", "--json"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 8
-    assert json.loads(result.stdout)["error"]["code"] == "sync_not_configured"
-    assert "cairn sync setup" in result.stderr
-    bad = subprocess.run(
-        [CAIRN, "sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", "cairn_x_y"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+def test_without_sync_status_shows_the_local_state_and_says_sync_is_off(tmp_path: Path) -> None:
+    fresh = in_home(tmp_path, "fresh")
+    fresh("remember", "The build cache lives in S3", "--json")
+    status = fresh("sync", "status", "--json")
+    assert (status["configured"], status["pending"], status["remote"]) == (False, 1, None)
+    assert status["worker"]["phase"] == "disabled"
+    shown = fresh("sync", "status").stdout
+    assert "off (not set up on this device" in shown and "cairn sync setup" in shown
+    assert "1 change kept on this device" in shown
+    stats = fresh("stats", "--json")
+    assert (stats["outbox_pending"], stats["sync"]) == (1, "off")
+    human = fresh("stats").stdout
+    assert "outbox_pending" not in human
+    assert "off (1 change kept on this device until `cairn sync setup`)" in human
+    bad = fresh(
+        "sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", "cairn_x_y", ok=False
     )
     assert bad.returncode == 8 and "127.0.0.1:9" in bad.stderr
     assert not (tmp_path / "fresh" / "keys" / "sync.json").exists()
+
+
+def test_status_says_the_server_was_reached_and_refused_a_revoked_key(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    url, _admin = server
+    admin_env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
+    data = ["--data", str(tmp_path / "server-data")]
+    made = subprocess.run(
+        [CAIRN, "server", "key", "create", "-w", "team", "-n", "laptop", *data, "--json"],
+        env=admin_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = json.loads(made.stdout)
+    laptop = in_home(tmp_path, "laptop")
+    laptop("sync", "setup", "--server", url, "--api-key", key["key"])
+    subprocess.run([CAIRN, "server", "key", "revoke", key["id"], *data], env=admin_env, check=True)
+    status = laptop("sync", "status", "--json")
+    assert status["reachable"] is True and status["error"]["code"] == "auth_failed"
+    assert status["pending"] == 0  # the local part still shows
+    shown = laptop("sync", "status").stdout
+    assert "unreachable" not in shown
+    assert "reached, but it refused this device's API key" in shown and "revoked" in shown
+
+
+def test_a_too_short_passphrase_is_bad_input_and_the_minimum_is_said(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    url, key = server
+    env = {**env_for(tmp_path, "laptop"), "CAIRN_PASSPHRASE": "short", "CAIRN_API_KEY": key}
+    done = subprocess.run(
+        [CAIRN, "sync", "setup", "--server", url], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "at least 8 characters" in done.stderr
+    assert not (tmp_path / "laptop" / "keys" / "sync.json").exists()
+    help_text = subprocess.run(
+        [CAIRN, "sync", "setup", "--help"], env=env, capture_output=True, text=True
+    ).stdout
+    assert "8 characters" in help_text
 
 
 def test_devices_join_with_the_passphrase_or_the_recovery_key_and_a_wrong_one_changes_nothing(

@@ -6,7 +6,7 @@ import pytest
 
 from cairn.crypto import keyring as kr
 from cairn.crypto.seal import open_sealed, seal
-from cairn.errors import CryptoError, KeyMismatch, WrongPassphrase
+from cairn.errors import CryptoError, InvalidInput, KeyMismatch, WrongPassphrase
 
 FAST = kr.KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)  # tests only
 
@@ -30,7 +30,7 @@ def test_a_wrong_passphrase_or_recovery_key_is_refused_clearly() -> None:
         kr.unlock(ring, recovery=mistyped)
     with pytest.raises(WrongPassphrase):
         kr.unlock(ring)
-    with pytest.raises(CryptoError, match="at least 8"):
+    with pytest.raises(InvalidInput, match="at least 8"):  # bad input (exit 2), not a refusal
         kr.create("short", FAST)
 
 

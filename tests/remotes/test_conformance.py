@@ -239,6 +239,8 @@ def test_status_counts_devices_and_mutations(remote: Remote) -> None:
     remote.push([mutation(n) for n in range(3)])
     status = remote.status()
     assert (status["devices"], status["mutations"], status["latest_seq"]) == (2, 3, 3)
+    # Names, for people (the conflict view says which device wrote which version).
+    assert remote.devices() == {"dev-a": "laptop, renamed", "dev-b": "desktop"}
 
 
 def test_the_url_names_the_remote_without_secrets(remote: Remote) -> None:

@@ -310,3 +310,27 @@ def test_two_processes_of_one_device_store_a_mutation_once(store: Any) -> None:
     result = cli.push([of("dev-a", 1), of("dev-a", 2)])  # number 2 is taken: reread, filter
     assert (result.stored, result.duplicates) == (1, 1)
     assert ids(pull_all(cli)) == ["dev-a-00000", "dev-a-00001", "dev-a-00002"]
+
+
+def test_a_device_record_changes_only_when_the_device_has_read_further(store: Any) -> None:
+    """A folder inside a git repository stays unmodified after a sync that brought nothing:
+    each process (a `cairn sync now`) writes the device's record only when its read position
+    moved, and records the position a pull ended at as soon as it is applied."""
+    frames = Frames(os.urandom(32))
+    writer = ObjectRemote(store, "s3://bucket", "dev-a", frames)
+    writer.register_device("dev-a", "laptop")
+    writer.push([of("dev-a", n) for n in range(3)])
+    reader = ObjectRemote(store, "s3://bucket", "dev-b", frames)
+    reader.register_device("dev-b", "desktop")
+    page = reader.pull(None)
+    reader.mark_read(page.cursor)  # the sync engine applied the page
+    recorded = objects(store)["devices/dev-b"]
+    for _process in range(2):  # later syncs that bring nothing, each a new process
+        again = ObjectRemote(store, "s3://bucket", "dev-b", frames)
+        assert again.pull(page.cursor).mutations == []
+        assert objects(store)["devices/dev-b"] == recorded
+    writer.push([of("dev-a", 3)])
+    later = ObjectRemote(store, "s3://bucket", "dev-b", frames)
+    moved = later.pull(page.cursor)
+    later.mark_read(moved.cursor)
+    assert objects(store)["devices/dev-b"] != recorded

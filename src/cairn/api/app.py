@@ -7,9 +7,11 @@ whose Host header names this machine: a web page cannot reach it through DNS reb
 
 from __future__ import annotations
 
+import errno
 import hmac
+import socket
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any
 
 import uvicorn
@@ -129,7 +131,7 @@ def create_app(
     def remember(body: RememberRequest, response: Response) -> dict[str, Any]:
         result = store.remember(
             body.content,
-            kind=body.kind or model.DEFAULT_KIND,
+            kind=model.DEFAULT_KIND if body.kind is None else body.kind,
             project=body.project,
             tags=body.tags,
             topic_key=body.topic_key,
@@ -211,7 +213,8 @@ def create_app(
         summary="Forget a memory",
         description=(
             "Turns the memory into a tombstone (content, tags and vector erased; the id stays "
-            "known so the deletion syncs) and returns the tombstone. Forgetting it again is 404."
+            "known so the deletion syncs) and returns the tombstone. Forgetting it again changes "
+            "nothing and returns the tombstone too; an id never known is 404."
         ),
         responses={**_NOT_FOUND, **_INVALID},
     )
@@ -282,14 +285,19 @@ def create_app(
 
 
 def run(
-    settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, autosync: bool = True
+    settings: Settings,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    autosync: bool = True,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the API over the store named by ``settings`` until interrupted, syncing it in the
-    background unless ``autosync`` is off.
+    background unless ``autosync`` is off; ``on_ready`` hears where it listens, once it does.
 
-    The model and the vector index load before the port opens, so a missing model fails here
-    with its CairnError, and the first request is as fast as the rest. A damaged store is
-    served all the same: each route that touches the damage answers ``store_corrupt``.
+    The port is taken first, so a busy one fails at once with a clear error; the model and the
+    vector index load before requests are served, so a missing model fails here with its
+    CairnError, and the first request is as fast as the rest. A damaged store is served all the
+    same: each route that touches the damage answers ``store_corrupt``.
     """
     token = settings.local_token
     if _host_name(host) not in LOOPBACK_HOSTS and not token:
@@ -298,9 +306,11 @@ def run(
             "to the network; set a token first (`cairn serve --token ...` or CAIRN_LOCAL_TOKEN) "
             "and send it as `Authorization: Bearer <token>`, or keep the default 127.0.0.1"
         )
-    store = build(settings)
+    sock = _listen(host, port)
+    store = None
     sync = None
     try:
+        store = build(settings)
         try:
             store.warm_up()
         except StoreError as exc:  # damaged or long locked: each route answers the error
@@ -309,11 +319,41 @@ def run(
         # Listening beyond this machine was asked for, so requests will name other hosts.
         hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}
         app = create_app(store, allowed_hosts=hosts, sync=sync, token=token)
-        uvicorn.run(app, host=host, port=port)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        if on_ready is not None:
+            bound = sock.getsockname()[1]
+            where = f"[{host}]" if ":" in host else host
+            on_ready(
+                f"cairn serve: the local API on http://{where}:{bound} (OpenAPI docs at /docs), "
+                f"store {store.db.path}; Ctrl-C stops it"
+            )
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         if sync is not None:
             sync.close()
-        store.close()
+        if store is not None:
+            store.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it): an address in use is bad input
+    with what to do, not a server log."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InvalidInput(
+                f"{host}:{port} is in use (another `cairn serve`?); stop that process or pick "
+                "another port with --port"
+            ) from exc
+        raise InvalidInput(
+            f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
+        ) from exc
+    return sock
 
 
 def _host_name(host: str) -> str:

@@ -17,13 +17,23 @@ from rich.markup import escape
 import cairn
 from cairn import config, model, transfer
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress, progress_to, split, until_stopped
+from cairn.cli.common import (
+    App,
+    JsonFlag,
+    open_store,
+    progress,
+    progress_to,
+    split,
+    until_stopped,
+)
+from cairn.cli.project import project_app
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
 from cairn.errors import CairnError, InvalidInput
 from cairn.model import Filters
+from cairn.service import Store
 
-app = typer.Typer(
+app = App(
     name="cairn",
     help="Long-term memory for AI coding agents: remember and recall knowledge, offline.",
     no_args_is_help=True,
@@ -31,6 +41,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(project_app)
 app.add_typer(server_app)
 app.add_typer(sync_app)
 
@@ -58,6 +69,17 @@ def _filters(
     until: str | None,
 ) -> Filters:
     return Filters.parse(project, split(kind), split(tag), since, until)
+
+
+def _hint_projects(store: Store, project: str | None) -> None:
+    """When a --project filter found nothing, say so if no such project exists (a typo)."""
+    known = store.projects()
+    if project is None or project in known:
+        return
+    names = ", ".join(sorted(known)) or "none yet"
+    output.err.print(
+        f"no project is called {project!r}; the projects here: {names} (`cairn project list`)"
+    )
 
 
 @app.command()
@@ -109,6 +131,8 @@ def recall(
     filters = _filters(project, kind, tag, since, until)
     with open_store() as store:
         results = store.recall(query, filters, limit)
+        if not results:
+            _hint_projects(store, filters.project)
     if json_:
         output.emit_json([h.to_dict() for h in results])
     else:
@@ -131,6 +155,8 @@ def list_(
     with open_store() as store:
         items = store.list(filters, limit, offset)
         total = store.count(filters)
+        if not total:
+            _hint_projects(store, filters.project)
     if json_:
         output.emit_json({"total": total, "memories": [m.to_dict() for m in items]})
     else:
@@ -139,12 +165,14 @@ def list_(
 
 @app.command()
 def show(
-    memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix).")],
+    memory_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix of 8+ characters).")
+    ],
     json_: JsonFlag = False,
 ) -> None:
-    """Show one memory in full, with its relations."""
+    """Show one memory in full, with its relations (a forgotten one: its tombstone)."""
     with open_store() as store:
-        item = store.get(memory_id)
+        item = store.get(memory_id, include_forgotten=True)
         relations = store.relations(item.id)
     if json_:
         output.emit_json({**item.to_dict(), "relations": [r.to_dict() for r in relations]})
@@ -154,9 +182,12 @@ def show(
 
 @app.command()
 def edit(
-    memory_id: Annotated[str, typer.Argument(help="The memory's id (or a unique 8+ prefix).")],
+    memory_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The memory's id (or a unique 8+ prefix).")
+    ],
     content: Annotated[
-        str | None, typer.Argument(help="The new content; `-` reads standard input.")
+        str | None,
+        typer.Argument(metavar="TEXT", help="The new content; `-` reads standard input."),
     ] = None,
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="A new kind.")] = None,
     tag: Annotated[
@@ -177,16 +208,20 @@ def edit(
 
 @app.command()
 def forget(
-    memory_id: Annotated[str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix).")],
+    memory_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Memory id (or a unique prefix of 8+ characters).")
+    ],
     json_: JsonFlag = False,
 ) -> None:
-    """Forget a memory: its text, tags and vector are erased (a tombstone keeps the id)."""
+    """Forget a memory: its text, tags and vector are erased (a tombstone keeps the id).
+    Forgetting it again changes nothing."""
     with open_store() as store:
+        already = store.get(memory_id, include_forgotten=True).deleted
         gone = store.forget(memory_id)
     if json_:
         output.emit_json(gone.to_dict())
     else:
-        output.out.print(f"forgot {gone.id}")
+        output.out.print(f"{'already forgotten' if already else 'forgot'} {gone.id}")
 
 
 @app.command()
@@ -257,13 +292,20 @@ def import_(
 
 @app.command()
 def stats(json_: JsonFlag = False) -> None:
-    """Counts by kind and project, store size, model and pending sync mutations."""
+    """Counts by kind and project, store size, model, and where sync stands: the remote and
+    the changes waiting to be sent, or `off` before `cairn sync setup`."""
+    settings = config.load()
     with open_store() as store:
         data = store.stats()
+    data["sync"] = settings.sync.remote if cairn.sync_configured(settings) else "off"
     if json_:
         output.emit_json(data)
-    else:
-        output.mapping(data)
+        return
+    if data["sync"] == "off":  # nothing is waiting for a remote: changes are only kept here
+        pending = data.pop("outbox_pending")
+        kept = f" ({output.plural(pending, 'change')} kept on this device until `cairn sync setup`)"
+        data["sync"] = "off" + (kept if pending else "")
+    output.mapping(data)
 
 
 @app.command()
@@ -343,7 +385,7 @@ def serve(
         settings = dataclasses.replace(settings, local_token=token)
     # uvicorn stops on SIGTERM, then raises it again: until_stopped makes that a clean exit.
     with until_stopped():
-        api.run(settings, host, port, autosync)
+        api.run(settings, host, port, autosync, on_ready=output.announce)
 
 
 def _version(value: bool) -> None:

@@ -6,10 +6,11 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperArgument, TyperCommand
 
 import cairn
 from cairn import config
@@ -17,6 +18,31 @@ from cairn.cli import output
 from cairn.service import Store
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class Command(TyperCommand):
+    """A command whose usage line is in the usual notation, `cairn edit [OPTIONS] ID [TEXT]`:
+    Typer writes a required argument as `{ID}`, which reads as if the braces were typed."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:  # Typer's vendored click Context
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                name += "..." if param.nargs != 1 else ""
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+class App(typer.Typer):
+    """A Typer app whose commands are ``Command``s."""
+
+    def command(  # type: ignore[override]
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return super().command(name, cls=cls or Command, **options)
 
 
 def open_store(project: str | None = None, source: str = "cli") -> Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +19,21 @@ PREVIEW = 300
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 change``, ``2 changes``, ``no changes``."""
+    many = nouns or f"{noun}s"
+    if count == 0:
+        return f"no {many}"
+    return f"{count} {noun if count == 1 else many}"
+
+
+def announce(line: str) -> None:
+    """A line about the process itself (where it listens, what it does) on stderr, stamped
+    with the local time: stdout stays for data, and a service log shows when it happened."""
+    stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+    err.print(f"[dim]{stamp}[/] {escape(line)}")
 
 
 def _preview(text: str) -> str:
@@ -65,8 +81,19 @@ def memories(items: list[Memory], total: int) -> None:
         err.print(f"{len(items)} of {total} shown; use --limit/--offset for more")
 
 
+INCOMING = {
+    "supersedes": "superseded by",
+    "duplicate_of": "duplicated by",
+    "relates_to": "related from",
+    "contradicts": "contradicted by",
+}
+"""How a relation reads from the memory it points at (``A supersedes B``: B is superseded by A)."""
+
+
 def memory(item: Memory, relations: list[Relation]) -> None:
-    out.print(f"[bold]{item.id}[/]")
+    out.print(
+        f"[bold]{item.id}[/]" + ("  [yellow]forgotten[/] (a tombstone)" if item.deleted else "")
+    )
     for key, value in (
         ("kind", item.kind),
         ("project", item.project),
@@ -80,9 +107,13 @@ def memory(item: Memory, relations: list[Relation]) -> None:
         out.print(f"  [dim]{key:<10}[/] {escape(value)}")
     for rel in relations:
         if rel.from_id == item.id:
-            out.print(f"  [dim]{rel.type:<10}[/] → {rel.to_id}")
+            label, other = rel.type, rel.to_id
         else:
-            out.print(f"  [dim]{rel.type:<10}[/] ← {rel.from_id}")
+            label, other = INCOMING.get(rel.type, f"{rel.type} from"), rel.from_id
+        out.print(f"  [dim]{label:<10}[/] {other}")
+    if item.deleted:
+        out.print("\nits text, tags and vector were erased when it was forgotten")
+        return
     out.print()
     out.print(escape(item.content))
 

@@ -16,22 +16,23 @@ from typing import Annotated, Any
 import typer
 
 from cairn.cli import output
+from cairn.cli.common import App
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.server import backends, keys
 from cairn.server.storage import Quota, ServerStorage, Workspace
 
-server_app = typer.Typer(
+server_app = App(
     name="server",
     help="Run a Cairn sync server and manage its workspaces and API keys.",
     no_args_is_help=True,
 )
-workspace_app = typer.Typer(
+workspace_app = App(
     help="Workspaces: each has its own mutation log, keyring, devices and API keys.",
     no_args_is_help=True,
 )
-key_app = typer.Typer(
+key_app = App(
     help="API keys of a workspace: shown once when created, stored hashed, revocable.",
     no_args_is_help=True,
 )

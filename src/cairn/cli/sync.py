@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
@@ -21,25 +20,27 @@ import cairn
 from cairn import config, keystore
 from cairn.autosync import LEASE_TTL, WorkerStatus
 from cairn.cli import output
-from cairn.cli.common import JsonFlag, open_store, progress_to, until_stopped
-from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
+from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
+from cairn.crypto import keyring
+from cairn.errors import (
+    AuthFailed,
+    CairnError,
+    Forbidden,
+    InvalidInput,
+    RemoteUnreachable,
+    SyncError,
+)
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.syncing import Syncer
 from cairn.workspace_keys import join
 
-sync_app = typer.Typer(
+sync_app = App(
     name="sync",
     help="Sync memories with other devices through a Cairn sync server, an S3 bucket, a folder "
     "or a git repository.",
     no_args_is_help=True,
 )
-
-
-class Keep(StrEnum):
-    local = "local"
-    remote = "remote"
-    both = "both"
 
 
 @contextmanager
@@ -61,9 +62,18 @@ def setup(
             "--remote",
             "--server",
             help="Where to sync: a Cairn sync server (https://...), an S3 or S3-compatible "
-            "bucket (s3://bucket/prefix) or a folder (file:///path/to/folder).",
+            "bucket (s3://bucket/prefix) or a folder that exists (/path/to/folder, ./folder or "
+            "file:///path/to/folder).",
         ),
     ] = None,
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Make the folder if it does not exist: a new workspace, with its own "
+            "passphrase and recovery key.",
+        ),
+    ] = False,
     endpoint_url: Annotated[
         str | None,
         typer.Option(
@@ -104,7 +114,8 @@ def setup(
     json_: JsonFlag = False,
 ) -> None:
     """Connect this device to a workspace: check the remote, create or unlock the end-to-end
-    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE), register the device, save.
+    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE; a new one needs at least 8
+    characters), register the device, save.
 
     The workspace key goes to the OS keyring where one exists, else to a 0600 file under
     $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
@@ -113,8 +124,22 @@ def setup(
     url = _remote_url(remote_url, git)
     if endpoint_url and not url.startswith("s3://"):
         raise InvalidInput("--endpoint-url is for s3:// remotes")
+    parsed = urlparse(url)
+    folder = (
+        Path(unquote(parsed.path))
+        if parsed.scheme == "file" and parsed.netloc in ("", "localhost")
+        else None
+    )
+    if create and parsed.scheme != "file":
+        raise InvalidInput("--create is for a folder remote")
+    making = folder is not None and not folder.exists()
+    if making and not (create or git):
+        raise InvalidInput(
+            f"the folder {folder} does not exist: check the path, or add --create to make it "
+            "(a new workspace, with its own passphrase and recovery key)"
+        )
     with open_store() as store:
-        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url)
+        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url, create=making)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
             keys, recovery = None, None
@@ -160,6 +185,8 @@ def setup(
     if json_:
         output.emit_json(result)
         return
+    if making:
+        output.out.print(f"made the folder {folder} for a new workspace")
     workspace = f" (workspace {result['workspace']})" if result["workspace"] else ""
     output.out.print(
         f"[green]sync set up[/]: {result['remote']}{workspace}, "
@@ -178,10 +205,13 @@ def setup(
         output.out.print(
             "created the workspace's end-to-end encryption keyring. Your recovery key, shown "
             f"this once:\n\n    [bold]{recovery}[/]\n\nwrite it down and keep it apart from "
-            "the passphrase: with either, a new device can join; without both, nobody can "
-            "read these memories (not even the server or storage holding them)."
+            "the passphrase: with either, a new device can join; without either, nobody "
+            "can read these memories (not even the server or storage holding them)."
         )
-    output.out.print(f"{pending} change(s) to send; run `cairn sync now`")
+    output.out.print(
+        f"{output.plural(pending, 'change')} to send"
+        + ("; run `cairn sync now`" if pending else "")
+    )
     if git:
         output.out.print(
             "then commit .cairn/ and push it; teammates pull, run `cairn sync setup --git` "
@@ -190,7 +220,11 @@ def setup(
 
 
 def _remote_url(remote_url: str | None, git: bool) -> str:
-    """The remote's URL from --remote, or the .cairn folder of this git repository (--git)."""
+    """The remote's URL from --remote (a plain folder path becomes a file:// URL), or the
+    .cairn folder of this git repository (--git)."""
+    if remote_url in (".", "..") or (remote_url or "").startswith(("/", "./", "../", "~")):
+        assert remote_url is not None
+        remote_url = Path(remote_url).expanduser().resolve().as_uri()
     if git:
         if remote_url is None:
             top = config.git_root()
@@ -221,14 +255,18 @@ def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
         return os.environ[env]
     if not sys.stdin.isatty():
         raise InvalidInput(f"no passphrase: set {env} or run this in a terminal")
-    prompt = "new passphrase for the workspace" if creating else "the workspace's passphrase"
+    prompt = (
+        f"new passphrase for the workspace (at least {keyring.MIN_PASSPHRASE} characters)"
+        if creating
+        else "the workspace's passphrase"
+    )
     return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=creating))
 
 
 @sync_app.command()
 def passphrase(json_: JsonFlag = False) -> None:
-    """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE); nothing is
-    re-encrypted and other devices keep working."""
+    """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE; at least 8
+    characters); nothing is re-encrypted and other devices keep working."""
     new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
     with _syncer() as syncer:
         syncer.envelopes.change_passphrase(new)
@@ -302,7 +340,8 @@ def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
         return
     for step, counts in report.items():
         shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
-        output.out.print(f"{step.replace('_', ' ')}: {shown or 'nothing to do'}")
+        idle = "nothing new" if step == "pull" else "nothing to send"
+        output.out.print(f"{step.replace('_', ' ')}: {shown or idle}")
         if counts.get("dead_lettered") or counts.get("failed"):
             output.out.print(
                 "[yellow]some changes were set aside[/]; `cairn sync dead-letters` shows why"
@@ -337,14 +376,16 @@ def compact(
     made = "wrote" if report["new_snapshot"] else "kept"
     output.out.print(
         f"[green]compacted[/]: {made} snapshot {report['snapshot']} "
-        f"({report['snapshot_mutations']} changes in {report['snapshot_parts']} part(s)); "
-        f"removed {report['removed_batches']} batch(es), kept {report['kept_batches']} that a "
-        "device has not read yet"
+        f"({output.plural(report['snapshot_mutations'], 'change')} in "
+        f"{output.plural(report['snapshot_parts'], 'part')}); removed "
+        f"{output.plural(report['removed_batches'], 'batch', 'batches')}, kept "
+        f"{output.plural(report['kept_batches'], 'batch', 'batches')} that a device has not "
+        "read yet"
     )
     if report["skipped_objects"]:
         output.out.print(
-            f"[yellow]{len(report['skipped_objects'])} object(s) did not open[/] and were "
-            "left out: " + ", ".join(sorted(report["skipped_objects"]))
+            f"[yellow]{output.plural(len(report['skipped_objects']), 'object')} did not "
+            "open[/] and were left out: " + ", ".join(sorted(report["skipped_objects"]))
         )
 
 
@@ -355,28 +396,36 @@ def status(json_: JsonFlag = False) -> None:
     settings = config.load()
     with open_store() as store:
         data = cairn.sync_status(settings, store)
-        if not data["configured"]:
-            raise SyncNotConfigured(cairn.NOT_CONFIGURED)
-        try:
-            syncer = cairn.build_syncer(settings, store)
-        except CairnError as exc:  # the local state still shows; the failure says what is wrong
-            data.update(reachable=False, error=exc.to_dict())
-        else:
+        if data["configured"]:
             try:
-                data.update(syncer.status())
-            finally:
-                syncer.close()
+                syncer = cairn.build_syncer(settings, store)
+            except CairnError as exc:  # the local part still shows; the error says what is wrong
+                data.update(reachable=_reached(exc), error=exc.to_dict())
+            else:
+                try:
+                    data.update(syncer.status())
+                finally:
+                    syncer.close()
     if json_:
         output.emit_json(data)
         return
-    reach = (
-        "[green]reachable[/]"
-        if data["reachable"]
-        else f"[red]unreachable[/] ({data['error']['message']})"
-    )
-    output.out.print(f"remote        {data['remote']}  {reach}")
+    pending = data["pending"]
+    if not data["configured"]:
+        output.out.print(
+            "sync          off (not set up on this device; `cairn sync setup --remote URL` "
+            "sets it up)"
+        )
+        output.out.print(f"device        {data['device_id']}")
+        output.out.print(
+            f"pending       {pending} ({output.plural(pending, 'change')} kept on this device "
+            "until sync is set up)"
+            if pending
+            else "pending       0"
+        )
+        return
+    output.out.print(f"remote        {data['remote']}  {_reachability(data)}")
     output.out.print(f"device        {data['device_id']}")
-    output.out.print(f"pending       {data['pending']}")
+    output.out.print(f"pending       {pending}")
     output.out.print(f"dead letters  {data['dead_letters']}")
     output.out.print(f"conflicts     {data['conflicts']}")
     output.out.print(f"last push     {data['last_push_at'] or 'never'}")
@@ -384,6 +433,29 @@ def status(json_: JsonFlag = False) -> None:
     worker = data["worker"]
     reason = f" ({worker['reason']})" if worker["reason"] else ""
     output.out.print(f"worker        {worker['phase']}{reason}: {escape(worker['message'])}")
+
+
+def _reached(exc: CairnError) -> bool | None:
+    """Whether the remote answered, from what went wrong: a refusal is an answer; a local
+    problem (the saved key, the settings) says nothing about the remote (None)."""
+    if isinstance(exc, RemoteUnreachable):
+        return False
+    return True if isinstance(exc, SyncError) else None
+
+
+def _reachability(data: dict[str, Any]) -> str:
+    """The remote's part of `cairn sync status`: reached or not, and what it refused."""
+    error = data.get("error")
+    if error is None:
+        return "[green]reachable[/]"
+    message = escape(error["message"])
+    if error["code"] == RemoteUnreachable.code:
+        return f"[red]unreachable[/] ({message})"
+    if error["code"] in (AuthFailed.code, Forbidden.code):
+        return f"[red]reached, but it refused this device's API key[/] ({message})"
+    if data.get("reachable"):
+        return f"[red]reached, but[/] {message}"
+    return f"[red]not checked[/]: {message}"
 
 
 @sync_app.command()
@@ -407,53 +479,97 @@ def daemon(
             print(json.dumps(status.to_dict()), flush=True)
         else:
             reason = f" ({status.reason})" if status.reason else ""
-            output.err.print(f"{status.phase}{reason}: {escape(status.message)}")
+            output.announce(f"{status.phase}{reason}: {status.message}")
 
     with open_store() as store, until_stopped():
         worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl, on_status=show)
         try:
             threading.Event().wait()
         finally:
-            worker.stop()
+            worker.stop(flush=cairn.FLUSH_SECONDS)
 
 
 @sync_app.command()
 def conflicts(json_: JsonFlag = False) -> None:
-    """Memories whose content two devices changed at once: the kept version and the current."""
+    """Memories whose text two devices changed at once: the text shown now and the other
+    version kept beside it, with the device that wrote each."""
+    settings = config.load()
     with _syncer() as syncer:
         found = syncer.conflicts()
+        names = _device_names(syncer, settings.sync.device_name) if found else {}
     if json_:
-        output.emit_json([c.to_dict() for c in found])
+        output.emit_json(
+            [
+                c.to_dict()
+                | {
+                    "device_name": names.get(c.device_id),
+                    "current_device_name": names.get(c.current_device_id),
+                }
+                for c in found
+            ]
+        )
         return
     if not found:
         output.out.print("no conflicts")
         return
+
+    def writer(device: str) -> str:
+        name = escape(names.get(device, device))
+        return f"{name} (this device)" if device == syncer.device_id else name
+
     for c in found:
-        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}  from device {c.device_id}")
-        output.out.print(f"  current (local): {escape(c.current)}")
-        output.out.print(f"  other (remote):  {escape(c.content)}")
-    output.out.print("settle one with `cairn sync resolve ID --keep local|remote|both`")
+        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}")
+        output.out.print(f"  shown now, written by {writer(c.current_device_id)}:")
+        output.out.print(f"    {escape(c.current)}")
+        output.out.print(f"  other version, written by {writer(c.device_id)}:")
+        output.out.print(f"    {escape(c.content)}")
+    output.out.print(
+        "settle one with `cairn sync resolve ID --keep current` (the text shown now), "
+        "`--keep other` (the other version) or `--keep both` (the other version becomes a "
+        "memory of its own)"
+    )
+
+
+def _device_names(syncer: Syncer, own_name: str) -> dict[str, str]:
+    """Device names by id as the remote knows them (none if it cannot say), and this one's."""
+    try:
+        names = syncer.remote.devices()
+    except CairnError:
+        names = {}
+    return {**names, syncer.device_id: own_name}
+
+
+KEEP = {"current": "local", "other": "remote", "both": "both", "local": "local", "remote": "remote"}
+"""--keep choices, by what they keep (``local`` and ``remote``, their former names, still work),
+to the sync engine's names."""
 
 
 @sync_app.command()
 def resolve(
-    conflict: Annotated[str, typer.Argument(help="A conflict id, or the memory's id.")],
+    conflict: Annotated[
+        str, typer.Argument(metavar="ID", help="A conflict id, or the memory's id.")
+    ],
     keep: Annotated[
-        Keep,
+        str,
         typer.Option(
-            help="local: keep the content shown now; remote: keep the other version; "
-            "both: keep the current one and make the other version a memory of its own."
+            metavar="current|other|both",
+            help="current: keep the text shown now; other: keep the other version; both: keep "
+            "the text shown now and make the other version a memory of its own.",
         ),
     ],
     json_: JsonFlag = False,
 ) -> None:
     """Settle a conflict; the choice syncs to every device like any other change."""
+    if keep not in KEEP:
+        raise InvalidInput(f"--keep {keep!r}: choose current, other or both")
     with _syncer() as syncer:
-        result = syncer.resolve(conflict, keep.value)
+        result = syncer.resolve(conflict, KEEP[keep])
+    result["kept"] = {"local": "current", "remote": "other", "both": "both"}[result["kept"]]
     if json_:
         output.emit_json(result)
         return
-    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {keep.value}")
+    kept = {"current": "the text shown now", "other": "the other version", "both": "both"}
+    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {kept[result['kept']]}")
     if result["created"]:
         output.out.print(f"  the other version is now memory {result['created']}")
 
@@ -484,4 +600,7 @@ def dead_letters(
             f"{d.direction:4} {d.entity} {d.entity_id}  [red]{d.code}[/]: {escape(d.message)}"
         )
     if retry:
-        output.out.print(f"{requeued} change(s) queued again; run `cairn sync push`")
+        output.out.print(
+            f"{output.plural(requeued, 'change')} queued again"
+            + ("; run `cairn sync push`" if requeued else "")
+        )

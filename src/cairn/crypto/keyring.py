@@ -29,10 +29,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.errors import CryptoError, KeyMismatch, WrongPassphrase
+from cairn.errors import CryptoError, InvalidInput, KeyMismatch, WrongPassphrase
 
 FORMAT = "cairn-keyring/1"
 KEY_BYTES = 32
+MIN_PASSPHRASE = 8
+"""Characters a workspace passphrase needs at least (a shorter one is refused as bad input)."""
 RECOVERY_GROUP = 4
 
 
@@ -260,8 +262,10 @@ def parse_recovery(text: str) -> bytes:
 
 
 def _check_passphrase(passphrase: str) -> None:
-    if len(passphrase) < 8:
-        raise CryptoError("a passphrase needs at least 8 characters; a few words is best")
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise InvalidInput(
+            f"a passphrase needs at least {MIN_PASSPHRASE} characters; a few words is best"
+        )
 
 
 def _hkdf(key: bytes, info: bytes) -> bytes:

@@ -70,6 +70,16 @@ class Remote(Protocol):
 
     def register_device(self, device_id: str, name: str) -> None: ...
 
+    def devices(self) -> dict[str, str]:
+        """The name of each device registered here, by device id."""
+        ...
+
+    def mark_read(self, cursor: str) -> None:
+        """This device has applied everything up to ``cursor``. A remote that keeps each
+        device's read position (object storage, whose compaction needs it) records it; a server
+        keeps none and ignores it."""
+        ...
+
     def set_frames(self, frames: Frames) -> None:
         """The workspace's keys are open: a remote that stores objects of its own (a bucket,
         a folder) seals them with ``frames``; a server stores envelopes as sent and ignores it."""

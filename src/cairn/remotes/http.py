@@ -114,6 +114,22 @@ class HttpRemote:
     def register_device(self, device_id: str, name: str) -> None:
         self._call("POST", "/v1/devices", json={"device_id": device_id, "name": name})
 
+    def devices(self) -> dict[str, str]:
+        body = self._call("GET", "/v1/devices")
+        listed = body.get("devices")
+        if not isinstance(listed, list):
+            raise SyncError(f"{self._url} sent a device list this client cannot read")
+        return {
+            d["device_id"]: d["name"]
+            for d in listed
+            if isinstance(d, dict)
+            and isinstance(d.get("device_id"), str)
+            and isinstance(d.get("name"), str)
+        }
+
+    def mark_read(self, cursor: str) -> None:
+        return None  # the server needs no read positions: it never removes what it stores
+
     def set_frames(self, frames: Frames) -> None:
         return None  # envelopes are sealed already; the remote adds no objects of its own
 

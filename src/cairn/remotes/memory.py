@@ -90,6 +90,13 @@ class MemoryRemote:
         with self._changed:
             self._devices[device_id] = name
 
+    def devices(self) -> dict[str, str]:
+        with self._changed:
+            return dict(self._devices)
+
+    def mark_read(self, cursor: str) -> None:
+        return None  # keeps everything, so needs no read positions
+
     def set_frames(self, frames: Frames) -> None:
         return None  # envelopes are sealed already; the remote adds no objects of its own
 

@@ -401,19 +401,43 @@ class ObjectRemote:
         record = {**record, "updated_at": _now_ms()}
         self._put(path, self._frame(path, json.dumps(record).encode()), create=False)
 
-    def _publish(self, cursor: str, position: dict[str, list[int]]) -> None:
+    def devices(self) -> dict[str, str]:
+        """Each device's name, from its record (sealed: the keys must be open); a record that
+        does not open is left out (and listed under ``skipped_objects``)."""
+        self._frames()
+        names: dict[str, str] = {}
+        for device in self._names("devices/"):
+            record = self._device_record(device)
+            if record is not None and isinstance(record.get("name"), str):
+                names[device] = record["name"]
+        return names
+
+    def mark_read(self, cursor: str) -> None:
+        """This device has applied everything up to ``cursor``: record it at once (a sync that
+        ends here leaves nothing for the next one to write)."""
+        self._publish(cursor, _read_cursor(cursor)[0], force=True)
+
+    def _publish(self, cursor: str, position: dict[str, list[int]], force: bool = False) -> None:
         """Record how far this device has read (the cursor it pulls from has been applied), so
         a compaction knows which batches every device has passed; at most every
-        ``publish_every`` seconds, and only when it moved."""
+        ``publish_every`` seconds (unless ``force``), and only when it moved: a record that
+        already holds this position is not written again, so a folder in a git repository is
+        left unmodified by a sync that brought nothing."""
         if self.device_id is None or self.frames is None:
             return
         last = self._published
         now = time.monotonic()
-        if last is not None and (last[0] == cursor or now - last[1] < self.publish_every):
+        if last is not None and (
+            last[0] == cursor or (not force and now - last[1] < self.publish_every)
+        ):
             return
-        if self._name is None:
+        if last is None:  # this process has not written it yet: what does it hold?
             record = self._device_record(self.device_id)
-            self._name = str(record.get("name") or self.device_id) if record else self.device_id
+            if self._name is None:
+                self._name = str(record.get("name") or self.device_id) if record else self.device_id
+            if record is not None and record.get("at") == position:
+                self._published = (cursor, now)
+                return
         self._write_device(self.device_id, {"name": self._name, "at": position})
         self._published = (cursor, now)
 
@@ -812,10 +836,13 @@ class ObjectRemote:
 
 
 def open_url(
-    url: str, endpoint_url: str | None = None, device_id: str | None = None
+    url: str, endpoint_url: str | None = None, device_id: str | None = None, create: bool = False
 ) -> ObjectRemote:
-    """The object remote a URL names: ``file:///path/to/folder`` (created if missing) or
-    ``s3://bucket/prefix``. S3 credentials and region come the usual AWS way (environment
+    """The object remote a URL names: ``file:///path/to/folder`` or ``s3://bucket/prefix``.
+
+    A folder must exist unless ``create`` (``cairn sync setup --create``): a typo never makes
+    a new, empty workspace, and a folder that went away (unmounted, moved) is unreachable
+    until it is back. S3 credentials and region come the usual AWS way (environment
     variables, then the shared config and credentials files and ``AWS_PROFILE``, through
     boto3's chain); ``endpoint_url`` points at an S3-compatible service (R2, B2, MinIO, ...)."""
     parsed = urlparse(url)
@@ -825,10 +852,15 @@ def open_url(
         folder = Path(unquote(parsed.path))
         if not folder.is_absolute():
             raise InvalidInput(f"{url!r}: a folder remote is file:///absolute/path")
+        if not create and not folder.is_dir():
+            raise RemoteUnreachable(
+                f"the sync folder {folder} does not exist (moved, or not mounted?); sync "
+                "waits for it to be back"
+            )
         from obstore.store import LocalStore
 
         try:
-            store = LocalStore(folder, mkdir=True)
+            store = LocalStore(folder, mkdir=create)
         except Exception as exc:  # obstore raises its own errors for a folder it cannot make
             raise InvalidInput(f"cannot use {folder} as a sync folder: {exc}") from exc
         return ObjectRemote(store, folder.as_uri(), device_id)

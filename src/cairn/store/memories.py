@@ -176,6 +176,17 @@ def edit(
     return found
 
 
+def set_project(conn: sqlite3.Connection, memory: Memory, project: str) -> Memory:
+    """Move a memory to another project: a change of its ``project`` field that syncs."""
+    hlc = next_hlc(conn)
+    packed, updated = hlc.pack(), now_ms()
+    rowid = _rowid(conn, memory.id)
+    conn.execute("UPDATE memories SET project = ? WHERE rowid = ?", (project, rowid))
+    _stamp(conn, rowid, packed, updated, ("project",))
+    record_change(conn, hlc, memory.id)
+    return replace(memory, project=project, hlc=packed, updated_at=updated)
+
+
 def _stamp(
     conn: sqlite3.Connection, rowid: int, packed: str, updated: int, fields: Sequence[str]
 ) -> None:
@@ -264,6 +275,19 @@ def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> M
         (content_hash, project),
     )
     return found[0] if found else None
+
+
+def live_in_project(conn: sqlite3.Connection, project: str) -> list[Memory]:
+    """Every live memory of a project, oldest first."""
+    return _fetch(conn, "m.project = ? AND m.deleted = 0 ORDER BY m.created_at, m.id", (project,))
+
+
+def projects(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each project that holds live memories, with how many, by name."""
+    rows = conn.execute(
+        "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project ORDER BY 1"
+    )
+    return {str(r[0]): int(r[1]) for r in rows}
 
 
 def live_with_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> list[Memory]:

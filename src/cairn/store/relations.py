@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from cairn.model import Memory
+from cairn.store import memories
 from cairn.store.clock import next_hlc, now_ms
 from cairn.store.memories import record_change, rows_in
 
@@ -70,6 +71,21 @@ def link_topic(conn: sqlite3.Connection, memory: Memory) -> str | None:
     if before and after:
         remove_relation(conn, after[0], before[0], "supersedes")
     return str(before[0]) if before else None
+
+
+def collapse(conn: sqlite3.Connection, project: str, content_hash: str) -> int:
+    """Collapse live memories of a project with identical content onto the smallest id: the
+    others become tombstones marked ``duplicate_of`` it, their tags merged in; returns how
+    many. Every replica applies this rule the same way (``cairn.sync.apply``)."""
+    same = memories.live_with_hash(conn, project, content_hash)
+    if len(same) < 2:
+        return 0
+    keeper, *others = same
+    for other in others:
+        keeper = memories.add_tags(conn, keeper, other.tags)
+        memories.tombstone(conn, other)
+        add_relation(conn, other.id, keeper.id, "duplicate_of")
+    return len(others)
 
 
 def successors(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:

@@ -180,12 +180,13 @@ def _write_revisions(
 def conflicts(conn: sqlite3.Connection) -> list[Conflict]:
     """Open conflicts (a kept version whose content differs from the current one), oldest first."""
     rows = conn.execute(
-        "SELECT c.memory_id, c.hlc, c.content, m.content FROM conflicts c "
+        "SELECT c.memory_id, c.hlc, c.content, m.content, "
+        "coalesce(json_extract(m.field_hlc, '$.content'), m.created_hlc) FROM conflicts c "
         "JOIN memories m ON m.id = c.memory_id WHERE m.deleted = 0 "
         "AND c.content_hash != m.content_hash ORDER BY c.hlc"
     ).fetchall()
     out = []
-    for memory_id, hlc, content, current in rows:
+    for memory_id, hlc, content, current, current_hlc in rows:
         clock = HLC.unpack(hlc)
         out.append(
             Conflict(
@@ -196,6 +197,7 @@ def conflicts(conn: sqlite3.Connection) -> list[Conflict]:
                 current,
                 clock.device_id,
                 clock.wall_ms,
+                HLC.unpack(current_hlc).device_id,
             )
         )
     return out

@@ -96,20 +96,9 @@ def apply(
         if memory.deleted:
             continue
         if (memory.project, memory.content_hash) in shared:
-            result.duplicates_merged += _collapse(conn, memory.project, memory.content_hash)
+            result.duplicates_merged += relations.collapse(
+                conn, memory.project, memory.content_hash
+            )
         if state.vector is None:
             result.needs_vector.append(memory.id)
     return result
-
-
-def _collapse(conn: sqlite3.Connection, project: str, content_hash: str) -> int:
-    """Collapse live memories with identical content onto the smallest id; returns how many."""
-    same = memories.live_with_hash(conn, project, content_hash)
-    if len(same) < 2:
-        return 0
-    keeper, *others = same
-    for other in others:
-        keeper = memories.add_tags(conn, keeper, other.tags)
-        memories.tombstone(conn, other)
-        relations.add_relation(conn, other.id, keeper.id, "duplicate_of")
-    return len(others)
