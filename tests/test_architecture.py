@@ -15,6 +15,7 @@ LAYERS: dict[str, int] = {
     "cairn.hlc": 0,
     "cairn.config": 0,
     "cairn.protocol": 0,
+    "cairn.keyring_rules": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
     "cairn.keystore": 1,

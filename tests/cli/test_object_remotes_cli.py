@@ -227,3 +227,18 @@ def test_a_team_syncs_through_a_git_repository_without_merge_conflicts(tmp_path:
     tracked = git(clones["alice"], "ls-files", ".cairn").split()
     assert ".cairn/.gitattributes" in tracked and ".cairn/cairn.json" in tracked
     assert_zero_knowledge(every_object(LocalStore(clones["alice"] / ".cairn")))
+
+
+def test_setup_refuses_storage_that_ignores_put_if_absent_and_splits_nothing(
+    tmp_path: Path, s3_without_conditional_writes: S3Server
+) -> None:
+    faulty = s3_without_conditional_writes
+    name = faulty.new_bucket()
+    endpoint = ["--endpoint-url", faulty.endpoint]
+    for who in ("alpha", "beta"):  # two devices setting up the same bucket
+        run = device(tmp_path, who, **faulty.env())
+        made = run("sync", "setup", "--remote", f"s3://{name}", *endpoint, ok=False)
+        assert made.returncode == 8, made.stderr
+        assert "conditional writes" in made.stderr and "If-None-Match" in made.stderr
+        assert not (tmp_path / who / "keys" / "sync.json").exists()  # nothing saved
+    assert every_object(faulty.bucket(name)) == {}  # no keyring to be replaced
