@@ -66,12 +66,20 @@ def join(
     The versions are tried newest first: the newest that opens and is signed by the master key
     it holds is taken (an unsigned one only when no version is signed: a keyring made before
     versions were signed, which this device then signs)."""
+    keks: dict[keyring.KdfParams, bytes] = {}  # one Argon2 run per passphrase salt
     for _attempt in range(3):
-        versions = remote.keyring_versions()
-        if versions:
-            found, unlocked = _first_trusted(versions, passphrase, recovery)
+        newest = remote.get_keyring()
+        if newest is not None:
+            try:  # the usual case, in one request: the newest opens and is signed
+                if newest.proof is not None:
+                    found, unlocked = _first_trusted([newest], passphrase, recovery, keks)
+                    return _opened(remote, unlocked), None
+            except CryptoError:
+                pass
+            versions = remote.keyring_versions()
+            found, unlocked = _first_trusted(versions or [newest], passphrase, recovery, keks)
             if found.proof is None:
-                _upgrade(remote, found, unlocked, versions[0].version)
+                _upgrade(remote, found, unlocked, max(v.version for v in versions or [newest]))
             return _opened(remote, unlocked), None
         if passphrase is None:
             raise WrongPassphrase(
@@ -90,7 +98,10 @@ def join(
 
 
 def _first_trusted(
-    versions: list[KeyringBlob], passphrase: str | None, recovery: str | None
+    versions: list[KeyringBlob],
+    passphrase: str | None,
+    recovery: str | None,
+    keks: dict[keyring.KdfParams, bytes],
 ) -> tuple[KeyringBlob, keyring.Unlocked]:
     """The newest version that opens with the passphrase (or recovery key) and is signed by
     the master key it holds; else the newest unsigned one that opens, if no older one is
@@ -99,7 +110,6 @@ def _first_trusted(
     refused, as it was before versions were kept."""
     legacy: tuple[KeyringBlob, keyring.Unlocked] | None = None
     failures: list[CryptoError] = []
-    keks: dict[keyring.KdfParams, bytes] = {}  # one Argon2 run per passphrase salt
     chosen: tuple[KeyringBlob, keyring.Unlocked] | None = None
     for found in versions:
         if legacy is not None and found.proof is None:
