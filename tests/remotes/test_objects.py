@@ -339,7 +339,7 @@ def test_storage_that_ignores_put_if_absent_is_refused_before_anything_is_writte
         ObjectRemote(faulty, "s3://faulty").status()
 
 
-def test_storage_that_honours_put_if_absent_passes_the_probe_once_per_day(store: Any) -> None:
+def test_storage_that_honours_put_if_absent_passes_the_probe_and_keeps_no_probe(store: Any) -> None:
     remote = ObjectRemote(store, "s3://bucket", frames=Frames(os.urandom(32)))
     assert remote.status()["conditional_writes"] == "honoured"
     remote.register_device("dev-a", "laptop")
