@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import os
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 import uvicorn
 from hypothesis import settings
 
+from cairn.crypto.keyring import KdfParams, Keyring, Unlocked, create
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.protocol import SEALED_HEADER, SEALED_VERSION
 from cairn.server import keys
@@ -207,11 +210,11 @@ class S3Server:
             "AWS_DEFAULT_REGION": S3_CREDENTIALS["region_name"],
         }
 
-    def bucket(self) -> Any:
-        """A fresh, empty bucket's obstore store."""
+    def bucket(self, name: str | None = None) -> Any:
+        """The obstore store of bucket ``name`` (default: a fresh, empty one)."""
         from obstore.store import S3Store
 
-        name = self.new_bucket()
+        name = name or self.new_bucket()
         return S3Store(
             name,
             endpoint=self.endpoint,
@@ -244,3 +247,59 @@ def s3_server() -> Iterator[S3Server]:
 def envelope(body: bytes = b"", key_id: int = 1) -> bytes:
     """A payload shaped like a sealed envelope: remotes check that shape, never the contents."""
     return SEALED_HEADER.pack(SEALED_VERSION, key_id, b"s" * 16, b"n" * 12) + body + b"t" * 16
+
+
+class _Forwarder(http.server.BaseHTTPRequestHandler):
+    """Forwards each request to the S3 server behind it, without ``If-None-Match``."""
+
+    protocol_version = "HTTP/1.1"
+    target: tuple[str, int] = ("127.0.0.1", 0)
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "if-none-match"}
+        upstream = http.client.HTTPConnection(*self.target, timeout=30)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status, answer.reason)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        return None
+
+
+@pytest.fixture
+def s3_without_conditional_writes(s3_server: S3Server) -> Iterator[S3Server]:
+    """moto's S3 server behind a real HTTP proxy on 127.0.0.1 that drops ``If-None-Match``
+    from every request: storage that ignores put-if-absent, as some S3-compatible services
+    and older gateways do (moto itself has no switch for it)."""
+    host, port = s3_server.endpoint.removeprefix("http://").split(":")
+    handler = type("Forwarder", (_Forwarder,), {"target": (host, int(port))})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield S3Server(f"http://127.0.0.1:{proxy.server_address[1]}")
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join(timeout=10)
+
+
+def a_keyring(passphrase: str = "a passphrase for tests") -> tuple[Keyring, Unlocked]:
+    """A real workspace keyring (a fast key derivation: tests only) and its keys."""
+    ring, keys, _recovery = create(
+        passphrase, KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
+    )
+    return ring, keys

@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "cairn.config": 0,
     "cairn.protocol": 0,
     "cairn.agent_text": 0,
+    "cairn.keyring_rules": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
     "cairn.keystore": 1,

@@ -46,6 +46,7 @@ from cairn.errors import (
     QuotaExceeded,
     RateLimited,
     RemoteUnreachable,
+    StorageUnsupported,
     SyncError,
     SyncNotConfigured,
     error_for,
@@ -55,6 +56,7 @@ from cairn.service import Store
 from cairn.store import lease, outbox, replica
 from cairn.store.clock import now_ms
 from cairn.syncing import Progress, Syncer
+from cairn.workspace_keys import keyring_problem
 
 STATUS = "sync.worker"
 ROUND = "sync.round"
@@ -62,7 +64,15 @@ ROUND = "sync.round"
 LEASE_TTL = 15.0
 CONTROL_THREAD = "cairn-sync"
 PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
-PERMANENT = (AuthFailed, Forbidden, SyncNotConfigured, ConfigError, CryptoError, QuotaExceeded)
+PERMANENT = (
+    AuthFailed,
+    Forbidden,
+    SyncNotConfigured,
+    ConfigError,
+    CryptoError,
+    QuotaExceeded,
+    StorageUnsupported,
+)
 """Failures no retry can fix: they wait for the settings to change (or a sync asked for)."""
 
 
@@ -357,7 +367,13 @@ class Worker:
         self.status.last_success_at = now_ms()
         with self.store.db.read() as conn:
             letters = outbox.dead_letters(conn)
-        if letters or dead_lettered:
+        problem = keyring_problem(self.store)
+        if problem is not None:
+            # Trigger: the remote's newest keyring version does not authenticate. Why: sync
+            # goes on with the newest one that does (or the last good copy), but someone must
+            # look. Outcome: degraded with the reason, while changes still flow.
+            self._set("degraded", str(problem["reason"]), f"{what}; {problem['message']}")
+        elif letters or dead_lettered:
             codes = {letter.code for letter in letters}
             # One cause (payload_too_large, revoked_key, payload_tampered...) is the reason.
             reason = codes.pop() if len(codes) == 1 else "dead_letter"

@@ -27,9 +27,11 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
         ├── RateLimited             8  429  rate_limited
         ├── QuotaExceeded           8  429  quota_exceeded
         ├── NotHosted               8  409  not_hosted
+        ├── StorageUnsupported      8  502  storage_unsupported
         └── CryptoError            10  400  crypto_failed
             ├── WrongPassphrase    10  401  wrong_passphrase
             ├── KeyMismatch        10  409  key_mismatch
+            ├── KeyringUntrusted   10  403  keyring_untrusted
             └── PayloadTampered    10  422  payload_tampered
 
 Sync errors travel over HTTP by code: ``error_for(code, message)`` rebuilds the class on the
@@ -203,6 +205,13 @@ class NotHosted(SyncError):
     http_status = 409
 
 
+class StorageUnsupported(SyncError):
+    """The storage behind an object remote lacks a feature sync relies on (put-if-absent):
+    using it would let devices overwrite each other's objects and split the workspace."""
+
+    code = "storage_unsupported"
+
+
 class CryptoError(SyncError):
     """End-to-end encryption refused something; nothing from it was applied or changed."""
 
@@ -221,6 +230,14 @@ class KeyMismatch(CryptoError):
 
     code = "key_mismatch"
     http_status = 409
+
+
+class KeyringUntrusted(CryptoError):
+    """A keyring version lacks a valid proof by the workspace's master key (a write key or a
+    bucket writer made it, or it was replayed): it is refused, never used."""
+
+    code = "keyring_untrusted"
+    http_status = 403
 
 
 class PayloadTampered(CryptoError):

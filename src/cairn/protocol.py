@@ -102,14 +102,29 @@ class PushResult:
 
 
 @dataclass(frozen=True)
+class KeyringProof:
+    """That a keyring version was made by a holder of the workspace's master key: an Ed25519
+    signature (``cairn.keyring_rules``) over the version numbered ``version``, and the key that
+    checks it (published in clear; a device derives its own and trusts only that)."""
+
+    signature: bytes
+    verify_key: bytes
+    version: int
+    """The version the signature names: the stored version's own number, except for a copy an
+    administrator restored (a rollback), which keeps the number it was signed under."""
+
+
+@dataclass(frozen=True)
 class KeyringBlob:
     """A workspace's keyring as a remote keeps it: an opaque (encrypted) blob, its
-    compare-and-swap version, and the key ids it no longer accepts new payloads under
-    (published in clear beside the blob, so a remote can refuse them without reading it)."""
+    compare-and-swap version, the key ids it no longer accepts new payloads under (published in
+    clear beside the blob, so a remote can refuse them without reading it), and its proof
+    (None: made before keyrings were signed)."""
 
     blob: bytes
     version: int
     revoked: tuple[int, ...] = ()
+    proof: KeyringProof | None = None
 
 
 @dataclass(frozen=True)

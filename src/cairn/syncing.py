@@ -43,7 +43,7 @@ from cairn.store import outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
 from cairn.sync import payload
 from cairn.sync.apply import apply
-from cairn.workspace_keys import Envelopes
+from cairn.workspace_keys import Envelopes, keyring_problem
 
 CURSOR = "sync.cursor"
 TARGET = "sync.target"
@@ -67,6 +67,8 @@ class PushReport:
     dead_lettered: int = 0
     batches: int = 0
     bytes: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    """How many changes were refused for each reason code (``revoked_key``, ...)."""
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Syncer:
     ) -> None:
         self.store = store
         self.remote = remote
-        self.envelopes = Envelopes(remote, keys)
+        self.envelopes = Envelopes(remote, keys, store)
         self.rules = rules or SyncRules()
         self.batch_bytes = batch_bytes
         self.batch_size = batch_size
@@ -292,6 +294,7 @@ class Syncer:
         with self.store.db.write() as conn:
             outbox.dead_letter(conn, "push", [p.mutation for p, _ in items], code, message)
         report.dead_lettered += len(items)
+        report.dead_letter_reasons[code] = report.dead_letter_reasons.get(code, 0) + len(items)
 
     # --- pull -------------------------------------------------------------------------------
 
@@ -484,11 +487,14 @@ class Syncer:
 
 
 def local_status(store: Store) -> dict[str, Any]:
-    """What this device knows of its sync without asking the remote."""
+    """What this device knows of its sync without asking the remote (``keyring``: why the
+    remote's newest keyring version is not the one in use, if it is not)."""
     device = store.device_id()
+    problem = keyring_problem(store)
     with store.db.read() as conn:
         return {
             "device_id": device,
+            "keyring": problem,
             "pending": outbox.count(conn),
             "dead_letters": len(outbox.dead_letters(conn)),
             "conflicts": len(replica.conflicts(conn)),

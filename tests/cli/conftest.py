@@ -28,8 +28,9 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def server_process(tmp_path: Path, mode: str) -> Iterator[tuple[str, str, str]]:
-    """A server process with one workspace of ``mode``: (url, admin key, what create warned)."""
+def server_process(tmp_path: Path, mode: str, *options: str) -> Iterator[tuple[str, str, str]]:
+    """A server process with one workspace of ``mode`` (and ``options`` for `server run`):
+    (url, admin key, what create warned)."""
     env = {**os.environ, "CAIRN_HOME": str(tmp_path / "server-home")}
     data = str(tmp_path / "server-data")
     made = subprocess.run(
@@ -47,7 +48,18 @@ def server_process(tmp_path: Path, mode: str) -> Iterator[tuple[str, str, str]]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [CAIRN, "server", "run", "--port", str(port), "--data", data, "--rate-limit", "0"],
+        [
+            CAIRN,
+            "server",
+            "run",
+            "--port",
+            str(port),
+            "--data",
+            data,
+            "--rate-limit",
+            "0",
+            *options,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -277,3 +277,18 @@ def test_setup_and_sync_reports_read_as_sentences(tmp_path: Path) -> None:
         "pull: nothing new",
         "push after pull: nothing to send",
     ]
+
+
+def test_setup_refuses_storage_that_ignores_put_if_absent_and_splits_nothing(
+    tmp_path: Path, s3_without_conditional_writes: S3Server
+) -> None:
+    faulty = s3_without_conditional_writes
+    name = faulty.new_bucket()
+    endpoint = ["--endpoint-url", faulty.endpoint]
+    for who in ("alpha", "beta"):  # two devices setting up the same bucket
+        run = device(tmp_path, who, **faulty.env())
+        made = run("sync", "setup", "--remote", f"s3://{name}", *endpoint, ok=False)
+        assert made.returncode == 8, made.stderr
+        assert "conditional writes" in made.stderr and "If-None-Match" in made.stderr
+        assert not (tmp_path / who / "keys" / "sync.json").exists()  # nothing saved
+    assert every_object(faulty.bucket(name)) == {}  # no keyring to be replaced

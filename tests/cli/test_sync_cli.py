@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -359,3 +360,34 @@ def test_a_quota_refusal_keeps_the_changes_until_the_admin_raises_it(
     assert a("sync", "status", "--json")["pending"] == 0
     listed = json.loads(admin("list", "--json").stdout)
     assert listed[0]["quota"] == {"max_mutations": None, "max_bytes": None}
+
+
+def test_sync_now_reports_refused_changes_and_fails_when_nothing_could_be_sent(
+    tmp_path: Path,
+) -> None:
+    # A server taking request bodies of 4 KiB at most: one change over that is refused whole.
+    with server_process(tmp_path, "e2e", "--max-body", "4096") as (url, key, _warning):
+        a = new_device(tmp_path, "laptop", (url, key))
+        a("remember", "A signed release manifest, quoted in full: " + secrets.token_hex(3000))
+        refused = subprocess.run(
+            [CAIRN, "sync", "now", "--json"],
+            env=env_for(tmp_path, "laptop"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 8, refused.stderr
+        report = json.loads(refused.stdout)
+        assert report["push"]["dead_lettered"] == 1
+        assert report["push"]["dead_letter_reasons"] == {"payload_too_large": 1}
+        assert report["error"]["code"] == "invalid_mutation"
+        text = a("sync", "now", ok=False)
+        assert text.returncode == 0  # nothing new was refused, nothing to send
+        a("remember", "A short note that fits")
+        a("remember", "Another manifest: " + secrets.token_hex(3000))
+        mixed = a("sync", "now", ok=False)
+        assert mixed.returncode == 0, mixed.stderr  # one change was sent
+        assert "1 change(s) refused by the remote (payload_too_large: 1)" in mixed.stdout
+        assert "cairn sync dead-letters" in mixed.stdout
+        again = a("sync", "now", ok=False)
+        assert again.returncode == 0 and "refused" not in again.stdout

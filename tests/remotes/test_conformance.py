@@ -7,24 +7,40 @@ long-poll tests push while another thread waits).
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
+import obstore
 import pytest
-from obstore.store import LocalStore
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from obstore.store import LocalStore, S3Store
 
+from cairn.crypto import keyring
 from cairn.crypto.frames import Frames
-from cairn.errors import InvalidInput, MutationRejected, RemoteConflict
-from cairn.protocol import WireMutation
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.errors import CairnError, InvalidInput, MutationRejected, RemoteConflict
+from cairn.protocol import KeyringProof, WireMutation
 from cairn.remotes.base import KeyringBlob, Remote
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.remotes.objects import ObjectRemote
+from cairn.service import Store
+from cairn.store import outbox
+from cairn.store.db import Database
+from cairn.syncing import Syncer
+from cairn.workspace_keys import Envelopes, join, open_keys
 
-from ..conftest import envelope
+from ..conftest import S3_CREDENTIALS, envelope
+from ..sync.conftest import FAST_KDF, PASSPHRASE
 
 SCOPE_A = "aaaaaaaa"
 SCOPE_B = "bbbbbbbb"
@@ -197,23 +213,62 @@ def test_a_long_poll_returns_empty_at_its_timeout(remote: Remote) -> None:
     assert list(page.mutations) == [] and page.cursor == cursor and not page.has_more
 
 
-def test_the_keyring_is_replaced_only_by_compare_and_swap(remote: Remote) -> None:
-    assert remote.get_keyring() is None
-    assert remote.put_keyring(b"ring-1", None) == 1
+def signed_put(
+    remote: Remote,
+    ring: keyring.Keyring,
+    master: bytes,
+    expected: int | None,
+    revoked: Sequence[int] = (),
+) -> int:
+    """Store ``ring`` as the next version the way a device does: signed for its number."""
+    blob = ring.to_bytes()
+    proof = keyring.sign(master, ring.keyring_id, (expected or 0) + 1, blob, revoked)
+    return remote.put_keyring(blob, expected, revoked, proof)
+
+
+def trusting(remote: Remote, keys: keyring.Unlocked) -> None:
+    """Open the workspace's keys for ``remote`` as a device does (``set_keyring_check``)."""
+
+    def check(found: KeyringBlob) -> bool:
+        try:
+            keyring.authenticate(found, keys.master, keys.keyring_id)
+        except CairnError:
+            return False
+        return True
+
+    remote.set_keyring_check(check)
+
+
+def test_the_keyring_is_replaced_only_by_compare_and_swap_and_every_version_kept(
+    remote: Remote,
+) -> None:
+    ring, keys, _recovery = keyring.create(PASSPHRASE, FAST_KDF)
+    assert remote.get_keyring() is None and remote.keyring_versions() == []
+    assert signed_put(remote, ring, keys.master, None) == 1
     with pytest.raises(RemoteConflict):
-        remote.put_keyring(b"stale", None)
+        signed_put(remote, ring, keys.master, None)
     with pytest.raises(RemoteConflict):
-        remote.put_keyring(b"stale", 7)
-    assert remote.get_keyring() == KeyringBlob(b"ring-1", 1)
-    assert remote.put_keyring(bytes(range(256)), 1) == 2
-    assert remote.get_keyring() == KeyringBlob(bytes(range(256)), 2)
+        signed_put(remote, ring, keys.master, 7)
+    first = remote.get_keyring()
+    assert first is not None and (first.blob, first.version) == (ring.to_bytes(), 1)
+    assert first.proof is not None and first.proof.version == 1
+    assert keyring.authenticate(first, keys.master, ring.keyring_id)[1] == keys
+    changed = keyring.change_passphrase(ring, keys, "another passphrase")
+    assert signed_put(remote, changed, keys.master, 1) == 2
+    second = remote.get_keyring()
+    assert second is not None and (second.blob, second.version) == (changed.to_bytes(), 2)
+    assert remote.keyring_versions() == [second, first]
+    assert remote.keyring_versions(limit=1) == [second]
 
 
 def test_pushes_sealed_under_a_revoked_key_id_are_refused(remote: Remote) -> None:
-    remote.put_keyring(b"ring", None)
+    ring, keys, _recovery = keyring.create(PASSPHRASE, FAST_KDF)
+    trusting(remote, keys)
+    signed_put(remote, ring, keys.master, None)
     remote.push([mutation(1, payload=b"one")])
-    assert remote.put_keyring(b"ring-2", 1, revoked=[1]) == 2
-    assert remote.get_keyring() == KeyringBlob(b"ring-2", 2, (1,))
+    rotated, keys = keyring.rotate(ring, keys)
+    assert signed_put(remote, rotated, keys.master, 1, revoked=[1]) == 2
+    assert remote.get_keyring().revoked == (1,)  # type: ignore[union-attr]
     with pytest.raises(MutationRejected) as refused:
         remote.push(
             [
@@ -228,8 +283,9 @@ def test_pushes_sealed_under_a_revoked_key_id_are_refused(remote: Remote) -> Non
     # What was stored under key 1 before the revocation is still served.
     assert [m.payload for m in pull_all(remote)][0] == envelope(b"one", key_id=1)
     # A later keyring update keeps whatever revocations it is given (here: the same).
-    assert remote.put_keyring(b"ring-3", 2, revoked=[1, 1]) == 3
-    assert remote.get_keyring() == KeyringBlob(b"ring-3", 3, (1,))
+    changed = keyring.change_passphrase(rotated, keys, "another passphrase")
+    assert signed_put(remote, changed, keys.master, 2, revoked=[1, 1]) == 3
+    assert remote.get_keyring().revoked == (1,)  # type: ignore[union-attr]
 
 
 def test_status_counts_devices_and_mutations(remote: Remote) -> None:
@@ -245,3 +301,237 @@ def test_status_counts_devices_and_mutations(remote: Remote) -> None:
 
 def test_the_url_names_the_remote_without_secrets(remote: Remote) -> None:
     assert remote.url and "cairn_" not in remote.url
+
+
+# --- the keyring against a write key without the master key --------------------------------
+#
+# Whoever may write to a remote (a sync server's write key, anyone with write access to a
+# bucket or folder) but does not hold the workspace's master key tries every keyring write it
+# can; afterwards every device must still sync, a key rotation must still work, and a new
+# device must still join with the passphrase.
+
+ATTACKS = [
+    "garbage_blob",
+    "another_workspace",
+    "replayed_older_version",
+    "huge_revoked_list",
+    "revoked_current_key",
+    "forged_proof",
+    "missing_proof",
+]
+
+
+@dataclass
+class Workspace:
+    """One workspace on one kind of remote: devices open their own remote; ``write`` is what a
+    write key (or a bucket writer) can send: a keyring record as the remote stores it."""
+
+    kind: str
+    open: Callable[[], Remote]
+    write: Callable[[dict[str, Any]], None]
+
+
+@pytest.fixture(params=["memory", "http", "folder", "s3"])
+def workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workspace]:
+    kind = request.param
+    opened: list[Remote] = []
+
+    def track(made: Remote) -> Remote:
+        opened.append(made)
+        return made
+
+    if kind == "memory":
+        shared = MemoryRemote()
+
+        def write_memory(record: dict[str, Any]) -> None:
+            proof = None
+            if record.get("signature") and record.get("verify_key"):
+                number = (record["expected_version"] or 0) + 1
+                signature, key = (bytes.fromhex(record[k]) for k in ("signature", "verify_key"))
+                proof = KeyringProof(signature, key, number)
+            with contextlib.suppress(CairnError):  # refusing it is what a server should do
+                shared.put_keyring(
+                    base64.b64decode(record["blob"]),
+                    record["expected_version"],
+                    record["revoked_key_ids"],
+                    proof,
+                )
+
+        yield Workspace(kind, lambda: shared, write_memory)
+        return
+    if kind == "http":
+        server = request.getfixturevalue("sync_server")
+        device_key, attacker_key = server.new_key(), server.new_key()
+
+        def write_http(record: dict[str, Any]) -> None:
+            body = {k: v for k, v in record.items() if v is not None or k == "expected_version"}
+            httpx.put(
+                f"{server.url}/v1/keyring",
+                json=body,
+                headers={"Authorization": f"Bearer {attacker_key}"},
+                timeout=30,
+            )  # whatever the answer: refusing it is what a server should do
+
+        yield Workspace(kind, lambda: track(HttpRemote(server.url, device_key)), write_http)
+    else:
+        if kind == "folder":
+            folder = tmp_path / "remote"
+
+            def bucket() -> Any:
+                return LocalStore(folder, mkdir=True)
+
+            url = folder.as_uri()
+        else:
+            s3 = request.getfixturevalue("s3_server")
+            name = s3.new_bucket()
+
+            def bucket() -> Any:
+                return S3Store(
+                    name,
+                    endpoint=s3.endpoint,
+                    access_key_id=S3_CREDENTIALS["aws_access_key_id"],
+                    secret_access_key=S3_CREDENTIALS["aws_secret_access_key"],
+                    region=S3_CREDENTIALS["region_name"],
+                    client_options={"allow_http": True},
+                )
+
+            url = f"s3://{name}"
+
+        def write_object(record: dict[str, Any]) -> None:
+            number = (record["expected_version"] or 0) + 1
+            stored = {"blob": record["blob"], "revoked_key_ids": record["revoked_key_ids"]}
+            stored.update({k: v for k, v in _proof_args(record).items() if v})
+            obstore.put(bucket(), f"keyring/{number:08d}", json.dumps(stored).encode())
+
+        yield Workspace(kind, lambda: track(ObjectRemote(bucket(), url)), write_object)
+    for made in opened:
+        made.close()
+
+
+def _proof_args(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in ("signature", "verify_key") if record.get(k) is not None}
+
+
+@dataclass
+class Member:
+    """A device that joined: its store and the master key it kept (never the passphrase)."""
+
+    store: Store
+    master: bytes
+    keyring_id: str
+
+
+def _sync_round(workspace: Workspace, member: Member) -> dict[str, Any]:
+    """One `cairn sync now` as a device runs it: open the remote, reopen the keyring with the
+    saved master key, push, pull, push."""
+    remote = workspace.open()
+    keys = open_keys(member.store, remote, member.master, member.keyring_id)
+    syncer = Syncer(member.store, remote, keys)
+    return syncer.now()
+
+
+def _attack(workspace: Workspace, attack: str, first: KeyringBlob) -> None:
+    """What a write key can send, as the keyring's next version."""
+    remote = workspace.open()
+    found = remote.get_keyring()
+    assert found is not None
+    record = {**_as_record(found), "expected_version": found.version}  # its proof kept
+    current = keyring.Keyring.from_bytes(found.blob).current
+    forger = Ed25519PrivateKey.generate()
+    if attack == "garbage_blob":
+        record["blob"] = base64.b64encode(b"\x00garbage, not a keyring\xff" * 40).decode()
+    elif attack == "another_workspace":
+        theirs, _unlocked, _recovery = keyring.create("the attacker's passphrase", FAST_KDF)
+        record["blob"] = base64.b64encode(theirs.to_bytes()).decode()
+    elif attack == "replayed_older_version":
+        record.update(_as_record(first))
+    elif attack == "huge_revoked_list":
+        record["revoked_key_ids"] = [k for k in range(1, 10_001) if k != current]
+    elif attack == "revoked_current_key":
+        record["revoked_key_ids"] = [current]
+    elif attack == "forged_proof":
+        record["revoked_key_ids"] = [current]
+        record["verify_key"] = forger.public_key().public_bytes_raw().hex()
+        record["signature"] = forger.sign(b"anything at all").hex()
+    elif attack == "missing_proof":
+        record["revoked_key_ids"] = [current]
+        record.pop("signature", None)
+        record.pop("verify_key", None)
+    workspace.write(record)
+
+
+def _as_record(found: KeyringBlob) -> dict[str, Any]:
+    """A keyring version exactly as it was stored (what a replay sends again)."""
+    record: dict[str, Any] = {
+        "blob": base64.b64encode(found.blob).decode(),
+        "revoked_key_ids": list(found.revoked),
+    }
+    proof = getattr(found, "proof", None)
+    if proof is not None:
+        record["signature"] = proof.signature.hex()
+        record["verify_key"] = proof.verify_key.hex()
+    return record
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_a_write_key_cannot_stop_any_device_from_syncing(
+    workspace: Workspace, attack: str, tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    def member(name: str, **join_args: Any) -> Member:
+        store = Store(Database(tmp_path / f"{name}.db"), embedder, project="p", source=name)
+        stores.append(store)
+        keys, recovery = join(workspace.open(), **join_args)
+        if recovery is not None:
+            recoveries.append(recovery)
+        return Member(store, keys.master, keys.keyring_id)
+
+    stores: list[Store] = []
+    recoveries: list[str] = []
+    try:
+        a = member("a", passphrase=PASSPHRASE, kdf=FAST_KDF)
+        b = member("b", passphrase=PASSPHRASE)
+        a.store.remember("Written before the attack on device A")
+        _sync_round(workspace, a), _sync_round(workspace, b)
+        first = workspace.open().get_keyring()
+        assert first is not None
+        # A second version (a passphrase change), so a replay has an older one to send.
+        remote = workspace.open()
+        Envelopes(remote, open_keys(a.store, remote, a.master, a.keyring_id)).change_passphrase(
+            PASSPHRASE + " v2"
+        )
+
+        _attack(workspace, attack, first)
+
+        a.store.remember("Written after the attack on device A")
+        b.store.remember("Written after the attack on device B")
+        for device in (a, b, a):
+            report = _sync_round(workspace, device)
+            assert report["push"]["dead_lettered"] == 0, report
+            assert report["push_after_pull"]["dead_lettered"] == 0, report
+            assert report["pull"]["failed"] == 0, report
+        # A legitimate rotation still works, and both devices go on syncing under the new key.
+        remote = workspace.open()
+        Envelopes(remote, open_keys(a.store, remote, a.master, a.keyring_id)).rotate()
+        a.store.remember("Written under the rotated key on device A")
+        b.store.remember("Written under the rotated key on device B")
+        for device in (a, b, a):
+            report = _sync_round(workspace, device)
+            assert report["push"]["dead_lettered"] == 0, report
+            assert report["pull"]["failed"] == 0, report
+        expected = {m.content for m in a.store.list()}
+        assert len(expected) == 5
+        assert {m.content for m in b.store.list()} == expected
+        assert not any(syncer_letters(d) for d in (a, b))
+        # A new device joins with the (changed) passphrase, and another with the recovery key.
+        for c in (member("c", passphrase=PASSPHRASE + " v2"), member("d", recovery=recoveries[0])):
+            report = _sync_round(workspace, c)
+            assert report["pull"]["failed"] == 0, report
+            assert {m.content for m in c.store.list()} == expected
+    finally:
+        for store in stores:
+            store.close()
+
+
+def syncer_letters(member: Member) -> list[object]:
+    with member.store.db.read() as conn:
+        return list(outbox.dead_letters(conn))

@@ -16,10 +16,11 @@ import pytest
 from obstore.store import LocalStore
 
 from cairn.crypto.frames import Frames
-from cairn.errors import RemoteConflict, SchemaTooNew, SyncNotConfigured
+from cairn.errors import RemoteConflict, SchemaTooNew, StorageUnsupported, SyncNotConfigured
 from cairn.protocol import WireMutation
 from cairn.remotes.objects import ObjectRemote
 
+from ..conftest import S3Server
 from .test_conformance import mutation, pull_all
 
 
@@ -334,3 +335,36 @@ def test_a_device_record_changes_only_when_the_device_has_read_further(store: An
     moved = later.pull(page.cursor)
     later.mark_read(moved.cursor)
     assert objects(store)["devices/dev-b"] != recorded
+
+
+def test_storage_that_ignores_put_if_absent_is_refused_before_anything_is_written(
+    s3_server: S3Server, s3_without_conditional_writes: S3Server
+) -> None:
+    faulty = s3_without_conditional_writes.bucket()
+    # The fault is real: through the proxy, a second put-if-absent overwrites the first.
+    obstore.put(faulty, "probe-check", b"first", mode="create")
+    obstore.put(faulty, "probe-check", b"second", mode="create")
+    assert bytes(obstore.get(faulty, "probe-check").bytes()) == b"second"
+    obstore.delete(faulty, "probe-check")
+
+    for write in (
+        lambda r: r.put_keyring(b"ring", None),
+        lambda r: r.register_device("dev-a", "laptop"),
+        lambda r: r.push([mutation(1)]),
+    ):
+        remote = ObjectRemote(faulty, "s3://faulty", frames=Frames(os.urandom(32)))
+        with pytest.raises(StorageUnsupported) as refused:
+            write(remote)
+        assert "If-None-Match" in refused.value.message
+        assert "conditional writes" in refused.value.message
+        assert refused.value.exit_code == 8
+        assert objects(faulty) == {}  # no keyring, batch, record or probe left behind
+    with pytest.raises(StorageUnsupported):
+        ObjectRemote(faulty, "s3://faulty").status()
+
+
+def test_storage_that_honours_put_if_absent_passes_the_probe_and_keeps_no_probe(store: Any) -> None:
+    remote = ObjectRemote(store, "s3://bucket", frames=Frames(os.urandom(32)))
+    assert remote.status()["conditional_writes"] == "honoured"
+    remote.register_device("dev-a", "laptop")
+    assert sorted(objects(store)) == ["cairn.json", "devices/dev-a"]  # the probe removed

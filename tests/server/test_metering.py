@@ -12,7 +12,7 @@ from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server.storage import Quota
 
-from ..conftest import envelope
+from ..conftest import a_keyring, envelope
 
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 
@@ -33,7 +33,7 @@ def test_usage_and_the_audit_log_are_for_admins(sync_server: SyncServer) -> None
     writer.push([wire(1), wire(2)])
     writer.push([wire(2)])  # a retry: metered as a push that stored nothing
     writer.register_device("dev-a", "laptop")
-    writer.put_keyring(b"ring", None)
+    writer.put_keyring(a_keyring()[0].to_bytes(), None)
     first = writer.pull(None)
     assert len(first.mutations) == 2
     assert writer.pull(first.cursor).mutations == []  # an empty pull: not audited

@@ -57,7 +57,7 @@ def test_a_query_that_forgets_its_workspace_filter_sees_one_workspace_only(
         ("mutations", "workspace_id"),
         ("api_keys", "workspace_id"),
         ("devices", "workspace_id"),
-        ("keyrings", "workspace_id"),
+        ("keyring_versions", "workspace_id"),
         ("workspaces", "id"),
     ]:
         with storage._tx(a.id) as conn:  # the buggy query: no filter at all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -21,11 +22,12 @@ import typer.main
 from typer.testing import CliRunner
 
 from cairn.cli.app import app
+from cairn.crypto import keyring
 from cairn.errors import AuthFailed, Forbidden
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 
-from ..conftest import envelope
+from ..conftest import a_keyring, envelope
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 
@@ -270,3 +272,35 @@ def test_every_server_command_has_help() -> None:
                 assert getattr(param, "help", None), f"{path} --{param.name} has no help"
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output, path
+
+
+def test_an_admin_lists_keyring_versions_and_rolls_back_from_the_cli(
+    env: dict[str, str], server_url: str
+) -> None:
+    made = ok_json(env, "workspace", "create", "team")
+    assert isinstance(made, dict)
+    device = HttpRemote(server_url, made["key"])
+    ring, keys = a_keyring()
+    blob = ring.to_bytes()
+    device.put_keyring(blob, None, (), keyring.sign(keys.master, ring.keyring_id, 1, blob, ()))
+    changed = keyring.change_passphrase(ring, keys, "another passphrase").to_bytes()
+    proof = keyring.sign(keys.master, ring.keyring_id, 2, changed, ())
+    device.put_keyring(changed, 1, (), proof)
+
+    listed = ok_json(env, "workspace", "keyring", "team")
+    assert isinstance(listed, list) and [v["version"] for v in listed] == [2, 1]
+    assert all(v["signed"] and v["signed_version"] == v["version"] for v in listed)
+    assert listed[1]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert ok_json(env, "workspace", "rollback-keyring", "team", "1") == {
+        "workspace": "team",
+        "version": 3,
+        "restored": 1,
+    }
+    restored = device.get_keyring()
+    assert restored is not None and (restored.version, restored.blob) == (3, blob)
+    assert keyring.authenticate(restored, keys.master, ring.keyring_id)[1] == keys
+    text = cairn(env, "workspace", "keyring", "team").stdout
+    assert text.splitlines()[0].startswith("3 ") and "signed for version 1" in text
+    too_new = cairn(env, "workspace", "rollback-keyring", "team", "3")
+    assert too_new.returncode == 2 and "earlier version" in too_new.stderr
+    device.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import InvalidInput, NotFound, QuotaExceeded, RemoteConflict, SchemaTooNew
-from cairn.protocol import KeyringBlob, WireMutation
+from cairn.protocol import KeyringBlob, KeyringProof, WireMutation
 from cairn.server import keys
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.sqlite_storage import MIGRATIONS, SqliteStorage
@@ -125,14 +125,26 @@ def test_concurrent_pushes_get_gapless_seqs_in_commit_order(
     assert seen == list(range(1, 201))
 
 
-def test_keyring_compare_and_swap(server_storage: ServerStorage) -> None:
+def test_keyring_compare_and_swap_keeps_every_version_with_its_proof(
+    server_storage: ServerStorage,
+) -> None:
     ws = server_storage.create_workspace("w", "team", NOW)
+    other = server_storage.create_workspace("o", "other", NOW)
     assert server_storage.put_keyring(ws.id, b"one", None) == 1
     with pytest.raises(RemoteConflict):
         server_storage.put_keyring(ws.id, b"two", None)
-    assert server_storage.put_keyring(ws.id, b"two", 1) == 2
-    ring = server_storage.keyring(ws.id)
-    assert ring is not None and (ring.blob, ring.version) == (b"two", 2)
+    proof = KeyringProof(b"s" * 64, b"k" * 32, 2)
+    assert server_storage.put_keyring(ws.id, b"two", 1, [1], proof) == 2
+    restored = KeyringProof(b"t" * 64, b"k" * 32, 1)  # a rollback's copy keeps its number
+    assert server_storage.put_keyring(ws.id, b"one again", 2, [], restored) == 3
+    assert server_storage.keyring(ws.id) == KeyringBlob(b"one again", 3, (), restored)
+    assert server_storage.keyring_versions(ws.id, 10) == [
+        KeyringBlob(b"one again", 3, (), restored),
+        KeyringBlob(b"two", 2, (1,), proof),
+        KeyringBlob(b"one", 1, ()),
+    ]
+    assert [v.version for v in server_storage.keyring_versions(ws.id, 2)] == [3, 2]
+    assert server_storage.keyring_versions(other.id, 10) == []
 
 
 def test_devices_remember_pushes_pulls_and_names(server_storage: ServerStorage) -> None:
@@ -245,3 +257,22 @@ def test_the_audit_log_says_who_did_what_newest_first(server_storage: ServerStor
     ]
     assert log[2].detail == {"stored": 1, "duplicates": 0, "device": "dev-a"}
     assert [e.action for e in server_storage.audit_log(ws.id, 1, NOW + 3)] == ["pull"]
+
+
+def test_a_version_4_database_keeps_its_keyring_as_an_unsigned_version(tmp_path: Path) -> None:
+    """Migration 5 keeps every keyring version; the one stored before it has no proof."""
+    path = tmp_path / "server.db"
+    old = SqliteFile(path, MIGRATIONS[:4])
+    with old.write() as conn:
+        conn.execute(
+            "INSERT INTO workspaces (id, name, mode, created_at) VALUES ('w', 't', 'e2e', 1)"
+        )
+        conn.execute(
+            "INSERT INTO keyrings (workspace_id, version, blob, revoked) "
+            "VALUES ('w', 6, x'00', '[1]')"
+        )
+    old.close()
+    storage = SqliteStorage(path)
+    assert storage.keyring_versions("w", 10) == [KeyringBlob(b"\x00", 6, (1,))]
+    assert storage.put_keyring("w", b"\x01", 6) == 7
+    storage.close()

@@ -170,13 +170,22 @@ class SyncStatusOut(BaseModel):
     cursor: str | None
     last_push_at: str | None
     last_pull_at: str | None
+    keyring: dict[str, str | int] | None = Field(
+        None,
+        description="Why the remote's newest keyring version is not in use (reason "
+        "keyring_untrusted, the version, the one used instead, a message); null when it is.",
+    )
     worker: SyncWorkerOut
 
 
+StepCounts = dict[str, int | dict[str, int]]
+"""A step's counts; a push's ``dead_letter_reasons`` maps each refusal reason to its count."""
+
+
 class SyncNowOut(BaseModel):
-    push: dict[str, int] | None = Field(None, description="Counts of the first push.")
-    pull: dict[str, int] | None = Field(None, description="Counts of the pull.")
-    push_after_pull: dict[str, int] | None = Field(
+    push: StepCounts | None = Field(None, description="Counts of the first push.")
+    pull: StepCounts | None = Field(None, description="Counts of the pull.")
+    push_after_pull: StepCounts | None = Field(
         None, description="Counts of the push of what the pull changed."
     )
 

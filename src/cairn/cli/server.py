@@ -20,7 +20,7 @@ from cairn.cli.common import App
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
-from cairn.server import backends, keys
+from cairn.server import backends, keyrings, keys
 from cairn.server.storage import Quota, ServerStorage, Workspace
 
 server_app = App(
@@ -300,6 +300,67 @@ def workspace_set_quota(
     output.out.print(
         f"workspace {name}: {'limited to ' + limits if limits else 'no quota'} "
         f"(holds {current.mutations} changes, {current.stored_bytes} bytes)"
+    )
+
+
+@workspace_app.command("keyring")
+def workspace_keyring(
+    name: Annotated[str, typer.Argument(help="The workspace's name.")],
+    limit: Annotated[int, typer.Option(min=1, help="How many versions, newest first.")] = 50,
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """List a workspace's keyring versions, newest first: size, digest, revoked key ids, and
+    whether each is signed by the workspace's master key (and for which version)."""
+    storage = _open(data, db)
+    try:
+        found = storage.keyring_versions(storage.workspace(name).id, limit)
+    finally:
+        storage.close()
+    rows = [keyrings.summary(v) for v in found]
+    if json_:
+        output.emit_json(rows)
+        return
+    if not rows:
+        output.err.print(f"workspace {name} has no keyring yet")
+    for row in rows:
+        signed = (
+            f"signed for version {row['signed_version']}"
+            if row["signed"]
+            else "UNSIGNED (made before keyrings were signed, or by an admin key)"
+        )
+        revoked = ",".join(map(str, row["revoked_key_ids"])) or "-"
+        output.out.print(
+            f"{row['version']}  {row['bytes']} bytes  sha256 {row['sha256'][:16]}  "
+            f"revoked {revoked}  {signed}"
+        )
+
+
+@workspace_app.command("rollback-keyring")
+def workspace_rollback_keyring(
+    name: Annotated[str, typer.Argument(help="The workspace's name.")],
+    version: Annotated[int, typer.Argument(min=1, help="The earlier version to restore.")],
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Store an earlier keyring version again as the newest (audited): for when the newest is
+    wrong, e.g. made before keyrings were signed. Devices take it when it is signed by the
+    workspace's master key; data keys added after that version stay only on the devices that
+    already hold them."""
+    storage = _open(data, db)
+    try:
+        workspace = storage.workspace(name)
+        made = keyrings.rollback(storage, workspace.id, None, version, None, _now(), by="cli")
+    finally:
+        storage.close()
+    result = {"workspace": name, "version": made.version, "restored": version}
+    if json_:
+        output.emit_json(result)
+        return
+    output.out.print(
+        f"workspace {name}: keyring version {version} restored as version {made.version}"
     )
 
 

@@ -27,6 +27,7 @@ from cairn.errors import (
     CairnError,
     Forbidden,
     InvalidInput,
+    MutationRejected,
     RemoteUnreachable,
     SyncError,
 )
@@ -243,10 +244,11 @@ def _remote_url(remote_url: str | None, git: bool) -> str:
 
 def _mark_for_git(url: str) -> None:
     """Files git should take as they are (never converted or merged as text) and the ones it
-    should not track (a compaction's lock, an interrupted write's staging file)."""
+    should not track (a compaction's lock, a storage probe, an interrupted write's staging
+    file)."""
     folder = Path(unquote(urlparse(url).path))
     (folder / ".gitattributes").write_text("* -text -diff -merge\n", encoding="utf-8")
-    (folder / ".gitignore").write_text("compact.lock\n*#*\n", encoding="utf-8")
+    (folder / ".gitignore").write_text("compact.lock\nprobes/\n*#*\n", encoding="utf-8")
 
 
 def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
@@ -335,17 +337,47 @@ def _sync(what: str, label: str, json_: bool, wait: float = 0.0) -> None:
 
 
 def _report(report: dict[str, dict[str, Any]], json_: bool) -> None:
+    """Print what a sync did; refused changes are named with their reasons, and when changes
+    were refused and none was sent, the command fails (exit 8, as MutationRejected)."""
+    pushes = [counts for step, counts in report.items() if step.startswith("push")]
+    refused = sum(counts.get("dead_lettered", 0) for counts in pushes)
+    reasons: dict[str, int] = {}
+    for counts in pushes:
+        for code, n in counts.get("dead_letter_reasons", {}).items():
+            reasons[code] = reasons.get(code, 0) + n
+    why = ", ".join(f"{code}: {n}" for code, n in sorted(reasons.items()))
+    failure = None
+    if refused and not sum(counts.get("pushed", 0) for counts in pushes):
+        failure = MutationRejected(
+            f"the remote refused {refused} {'change' if refused == 1 else 'changes'} and none was "
+            f"sent ({why}); "
+            "`cairn sync dead-letters` shows why, and `--retry` queues them again"
+        )
     if json_:
-        output.emit_json(report)
-        return
-    for step, counts in report.items():
-        shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
-        idle = "nothing new" if step == "pull" else "nothing to send"
-        output.out.print(f"{step.replace('_', ' ')}: {shown or idle}")
-        if counts.get("dead_lettered") or counts.get("failed"):
-            output.out.print(
-                "[yellow]some changes were set aside[/]; `cairn sync dead-letters` shows why"
+        output.emit_json({**report, "error": failure.to_dict()} if failure else report)
+    else:
+        for step, counts in report.items():
+            shown = ", ".join(
+                f"{k.replace('_', ' ')} {v}"
+                for k, v in counts.items()
+                if v and k != "dead_letter_reasons"
             )
+            idle = "nothing new" if step == "pull" else "nothing to send"
+            output.out.print(f"{step.replace('_', ' ')}: {shown or idle}")
+        if refused:
+            changes = "change" if refused == 1 else "changes"
+            output.out.print(
+                f"[yellow]{refused} {changes} refused by the remote ({why})[/]; "
+                "`cairn sync dead-letters` shows why, `--retry` queues them again"
+            )
+        if report.get("pull", {}).get("failed"):
+            output.out.print(
+                "[yellow]some pulled changes could not be read[/]; `cairn sync dead-letters` "
+                "shows why"
+            )
+    if failure is not None:
+        output.err.print(f"[red]error:[/] {escape(failure.message)}")
+        raise typer.Exit(failure.exit_code)
 
 
 @sync_app.command()
@@ -428,6 +460,11 @@ def status(json_: JsonFlag = False) -> None:
     output.out.print(f"pending       {pending}")
     output.out.print(f"dead letters  {data['dead_letters']}")
     output.out.print(f"conflicts     {data['conflicts']}")
+    if data.get("keyring"):
+        problem = data["keyring"]
+        output.out.print(
+            f"keyring       [yellow]{problem['reason']}[/]: {escape(problem['message'])}"
+        )
     output.out.print(f"last push     {data['last_push_at'] or 'never'}")
     output.out.print(f"last pull     {data['last_pull_at'] or 'never'}")
     worker = data["worker"]

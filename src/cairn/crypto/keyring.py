@@ -11,6 +11,10 @@ re-wraps only the master key, a few hundred bytes; rotating adds a data key unde
 makes it current, and old ids stay readable. The keyring travels to the remote as one opaque
 JSON blob; everything secret in it is wrapped, and every wrap is bound to the keyring's id, so a
 wrap cannot be moved between keyrings or between slots.
+
+Every version a device writes carries a proof (``cairn.keyring_rules``): an Ed25519 signature by
+a key derived from the master key (HKDF), so whoever can write to the remote but lacks the master
+key cannot make a version any device accepts (``authenticate``).
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ import binascii
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cairn.errors import CryptoError, InvalidInput, KeyMismatch, WrongPassphrase
+from cairn import keyring_rules
+from cairn.errors import CryptoError, InvalidInput, KeyMismatch, KeyringUntrusted, WrongPassphrase
+from cairn.protocol import KeyringBlob, KeyringProof
 
-FORMAT = "cairn-keyring/1"
+FORMAT = keyring_rules.FORMAT
 KEY_BYTES = 32
 MIN_PASSPHRASE = 8
 """Characters a workspace passphrase needs at least (a shorter one is refused as bad input)."""
@@ -166,9 +174,14 @@ def create(passphrase: str, kdf: KdfParams | None = None) -> tuple[Keyring, Unlo
 
 
 def unlock(
-    keyring: Keyring, passphrase: str | None = None, recovery: str | None = None
+    keyring: Keyring,
+    passphrase: str | None = None,
+    recovery: str | None = None,
+    keks: dict[KdfParams, bytes] | None = None,
 ) -> Unlocked:
-    """Open the keyring with the passphrase or the recovery key (WrongPassphrase if neither)."""
+    """Open the keyring with the passphrase or the recovery key (WrongPassphrase if neither).
+    ``keks`` keeps each passphrase-derived key by its parameters, so trying several versions of
+    a keyring runs Argon2 once per salt."""
     try:
         if recovery is not None:
             kek, wrapped, slot = (
@@ -177,11 +190,10 @@ def unlock(
                 b"master/recovery",
             )
         elif passphrase is not None:
-            kek, wrapped, slot = (
-                keyring.kdf.derive(passphrase),
-                keyring.master_by_passphrase,
-                b"master/pass",
-            )
+            cache = {} if keks is None else keks
+            if keyring.kdf not in cache:
+                cache[keyring.kdf] = keyring.kdf.derive(passphrase)
+            kek, wrapped, slot = (cache[keyring.kdf], keyring.master_by_passphrase, b"master/pass")
         else:
             raise WrongPassphrase("give the workspace's passphrase or its recovery key")
         master = _unwrap(kek, wrapped, keyring.keyring_id, slot)
@@ -230,14 +242,44 @@ def change_passphrase(keyring: Keyring, unlocked: Unlocked, passphrase: str) -> 
 
 
 def rotate(keyring: Keyring, unlocked: Unlocked) -> tuple[Keyring, Unlocked]:
-    """Add a data key under the next id and make it current; earlier ids stay readable."""
-    key_id = max(keyring.data_keys) + 1
+    """Add a data key under the next id and make it current; earlier ids stay readable. The id
+    is new to the keyring and to ``unlocked`` (which may know ids a rolled-back keyring lost)."""
+    key_id = max([*keyring.data_keys, *unlocked.data_keys]) + 1
     data_key = os.urandom(KEY_BYTES)
     wrapped = _wrap(unlocked.master, data_key, keyring.keyring_id, b"data/%d" % key_id)
     new_ring = replace(keyring, data_keys={**keyring.data_keys, key_id: wrapped}, current=key_id)
     return new_ring, Unlocked(
         keyring.keyring_id, unlocked.master, {**unlocked.data_keys, key_id: data_key}, key_id
     )
+
+
+def verify_key(master: bytes) -> bytes:
+    """The workspace's keyring verify key (raw Ed25519), derived from its master key: fixed for
+    the workspace's life, since neither a passphrase change nor a rotation changes the master."""
+    return _signing_key(master).public_key().public_bytes_raw()
+
+
+def sign(
+    master: bytes, keyring_id: str, version: int, blob: bytes, revoked: Sequence[int]
+) -> KeyringProof:
+    """The proof that version ``version`` (this blob, these revoked ids) is the workspace's."""
+    message = keyring_rules.message(keyring_id, version, blob, revoked)
+    return KeyringProof(_signing_key(master).sign(message), verify_key(master), version)
+
+
+def authenticate(found: KeyringBlob, master: bytes, keyring_id: str) -> tuple[Keyring, Unlocked]:
+    """A stored keyring version, opened, if it is this workspace's and signed by its master
+    key: KeyringUntrusted (no proof, a forged one, or one naming another version), KeyMismatch
+    (another workspace's keyring), CryptoError (not a keyring)."""
+    if found.proof is None:
+        raise KeyringUntrusted(f"keyring version {found.version} carries no proof")
+    if found.proof.verify_key != verify_key(master) or not keyring_rules.verifies(
+        found.proof, keyring_id, found.blob, found.revoked
+    ):
+        raise KeyringUntrusted(
+            f"keyring version {found.version} is not signed by this workspace's master key"
+        )
+    return reopen(found.blob, master, keyring_id)
 
 
 def format_recovery(key: bytes) -> str:
@@ -270,6 +312,10 @@ def _check_passphrase(passphrase: str) -> None:
 
 def _hkdf(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(key)
+
+
+def _signing_key(master: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(_hkdf(master, b"cairn keyring signing key"))
 
 
 def _recovery_kek(recovery: bytes) -> bytes:

@@ -12,18 +12,28 @@ Contract (checked by ``tests/remotes/test_conformance.py`` against every impleme
   stored; a mutation stored after a pull returned is never skipped by the next pull from the
   returned cursor. ``scopes`` keeps only mutations with one of those scope tags (or none).
   ``wait`` > 0 blocks up to that many seconds while nothing is available (long-poll).
-- the keyring is one opaque blob with a version, replaced only by compare-and-swap, and the key
-  ids it revoked; once revoked, a push of a payload sealed under one is refused (``revoked_key``).
+- the keyring is one opaque blob with a version, replaced only by compare-and-swap, the key
+  ids it revoked and its proof; every version is kept (``keyring_versions``, newest first).
+  Once revoked, a push of a payload sealed under a key id is refused (``revoked_key``), by the
+  revoked ids of the newest version the workspace's keys authenticate.
+- a remote that can check a keyring version (a server) refuses one without a valid proof
+  (``cairn.keyring_rules.accept``); one that cannot (a bucket anyone with write access may
+  write to) stores what it is given, and devices never use a version they cannot authenticate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from cairn.protocol import KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
 
-__all__ = ["Frames", "KeyringBlob", "Remote"]
+__all__ = ["Frames", "KeyringBlob", "KeyringCheck", "KeyringProof", "Remote"]
+
+KeyringCheck = Callable[[KeyringBlob], bool]
+"""Whether a keyring version is the workspace's own (signed by its master key)."""
+KEYRING_WALK = 64
+"""The most keyring versions a device looks back through for one it can authenticate."""
 
 
 class Frames(Protocol):
@@ -58,14 +68,30 @@ class Remote(Protocol):
         wait: float = 0.0,
     ) -> PullPage: ...
 
-    def get_keyring(self) -> KeyringBlob | None: ...
+    def get_keyring(self) -> KeyringBlob | None:
+        """The newest keyring version (None: none yet), whether it can be trusted or not."""
+        ...
+
+    def keyring_versions(self, limit: int = KEYRING_WALK) -> list[KeyringBlob]:
+        """Up to ``limit`` keyring versions, newest first."""
+        ...
 
     def put_keyring(
-        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+        self,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
-        """Store the keyring and its revoked key ids if its version is still
-        ``expected_version`` (None: no keyring yet); returns the new version, or raises
-        ``RemoteConflict``."""
+        """Store the keyring, its revoked key ids and its proof (signed for the new version's
+        number) as the next version if the newest is still ``expected_version`` (None: no
+        keyring yet); returns the new version, or raises ``RemoteConflict`` (or, on a remote
+        that checks, the error ``cairn.keyring_rules.accept`` refuses it with)."""
+        ...
+
+    def set_keyring_check(self, check: KeyringCheck) -> None:
+        """The workspace's keys are open: a remote that enforces revoked key ids itself (object
+        storage) takes them only from versions ``check`` accepts; a server ignores it."""
         ...
 
     def register_device(self, device_id: str, name: str) -> None: ...

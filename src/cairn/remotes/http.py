@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from cairn import keyring_rules
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -25,7 +26,7 @@ from cairn.errors import (
     error_for,
 )
 from cairn.protocol import PullPage, PushResult, WireMutation, many_from_json, to_json
-from cairn.remotes.base import Frames, KeyringBlob
+from cairn.remotes.base import KEYRING_WALK, Frames, KeyringBlob, KeyringCheck, KeyringProof
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -88,18 +89,35 @@ class HttpRemote:
         response = self._send("GET", "/v1/keyring")
         if response.status_code == 404:
             return None
-        body = self._body(response)
+        return self._keyring(self._body(response))
+
+    def keyring_versions(self, limit: int = KEYRING_WALK) -> list[KeyringBlob]:
+        body = self._call("GET", "/v1/keyring/versions", params={"limit": limit})
+        items = body.get("versions")
+        if not isinstance(items, list):
+            raise SyncError(f"{self._url} sent keyring versions this client cannot read")
+        return [self._keyring(item) for item in items]
+
+    def _keyring(self, body: Any) -> KeyringBlob:
         try:
+            version = int(body["version"])
             revoked = tuple(int(k) for k in body.get("revoked_key_ids", []))
+            proof = keyring_rules.proof_from(body, version)
             return KeyringBlob(
-                base64.b64decode(body["blob"], validate=True), int(body["version"]), revoked
+                base64.b64decode(body["blob"], validate=True), version, revoked, proof
             )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, binascii.Error, InvalidInput) as exc:
             raise SyncError(f"{self._url} sent a keyring this client cannot read") from exc
 
     def put_keyring(
-        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+        self,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
+        fields = keyring_rules.proof_fields(proof)
+        del fields["signed_version"]  # the server signs nothing: it checks the next number
         body = self._call(
             "PUT",
             "/v1/keyring",
@@ -107,6 +125,7 @@ class HttpRemote:
                 "blob": base64.b64encode(blob).decode("ascii"),
                 "expected_version": expected_version,
                 "revoked_key_ids": sorted(set(revoked)),
+                **{k: v for k, v in fields.items() if v is not None},
             },
         )
         return _int(body, "version", self._url)
@@ -132,6 +151,9 @@ class HttpRemote:
 
     def set_frames(self, frames: Frames) -> None:
         return None  # envelopes are sealed already; the remote adds no objects of its own
+
+    def set_keyring_check(self, check: KeyringCheck) -> None:
+        return None  # the server checks every keyring version it stores
 
     def status(self) -> dict[str, Any]:
         return {"remote": self._url, **self._call("GET", "/v1/sync/status")}

@@ -1,4 +1,8 @@
-"""An in-process remote: the reference implementation of the contract, used by tests."""
+"""An in-process remote: the reference implementation of the contract, used by tests.
+
+Like a sync server, it checks every keyring version it is given (``cairn.keyring_rules``) and
+keeps them all; ``rollback`` is what a server's administrator does.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cairn.errors import InvalidInput, RemoteConflict
+from cairn import keyring_rules
+from cairn.errors import InvalidInput, NotFound, RemoteConflict
 from cairn.protocol import E2E, PullPage, PushResult, WireMutation, check_batch, check_pull_limit
-from cairn.remotes.base import Frames, KeyringBlob
+from cairn.remotes.base import KEYRING_WALK, Frames, KeyringBlob, KeyringCheck, KeyringProof
 
 
 class MemoryRemote:
@@ -19,7 +24,7 @@ class MemoryRemote:
         self.mode = mode
         self._log: list[WireMutation] = []
         self._ids: set[str] = set()
-        self._keyring: KeyringBlob | None = None
+        self._keyrings: list[KeyringBlob] = []  # every version, oldest first
         self._devices: dict[str, str] = {}
         self._changed = threading.Condition()
 
@@ -33,7 +38,7 @@ class MemoryRemote:
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         with self._changed:
-            revoked = self._keyring.revoked if self._keyring else ()
+            revoked = self._keyrings[-1].revoked if self._keyrings else ()
             check_batch(mutations, self.mode == E2E, revoked)
             fresh: list[WireMutation] = []
             for mutation in mutations:
@@ -72,19 +77,46 @@ class MemoryRemote:
 
     def get_keyring(self) -> KeyringBlob | None:
         with self._changed:
-            return self._keyring
+            return self._keyrings[-1] if self._keyrings else None
+
+    def keyring_versions(self, limit: int = KEYRING_WALK) -> list[KeyringBlob]:
+        with self._changed:
+            return self._keyrings[::-1][:limit]
 
     def put_keyring(
-        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+        self,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
         with self._changed:
-            current = self._keyring.version if self._keyring else None
-            if current != expected_version:
+            current = self._keyrings[-1] if self._keyrings else None
+            if (current.version if current else None) != expected_version:
                 raise RemoteConflict(
                     "the keyring changed on the remote since it was read; read it again"
                 )
-            self._keyring = KeyringBlob(blob, (current or 0) + 1, tuple(sorted(set(revoked))))
-            return self._keyring.version
+            signature, verify_key = (proof.signature, proof.verify_key) if proof else (None, None)
+            kept = keyring_rules.accept(current, blob, revoked, signature, verify_key)
+            return self._append(blob, revoked, kept)
+
+    def rollback(self, version: int, expected_version: int) -> int:
+        """What a server's administrator does: version ``version`` again, as the next one."""
+        with self._changed:
+            if self._keyrings[-1].version != expected_version:
+                raise RemoteConflict("the keyring changed since it was read; read it again")
+            if not 1 <= version <= len(self._keyrings):
+                raise NotFound(f"there is no keyring version {version}")
+            restored = self._keyrings[version - 1]
+            return self._append(restored.blob, restored.revoked, restored.proof)
+
+    def _append(self, blob: bytes, revoked: Sequence[int], proof: KeyringProof | None) -> int:
+        version = len(self._keyrings) + 1
+        self._keyrings.append(KeyringBlob(blob, version, tuple(sorted(set(revoked))), proof))
+        return version
+
+    def set_keyring_check(self, check: KeyringCheck) -> None:
+        return None  # it checks every version itself
 
     def register_device(self, device_id: str, name: str) -> None:
         with self._changed:

@@ -4,9 +4,14 @@ There is no server: every device reads and writes the objects directly (through 
 which signs S3 requests and does put-if-absent natively). The layout, under the remote's prefix:
 
 - ``cairn.json``: the format version (a newer one is refused, never misread);
-- ``keyring/<version>``: one object per keyring version (the opaque blob and the revoked key
-  ids); a new version is written only if absent and only over the latest, which makes the
-  keyring's compare-and-swap;
+- ``keyring/<version>``: one object per keyring version (the opaque blob, the revoked key ids
+  and the proof, signed for that number); a new version is written only if absent and only over
+  the latest, which makes the keyring's compare-and-swap. Anyone who may write to the storage
+  can write one too: devices use only versions the workspace's keys authenticate, and push
+  checks revoked key ids against the newest such version only (``set_keyring_check``);
+- ``probes/<token>``: written twice and removed (``probe``) before the first write of a process,
+  once a day after, and on every status: storage that lets the second put-if-absent through
+  (ignoring ``If-None-Match``) is refused, since devices would overwrite each other's objects;
 - ``log/<device>/<n>``: immutable batches, each written once, put-if-absent, by its own device
   (numbered 1, 2, 3 ... without gaps); an upload cut short leaves no object or a whole one;
 - ``devices/<device>``: each device's record (its name, and how far it has read every log),
@@ -52,6 +57,7 @@ from urllib.parse import unquote, urlparse
 import obstore
 from obstore.exceptions import AlreadyExistsError, PermissionDeniedError, UnauthenticatedError
 
+from cairn import keyring_rules
 from cairn.errors import (
     AuthFailed,
     CryptoError,
@@ -60,18 +66,20 @@ from cairn.errors import (
     RemoteConflict,
     RemoteUnreachable,
     SchemaTooNew,
+    StorageUnsupported,
     SyncError,
     SyncNotConfigured,
 )
 from cairn.protocol import (
     KeyringBlob,
+    KeyringProof,
     PullPage,
     PushResult,
     WireMutation,
     check_batch,
     check_pull_limit,
 )
-from cairn.remotes.base import Frames
+from cairn.remotes.base import KEYRING_WALK, Frames, KeyringCheck
 
 FORMAT = 1
 HEADER = "cairn.json"
@@ -84,10 +92,13 @@ STALE_AFTER = 30 * 86400.0
 reads the snapshot instead when it returns)."""
 KEYRING_TTL = 10.0
 """Seconds a push trusts the keyring's revoked key ids it read (each push would read it again)."""
+PROBE_EVERY = 86400.0
+"""Seconds after which a long-running process checks put-if-absent again before a write."""
 PUBLISH_EVERY = 5.0
 """Seconds between two writes of a device's read position to its record."""
 PART_SIZE = 5000  # mutations per snapshot part
 _NUMBER = 12  # digits in a batch's name: ordered by name as by number
+_KEYRING_DIGITS = 12  # the most digits a keyring version's name may have
 _CACHE = 256  # batches kept decoded (they never change)
 _HEAD = struct.Struct(">I")  # the size of a packed batch's compressed fields
 _RECENT = 8  # a device's latest batches a push checks its mutations against
@@ -147,6 +158,8 @@ class ObjectRemote:
         self._ring: tuple[float, KeyringBlob | None] | None = None  # (read at, keyring)
         self._snapshot_at: float | None = None  # when the latest snapshot was last looked for
         self._checked = False
+        self._probed_at: float | None = None  # when put-if-absent was last seen to hold
+        self._keyring_check: KeyringCheck | None = None
         self._name: str | None = None
         self._published: tuple[str, float] | None = None  # (position, when)
 
@@ -160,6 +173,10 @@ class ObjectRemote:
 
     def set_frames(self, frames: Frames) -> None:
         self.frames = frames
+
+    def set_keyring_check(self, check: KeyringCheck) -> None:
+        self._keyring_check = check
+        self._ring = None
 
     # --- push ---------------------------------------------------------------------------------
 
@@ -349,41 +366,73 @@ class ObjectRemote:
     # --- keyring, devices, status ------------------------------------------------------------
 
     def get_keyring(self) -> KeyringBlob | None:
-        versions = self._names("keyring/")
-        if not versions:
-            return None
-        latest = versions[-1]
+        numbers = self._keyring_numbers()
+        return self._read_keyring(numbers[-1]) if numbers else None
+
+    def keyring_versions(self, limit: int = KEYRING_WALK) -> list[KeyringBlob]:
+        return [self._read_keyring(n) for n in self._keyring_numbers()[::-1][:limit]]
+
+    def _keyring_numbers(self) -> list[int]:
+        """The keyring versions stored, in order (names that are not numbers are not Cairn's)."""
+        names = self._names("keyring/")
+        return sorted(
+            int(n) for n in names if n.isascii() and n.isdigit() and len(n) <= _KEYRING_DIGITS
+        )
+
+    def _read_keyring(self, number: int) -> KeyringBlob:
+        """One keyring version; a damaged one comes back as a blob no device can open (so it is
+        passed over, yet still counted: the next version is written after it)."""
+        path = f"keyring/{number:08d}"
         try:
-            data = json.loads(self._get(f"keyring/{latest}"))
-            return KeyringBlob(
-                base64.b64decode(data["blob"], validate=True),
-                int(latest),
-                tuple(sorted({int(k) for k in data["revoked_key_ids"]})),
-            )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise SyncError(f"keyring/{latest} in {self._url} is damaged") from exc
+            raw = self._get(path)
+        except FileNotFoundError:
+            return KeyringBlob(b"", number)  # removed meanwhile: nothing in it to use
+        try:
+            data = json.loads(raw)
+            revoked = tuple(sorted({int(k) for k in data["revoked_key_ids"]}))
+            blob = base64.b64decode(data["blob"], validate=True)
+            # The proof must name this object's own number: a version copied to a later name
+            # (a replay) does not verify.
+            proof = keyring_rules.proof_from({**data, "signed_version": number}, number)
+        except (KeyError, TypeError, ValueError, binascii.Error, InvalidInput):
+            return KeyringBlob(raw[: keyring_rules.MAX_KEYRING_BYTES], number)
+        return KeyringBlob(blob, number, revoked, proof)
 
     def _revoked(self) -> tuple[int, ...]:
-        """The revoked key ids a push is checked against: the keyring as read at most
-        ``KEYRING_TTL`` seconds ago (a rotation made here is seen at once)."""
+        """The revoked key ids a push is checked against: those of the newest keyring version
+        the workspace's keys authenticate, as read at most ``KEYRING_TTL`` seconds ago (a
+        rotation made here is seen at once). Without the keys open, none."""
         now = time.monotonic()
+        check = self._keyring_check
+        if check is None:
+            return ()
         if self._ring is None or now - self._ring[0] > KEYRING_TTL:
-            self._ring = (now, self.get_keyring())
+            trusted = next((v for v in self.keyring_versions() if check(v)), None)
+            self._ring = (now, trusted)
         ring = self._ring[1]
         return ring.revoked if ring else ()
 
     def put_keyring(
-        self, blob: bytes, expected_version: int | None, revoked: Sequence[int] = ()
+        self,
+        blob: bytes,
+        expected_version: int | None,
+        revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
-        current = self.get_keyring()
-        if (current.version if current else None) != expected_version:
+        numbers = self._keyring_numbers()
+        if (numbers[-1] if numbers else None) != expected_version:
             raise RemoteConflict("the keyring changed on the remote since it was read; read again")
         version = (expected_version or 0) + 1
+        if version >= 10**_KEYRING_DIGITS:
+            raise SyncError(f"{self._url} holds keyring versions up to {version - 1}: no more fit")
         self._ensure_header()
-        record = {
+        record: dict[str, Any] = {
             "blob": base64.b64encode(blob).decode("ascii"),
             "revoked_key_ids": sorted(set(revoked)),
         }
+        if proof is not None:
+            fields = keyring_rules.proof_fields(proof)
+            record.update(signature=fields["signature"], verify_key=fields["verify_key"])
         try:
             self._put(f"keyring/{version:08d}", json.dumps(record).encode(), create=True)
         except AlreadyExistsError as exc:
@@ -456,8 +505,19 @@ class ObjectRemote:
         """What the remote holds; before the keys are open (``cairn sync setup`` checking the
         remote) only what object names tell."""
         devices = self._names("devices/")
+        try:
+            self.probe()
+            conditional = "honoured"
+        except (AuthFailed, Forbidden):
+            conditional = "unchecked (no write access)"
         if self.frames is None:
-            return {"remote": self._url, "mode": "e2e", "format": FORMAT, "devices": len(devices)}
+            return {
+                "remote": self._url,
+                "mode": "e2e",
+                "format": FORMAT,
+                "devices": len(devices),
+                "conditional_writes": conditional,
+            }
         for attempt in range(3):
             snapshot = self._latest_snapshot(refresh=True)
             covers = snapshot.covers if snapshot else {}
@@ -484,6 +544,7 @@ class ObjectRemote:
             "snapshot": snapshot.number if snapshot else None,
             "skipped_objects": dict(self.skipped),
             "missing_objects": dict(self.missing),
+            "conditional_writes": conditional,
         }
 
     def close(self) -> None:
@@ -782,7 +843,31 @@ class ObjectRemote:
     def _unframe(self, path: str, data: bytes) -> bytes:
         return zlib.decompress(self._open(path, data))
 
+    def probe(self) -> None:
+        """Check that the storage honours put-if-absent (``If-None-Match: *`` on S3): write a
+        probe object twice, the second time expecting to be refused; StorageUnsupported if it
+        was not. Everything that keeps devices apart (batch numbers, keyring versions) rests on
+        it, so storage without it is refused rather than used to split a workspace silently."""
+        path = f"probes/{secrets.token_hex(8)}"
+        self._put(path, b"probe", create=True)
+        try:
+            self._put(path, b"probe again", create=True)
+        except AlreadyExistsError:
+            self._probed_at = time.monotonic()
+            return
+        finally:
+            self._delete([path])
+        raise StorageUnsupported(
+            f"{self._url} does not honour conditional writes: a put with If-None-Match: * "
+            "(put-if-absent) overwrote an existing object. Devices syncing through it would "
+            "overwrite each other's changes and keyring, so Cairn will not use it. Use storage "
+            "that supports S3 conditional writes (AWS S3, Cloudflare R2, MinIO, SeaweedFS, or "
+            "a folder), or upgrade the service or gateway in between."
+        )
+
     def _ensure_header(self) -> None:
+        if self._probed_at is None or time.monotonic() - self._probed_at > PROBE_EVERY:
+            self.probe()
         if self._checked:
             return
         try:

@@ -33,7 +33,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
 from cairn.model import Filters, Memory, RelationState
-from cairn.protocol import E2E, RELATION_PREFIX, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import (
+    E2E,
+    RELATION_PREFIX,
+    KeyringBlob,
+    KeyringProof,
+    PullPage,
+    PushResult,
+    WireMutation,
+)
 from cairn.server.storage import (
     DAY_MS,
     INDEX_DIM,
@@ -51,6 +59,8 @@ from cairn.server.storage import (
     WorkspaceStats,
     check_quota,
     day_of,
+    keyring_of,
+    keyring_proof_values,
     memory_of,
     memory_values,
 )
@@ -228,11 +238,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
         for table in ("hosted_index", "hosted_memories", "hosted_relations")
     ),
+    # 4: every keyring version is kept, with its proof (cairn.keyring_rules): the one stored
+    # until now becomes its workspace's version of that number, without a proof.
+    f"""
+    CREATE TABLE keyring_versions (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        version INTEGER NOT NULL,
+        blob BYTEA NOT NULL,
+        revoked INTEGER[] NOT NULL DEFAULT '{{}}',
+        signature BYTEA,
+        verify_key BYTEA,
+        signed_version INTEGER,
+        PRIMARY KEY (workspace_id, version)
+    );
+    ALTER TABLE keyring_versions ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE keyring_versions FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant ON keyring_versions
+        USING (workspace_id = {_TENANT} OR {_TENANT} = '{ALL}');
+    INSERT INTO keyring_versions (workspace_id, version, blob, revoked)
+        SELECT workspace_id, version, blob, revoked FROM keyrings;
+    DROP TABLE keyrings;
+    """,
 )
 EF_SEARCH = 100
 """HNSW candidates examined per query (pgvector's default, 40, is under recall's depth of 50)."""
 
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
+_KEYRING_COLUMNS = "version, blob, revoked, signature, verify_key, signed_version"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 _MUTATION_COLUMNS = (
     "workspace_id, seq, mutation_id, version, device_id, hlc, entity_id, scope, payload, "
@@ -561,12 +593,21 @@ class PostgresStorage:
     # -- keyring and devices ------------------------------------------------------------------
 
     def keyring(self, workspace_id: str) -> KeyringBlob | None:
-        row = self._one(
+        found = self.keyring_versions(workspace_id, 1)
+        return found[0] if found else None
+
+    def keyring_versions(self, workspace_id: str, limit: int) -> list[KeyringBlob]:
+        rows = self._all(
             workspace_id,
-            "SELECT blob, version, revoked FROM keyrings WHERE workspace_id = %s",
+            f"SELECT {_KEYRING_COLUMNS} FROM keyring_versions WHERE workspace_id = %s "
+            "ORDER BY version DESC LIMIT %s",
             workspace_id,
+            limit,
         )
-        return KeyringBlob(bytes(row[0]), row[1], tuple(row[2])) if row else None
+        return [
+            keyring_of(row, tuple(row[2]), _bytes_or_none(row[3]), _bytes_or_none(row[4]))
+            for row in rows
+        ]
 
     def put_keyring(
         self,
@@ -574,11 +615,13 @@ class PostgresStorage:
         blob: bytes,
         expected_version: int | None,
         revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
         with self._tx(workspace_id) as conn:
             self._latest(conn, workspace_id, lock=True)  # NotFound; one keyring writer at a time
             row = conn.execute(
-                "SELECT version FROM keyrings WHERE workspace_id = %s", (workspace_id,)
+                "SELECT MAX(version) FROM keyring_versions WHERE workspace_id = %s",
+                (workspace_id,),
             ).fetchone()
             current = row[0] if row else None
             if current != expected_version:
@@ -587,10 +630,15 @@ class PostgresStorage:
                 )
             version = (current or 0) + 1
             conn.execute(
-                "INSERT INTO keyrings (workspace_id, version, blob, revoked) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (workspace_id) DO UPDATE SET "
-                "version = excluded.version, blob = excluded.blob, revoked = excluded.revoked",
-                (workspace_id, version, blob, sorted(set(revoked))),
+                f"INSERT INTO keyring_versions ({_KEYRING_COLUMNS}, workspace_id) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    version,
+                    blob,
+                    sorted(set(revoked)),
+                    *keyring_proof_values(proof),
+                    workspace_id,
+                ),
             )
         return version
 
@@ -974,6 +1022,10 @@ def _redacted(url: str) -> str:
         ) from exc
     info.pop("password", None)
     return psycopg.conninfo.make_conninfo("", **info)
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _key(row: Sequence[Any]) -> ApiKey:

@@ -32,7 +32,7 @@ from cairn.api.schemas import (
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import Filters, iso
 from cairn.protocol import MAX_PULL_LIMIT, PullPage, WireMutation
-from cairn.server import hosted, keys
+from cairn.server import hosted, keyrings, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
 from cairn.server.storage import ApiKey, Device
@@ -89,15 +89,26 @@ class _Request(BaseModel):
 
 
 class KeyringIn(_Request):
-    blob: str = Field(description="The keyring, base64 (the server never reads it).")
+    blob: str = Field(
+        description="The keyring, base64 (the server reads only its clear id and key ids)."
+    )
     expected_version: int | None = Field(
         None, description="The version this replaces (null: there is no keyring yet)."
     )
     revoked_key_ids: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] = Field(
         [],
         description="Key ids no new payload may be sealed under; pushes using them get 422 "
-        "revoked_key. The only part of the keyring the server reads.",
+        "revoked_key. Earlier key ids of the keyring only, never its current one.",
         max_length=10_000,
+    )
+    signature: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{128}$",
+        description="Ed25519 signature (hex) by the workspace's master key over the next "
+        "version (cairn.keyring_rules.message); needed for every version after the first.",
+    )
+    verify_key: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="The key that checks it (hex)."
     )
 
 
@@ -390,25 +401,61 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
     if keyring is None:
         raise NotFound("this workspace has no keyring yet; the first device to set up sync puts it")
+    return keyrings.to_json(keyring)
+
+
+@router.get("/v1/keyring/versions", tags=["keyring"], summary="Every keyring version, newest first")
+def keyring_versions(
+    ctx: Context, key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The same ciphertext as ``GET /v1/keyring``, for each version kept: a device that cannot
+    authenticate the newest looks back for the newest it can."""
     return {
-        "blob": base64.b64encode(keyring.blob).decode("ascii"),
-        "version": keyring.version,
-        "revoked_key_ids": list(keyring.revoked),
+        "versions": [
+            keyrings.to_json(v) for v in ctx.storage.keyring_versions(key.workspace_id, limit)
+        ]
     }
 
 
-@router.put("/v1/keyring", tags=["keyring"], summary="Replace the keyring (compare-and-swap)")
+@router.put(
+    "/v1/keyring", tags=["keyring"], summary="Add the next keyring version (compare-and-swap)"
+)
 def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
+    """After the first version, only with a valid ``signature`` by the workspace's master key
+    (403 keyring_untrusted otherwise); a blob that is not a keyring of this workspace is refused."""
     try:
         blob = base64.b64decode(body.blob, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("blob must be base64") from exc
-    version = ctx.storage.put_keyring(
-        key.workspace_id, blob, body.expected_version, body.revoked_key_ids
+    signature = bytes.fromhex(body.signature) if body.signature else None
+    verify_key = bytes.fromhex(body.verify_key) if body.verify_key else None
+    version = keyrings.put(
+        ctx.storage,
+        key,
+        blob,
+        body.expected_version,
+        body.revoked_key_ids,
+        signature,
+        verify_key,
+        now_ms(),
     )
-    detail = {"version": version, "revoked_key_ids": body.revoked_key_ids}
-    ctx.storage.audit(key.workspace_id, key.id, "keyring_put", detail, now_ms())
     return {"version": version}
+
+
+class RollbackIn(_Request):
+    version: int = Field(ge=1, description="The earlier version to store again as the newest.")
+    expected_version: int | None = Field(
+        None, description="The newest version now (null: whatever it is)."
+    )
+
+
+@router.post("/v1/keyring/rollback", tags=["keyring"], summary="Roll the keyring back (admin)")
+def rollback_keyring(body: RollbackIn, ctx: Context, key: Admin) -> dict[str, Any]:
+    """Stores an earlier version again as the next one, with its own proof; audited."""
+    made = keyrings.rollback(
+        ctx.storage, key.workspace_id, key.id, body.version, body.expected_version, now_ms()
+    )
+    return {"version": made.version, "restored": body.version}
 
 
 @router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")

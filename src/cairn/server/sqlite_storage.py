@@ -19,7 +19,15 @@ import numpy.typing as npt
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
 from cairn.model import Filters, Memory, RelationState
-from cairn.protocol import E2E, RELATION_PREFIX, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import (
+    E2E,
+    RELATION_PREFIX,
+    KeyringBlob,
+    KeyringProof,
+    PullPage,
+    PushResult,
+    WireMutation,
+)
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     DAY_MS,
@@ -38,6 +46,8 @@ from cairn.server.storage import (
     WorkspaceStats,
     check_quota,
     day_of,
+    keyring_of,
+    keyring_proof_values,
     memory_of,
     memory_values,
 )
@@ -187,9 +197,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX hosted_relations_to ON hosted_relations (workspace_id, to_id, type);
     """,
+    # 5: every keyring version is kept, with its proof (cairn.keyring_rules): the one stored
+    # until now becomes its workspace's version of that number, without a proof.
+    """
+    CREATE TABLE keyring_versions (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        version INTEGER NOT NULL,
+        blob BLOB NOT NULL,
+        revoked TEXT NOT NULL DEFAULT '[]',
+        signature BLOB,
+        verify_key BLOB,
+        signed_version INTEGER,
+        PRIMARY KEY (workspace_id, version)
+    );
+    INSERT INTO keyring_versions (workspace_id, version, blob, revoked)
+        SELECT workspace_id, version, blob, revoked FROM keyrings;
+    DROP TABLE keyrings;
+    """,
 )
 
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
+_KEYRING_COLUMNS = "version, blob, revoked, signature, verify_key, signed_version"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 
 
@@ -472,10 +500,19 @@ class SqliteStorage:
     # -- keyring and devices ------------------------------------------------------------------
 
     def keyring(self, workspace_id: str) -> KeyringBlob | None:
-        row = self._one(
-            "SELECT blob, version, revoked FROM keyrings WHERE workspace_id = ?", workspace_id
+        found = self.keyring_versions(workspace_id, 1)
+        return found[0] if found else None
+
+    def keyring_versions(self, workspace_id: str, limit: int) -> list[KeyringBlob]:
+        rows = self._all(
+            f"SELECT {_KEYRING_COLUMNS} FROM keyring_versions WHERE workspace_id = ? "
+            "ORDER BY version DESC LIMIT ?",
+            workspace_id,
+            limit,
         )
-        return KeyringBlob(bytes(row[0]), row[1], tuple(json.loads(row[2]))) if row else None
+        return [
+            keyring_of(row, tuple(json.loads(row[2])), _blob(row[3]), _blob(row[4])) for row in rows
+        ]
 
     def put_keyring(
         self,
@@ -483,11 +520,13 @@ class SqliteStorage:
         blob: bytes,
         expected_version: int | None,
         revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
         with self._db.write() as conn:
             self._latest(conn, workspace_id)  # NotFound for an unknown workspace
             row = conn.execute(
-                "SELECT version FROM keyrings WHERE workspace_id = ?", (workspace_id,)
+                "SELECT MAX(version) FROM keyring_versions WHERE workspace_id = ?",
+                (workspace_id,),
             ).fetchone()
             current = row[0] if row else None
             if current != expected_version:
@@ -496,10 +535,15 @@ class SqliteStorage:
                 )
             version = (current or 0) + 1
             conn.execute(
-                "INSERT INTO keyrings (workspace_id, version, blob, revoked) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (workspace_id) DO UPDATE SET version = excluded.version, "
-                "blob = excluded.blob, revoked = excluded.revoked",
-                (workspace_id, version, blob, json.dumps(sorted(set(revoked)))),
+                f"INSERT INTO keyring_versions ({_KEYRING_COLUMNS}, workspace_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version,
+                    blob,
+                    json.dumps(sorted(set(revoked))),
+                    *keyring_proof_values(proof),
+                    workspace_id,
+                ),
             )
         return version
 
@@ -874,6 +918,10 @@ def _index_filter(filters: Filters) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
         params.append(tag)
     return " AND ".join(clauses), params
+
+
+def _blob(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _key(row: Sequence[Any]) -> ApiKey:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from cairn.errors import QuotaExceeded
 from cairn.model import Filters, Memory, RelationState
-from cairn.protocol import E2E, KeyringBlob, PullPage, PushResult, WireMutation
+from cairn.protocol import E2E, KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
 
 DAY_MS = 86_400_000
 INDEX_DIM = 384
@@ -174,6 +174,25 @@ def memory_of(row: Sequence[Any], tags: Sequence[str]) -> Memory:
     )
 
 
+def keyring_of(
+    row: Sequence[Any], revoked: tuple[int, ...], signature: bytes | None, key: bytes | None
+) -> KeyringBlob:
+    """The keyring version a row of (version, blob, revoked, signature, verify_key,
+    signed_version) holds (the revoked ids, signature and key decoded by the backend)."""
+    version, blob, signed = int(row[0]), bytes(row[1]), row[5]
+    proof = None
+    if signature is not None and key is not None:
+        proof = KeyringProof(signature, key, int(signed if signed is not None else version))
+    return KeyringBlob(blob, version, revoked, proof)
+
+
+def keyring_proof_values(proof: KeyringProof | None) -> tuple[Any, Any, Any]:
+    """A proof as the (signature, verify_key, signed_version) columns store it."""
+    if proof is None:
+        return None, None, None
+    return proof.signature, proof.verify_key, proof.version
+
+
 Ranked = list[tuple[str, float]]
 """Memory ids, best first, each with its score (cosine, or the keyword rank's score)."""
 
@@ -298,7 +317,13 @@ class ServerStorage(Protocol):
 
     def totals(self) -> Totals: ...
 
-    def keyring(self, workspace_id: str) -> KeyringBlob | None: ...
+    def keyring(self, workspace_id: str) -> KeyringBlob | None:
+        """The workspace's newest keyring version (None: none yet)."""
+        ...
+
+    def keyring_versions(self, workspace_id: str, limit: int) -> list[KeyringBlob]:
+        """Up to ``limit`` of the workspace's keyring versions, newest first (all are kept)."""
+        ...
 
     def put_keyring(
         self,
@@ -306,9 +331,11 @@ class ServerStorage(Protocol):
         blob: bytes,
         expected_version: int | None,
         revoked: Sequence[int] = (),
+        proof: KeyringProof | None = None,
     ) -> int:
-        """Replace the keyring and its revoked key ids if its version is ``expected_version``
-        (None: none yet); the new version, or RemoteConflict."""
+        """Add the next keyring version (its revoked key ids and proof, checked by the caller:
+        ``cairn.keyring_rules.accept``) if the newest is ``expected_version`` (None: none yet);
+        the new version, or RemoteConflict. Earlier versions stay."""
         ...
 
     def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
