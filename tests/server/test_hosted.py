@@ -140,6 +140,8 @@ def test_an_agent_gets_edits_and_forgets_and_devices_follow(
     assert agent.recall("how long do cache entries live?", kinds=["gotcha"])[0]["id"] == memory_id
     same = agent.client.patch(f"/v1/memories/{memory_id}", json={"content": other["content"]})
     assert same.status_code == 422 and "already says exactly this" in same.text
+    empty_kind = agent.remember("A memory of no kind at all", kind="")
+    assert empty_kind.status_code == 422 and "kind" in empty_kind.text  # not silently a note
     read_only = Agent(server.url, server.new_key(["read"], workspace_id))
     assert read_only.client.delete(f"/v1/memories/{memory_id}").status_code == 403
 
@@ -156,7 +158,8 @@ def test_an_agent_gets_edits_and_forgets_and_devices_follow(
         gone = agent.client.delete(f"/v1/memories/{memory_id}")
         assert gone.status_code == 200 and gone.json()["deleted"] is True
         assert agent.client.get(f"/v1/memories/{memory_id}").status_code == 404
-        assert agent.client.delete(f"/v1/memories/{memory_id}").status_code == 404
+        again = agent.client.delete(f"/v1/memories/{memory_id}")  # forgetting is idempotent
+        assert again.status_code == 200 and again.json()["deleted"] is True
         syncer.pull()
         assert laptop.count() == 1  # the other memory; the forgotten one is a tombstone
     actions = [e["action"] for e in agent.client.get("/v1/audit").json()["entries"]]

@@ -199,7 +199,7 @@ class Hosted:
         """Remember like a device: identical content in the project returns the existing
         memory (with any new tags added); a topic key supersedes the topic's newest memory."""
         content = model.check_content(item.content)
-        kind = model.check_kind(item.kind or model.DEFAULT_KIND)
+        kind = model.check_kind(item.kind)
         project = model.check_project(item.project or model.DEFAULT_PROJECT)
         tags = model.check_tags(item.tags)
         topic_key = model.check_topic_key(item.topic_key)
@@ -332,16 +332,21 @@ class Hosted:
         return new.memory
 
     def forget(self, workspace_id: str, key_id: str, memory_id: str, now: int) -> Memory:
-        """Tombstone a memory: devices pull the deletion and erase it too."""
+        """Tombstone a memory: devices pull the deletion and erase it too. Forgetting a
+        forgotten memory changes nothing and returns its tombstone."""
         self.fold(workspace_id)
-        state = self._live(workspace_id, memory_id)
+        state = self._live(workspace_id, memory_id, allow_deleted=True)
+        if state.memory.deleted:
+            return state.memory
         gone = forgotten(state, self._tick(now), now)
         self._write(workspace_id, key_id, [gone], [], now, action="forget")
         return gone.memory
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _live(self, workspace_id: str, memory_id: str) -> MemoryState:
+    def _live(
+        self, workspace_id: str, memory_id: str, allow_deleted: bool = False
+    ) -> MemoryState:
         stored = self.storage.indexed_payloads(workspace_id, [memory_id])
         if memory_id not in stored:
             raise NotFound(
@@ -349,7 +354,7 @@ class Hosted:
                 "memories to find the ids"
             )
         state = _state(memory_id, stored[memory_id])
-        if state.memory.deleted:
+        if state.memory.deleted and not allow_deleted:
             raise NotFound(f"memory {memory_id} was forgotten")
         return state
 

@@ -300,7 +300,7 @@ def remember(body: RememberRequest, response: Response, ctx: Context, key: Write
     _hosted(ctx, key)
     item = NewMemory(
         body.content,
-        body.kind or model.DEFAULT_KIND,
+        model.DEFAULT_KIND if body.kind is None else body.kind,
         body.project or model.DEFAULT_PROJECT,
         body.tags,
         body.topic_key,
