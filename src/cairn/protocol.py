@@ -43,6 +43,9 @@ SEALED_HEADER = struct.Struct(">BI16s12s")
 (``cairn.crypto.seal``); a remote may read the version and key id, nothing else."""
 SEALED_MIN = SEALED_HEADER.size + 16
 
+API_KEY = re.compile(r"cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})", re.ASCII)
+"""A sync server's API key, matched whole: ``cairn_<key id>_<secret>``."""
+
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_BATCH = 10_000
 MAX_PULL_LIMIT = 10_000

@@ -101,10 +101,23 @@ def test_without_sync_status_shows_the_local_state_and_says_sync_is_off(tmp_path
     human = fresh("stats").stdout
     assert "outbox_pending" not in human
     assert "off (1 change kept on this device until `cairn sync setup`)" in human
+    well_formed = "cairn_0123456789ab_" + "s" * 43
     bad = fresh(
-        "sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", "cairn_x_y", ok=False
+        "sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", well_formed, ok=False
     )
     assert bad.returncode == 8 and "127.0.0.1:9" in bad.stderr
+    assert not (tmp_path / "fresh" / "keys" / "sync.json").exists()
+
+
+def test_a_malformed_api_key_is_bad_input_that_names_no_header(tmp_path: Path) -> None:
+    """The user typed a key, not a header: the message talks about the key, shows none of it
+    (it may be a secret pasted wrong) and nothing is saved."""
+    fresh = in_home(tmp_path, "fresh")
+    pasted = "cairn_0123456789ab_secretpart-cut-short"[:-20] + " trailing words"
+    bad = fresh("sync", "setup", "--server", "http://127.0.0.1:9", "--api-key", pasted, ok=False)
+    assert bad.returncode == 2, bad.stderr
+    assert "is not a Cairn API key" in bad.stderr and "cairn server key create" in bad.stderr
+    assert "Authorization" not in bad.stderr and "trailing words" not in bad.stderr
     assert not (tmp_path / "fresh" / "keys" / "sync.json").exists()
 
 

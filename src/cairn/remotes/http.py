@@ -25,7 +25,7 @@ from cairn.errors import (
     SyncError,
     error_for,
 )
-from cairn.protocol import PullPage, PushResult, WireMutation, many_from_json, to_json
+from cairn.protocol import API_KEY, PullPage, PushResult, WireMutation, many_from_json, to_json
 from cairn.remotes.base import KEYRING_WALK, Frames, KeyringBlob, KeyringCheck, KeyringProof
 
 DEFAULT_TIMEOUT = 30.0
@@ -41,9 +41,16 @@ class HttpRemote:
         device_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        if not API_KEY.fullmatch(api_key.strip()):
+            raise InvalidInput(  # none of it is shown: it may be a secret pasted wrong
+                f"the API key given ({len(api_key)} characters) is not a Cairn API key: one "
+                "reads cairn_, 12 hex digits, _ and a "
+                "long secret; copy it again whole from `cairn server key create` (or the "
+                "workspace's creation)"
+            )
         self._url = url.rstrip("/")
         self.timeout = timeout
-        headers = {"Authorization": f"Bearer {api_key}", "User-Agent": "cairn-http-remote"}
+        headers = {"Authorization": f"Bearer {api_key.strip()}", "User-Agent": "cairn-http-remote"}
         if device_id is not None:
             headers["X-Cairn-Device"] = device_id
         self._client = httpx.Client(base_url=self._url, headers=headers, timeout=timeout)

@@ -344,9 +344,7 @@ class Hosted:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _live(
-        self, workspace_id: str, memory_id: str, allow_deleted: bool = False
-    ) -> MemoryState:
+    def _live(self, workspace_id: str, memory_id: str, allow_deleted: bool = False) -> MemoryState:
         stored = self.storage.indexed_payloads(workspace_id, [memory_id])
         if memory_id not in stored:
             raise NotFound(
