@@ -292,3 +292,16 @@ def test_setup_refuses_storage_that_ignores_put_if_absent_and_splits_nothing(
         assert "conditional writes" in made.stderr and "If-None-Match" in made.stderr
         assert not (tmp_path / who / "keys" / "sync.json").exists()  # nothing saved
     assert every_object(faulty.bucket(name)) == {}  # no keyring to be replaced
+
+
+def test_a_missing_bucket_is_said_in_a_sentence_not_raw_xml(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    run = device(tmp_path, "alpha", **s3_server.env())
+    endpoint = ["--endpoint-url", s3_server.endpoint]
+    missing = run("sync", "setup", "--remote", "s3://no-such-bucket/team", *endpoint, ok=False)
+    assert missing.returncode == 8, missing.stderr
+    assert "NoSuchBucket: The specified bucket does not exist" in missing.stderr
+    assert "check the bucket's name" in missing.stderr
+    assert "<?xml" not in missing.stderr and "<Error>" not in missing.stderr
+    assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()

@@ -41,6 +41,7 @@ import base64
 import binascii
 import bisect
 import json
+import re
 import secrets
 import struct
 import threading
@@ -987,9 +988,25 @@ def _s3_store(url: str, endpoint_url: str | None) -> Any:
         raise InvalidInput(f"cannot use {url}: {exc}") from exc
 
 
+_S3_ERROR = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>\s*<Message>([^<]{0,300})</Message>")
+_S3_HINTS = {
+    "NoSuchBucket": "check the bucket's name (and --endpoint-url), or create the bucket first",
+    "AccessDenied": "check that these credentials may read and write this bucket",
+    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID (or the profile's key)",
+    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY (or the profile's secret)",
+}
+
+
 def _first_line(exc: Exception) -> str:
-    """An obstore error's message without the debug dump it appends."""
-    return str(exc).split("\n\nDebug source", 1)[0].strip()
+    """An obstore error's message without the debug dump it appends, and an S3 error's XML
+    body said as its code and message (with what to do, for the usual ones)."""
+    text = str(exc).split("\n\nDebug source", 1)[0].strip()
+    found = _S3_ERROR.search(text)
+    if found is None:
+        return text
+    code, message = found.groups()
+    hint = _S3_HINTS.get(code)
+    return f"{code}: {message.strip()}" + (f"; {hint}" if hint else "")
 
 
 def _snapshot_number(name: str) -> int:
