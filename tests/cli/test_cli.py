@@ -187,6 +187,8 @@ def test_every_command_has_help_text() -> None:
         "export",
         "import",
         "stats",
+        "doctor",
+        "repair",
         "mcp",
         "serve",
         "sync setup",

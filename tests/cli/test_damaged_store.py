@@ -256,3 +256,14 @@ def test_repair_of_a_missing_store_says_so(tmp_path: Path) -> None:
     result = cairn(tmp_path, "repair")
     assert result.returncode == 4 and "no store" in result.stderr
     assert not (tmp_path / "cairn.db").exists()
+
+
+def test_doctor_names_the_damage_and_fails(home: Path) -> None:
+    checked = cairn(home, "doctor", "--offline")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    lines = {line.split()[1]: line for line in checked.stdout.splitlines()}
+    assert lines["store"].startswith("FAIL") and "cairn repair" in lines["store"]
+    assert lines["model"].startswith("ok") and lines["versions"].startswith("ok")
+    report = json.loads(cairn(home, "doctor", "--offline", "--json").stdout)
+    assert report["ok"] is False
+    assert [c["check"] for c in report["checks"] if c["state"] == "fail"] == ["store"]

@@ -144,6 +144,24 @@ def test_status_says_the_server_was_reached_and_refused_a_revoked_key(
     shown = laptop("sync", "status").stdout
     assert "unreachable" not in shown
     assert "reached, but it refused this device's API key" in shown and "revoked" in shown
+    doctor = laptop("doctor", "--json", ok=False)
+    checks = {c["check"]: c for c in doctor["checks"]}
+    assert doctor["ok"] is False and checks["remote"]["state"] == "fail"
+    assert "revoked" in checks["remote"]["found"]
+    assert checks["store"]["state"] == checks["key store"]["state"] == "ok"
+
+
+def test_doctor_checks_a_healthy_synced_device_line_by_line(
+    tmp_path: Path, server: tuple[str, str]
+) -> None:
+    url, admin = server
+    laptop = in_home(tmp_path, "laptop")
+    laptop("sync", "setup", "--server", url, "--api-key", admin)
+    checked = laptop("doctor")
+    names = [line.split()[1] for line in checked.stdout.splitlines()]
+    assert names == ["versions", "store", "model", "key", "remote", "clock"]
+    assert all(line.split()[0] == "ok" for line in checked.stdout.splitlines()), checked.stdout
+    assert "reached, key accepted" in checked.stdout and "the server" in checked.stdout
 
 
 def test_a_too_short_passphrase_is_bad_input_and_the_minimum_is_said(

@@ -26,6 +26,7 @@ from cairn.cli.common import (
     split,
     until_stopped,
 )
+from cairn.cli.doctor import doctor
 from cairn.cli.project import project_app
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
@@ -41,6 +42,7 @@ app = App(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command()(doctor)
 app.add_typer(project_app)
 app.add_typer(server_app)
 app.add_typer(sync_app)

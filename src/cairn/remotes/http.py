@@ -163,7 +163,14 @@ class HttpRemote:
         return None  # the server checks every keyring version it stores
 
     def status(self) -> dict[str, Any]:
-        return {"remote": self._url, **self._call("GET", "/v1/sync/status")}
+        """The server's view of the workspace, and its clock (``server_date``, the HTTP Date
+        header) so a device can tell how far its own clock is off."""
+        response = self._send("GET", "/v1/sync/status")
+        return {
+            "remote": self._url,
+            **self._body(response),
+            "server_date": response.headers.get("date"),
+        }
 
     def close(self) -> None:
         self._client.close()
