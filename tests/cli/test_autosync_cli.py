@@ -168,15 +168,21 @@ async def mcp_session(env: dict[str, str], cwd: Path, *args: str) -> AsyncIterat
                 yield session
 
 
-async def tool(session: ClientSession, name: str, **arguments: Any) -> Any:
+async def tool(session: ClientSession, name: str, **arguments: Any) -> str:
+    """The compact text a tool answers."""
     result = await session.call_tool(name, arguments)
     assert not result.is_error, result.content
-    return result.structured_content
+    return " ".join(block.text for block in result.content if block.type == "text")
 
 
-async def eventually(session: ClientSession, check: Callable[[dict[str, Any]], bool]) -> Any:
+def fields(text: str) -> dict[str, str]:
+    """sync_status's `key: value` lines."""
+    return dict(line.split(": ", 1) for line in text.splitlines())
+
+
+async def eventually(session: ClientSession, check: Callable[[dict[str, str]], bool]) -> Any:
     for _ in range(200):
-        status = await tool(session, "sync_status")
+        status = fields(await tool(session, "sync_status"))
         if check(status):
             return status
         await anyio.sleep(0.1)
@@ -192,15 +198,15 @@ async def test_the_mcp_server_syncs_in_the_background_and_offers_sync_tools(
     desktop("remember", "Staging certificates renew on the first of the month", "--json")
     desktop("sync", "push", "--json")
     async with mcp_session(env_for(tmp_path, "laptop"), tmp_path) as session:
-        status = await eventually(session, lambda s: s["worker_running"])
-        assert status["configured"] and status["remote"] == server[0]
+        status = await eventually(session, lambda s: s["background worker"] == "running")
+        assert status["remote"] == server[0]
         # Remote changes arrive without a sync call ...
         for _ in range(100):
             found = await tool(session, "recall", query="when do staging certificates renew?")
-            if found["results"]:
+            if found != "no memory matched":
                 break
             await anyio.sleep(0.2)
-        assert found["results"][0]["content"].startswith("Staging certificates renew")
+        assert found.splitlines()[1].startswith("Staging certificates renew")
         # ... and local ones leave without one.
         await tool(session, "remember", content="The status page is hosted on a separate cloud")
         await anyio.to_thread.run_sync(
@@ -208,10 +214,12 @@ async def test_the_mcp_server_syncs_in_the_background_and_offers_sync_tools(
                 lambda: pulled(desktop, "The status page is hosted on a separate cloud")
             )
         )
-        status = await eventually(session, lambda s: s["phase"] == "healthy" and not s["pending"])
-        assert status["dead_letters"] == 0 and status["last_success_at"]
+        status = await eventually(
+            session, lambda s: s["phase"] == "healthy" and s["pending"] == "0"
+        )
+        assert status["dead letters"] == "0" and status["last success"]
         now = await tool(session, "sync_now")
-        assert now == {"pushed": 0, "received": 0, "applied": 0, "dead_lettered": 0}
+        assert now == "pushed 0, received 0, applied 0, refused or unreadable 0"
     assert meta(tmp_path, "laptop", "sync.lease") is None  # the worker stopped with the server
 
 
@@ -221,7 +229,7 @@ async def test_mcp_sync_tools_before_setup_and_with_autosync_off(
 ) -> None:
     async with mcp_session(env_for(tmp_path, "fresh"), tmp_path) as session:
         status = await eventually(session, lambda s: s["phase"] == "disabled")
-        assert not status["configured"] and status["reason"] == "sync_not_configured"
+        assert status["remote"].startswith("none") and status["reason"] == "sync_not_configured"
         assert "cairn sync setup" in status["message"]
         result = await session.call_tool("sync_now", {})
         assert result.is_error
@@ -233,11 +241,11 @@ async def test_mcp_sync_tools_before_setup_and_with_autosync_off(
     laptop("remember", "Only the on-call engineer may restart the broker", "--json")
     async with mcp_session(env_for(tmp_path, "laptop"), tmp_path, "--no-autosync") as session:
         await anyio.sleep(1.0)
-        status = await tool(session, "sync_status")
-        assert not status["worker_running"] and status["pending"] == 1
+        status = fields(await tool(session, "sync_status"))
+        assert status["background worker"] == "not running" and status["pending"] == "1"
         now = await tool(session, "sync_now")  # no worker: this process syncs by itself
-        assert now["pushed"] == 1
-        assert (await tool(session, "sync_status"))["pending"] == 0
+        assert now.startswith("pushed 1, ")
+        assert fields(await tool(session, "sync_status"))["pending"] == "0"
 
 
 # --- the local API -------------------------------------------------------------------------------
