@@ -186,6 +186,12 @@ class Filters:
         )
 
 
+MIN_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z in Unix ms: the earliest time ``iso`` can show."""
+MAX_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z in Unix ms: the latest (a read time outside them is refused)."""
+
+
 def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
