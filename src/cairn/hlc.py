@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 MAX_COUNTER = 0xFFFF
 _PACKED = re.compile(r"[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}")
@@ -32,7 +33,7 @@ class HLC:
             raise ValueError(f"not a packed HLC: {text!r}") from exc
 
 
-def is_packed(text: object) -> bool:
+def is_packed(text: object) -> TypeGuard[str]:
     """Whether ``text`` is a clock as ``HLC.pack`` writes it (ASCII digits, no stray newline):
     what a clock read from another device must be before anything parses or compares it."""
     return isinstance(text, str) and _PACKED.fullmatch(text) is not None

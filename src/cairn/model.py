@@ -8,7 +8,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from cairn.errors import ContentEmpty, ContentTooLarge, InvalidInput
 
@@ -218,6 +218,21 @@ def parse_time(text: str) -> int:
     # Exactly, in integers: ``int(value.timestamp() * 1000)`` read 00:00:02.018 as 2017 ms, so
     # each export and import moved a memory's time back a millisecond.
     return (value - _EPOCH) // _MS
+
+
+def is_text(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a string the store can hold. JSON's ``"\\ud800"`` escapes and a
+    file's bytes that are not UTF-8 (read with ``surrogateescape``) leave lone surrogates in a
+    Python string, which UTF-8 and SQLite cannot take."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalise_content(content: str) -> str:

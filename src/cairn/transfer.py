@@ -148,23 +148,23 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
         return None
     if kind_of_record == "relation":
         for key in ("from_id", "to_id", "type"):
-            if not _is_text(data.get(key)):
+            if not model.is_text(data.get(key)):
                 raise ImportFormatError(f"a relation needs a string {key!r} of UTF-8 text")
         model.check_relation_type(data["type"])
         return data
     if kind_of_record != "memory":
         raise ImportFormatError(f"unknown record type {kind_of_record!r}")
     content = data.get("content")
-    if not isinstance(content, str) or not _is_text(content):
+    if not model.is_text(content):
         raise ImportFormatError("a memory needs a string 'content' of UTF-8 text")
     tags = data.get("tags") or []
-    if not isinstance(tags, list) or not all(_is_text(t) for t in tags):
+    if not isinstance(tags, list) or not all(model.is_text(t) for t in tags):
         raise ImportFormatError("'tags' must be a list of strings")
     for key in ("kind", "project", "topic_key", "id", "model_id", "embedding"):
-        if data.get(key) is not None and not _is_text(data[key]):
+        if data.get(key) is not None and not model.is_text(data[key]):
             raise ImportFormatError(f"{key!r} must be a string of UTF-8 text")
     created = data.get("created_at")
-    if created is not None and not (_is_text(created) or type(created) is int):
+    if created is not None and not (model.is_text(created) or type(created) is int):
         raise ImportFormatError("'created_at' must be an ISO date or Unix milliseconds")
     memory_id = data.get("id") or None
     if memory_id is not None:
@@ -199,18 +199,6 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
             )
         vector = np.frombuffer(raw, dtype="<f4")
     return (item if item.id else replace(item, id=uuid7())), vector
-
-
-def _is_text(value: object) -> bool:
-    """A string the store can hold: not a lone surrogate, which JSON's ``\\ud800`` escapes and a
-    file's bytes that are not UTF-8 (read with ``surrogateescape``) both leave in a string."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _flush(

@@ -322,7 +322,7 @@ def _number(table: dict[str, Any], key: str, low: int, high: int) -> int:
 
 def _key_id(text: str) -> int:
     """A data key's id as the keyring writes it: decimal ASCII digits, no leading zero."""
-    if not _KEY_ID.fullmatch(text) or not int(text) <= MAX_KEY_ID:
+    if not _KEY_ID.fullmatch(text) or int(text) > MAX_KEY_ID:
         raise CryptoError(f"the keyring holds a key id {text!r} that is not 1 to {MAX_KEY_ID}")
     return int(text)
 

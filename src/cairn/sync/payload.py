@@ -21,7 +21,7 @@ from typing import Any
 
 from cairn import hlc
 from cairn.errors import InvalidInput
-from cairn.model import MAX_MS, MIN_MS, Memory, MemoryState, RelationState, Revision
+from cairn.model import MAX_MS, MIN_MS, Memory, MemoryState, RelationState, Revision, is_text
 from cairn.protocol import RELATION_PREFIX, WireMutation
 
 FORMAT = 1
@@ -158,16 +158,16 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
     ancestors = body["ancestors"]
     tags = body["tags"]
     if not isinstance(field_hlc, dict) or not all(
-        _is_text(k) and hlc.is_packed(v) for k, v in field_hlc.items()
+        is_text(k) and hlc.is_packed(v) for k, v in field_hlc.items()
     ):
         raise PayloadError("field_hlc must map field names to clocks")
     if not isinstance(ancestors, list) or not all(hlc.is_packed(a) for a in ancestors):
         raise PayloadError("ancestors must be a list of clocks")
-    if not isinstance(tags, list) or not all(_is_text(t) for t in tags):
+    if not isinstance(tags, list) or not all(is_text(t) for t in tags):
         raise PayloadError("tags must be a list of strings")
     revisions = body["revisions"]
     if not isinstance(revisions, list) or not all(
-        isinstance(r, list) and len(r) == 3 and hlc.is_packed(r[0]) and all(map(_is_text, r))
+        isinstance(r, list) and len(r) == 3 and hlc.is_packed(r[0]) and all(map(is_text, r))
         for r in revisions
     ):
         raise PayloadError("revisions must be a list of [clock, content, hash]")
@@ -179,13 +179,13 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
         kind=_str(body, "kind"),
         project=_str(body, "project"),
         tags=tuple(sorted(set(tags))),
-        topic_key=topic_key if _is_text(topic_key) else None,
+        topic_key=topic_key if is_text(topic_key) else None,
         source=_str(body, "source"),
         created_at=_time(body, "created_at"),
         updated_at=_time(body, "updated_at"),
         deleted=_bool(body, "deleted"),
         content_hash=_str(body, "content_hash"),
-        model_id=model_id if _is_text(model_id) and vector else None,
+        model_id=model_id if is_text(model_id) and vector else None,
         hlc=_clock(body["hlc"]),
     )
     return MemoryState(
@@ -198,24 +198,9 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
     )
 
 
-def _is_text(value: object) -> bool:
-    """A string the store can hold: JSON can carry a lone surrogate (``"\\ud800"``), UTF-8 and
-    SQLite cannot."""
-    if not isinstance(value, str):
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _clock(value: object) -> str:
     if not hlc.is_packed(value):
         raise PayloadError(f"{value!r:.80} is not a packed clock")
-    assert isinstance(value, str)
     return value
 
 
@@ -235,9 +220,8 @@ def _bool(body: dict[str, Any], key: str) -> bool:
 
 def _str(body: dict[str, Any], key: str) -> str:
     value = body[key]
-    if not _is_text(value):
+    if not is_text(value):
         raise PayloadError(f"{key} must be a string of UTF-8 text")
-    assert isinstance(value, str)
     return value
 
 
