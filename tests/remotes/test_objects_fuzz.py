@@ -130,8 +130,11 @@ def _check_bucket(path: str, data: bytes) -> None:
         assert got is not None  # a damaged batch is skipped (a damaged snapshot is refused)
     if got is not None:
         _valid(got)
-        from_b = [m.mutation_id for m in got if m.device_id == "dev-b"]
-        assert from_b == [f"dev-b-{n:05d}" for n in range(4)]  # another log is untouched
+        if path not in (MANIFEST, PART):  # a snapshot that lies about what it covers leaves
+            # gaps in every log (held back and reported as missing); anything else leaves
+            # the other device's log whole
+            from_b = [m.mutation_id for m in got if m.device_id == "dev-b"]
+            assert from_b == [f"dev-b-{n:05d}" for n in range(4)]
     parse_or_refuse(reader.status)
     writer = ObjectRemote(store, URL, "dev-a", FRAMES)
     parse_or_refuse(writer.push, [of("dev-a", 50)])
@@ -163,6 +166,7 @@ RECORD_DOC = json.loads(zlib.decompress(_opened("devices/dev-a")))
 @example(found=_packed_with(BATCH_A, [[1, "m\n", *_split(_opened(BATCH_A))[0][0][2:]]]))
 @example(found=_framed_with("devices/dev-a", {**RECORD_DOC, "at": {"dev-a": [1e400, 0]}}))
 @example(found=_framed_with("devices/dev-a", {**RECORD_DOC, "updated_at": 1e400}))
+@example(found=_framed_with("devices/dev-a", {**RECORD_DOC, "at": {"dev-a": {}}}))  # KeyError
 @example(found=("devices/dev-a", _sealed("devices/dev-a", b"x" * 10)))  # not zlib at all
 @example(found=("cairn.json", b'{"format": 1e400}'))
 @example(found=("cairn.json", b"[" * 50_000 + b"]" * 50_000))

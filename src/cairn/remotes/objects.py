@@ -601,7 +601,7 @@ class ObjectRemote:
                 found[device] = {
                     str(d): [_number(a[0]), _number(a[1])] for d, a in record["at"].items()
                 }
-            except (AttributeError, TypeError, ValueError, IndexError):
+            except (AttributeError, TypeError, ValueError, IndexError, KeyError):
                 continue  # not a position this version wrote: it holds nothing back
         return found
 
