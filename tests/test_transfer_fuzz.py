@@ -87,6 +87,7 @@ def _check_import(store: Store, hostile: str, at: int) -> None:
 @ci(80)
 @given(hostile=hostile_lines(), at=st.integers(0, 3))
 @example(hostile="[" * 50_000 + "]" * 50_000, at=1)  # RecursionError from json.loads
+@example(hostile="1" * 5_000, at=1)  # ValueError (not JSONDecodeError) past 4300 digits
 @example(hostile=_line(topic_key=5), at=0)  # AttributeError: 'int' has no strip()
 @example(hostile=_line(created_at=10**20), at=2)  # past SQLite's integers: the batch failed
 @example(hostile=_line(created_at="99999999w"), at=0)  # an age before year 1

@@ -137,6 +137,8 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ImportFormatError(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except ValueError as exc:  # an integer past int()'s 4300 digits
+        raise ImportFormatError(f"not valid JSON ({exc!s:.80})") from exc
     except RecursionError as exc:
         raise ImportFormatError("not valid JSON (it nests too deeply)") from exc
     if not isinstance(data, dict):
