@@ -119,7 +119,7 @@ def _with(section: str, key: str, value: str) -> tuple[str, set[str]]:
     return _toml(doc), {f"{section}.{key}" if section in VALID else section}
 
 
-@ci(200)
+@ci(150)
 @given(found=configs())
 @example(found=_with("embedding", "max_tokens", "inf"))  # OverflowError from int()
 @example(found=_with("embedding", "max_tokens", "300.7"))  # int() truncated it

@@ -92,7 +92,7 @@ def _check_mutation(data: Any) -> None:
         assert from_json(json.loads(json.dumps(mutation.to_json()))) == mutation
 
 
-@ci(250)
+@ci(200)
 @given(data=documents)
 @example(data=_doc(mutation_id="m-1\n"))  # `re.match(r"^...$")` admits a trailing newline
 @example(data=_doc(device_id="dev\n"))

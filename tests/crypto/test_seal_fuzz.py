@@ -70,7 +70,8 @@ def test_whatever_is_sealed_opens_to_the_same_bytes(plaintext: bytes, aad: bytes
 
 
 @pytest.mark.slow
-@soak(20_000)
+@pytest.mark.timeout(1800)
+@soak(10_000)
 @given(envelope=envelopes, framed=frames, name=st.text(max_size=30))
 def test_envelopes_and_frames_soak(envelope: bytes, framed: bytes, name: str) -> None:
     _check_open(envelope)

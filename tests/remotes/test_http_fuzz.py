@@ -133,7 +133,7 @@ def _retry(remote: HttpRemote, server: ThreadingHTTPServer, header: str) -> floa
     return limited.value.retry_after
 
 
-@ci(150)
+@ci(100)
 @given(found=answers())
 @example(found=("pull", Answer(200, b"[" * 50_000 + b"]" * 50_000)))  # RecursionError
 @example(found=("pull", Answer(200, json.dumps({**PAGE, "has_more": "false"}).encode())))

@@ -199,7 +199,7 @@ def _check_decode(entity_id: str, payload: bytes) -> None:
     assert again == state
 
 
-@ci(400)
+@ci(300)
 @given(found=payloads())
 @example(found=(MEMORY.id, HEAD.pack(1, b"m", 100_002) + b"[" * 50_001 + b"]" * 50_001))
 @example(found=_memory_with(content="\ud800"))  # a lone surrogate: SQLite cannot store it
@@ -213,7 +213,7 @@ def test_a_pulled_payload_decodes_or_is_set_aside(found: tuple[str, bytes]) -> N
     _check_decode(*found)
 
 
-@ci(100)
+@ci(60)
 @given(state=memory_states | relation_states)
 def test_any_state_encodes_and_decodes_to_itself(state: MemoryState | RelationState) -> None:
     assert decode(_wire(_entity_id(state), _encode(state))) == state
