@@ -142,7 +142,7 @@ def test_a_record_imports_and_exports_as_itself(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@soak(2_000)
+@soak(5_000)
 @given(hostile=hostile_lines(), at=st.integers(0, 3))
 def test_import_soak(store: Store, hostile: str, at: int) -> None:
     _check_import(store, hostile, at)

@@ -282,7 +282,7 @@ def test_the_undamaged_template_reads_whole() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@soak(3_000)
+@soak(10_000)
 @given(found=damaged(), cursor=st.text(max_size=40) | fragments)
 def test_objects_soak(found: tuple[str, bytes], cursor: str) -> None:
     _check_bucket(*found)
