@@ -85,14 +85,14 @@ def test_config_errors_name_the_section_and_unknown_sections_are_reported(
     home.mkdir()
     env = {"CAIRN_HOME": str(home)}
     (home / "config.toml").write_text('[recall]\nnear_duplicate = "high"\n')
-    with pytest.raises(ConfigError, match=r"\[recall\] near_duplicate"):
+    with pytest.raises(ConfigError, match=r"recall\.near_duplicate"):
         config.load(env)
     (home / "config.toml").write_text('[embedding]\nmax_tokens = "many"\n')
-    with pytest.raises(ConfigError, match=r"\[embedding\] max_tokens"):
+    with pytest.raises(ConfigError, match=r"embedding\.max_tokens"):
         config.load(env)
     (home / "config.toml").write_text("[syncing]\nexclude_projects = []\n")
-    with pytest.raises(ConfigError, match=r"unknown section \[syncing\]"):
+    with pytest.raises(ConfigError, match=r"unknown table \'syncing\'"):
         config.load(env)
     (home / "config.toml").write_text("[recall]\nnear_dupe = 0.9\n")
-    with pytest.raises(ConfigError, match=r"\[recall\] has unknown keys \['near_dupe'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key recall\.near_dupe"):
         config.load(env)

@@ -29,13 +29,15 @@ the key itself goes to the OS keyring instead where one exists (``cairn.keystore
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import math
 import os
 import re
 import socket
 import subprocess
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,15 @@ from cairn.model import DEFAULT_PROJECT, SyncRules, check_kind, check_project, c
 from cairn.protocol import E2E, HOSTED, MODES
 
 SYNC_FILE = "sync.json"
+_RULES = tuple(f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags"))
+KEYS = {
+    "embedding": ("model_dir", "max_tokens"),
+    "recall": ("near_duplicate",),
+    "sync": (*_RULES, "file_chunks"),
+}
+"""Every table of config.toml and its keys; anything else is refused by name (a misspelt key
+would otherwise be ignored without a word)."""
+_DIGITS = re.compile(r"\s*[0-9]{1,9}\s*")
 
 
 @dataclass(frozen=True)
@@ -82,63 +93,42 @@ class Settings:
     """CAIRN_LOCAL_TOKEN: the bearer token `cairn serve` requires (needed off loopback)."""
 
 
-SECTIONS = {
-    "embedding": {"model_dir", "max_tokens"},
-    "recall": {"near_duplicate"},
-    "sync": {
-        *(f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags")),
-        "file_chunks",
-    },
-}
-"""The sections config.toml may have, and their keys: anything else is reported, not ignored."""
-
-
 def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("CAIRN_HOME") or Path.home() / ".cairn").expanduser()
     data = _read_toml(home / "config.toml")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(
-            f"{home / 'config.toml'}: unknown section [{unknown[0]}]; the sections are "
-            f"{', '.join(f'[{name}]' for name in SECTIONS)}"
+            f"config.toml: unknown table {', '.join(map(repr, unknown))}; Cairn reads "
+            "[embedding], [recall] and [sync]: fix the name or remove it"
         )
     embedding = _section(data, "embedding")
     recall = _section(data, "recall")
     model_dir = env.get("CAIRN_MODEL_DIR") or embedding.get("model_dir")
-    tokens = env.get("CAIRN_MAX_TOKENS")
-    max_tokens = int(
-        _number(int, tokens, "CAIRN_MAX_TOKENS")
-        if tokens
-        else _number(int, embedding.get("max_tokens", 256), "config.toml: [embedding] max_tokens")
-    )
-    near_dup = float(
-        _number(float, recall.get("near_duplicate", 0.92), "config.toml: [recall] near_duplicate")
-    )
-    if not 8 <= max_tokens <= 512:
-        raise ConfigError("config.toml: [embedding] max_tokens must be between 8 and 512")
+    if model_dir is not None and (not isinstance(model_dir, str) or "\x00" in model_dir):
+        raise ConfigError("config.toml: embedding.model_dir must be a folder's path, in quotes")
+    if env.get("CAIRN_MAX_TOKENS"):
+        text = env["CAIRN_MAX_TOKENS"]
+        if not _DIGITS.fullmatch(text) or not 8 <= int(text) <= 512:
+            raise ConfigError(
+                f"CAIRN_MAX_TOKENS must be a whole number from 8 to 512, not {text!r}"
+            )
+        max_tokens = int(text)
+    else:
+        max_tokens = int(_number(embedding, "embedding", "max_tokens", 256, 8, 512, whole=True))
+    near_dup = _number(recall, "recall", "near_duplicate", 0.92, 0, 1, whole=False)
     db = env.get("CAIRN_DB")
     return Settings(
         home=home,
         db_path=Path(db).expanduser() if db else home / "cairn.db",
         model_dir=Path(str(model_dir)).expanduser() if model_dir else None,
         max_tokens=max_tokens,
-        near_duplicate=near_dup,
+        near_duplicate=float(near_dup),
         source=source,
         sync=_sync(home, _section(data, "sync"), env.get("CAIRN_KEY_STORE") or "auto"),
         local_token=env.get("CAIRN_LOCAL_TOKEN") or None,
     )
-
-
-def _number(kind: type[int] | type[float], raw: Any, where: str) -> float:
-    """``raw`` as a number of ``kind``; a ConfigError naming ``where`` it came from if not."""
-    try:
-        if isinstance(raw, bool):
-            raise TypeError("not a number")
-        return kind(raw)
-    except (TypeError, ValueError) as exc:
-        noun = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{where} must be {noun}, not {raw!r}; fix the value and retry") from exc
 
 
 def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSettings:
@@ -148,16 +138,24 @@ def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSetti
         return SyncSettings(rules=rules, key_store_choice=key_store_choice)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("it is not a JSON object")
+        for key in ("api_key", "endpoint_url", "device_name"):
+            if saved.get(key) is not None and not isinstance(saved[key], str):
+                raise ValueError(f"{key} is not a string")
         mode = str(saved.get("mode", E2E))
         key_store = str(saved.get("key_store", "file"))
         if mode not in MODES or key_store not in ("file", "os-keyring"):
             raise ValueError(f"mode {mode!r} / key_store {key_store!r}")
         in_file = mode == E2E and key_store == "file"
+        master_key = base64.b64decode(saved["master_key"], validate=True) if in_file else None
+        if master_key is not None and len(master_key) != 32:
+            raise ValueError("master_key is not a 32-byte key")
         return SyncSettings(
             remote=str(saved["remote"]),
             api_key=saved.get("api_key"),
             endpoint_url=saved.get("endpoint_url"),
-            master_key=base64.b64decode(saved["master_key"], validate=True) if in_file else None,
+            master_key=master_key,
             keyring_id=str(saved["keyring_id"]) if mode == E2E else None,
             mode=mode,
             key_store=key_store,
@@ -165,31 +163,40 @@ def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSetti
             device_name=str(saved.get("device_name") or socket.gethostname()),
             rules=rules,
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error, RecursionError) as exc:
         raise ConfigError(
-            f"cannot read {path} ({exc}); run `cairn sync setup` again to rewrite it"
+            f"cannot read {path} ({exc!s:.200}); run `cairn sync setup` again to rewrite it"
         ) from exc
 
 
 def _rules(table: dict[str, Any]) -> SyncRules:
-    def names(key: str) -> tuple[str, ...]:
+    def names(key: str, check: Callable[[list[str]], tuple[str, ...]]) -> tuple[str, ...]:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config.toml: [sync] {key} must be a list of strings")
-        return tuple(value)
+            raise ConfigError(f"config.toml: sync.{key} must be a list of strings")
+        try:
+            return check(value)
+        except InvalidInput as exc:
+            raise ConfigError(f"config.toml: sync.{key}: {exc.message}") from exc
 
-    try:
-        return SyncRules(
-            include_projects=tuple(check_project(p) for p in names("include_projects")),
-            exclude_projects=tuple(check_project(p) for p in names("exclude_projects")),
-            include_kinds=tuple(check_kind(k) for k in names("include_kinds")),
-            exclude_kinds=tuple(check_kind(k) for k in names("exclude_kinds")),
-            include_tags=check_tags(names("include_tags")),
-            exclude_tags=check_tags(names("exclude_tags")),
-            file_chunks=bool(table.get("file_chunks", False)),
-        )
-    except InvalidInput as exc:
-        raise ConfigError(f"config.toml: [sync]: {exc}") from exc
+    def projects(values: list[str]) -> tuple[str, ...]:
+        return tuple(check_project(p) for p in values)
+
+    def kinds(values: list[str]) -> tuple[str, ...]:
+        return tuple(check_kind(k) for k in values)
+
+    file_chunks = table.get("file_chunks", False)
+    if not isinstance(file_chunks, bool):
+        raise ConfigError("config.toml: sync.file_chunks must be true or false")
+    return SyncRules(
+        include_projects=names("include_projects", projects),
+        exclude_projects=names("exclude_projects", projects),
+        include_kinds=names("include_kinds", kinds),
+        exclude_kinds=names("exclude_kinds", kinds),
+        include_tags=names("include_tags", check_tags),
+        exclude_tags=names("exclude_tags", check_tags),
+        file_chunks=file_chunks,
+    )
 
 
 def save_sync(
@@ -234,19 +241,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}; fix or remove the file") from exc
+    # ValueError: not UTF-8, or an integer past int()'s 4300 digits; RecursionError: arrays
+    # nested past the interpreter's stack.
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc!s:.200}; fix or remove the file") from exc
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"config.toml: [{name}] must be a table")
-    unknown = sorted(set(value) - SECTIONS[name])
+    unknown = sorted(set(value) - set(KEYS[name]))
     if unknown:
         raise ConfigError(
-            f"config.toml: [{name}] has unknown keys {unknown}; it takes "
-            f"{', '.join(sorted(SECTIONS[name]))}"
+            f"config.toml: unknown key {', '.join(f'{name}.{key}' for key in unknown)}; "
+            f"[{name}] takes {', '.join(KEYS[name])}"
+        )
+    return value
+
+
+def _number(
+    table: dict[str, Any], name: str, key: str, default: float, low: float, high: float, whole: bool
+) -> float:
+    """A number of config.toml within its bounds: the error names the key (never a bool, a
+    string, NaN or infinity; ``whole``: an integer, not 300.7)."""
+    value = table.get(key, default)
+    kinds = int if whole else (int, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        what = "whole number" if whole else "number"
+        raise ConfigError(
+            f"config.toml: {name}.{key} must be a {what} from {low:g} to {high:g}, "
+            f"not {value!r:.40}"
         )
     return value
 

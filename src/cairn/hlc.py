@@ -7,9 +7,12 @@ devices cannot reorder causality.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 MAX_COUNTER = 0xFFFF
+_PACKED = re.compile(r"[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}")
 
 
 @dataclass(frozen=True, order=True)
@@ -28,6 +31,12 @@ class HLC:
             return cls(int(wall), int(counter, 16), device)
         except ValueError as exc:
             raise ValueError(f"not a packed HLC: {text!r}") from exc
+
+
+def is_packed(text: object) -> TypeGuard[str]:
+    """Whether ``text`` is a clock as ``HLC.pack`` writes it (ASCII digits, no stray newline):
+    what a clock read from another device must be before anything parses or compares it."""
+    return isinstance(text, str) and _PACKED.fullmatch(text) is not None
 
 
 def tick(last: HLC, now_ms: int) -> HLC:

@@ -7,8 +7,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeGuard
 
 from cairn.errors import ContentEmpty, ContentTooLarge, InvalidInput
 
@@ -202,8 +202,20 @@ class Filters:
         )
 
 
+MIN_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z in Unix ms: the earliest time ``iso`` can show."""
+MAX_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z in Unix ms: the latest (a read time outside them is refused)."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    # Integer arithmetic: ``fromtimestamp(ms / 1000)`` went through a float and showed
+    # 9999-12-31T23:59:59.999 as .998.
+    return (_EPOCH + ms * _MS).isoformat(timespec="milliseconds")
 
 
 def parse_time(text: str) -> int:
@@ -219,7 +231,24 @@ def parse_time(text: str) -> int:
         raise InvalidInput(hint) from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
+    # Exactly, in integers: ``int(value.timestamp() * 1000)`` read 00:00:02.018 as 2017 ms, so
+    # each export and import moved a memory's time back a millisecond.
+    return (value - _EPOCH) // _MS
+
+
+def is_text(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a string the store can hold. JSON's ``"\\ud800"`` escapes and a
+    file's bytes that are not UTF-8 (read with ``surrogateescape``) leave lone surrogates in a
+    Python string, which UTF-8 and SQLite cannot take."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalise_content(content: str) -> str:

@@ -49,9 +49,11 @@ API_KEY = re.compile(r"cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})", re.ASCII)
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_BATCH = 10_000
 MAX_PULL_LIMIT = 10_000
+MAX_SEQ = 2**63 - 1
+"""The largest sequence number (a signed 64-bit integer in every database)."""
 
 _ID = re.compile(r"^[0-9A-Za-z_.:|-]{1,160}$")
-_HLC = re.compile(r"^\d{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}$")
+_HLC = re.compile(r"^[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}$")
 _SCOPE = re.compile(r"^[0-9a-f]{8,64}$")
 
 
@@ -178,15 +180,15 @@ def problem(
 
 
 def _malformed(mutation: WireMutation) -> str | None:
-    if not _ID.match(mutation.mutation_id):
+    if not _ID.fullmatch(mutation.mutation_id):
         return "mutation_id must be 1-160 characters of letters, digits and -_.:|"
-    if not _ID.match(mutation.device_id):
+    if not _ID.fullmatch(mutation.device_id):
         return "device_id must be 1-160 characters of letters, digits and -_.:|"
-    if not _ID.match(mutation.entity_id):
+    if not _ID.fullmatch(mutation.entity_id):
         return "entity_id must be 1-160 characters of letters, digits and -_.:|"
-    if not _HLC.match(mutation.hlc):
+    if not _HLC.fullmatch(mutation.hlc):
         return "hlc is not a packed hybrid logical clock"
-    if mutation.scope is not None and not _SCOPE.match(mutation.scope):
+    if mutation.scope is not None and not _SCOPE.fullmatch(mutation.scope):
         return "scope must be 8-64 lowercase hex digits (a blind scope tag) or null"
     if len(mutation.payload) > MAX_PAYLOAD_BYTES:
         return f"payload is {len(mutation.payload)} bytes, over the {MAX_PAYLOAD_BYTES} limit"
@@ -233,8 +235,10 @@ def from_json(data: Any) -> WireMutation:
         raise InvalidInput("mutation_id, device_id, hlc and entity_id must be strings")
     if scope is not None and not isinstance(scope, str):
         raise InvalidInput("a mutation's scope must be a string or null")
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-        raise InvalidInput("a mutation's seq must be an integer")
+    if seq is not None and (
+        not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
+    ):
+        raise InvalidInput(f"a mutation's seq must be an integer from 0 to {MAX_SEQ}")
     return WireMutation(fields[0], fields[1], fields[2], fields[3], scope, payload, seq, version)
 
 
@@ -265,6 +269,24 @@ def page_body(mutations: Sequence[WireMutation], cursor: str, has_more: bool) ->
         json.dumps(cursor).encode(),
         b"true" if has_more else b"false",
     )
+
+
+def page_from_json(body: Any) -> PullPage:
+    """A pull page from its JSON form (what ``page_body`` writes); InvalidInput when it is not
+    one, or when it holds a mutation no remote would have stored (``problem``)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("a pull page must be a JSON object")
+    cursor, has_more = body.get("next"), body.get("has_more")
+    if not isinstance(cursor, str) or not isinstance(has_more, bool):
+        raise InvalidInput("a pull page needs a string 'next' and a true/false 'has_more'")
+    mutations = many_from_json(body.get("mutations"))
+    for mutation in mutations:
+        found = problem(mutation, sealed=False)
+        if found is not None:
+            raise InvalidInput(f"a pull page holds a mutation no remote stores: {found[1]}")
+        if mutation.seq is None:
+            raise InvalidInput("a pull page holds a mutation without its seq")
+    return PullPage(mutations, cursor, has_more)
 
 
 def many_from_json(items: Any) -> list[WireMutation]:

@@ -202,7 +202,7 @@ class Store:
                         tags=tuple(item.tags),
                         topic_key=item.topic_key,
                         source=self.source,
-                        created_at=item.created_at or now,
+                        created_at=now if item.created_at is None else item.created_at,
                         updated_at=now,
                         deleted=False,
                         content_hash=model.content_hash(item.content),

@@ -148,6 +148,10 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ImportFormatError(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except ValueError as exc:  # an integer past int()'s 4300 digits
+        raise ImportFormatError(f"not valid JSON ({exc!s:.80})") from exc
+    except RecursionError as exc:
+        raise ImportFormatError("not valid JSON (it nests too deeply)") from exc
     if not isinstance(data, dict):
         raise ImportFormatError("each line must be a JSON object")
     kind_of_record = data.get("record", "memory")
@@ -157,31 +161,35 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
         return None
     if kind_of_record == "relation":
         for key in ("from_id", "to_id", "type"):
-            if not isinstance(data.get(key), str):
-                raise ImportFormatError(f"a relation needs a string {key!r}")
+            if not model.is_text(data.get(key)):
+                raise ImportFormatError(f"a relation needs a string {key!r} of UTF-8 text")
         model.check_relation_type(data["type"])
         return data
     if kind_of_record != "memory":
         raise ImportFormatError(f"unknown record type {kind_of_record!r}")
     content = data.get("content")
-    if not isinstance(content, str):
-        raise ImportFormatError("a memory needs a string 'content'")
+    if not model.is_text(content):
+        raise ImportFormatError("a memory needs a string 'content' of UTF-8 text")
     tags = data.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+    if not isinstance(tags, list) or not all(model.is_text(t) for t in tags):
         raise ImportFormatError("'tags' must be a list of strings")
-    for key in ("kind", "project", "topic_key", "id", "model_id", "embedding", "created_at"):
-        if data.get(key) is not None and not isinstance(data[key], str | int):
-            raise ImportFormatError(f"{key!r} has the wrong type")
+    for key in ("kind", "project", "topic_key", "id", "model_id", "embedding"):
+        if data.get(key) is not None and not model.is_text(data[key]):
+            raise ImportFormatError(f"{key!r} must be a string of UTF-8 text")
+    created = data.get("created_at")
+    if created is not None and not (model.is_text(created) or type(created) is int):
+        raise ImportFormatError("'created_at' must be an ISO date or Unix milliseconds")
     memory_id = data.get("id") or None
     if memory_id is not None:
         try:
             memory_id = str(uuid.UUID(str(memory_id)))
         except ValueError as exc:
             raise ImportFormatError(f"'id' {memory_id!r} is not a UUID") from exc
-    created = data.get("created_at")
     created_ms = (
         created if isinstance(created, int) else model.parse_time(created) if created else None
     )
+    if created_ms is not None and not model.MIN_MS <= created_ms <= model.MAX_MS:
+        raise ImportFormatError("'created_at' is not a time between the years 1 and 9999")
     item = NewMemory(
         content=model.check_content(content),
         kind=model.check_kind(str(data.get("kind") or model.DEFAULT_KIND)),
@@ -195,7 +203,7 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
     embedding = data.get("embedding")
     if embedding and data.get("model_id") == store.embedder.model_id:
         try:
-            raw = base64.b64decode(str(embedding), validate=True)
+            raw = base64.b64decode(embedding, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ImportFormatError("'embedding' is not valid base64") from exc
         if len(raw) != store.embedder.dim * 4:

@@ -158,6 +158,23 @@ def test_export_import_round_trip(cairn_env: dict[str, str], tmp_path: Path) -> 
     assert json.loads(run(other, "list", "--json").stdout)["total"] == 4
 
 
+def test_an_import_line_that_is_not_utf8_is_reported_and_the_rest_imports(
+    cairn_env: dict[str, str], tmp_path: Path
+) -> None:
+    lines = [b'{"content": "first"}', b'{"content": "caf\xe9 latin-1"}', b'{"content": "third"}']
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b"\n".join(lines) + b"\n")
+    result = run(cairn_env, "import", str(bad))
+    assert result.returncode == 2 and "line 2" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    piped = subprocess.run(
+        [CAIRN, "import", "-", "--json"], env=cairn_env, input=bad.read_bytes(), capture_output=True
+    )
+    assert [e["line"] for e in json.loads(piped.stdout)["errors"]] == [2]
+    listing = json.loads(run(cairn_env, "list", "--json").stdout)
+    assert sorted(m["content"] for m in listing["memories"]) == ["first", "third"]
+
+
 def _commands() -> list[list[str]]:
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")

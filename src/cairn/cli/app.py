@@ -7,6 +7,7 @@ to exit codes through each error class's ``exit_code`` (see ``cairn.errors``).
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -268,13 +269,19 @@ def import_(
     """
     if str(file) != "-" and not file.is_file():
         raise InvalidInput(f"{file} does not exist or is not a file")
+    # Bytes that are not UTF-8 are read as lone surrogates, so the import refuses only the lines
+    # that hold them (by number) instead of the whole file failing part-way.
     with open_store() as store:
         if str(file) == "-":
-            report = transfer.import_(store, sys.stdin)
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+            report = transfer.import_(store, stdin)
         else:
-            with file.open(encoding="utf-8") as fh:
+            with file.open(encoding="utf-8", errors="surrogateescape") as fh:
                 total = sum(1 for _ in fh)
-            with file.open(encoding="utf-8") as fh, progress("importing", total) as bar:
+            with (
+                file.open(encoding="utf-8", errors="surrogateescape") as fh,
+                progress("importing", total) as bar,
+            ):
                 report = transfer.import_(store, fh, bar)
     if json_:
         output.emit_json(report.to_dict())

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -44,6 +45,15 @@ KEY_BYTES = 32
 MIN_PASSPHRASE = 8
 """Characters a workspace passphrase needs at least (a shorter one is refused as bad input)."""
 RECOVERY_GROUP = 4
+MAX_MEMORY_KIB = 2 * 1024 * 1024
+MAX_ITERATIONS = 16
+MAX_LANES = 16
+"""Bounds on the key derivation a keyring may ask for (the default is 64 MiB, 3 passes, 4
+lanes): the keyring comes from the remote, which must not make a device allocate gigabytes
+without end or derive for hours."""
+MAX_KEY_ID = 2**32 - 1  # a sealed envelope's header holds the key id in 4 bytes
+_KEY_ID = re.compile(r"[1-9][0-9]{0,9}")
+_KEYRING_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -98,32 +108,51 @@ class Keyring:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Keyring:
+        """The keyring in ``blob`` (read from the remote, so hostile until proven otherwise);
+        CryptoError, naming what is wrong, when it is not one this Cairn wrote."""
         try:
             data = json.loads(blob)
-            if data.get("format") != FORMAT:
-                raise CryptoError(
-                    f"the remote's keyring has format {data.get('format')!r}; this Cairn reads "
-                    f"{FORMAT}: upgrade Cairn"
-                )
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting past the stack
+            raise CryptoError(f"the remote's keyring is not readable JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise CryptoError("the remote's keyring is not a JSON object")
+        if data.get("format") != FORMAT:
+            raise CryptoError(
+                f"the remote's keyring has format {data.get('format')!r}; this Cairn reads "
+                f"{FORMAT}: upgrade Cairn"
+            )
+        try:
             kdf = data["kdf"]
-            if kdf["alg"] != "argon2id":
-                raise CryptoError(f"unknown key derivation {kdf['alg']!r} in the keyring")
+            if not isinstance(kdf, dict) or kdf.get("alg") != "argon2id":
+                raise CryptoError("the keyring's key derivation is not argon2id")
+            lanes = _number(kdf, "lanes", 1, MAX_LANES)
+            params = KdfParams(
+                _number(kdf, "memory_kib", 8 * lanes, MAX_MEMORY_KIB),
+                _number(kdf, "iterations", 1, MAX_ITERATIONS),
+                lanes,
+                _unb64(kdf["salt"]),
+            )
+            if not 8 <= len(params.salt) <= 64:
+                raise CryptoError("the keyring's kdf.salt is not 8 to 64 bytes")
+            keyring_id = data["keyring_id"]
+            if not isinstance(keyring_id, str) or not _KEYRING_ID.fullmatch(keyring_id):
+                raise CryptoError("the keyring's keyring_id is not 1-64 letters and digits")
+            data_keys = data["data_keys"]
+            if not isinstance(data_keys, dict):
+                raise CryptoError("the keyring's data_keys is not an object")
             keyring = cls(
-                keyring_id=str(data["keyring_id"]),
-                kdf=KdfParams(
-                    int(kdf["memory_kib"]),
-                    int(kdf["iterations"]),
-                    int(kdf["lanes"]),
-                    _unb64(kdf["salt"]),
-                ),
+                keyring_id=keyring_id,
+                kdf=params,
                 master_by_passphrase=_unb64(data["master_by_passphrase"]),
                 master_by_recovery=_unb64(data["master_by_recovery"]),
-                data_keys={int(k): _unb64(v) for k, v in data["data_keys"].items()},
-                current=int(data["current"]),
+                data_keys={_key_id(k): _unb64(v) for k, v in data_keys.items()},
+                current=_number(data, "current", 1, MAX_KEY_ID),
             )
-        except CryptoError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        except CryptoError as exc:
+            raise CryptoError(f"the remote's keyring is not readable: {exc.message}") from exc
+        except KeyError as exc:
+            raise CryptoError(f"the remote's keyring lacks the field {exc.args[0]!r}") from exc
+        except (ValueError, TypeError, binascii.Error) as exc:
             raise CryptoError(f"the remote's keyring is not readable ({exc})") from exc
         if keyring.current not in keyring.data_keys:
             raise CryptoError("the remote's keyring names a current key it does not hold")
@@ -292,7 +321,7 @@ def format_recovery(key: bytes) -> str:
 
 def parse_recovery(text: str) -> bytes:
     """The key in a recovery key as typed (case, spaces and dashes do not matter)."""
-    clean = "".join(ch for ch in text.upper() if ch.isalnum())
+    clean = "".join(ch for ch in text.upper() if ch.isascii() and ch.isalnum())
     body, check = clean[:-4], clean[-4:]
     try:
         key = base64.b32decode(body + "=" * (-len(body) % 8))
@@ -331,6 +360,21 @@ def _unwrap(kek: bytes, wrapped: bytes, keyring_id: str, slot: bytes) -> bytes:
     if len(wrapped) < 12 + 16:
         raise InvalidTag()
     return AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], keyring_id.encode() + b"|" + slot)
+
+
+def _number(table: dict[str, Any], key: str, low: int, high: int) -> int:
+    """An integer field of the keyring, within bounds (never a float, a string or a bool)."""
+    value = table[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise CryptoError(f"the keyring's {key} is not an integer from {low} to {high}")
+    return value
+
+
+def _key_id(text: str) -> int:
+    """A data key's id as the keyring writes it: decimal ASCII digits, no leading zero."""
+    if not _KEY_ID.fullmatch(text) or int(text) > MAX_KEY_ID:
+        raise CryptoError(f"the keyring holds a key id {text!r} that is not 1 to {MAX_KEY_ID}")
+    return int(text)
 
 
 def _b64(data: bytes) -> str:

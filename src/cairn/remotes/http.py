@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +26,21 @@ from cairn.errors import (
     SyncError,
     error_for,
 )
-from cairn.protocol import API_KEY, PullPage, PushResult, WireMutation, many_from_json, to_json
+from cairn.protocol import (
+    API_KEY,
+    MAX_SEQ,
+    PullPage,
+    PushResult,
+    WireMutation,
+    page_from_json,
+    to_json,
+)
 from cairn.remotes.base import KEYRING_WALK, Frames, KeyringBlob, KeyringCheck, KeyringProof
 
 DEFAULT_TIMEOUT = 30.0
+MAX_RETRY_AFTER = 3600.0
+"""The longest a server's Retry-After may hold this client back (seconds)."""
+MAX_KEY_ID = 2**32 - 1
 
 
 class HttpRemote:
@@ -68,7 +80,7 @@ class HttpRemote:
         return PushResult(
             _int(body, "stored", self._url),
             _int(body, "duplicates", self._url),
-            body.get("last_seq"),
+            _int(body, "last_seq", self._url) if body.get("last_seq") is not None else None,
         )
 
     def pull(
@@ -87,10 +99,11 @@ class HttpRemote:
         # A long-poll may hold the answer back for `wait` seconds before the usual timeout runs.
         body = self._call("GET", "/v1/sync/pull", params=params, timeout=self.timeout + wait)
         try:
-            mutations = many_from_json(body["mutations"])
-            return PullPage(mutations, str(body["next"]), bool(body["has_more"]))
-        except (KeyError, CairnError) as exc:
-            raise SyncError(f"{self._url} sent a pull page this client cannot read") from exc
+            return page_from_json(body)
+        except InvalidInput as exc:
+            raise SyncError(
+                f"{self._url} sent a pull page this client cannot read ({exc.message})"
+            ) from exc
 
     def get_keyring(self) -> KeyringBlob | None:
         response = self._send("GET", "/v1/keyring")
@@ -106,15 +119,21 @@ class HttpRemote:
         return [self._keyring(item) for item in items]
 
     def _keyring(self, body: Any) -> KeyringBlob:
+        """One keyring version as the server sent it, every field checked."""
+        if not isinstance(body, dict):
+            raise SyncError(f"{self._url} sent a keyring this client cannot read")
+        revoked = body.get("revoked_key_ids", [])
+        if not isinstance(revoked, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_KEY_ID for k in revoked
+        ):
+            raise SyncError(f"{self._url} sent a keyring whose revoked_key_ids are not key ids")
+        version = _int(body, "version", self._url)
         try:
-            version = int(body["version"])
-            revoked = tuple(int(k) for k in body.get("revoked_key_ids", []))
+            blob = base64.b64decode(body["blob"], validate=True)
             proof = keyring_rules.proof_from(body, version)
-            return KeyringBlob(
-                base64.b64decode(body["blob"], validate=True), version, revoked, proof
-            )
         except (KeyError, TypeError, ValueError, binascii.Error, InvalidInput) as exc:
             raise SyncError(f"{self._url} sent a keyring this client cannot read") from exc
+        return KeyringBlob(blob, version, tuple(revoked), proof)
 
     def put_keyring(
         self,
@@ -196,7 +215,7 @@ class HttpRemote:
         """The JSON object of a 2xx answer; for any other, the error it stands for."""
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting past the stack
             body = None
         if response.is_success and isinstance(body, dict):
             return body
@@ -219,21 +238,31 @@ def _error(response: httpx.Response, body: Any, url: str) -> CairnError:
         kind = RemoteUnreachable if response.status_code == 503 else SyncError
         return kind(f"the server at {url} failed ({exc.code}): {exc.message}; sync again later")
     if isinstance(exc, MutationRejected):
+        rejected = error.get("rejected")
         exc.rejected = {
             str(item.get("mutation_id")): (str(item.get("code")), str(item.get("message")))
-            for item in error.get("rejected") or []
+            for item in (rejected if isinstance(rejected, list) else [])
             if isinstance(item, dict)
         }
     if isinstance(exc, RateLimited):
-        try:
-            exc.retry_after = float(response.headers.get("Retry-After", "1"))
-        except ValueError:
-            exc.retry_after = 1.0
+        exc.retry_after = _retry_after(response.headers.get("Retry-After", "1"))
     return exc
+
+
+def _retry_after(header: str) -> float:
+    """Seconds to wait from a Retry-After header: NaN, negative, or past ``MAX_RETRY_AFTER``
+    (which would make a client sleep forever, or crash ``time.sleep``) is bounded."""
+    try:
+        seconds = float(header)
+    except ValueError:
+        return 1.0
+    return 1.0 if math.isnan(seconds) else min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _int(body: dict[str, Any], field: str, url: str) -> int:
     value = body.get(field)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SyncError(f"{url} sent no integer {field!r}; is this URL a Cairn sync server?")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ:
+        return value
+    raise SyncError(
+        f"{url} sent no integer {field!r} from 0 to {MAX_SEQ}; is this URL a Cairn sync server?"
+    )

@@ -79,6 +79,7 @@ from cairn.protocol import (
     WireMutation,
     check_batch,
     check_pull_limit,
+    problem,
 )
 from cairn.remotes.base import KEYRING_WALK, Frames, KeyringCheck
 
@@ -104,6 +105,14 @@ _CACHE = 256  # batches kept decoded (they never change)
 _HEAD = struct.Struct(">I")  # the size of a packed batch's compressed fields
 _RECENT = 8  # a device's latest batches a push checks its mutations against
 _WHOLE = 1 << 30  # a position's index meaning "the whole batch"
+MAX_INFLATED = 32 * 1024 * 1024
+"""The most an object's compressed JSON may inflate to (a batch of 10,000 mutations' fields is
+about 8 MiB): a compression bomb in the bucket is refused before it is in memory."""
+MAX_NUMBER = 2**62
+"""The largest batch number, position or count read from an object or a cursor."""
+_NUMBERED = re.compile(r"[0-9]{12}")  # a batch or snapshot: _NUMBER ASCII digits (isdigit() and
+# int() take any script's digits, and isdigit() some int() refuses, such as superscripts)
+_KEYRING_VERSION = re.compile(r"[0-9]{8,12}")  # _KEYRING_DIGITS at most
 T = TypeVar("T")
 
 
@@ -231,8 +240,8 @@ class ObjectRemote:
             return 0
         record = self._device_record(device) or {}
         try:
-            return int(record.get("at", {}).get(device, [0])[0])
-        except (AttributeError, TypeError, ValueError, IndexError):
+            return _number(record.get("at", {}).get(device, [0])[0])
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError):
             return 0
 
     def _write_batch(self, device: str, batch: list[WireMutation]) -> list[WireMutation]:
@@ -376,9 +385,7 @@ class ObjectRemote:
     def _keyring_numbers(self) -> list[int]:
         """The keyring versions stored, in order (names that are not numbers are not Cairn's)."""
         names = self._names("keyring/")
-        return sorted(
-            int(n) for n in names if n.isascii() and n.isdigit() and len(n) <= _KEYRING_DIGITS
-        )
+        return sorted(int(n) for n in names if _KEYRING_VERSION.fullmatch(n))
 
     def _read_keyring(self, number: int) -> KeyringBlob:
         """One keyring version; a damaged one comes back as a blob no device can open (so it is
@@ -389,8 +396,8 @@ class ObjectRemote:
         except FileNotFoundError:
             return KeyringBlob(b"", number)  # removed meanwhile: nothing in it to use
         try:
-            data = json.loads(raw)
-            revoked = tuple(sorted({int(k) for k in data["revoked_key_ids"]}))
+            data = _json(raw)
+            revoked = tuple(sorted({_number(k, 2**32 - 1) for k in data["revoked_key_ids"]}))
             blob = base64.b64decode(data["blob"], validate=True)
             # The proof must name this object's own number: a version copied to a later name
             # (a replay) does not verify.
@@ -494,7 +501,7 @@ class ObjectRemote:
     def _device_record(self, device_id: str) -> dict[str, Any] | None:
         path = f"devices/{device_id}"
         try:
-            data = json.loads(self._unframe(path, self._get(path)))
+            data = _json(self._unframe(path, self._get(path)))
         except FileNotFoundError:
             return None
         except (ValueError, CryptoError, zlib.error) as exc:
@@ -670,10 +677,12 @@ class ObjectRemote:
         for device in self._names("devices/"):
             record = self._device_record(device)
             try:
-                if not record or "at" not in record or int(record.get("updated_at", 0)) < since:
+                if not record or "at" not in record or _number(record.get("updated_at", 0)) < since:
                     continue
-                found[device] = {str(d): [int(a[0]), int(a[1])] for d, a in record["at"].items()}
-            except (AttributeError, TypeError, ValueError, IndexError):
+                found[device] = {
+                    str(d): [_number(a[0]), _number(a[1])] for d, a in record["at"].items()
+                }
+            except (AttributeError, TypeError, ValueError, IndexError, KeyError):
                 continue  # not a position this version wrote: it holds nothing back
         return found
 
@@ -681,7 +690,7 @@ class ObjectRemote:
         """Remove the lock if it is still this compaction's (a slow one may have been taken
         over; correctness never rests on the lock, only its politeness does)."""
         try:
-            held = json.loads(self._get(LOCK))
+            held = _json(self._get(LOCK))
         except FileNotFoundError:
             return
         except ValueError:
@@ -698,8 +707,7 @@ class ObjectRemote:
                 return token
             except AlreadyExistsError:
                 try:
-                    held = json.loads(self._get(LOCK))
-                    expires = int(held["expires_at"])
+                    expires = _number(_json(self._get(LOCK))["expires_at"])
                 except FileNotFoundError:
                     continue
                 except (ValueError, KeyError, TypeError):
@@ -724,9 +732,12 @@ class ObjectRemote:
                 lambda: obstore.list_with_delimiter(self._store, prefix="snapshots/")
             )
             names = sorted(
-                str(o["path"]).rsplit("/", 1)[-1]
-                for o in found["objects"]
-                if str(o["path"]).rsplit("/", 1)[-1].isdigit()
+                (
+                    str(o["path"]).rsplit("/", 1)[-1]
+                    for o in found["objects"]
+                    if _NUMBERED.fullmatch(str(o["path"]).rsplit("/", 1)[-1])
+                ),
+                key=int,
             )
             if not names:
                 self._snapshot = None
@@ -736,13 +747,16 @@ class ObjectRemote:
                 return self._snapshot
             path = f"snapshots/{names[-1]}"
             try:
-                data = json.loads(self._unframe(path, self._get(path)))
+                data = _json(self._unframe(path, self._get(path)))
+                parts = data["parts"]
+                if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+                    raise ValueError("its parts are not a list of names")
                 self._snapshot = Snapshot(
                     number,
-                    {str(d): int(n) for d, n in data["covers"].items()},
-                    [str(p) for p in data["parts"]],
-                    int(data["mutations"]),
-                    int(data["created_at"]),
+                    {str(d): _number(n) for d, n in data["covers"].items()},
+                    parts,
+                    _number(data["mutations"]),
+                    _number(data["created_at"]),
                 )
             except FileNotFoundError:
                 continue  # replaced by a newer one meanwhile
@@ -786,7 +800,7 @@ class ObjectRemote:
         Cairn's and are left alone)."""
         prefix = f"log/{device}/"
         names = self._names(prefix, f"{prefix}{after:0{_NUMBER}d}" if after else None)
-        return [n for n in names if len(n) == _NUMBER and n.isdigit() and int(n) > after]
+        return [n for n in names if _NUMBERED.fullmatch(n) and int(n) > after]
 
     def _names(self, prefix: str, offset: str | None = None) -> list[str]:
         def listing() -> list[str]:
@@ -842,7 +856,7 @@ class ObjectRemote:
         return self._seal(path, zlib.compress(body, 6))
 
     def _unframe(self, path: str, data: bytes) -> bytes:
-        return zlib.decompress(self._open(path, data))
+        return _inflate(self._open(path, data))
 
     def probe(self) -> None:
         """Check that the storage honours put-if-absent (``If-None-Match: *`` on S3): write a
@@ -875,7 +889,7 @@ class ObjectRemote:
             self._put(HEADER, json.dumps({"format": FORMAT}).encode(), create=True)
         except AlreadyExistsError:
             try:
-                found = int(json.loads(self._get(HEADER))["format"])
+                found = _number(_json(self._get(HEADER))["format"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise SyncError(f"{HEADER} in {self._url} is not Cairn's") from exc
             if found > FORMAT:
@@ -1012,7 +1026,7 @@ def _first_line(exc: Exception) -> str:
 def _snapshot_number(name: str) -> int:
     """The snapshot an object under ``snapshots/`` belongs to (its manifest or a part)."""
     head = name.split("/", 1)[0].split("-", 1)[0]
-    return int(head) if head.isdigit() else 1 << 62
+    return int(head) if _NUMBERED.fullmatch(head) else 1 << 62
 
 
 def _passed(at: list[int] | None, number: int, length: int) -> bool:
@@ -1045,14 +1059,17 @@ def _pack(mutations: Sequence[WireMutation], extra: list[list[int]] | None = Non
 
 
 def _unpack(data: bytes, extra: int = 0) -> tuple[list[WireMutation], list[list[int]]]:
-    """The mutations ``_pack`` wrote, and their extra numbers; ValueError if it is not one."""
+    """The mutations ``_pack`` wrote, and their extra numbers; ValueError if it is not one (or
+    holds a mutation no remote would store)."""
     (size,) = _HEAD.unpack_from(data)
-    rows = json.loads(zlib.decompress(data[_HEAD.size : _HEAD.size + size]))
+    rows = _json(_inflate(data[_HEAD.size : _HEAD.size + size]))
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ValueError("its fields are not a list of rows")
     offset = _HEAD.size + size
     mutations: list[WireMutation] = []
     numbers: list[list[int]] = []
     for row in rows:
-        numbers.append([int(n) for n in row[:extra]])
+        numbers.append([_number(n) for n in row[:extra]])
         version, mutation_id, device_id, hlc, entity_id, scope, length = row[extra:]
         if not all(isinstance(f, str) for f in (mutation_id, device_id, hlc, entity_id)):
             raise ValueError("a mutation's ids and clock must be strings")
@@ -1062,12 +1079,43 @@ def _unpack(data: bytes, extra: int = 0) -> tuple[list[WireMutation], list[list[
             raise ValueError("a mutation's scope must be a string or null")
         payload = data[offset : offset + length]
         offset += length
-        mutations.append(
-            WireMutation(mutation_id, device_id, hlc, entity_id, scope, payload, None, version)
+        mutation = WireMutation(
+            mutation_id, device_id, hlc, entity_id, scope, payload, None, version
         )
+        found = problem(mutation)
+        if found is not None:
+            raise ValueError(f"it holds a mutation no remote stores: {found[1]}")
+        mutations.append(mutation)
     if offset != len(data):
         raise ValueError("its payloads do not add up to its size")
     return mutations, numbers
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data inflated, up to ``MAX_INFLATED`` bytes; ValueError past that or cut short."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_INFLATED)
+    if inflater.unconsumed_tail or (not inflater.eof and len(out) >= MAX_INFLATED):
+        raise ValueError(f"it inflates past {MAX_INFLATED} bytes")
+    if not inflater.eof:
+        raise ValueError("its compressed data is cut short")
+    return out
+
+
+def _json(data: bytes) -> Any:
+    """An object's JSON; ValueError when it is not JSON or nests past the interpreter's stack."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("its JSON nests too deeply") from exc
+
+
+def _number(value: Any, high: int = MAX_NUMBER) -> int:
+    """A whole number from 0 to ``high`` as this code writes it: ValueError for a float (1e400
+    is infinity), a bool, a string, or one out of range."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high:
+        return value
+    raise ValueError(f"{value!r:.40} is not a whole number from 0 to {high}")
 
 
 def _dumps(data: Any) -> bytes:
@@ -1082,11 +1130,14 @@ def _read_cursor(cursor: str | None) -> tuple[dict[str, list[int]], int]:
     if cursor is None:
         return {}, 0
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        data = _json(base64.urlsafe_b64decode(cursor.encode("ascii")))
+        if not isinstance(data["at"], dict):
+            raise TypeError("its positions are not an object")
         position = {
-            str(device): [int(at[0]), int(at[1])] for device, at in dict(data["at"]).items()
+            str(device): [_number(number), _number(index)]
+            for device, (number, index) in data["at"].items()
         }
-        return position, int(data["n"])
+        return position, _number(data["n"])
     except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as exc:
         raise InvalidInput(f"cursor {cursor!r} is not one this remote gave out") from exc
 

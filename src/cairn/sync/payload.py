@@ -19,8 +19,9 @@ import struct
 import zlib
 from typing import Any
 
+from cairn import hlc
 from cairn.errors import InvalidInput
-from cairn.model import Memory, MemoryState, RelationState, Revision
+from cairn.model import MAX_MS, MIN_MS, Memory, MemoryState, RelationState, Revision, is_text
 from cairn.protocol import RELATION_PREFIX, WireMutation
 
 FORMAT = 1
@@ -96,18 +97,27 @@ def _pack(kind: bytes, body: dict[str, Any], tail: bytes) -> bytes:
     return _HEAD.pack(FORMAT, kind, len(data)) + data + tail
 
 
-def _unpack_body(kind: bytes, data: bytes) -> Any:
+def _unpack_body(kind: bytes, data: bytes) -> dict[str, Any]:
     if kind.isupper():
         inflater = zlib.decompressobj()
         data = inflater.decompress(data, MAX_BODY)
         if inflater.unconsumed_tail:
             raise PayloadError(f"a payload's text inflates past {MAX_BODY} bytes")
-    return json.loads(data)
+    try:
+        body = json.loads(data)
+    except RecursionError as exc:  # nesting past the interpreter's stack
+        raise PayloadError("a payload's text nests too deeply") from exc
+    if not isinstance(body, dict):
+        raise PayloadError("a payload's text is not a JSON object")
+    return body
 
 
 def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState | RelationState:
     """The state a pulled mutation carries (``opened``: its payload once unsealed);
-    PayloadError if it is not a readable one."""
+    PayloadError if it is not a readable one.
+
+    Everything in it came from another device, so it is checked as the store will use it: its
+    clocks are packed HLCs, its times are ones a date can show, its text is valid UTF-8."""
     payload = mutation.payload if opened is None else opened
     try:
         version, kind, size = _HEAD.unpack_from(payload)
@@ -123,9 +133,9 @@ def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState |
                 _str(body, "from_id"),
                 _str(body, "to_id"),
                 _str(body, "type"),
-                _int(body, "created_at"),
-                bool(body["deleted"]),
-                _str(body, "hlc"),
+                _time(body, "created_at"),
+                _bool(body, "deleted"),
+                _clock(body["hlc"]),
             )
             if relation_entity_id(state) != mutation.entity_id:
                 raise PayloadError("a relation payload does not belong to its entity id")
@@ -133,7 +143,7 @@ def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState |
         raise PayloadError(f"unknown payload kind {kind!r}")
     except PayloadError:
         raise
-    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as exc:
+    except (struct.error, ValueError, KeyError, TypeError, zlib.error) as exc:
         raise PayloadError(
             f"mutation {mutation.mutation_id} has an unreadable payload ({exc})"
         ) from exc
@@ -148,16 +158,16 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
     ancestors = body["ancestors"]
     tags = body["tags"]
     if not isinstance(field_hlc, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in field_hlc.items()
+        is_text(k) and hlc.is_packed(v) for k, v in field_hlc.items()
     ):
         raise PayloadError("field_hlc must map field names to clocks")
-    if not isinstance(ancestors, list) or not all(isinstance(a, str) for a in ancestors):
+    if not isinstance(ancestors, list) or not all(hlc.is_packed(a) for a in ancestors):
         raise PayloadError("ancestors must be a list of clocks")
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+    if not isinstance(tags, list) or not all(is_text(t) for t in tags):
         raise PayloadError("tags must be a list of strings")
     revisions = body["revisions"]
     if not isinstance(revisions, list) or not all(
-        isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r)
+        isinstance(r, list) and len(r) == 3 and hlc.is_packed(r[0]) and all(map(is_text, r))
         for r in revisions
     ):
         raise PayloadError("revisions must be a list of [clock, content, hash]")
@@ -169,18 +179,18 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
         kind=_str(body, "kind"),
         project=_str(body, "project"),
         tags=tuple(sorted(set(tags))),
-        topic_key=topic_key if isinstance(topic_key, str) else None,
+        topic_key=topic_key if is_text(topic_key) else None,
         source=_str(body, "source"),
-        created_at=_int(body, "created_at"),
-        updated_at=_int(body, "updated_at"),
-        deleted=bool(body["deleted"]),
+        created_at=_time(body, "created_at"),
+        updated_at=_time(body, "updated_at"),
+        deleted=_bool(body, "deleted"),
         content_hash=_str(body, "content_hash"),
-        model_id=model_id if isinstance(model_id, str) and vector else None,
-        hlc=_str(body, "hlc"),
+        model_id=model_id if is_text(model_id) and vector else None,
+        hlc=_clock(body["hlc"]),
     )
     return MemoryState(
         memory,
-        _str(body, "created_hlc"),
+        _clock(body["created_hlc"]),
         dict(field_hlc),
         tuple(ancestors),
         vector or None,
@@ -188,10 +198,30 @@ def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> Memo
     )
 
 
+def _clock(value: object) -> str:
+    if not hlc.is_packed(value):
+        raise PayloadError(f"{value!r:.80} is not a packed clock")
+    return value
+
+
+def _time(body: dict[str, Any], key: str) -> int:
+    value = _int(body, key)
+    if not MIN_MS <= value <= MAX_MS:
+        raise PayloadError(f"{key} is not a time between the years 1 and 9999")
+    return value
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body[key]
+    if not isinstance(value, bool):
+        raise PayloadError(f"{key} must be true or false")
+    return value
+
+
 def _str(body: dict[str, Any], key: str) -> str:
     value = body[key]
-    if not isinstance(value, str):
-        raise PayloadError(f"{key} must be a string")
+    if not is_text(value):
+        raise PayloadError(f"{key} must be a string of UTF-8 text")
     return value
 
 
