@@ -53,7 +53,7 @@ class ServerProcess:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.kills = 0
-        self.starts = 0
+        """SIGKILLs that hit a running server."""
 
     @property
     def url(self) -> str:
@@ -68,7 +68,6 @@ class ServerProcess:
         args = [CAIRN, "server", "run", "--port", str(self.port), "--rate-limit", "0", *where]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(args, env=self.env, stdout=log, stderr=log)
-        self.starts += 1
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:

@@ -98,7 +98,7 @@ class Tally:
         self.lost += other.lost
 
     def line(self) -> str:
-        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items()))
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items()) if n)
         return (
             f"fault suite: {self.scenarios} scenarios, {sum(self.faults.values())} faults "
             f"injected ({kinds}), {self.mutations_verified} acknowledged mutations verified, "
@@ -123,7 +123,7 @@ class Scenario:
         self.db_url: str | None = None
         self.workspace_id = ""
         self.admin_key = ""
-        self.kills: Counter[str] = Counter()
+        self.pg_kills_before = pg.kills if pg is not None else 0
         self.acked: dict[str, str] = {}  # mutation id -> the device whose outbox let it go
         self.versions: list[tuple[str, str]] = []  # (memory id, content clock) ever written
         self.created: set[str] = set()
@@ -285,7 +285,6 @@ class Scenario:
         if not fired:
             self._event(f"{action} after the sync")
             victim()
-        self.kills[action] += 1
 
     def _kill_postgres(self) -> None:
         assert self.pg is not None
@@ -310,9 +309,7 @@ class Scenario:
             assert not letters, f"{device.name} set changes aside: {letters}"
             if outcome.ok:
                 return
-            if outcome.killed:
-                self.kills["kill_client"] += 1
-            elif outcome.error is not None:
+            if outcome.error is not None:
                 self._expected(outcome.error)
             self._supervise()
             time.sleep(min(0.05 * 2**attempt, 0.5))
@@ -382,9 +379,13 @@ class Scenario:
         assert not lost, f"seed {self.plan.seed}: acknowledged but not on the server: {lost}"
         opened = self._open_all(rows)
         self._fresh_device_agrees(expected)
-        faults: Counter[str] = Counter(self.kills)
+        faults: Counter[str] = Counter({"kill_server": self.server.kills})
+        if self.pg is not None:
+            faults["kill_postgres"] = self.pg.kills - self.pg_kills_before
         for device in self.devices:
             faults.update(device.proxy.faults)
+            if isinstance(device, CliDevice):
+                faults["kill_client"] += device.kills
         return Tally(1, faults, len(self.acked), opened, len(lost))
 
     def _no_content_lost(self, device: Device) -> None:
