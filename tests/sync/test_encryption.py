@@ -4,16 +4,20 @@ caught and reported, and passphrase changes and key rotation keep everything rea
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import conninfo, sql
 
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import RemoteUnreachable, WrongPassphrase
 from cairn.protocol import KeyringBlob, sealed_key_id
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
+from cairn.server.sqlite_storage import SqliteStorage
 from cairn.service import Store
 from cairn.store.db import Database
 from cairn.syncing import Syncer
@@ -45,8 +49,42 @@ def _forms(marker: str) -> list[bytes]:
     return forms
 
 
+def _stored_bytes(server: SyncServer, request: pytest.FixtureRequest) -> bytes:
+    """Everything the server's database holds, as raw bytes: SQLite's files (the database,
+    its WAL and any journal); for PostgreSQL, every value of every table (read as a superuser,
+    past row-level security) and the database's files on disk after a checkpoint."""
+    if isinstance(server.storage, SqliteStorage):
+        files = [p for p in server.data.iterdir() if p.name.startswith("server.db")]
+        return b"".join(p.read_bytes() for p in files)
+    postgres = request.getfixturevalue("postgres")
+    name = conninfo.conninfo_to_dict(server.storage.path)["dbname"]
+    chunks: list[bytes] = []
+    with psycopg.connect(conninfo.make_conninfo(postgres.admin_url, dbname=name)) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        ).fetchall()
+        assert len(tables) >= 5  # the scan reads the tables the server made
+        for (table,) in tables:
+            for row in conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(table))):
+                for value in row:
+                    if isinstance(value, bytes | memoryview):
+                        chunks.append(bytes(value))
+                    elif isinstance(value, dict | list):
+                        chunks.append(json.dumps(value, ensure_ascii=False).encode())
+                    else:
+                        chunks.append(str(value).encode())
+        conn.execute("CHECKPOINT")  # what the WAL holds reaches the table files
+        folder = conn.execute("SHOW data_directory").fetchone()[0]
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()[0]
+    files = sorted((Path(folder) / "base" / str(oid)).iterdir())
+    assert files  # the scan reads the database's files
+    return b"".join(chunks) + b"".join(p.read_bytes() for p in files if p.is_file())
+
+
+@pytest.mark.parametrize("server_backend", ["sqlite", "postgres"])
 def test_the_server_stores_nothing_readable(
-    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer, request: pytest.FixtureRequest
 ) -> None:
     remote_a = HttpRemote(sync_server.url, sync_server.admin_key)
     remote_b = HttpRemote(sync_server.url, sync_server.admin_key)
@@ -58,8 +96,7 @@ def test_the_server_stores_nothing_readable(
     for _ in range(2):
         sync_a.push(), sync_b.push(), sync_a.pull(), sync_b.pull()
     assert {m.content for m in b.list()} == {m.content for m in a.list()}  # it did sync
-    files = [p for p in sync_server.data.iterdir() if p.name.startswith("server.db")]
-    data = b"".join(p.read_bytes() for p in files)  # the database, its WAL and any journal
+    data = _stored_bytes(sync_server, request)
     assert sync_a.device_id.encode() in data  # the scan sees what the server stored
     for secret in [*MARKERS, TAG, PROJECT, "deploying"]:
         for form in _forms(secret):

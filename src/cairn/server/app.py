@@ -2,7 +2,8 @@
 
 Errors are ``{"error": {"code", "message"}}`` with the status from ``cairn.errors`` (a refused
 batch adds ``"rejected": [{mutation_id, code, message}]``), for unknown routes and wrong
-methods too, so a client maps any failure back to an exception by its code.
+methods too, so a client maps any failure back to an exception by its code. A failure of the
+server's own database is a 503 whose details go to the server's log, not to the client.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cairn import __version__
 from cairn.embedding.base import Embedder
-from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited
+from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited, StoreError
 from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
@@ -41,6 +42,7 @@ DEFAULT_PORT = 8787
 # Seconds a stopping server gives open requests (long-polls included) before closing them.
 SHUTDOWN_GRACE = 5
 
+_log = logging.getLogger("cairn.server")
 _WORKER_ENV = "CAIRN_SERVER_WORKER"  # what `run_workers` hands each worker process
 # Errors that are not CairnErrors (unknown route, wrong method) get a code too.
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -193,6 +195,14 @@ def _error(exc: CairnError, headers: dict[str, str] | None = None) -> JSONRespon
 
 
 async def _on_cairn_error(request: Request, exc: CairnError) -> JSONResponse:
+    if isinstance(exc, StoreError):
+        # Trigger: the server's own database failed (restarting, unreachable, locked). Why: its
+        # message names the database (URL, role, host, file) and is for the operator, who
+        # otherwise never sees it. Outcome: logged here; the client gets a 503 without it,
+        # which it retries as it retries an unreachable server.
+        _log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        message = "the server's database failed this request; sync again in a moment"
+        return JSONResponse({"error": {"code": exc.code, "message": message}}, status_code=503)
     if isinstance(exc, RateLimited):
         return _error(exc, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
     if isinstance(exc, AuthFailed):
