@@ -418,7 +418,7 @@ def test_sync_now_reports_refused_changes_and_fails_when_nothing_could_be_sent(
         a("remember", "Another manifest: " + secrets.token_hex(3000))
         mixed = a("sync", "now", ok=False)
         assert mixed.returncode == 0, mixed.stderr  # one change was sent
-        assert "1 change(s) refused by the remote (payload_too_large: 1)" in mixed.stdout
+        assert "1 change refused by the remote (payload_too_large: 1)" in mixed.stdout
         assert "cairn sync dead-letters" in mixed.stdout
         again = a("sync", "now", ok=False)
         assert again.returncode == 0 and "refused" not in again.stdout

@@ -29,6 +29,9 @@ from ..conftest import envelope
 from ..fuzzing import ci, fragments, mutated, mutated_json, parse_or_refuse, soak
 from ..test_protocol_fuzz import GOOD
 
+KEY = "cairn_0123456789ab_" + "s" * 43
+"""A well-formed API key (the remote checks its shape before sending it)."""
+
 
 @dataclass
 class Answer:
@@ -71,7 +74,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
 
 @pytest.fixture(scope="module")
 def remote(server: ThreadingHTTPServer) -> Iterator[HttpRemote]:
-    client = HttpRemote(f"http://127.0.0.1:{server.server_address[1]}", "k", "dev", timeout=10)
+    client = HttpRemote(f"http://127.0.0.1:{server.server_address[1]}", KEY, "dev", timeout=10)
     yield client
     client.close()
 
