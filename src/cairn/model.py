@@ -20,8 +20,10 @@ DEFAULT_PROJECT = "default"
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_TAGS = 32
 
-KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-TAG_PATTERN = re.compile(r"^[^\s,]{1,64}$")
+# Matched whole (``fullmatch``); a tag may be any script's letters, a kind ASCII only.
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+TAG_PATTERN = re.compile(r"[^\s,]{1,64}")
+_AGE = re.compile(r"([0-9]{1,9})\s*([smhdw])", re.ASCII)
 _WS = re.compile(r"\s+")
 
 
@@ -193,7 +195,7 @@ def iso(ms: int) -> str:
 def parse_time(text: str) -> int:
     """Unix ms from an ISO-8601 date/time (UTC if no zone) or a relative age like ``7d``."""
     hint = f"cannot read the time {text!r}; use an ISO date like 2026-01-31 or an age like 7d"
-    rel = re.fullmatch(r"(\d{1,9})\s*([smhdw])", text.strip())
+    rel = _AGE.fullmatch(text.strip())
     if rel:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[rel.group(2)]
         return int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
@@ -229,7 +231,7 @@ def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
 
 def check_kind(kind: str) -> str:
     kind = kind.strip().lower()
-    if not KIND_PATTERN.match(kind):
+    if not KIND_PATTERN.fullmatch(kind):
         raise InvalidInput(
             f"kind {kind!r} is not valid; use a lowercase word such as {', '.join(KINDS)}"
         )
@@ -247,7 +249,7 @@ def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
     out: set[str] = set()
     for raw in tags:
         tag = raw.strip().lower()
-        if not TAG_PATTERN.match(tag):
+        if not TAG_PATTERN.fullmatch(tag):
             raise InvalidInput(
                 f"tag {raw!r} is not valid; tags are 1-64 characters with no spaces or commas"
             )

@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cairn.errors import AuthFailed, Forbidden, RateLimited
+from cairn.errors import AuthFailed, Forbidden, InvalidInput, RateLimited
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
-from cairn.server.context import ServerSettings
+from cairn.server import keys
+from cairn.server.context import ServerSettings, now_ms
 
 from ..conftest import envelope
 
@@ -195,3 +196,10 @@ def test_keyring_blobs_travel_as_base64(sync_server: SyncServer) -> None:
     }
     negative = {"blob": blob, "expected_version": 1, "revoked_key_ids": [-1]}
     assert_error(call(sync_server, "PUT", "/v1/keyring", key, json=negative), 422, "invalid_input")
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\u0661acme"])
+def test_a_workspace_name_must_match_whole_and_in_ascii(sync_server: SyncServer, name: str) -> None:
+    with pytest.raises(InvalidInput, match="workspace name"):
+        keys.create_workspace(sync_server.storage, name, now_ms())
+    assert [w.name for w in sync_server.storage.workspaces()] == ["test"]

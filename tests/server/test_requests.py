@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cairn import __version__
+from cairn import __version__, protocol
 from cairn.errors import PayloadTooLarge
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
@@ -214,3 +216,74 @@ def test_a_long_poll_sees_pushes_that_bypass_this_process(sync_server: SyncServe
     assert [m.mutation_id for m in page.mutations] == ["m-1"]
     assert time.monotonic() - started < 5
     remote.close()
+
+
+def pull_everything(client: httpx.Client) -> list[dict[str, Any]]:
+    """Every mutation of the workspace, each page decoded as strict JSON (as any client would)."""
+    found: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        response = client.get(f"/v1/sync/pull?since={since}&limit=2")
+        assert response.status_code == 200, response.text
+        page = json.loads(response.content)
+        found += page["mutations"]
+        if not page["has_more"]:
+            return found
+        since = int(page["next"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mutation_id": "x\n"},
+        {"device_id": "dev-a\n"},
+        {"entity_id": "e\n"},
+        {"hlc": wire(2).hlc + "\n"},
+        {"scope": "aaaaaaaa\n"},
+        {"hlc": "\u0661\u0667" + wire(2).hlc[2:]},  # Arabic-Indic digits are \d, not ASCII
+    ],
+)
+def test_a_mutation_whose_fields_match_only_before_a_newline_is_refused(
+    client: httpx.Client, change: dict[str, str]
+) -> None:
+    bad = {**mutation(2), **change}
+    response = client.post("/v1/sync/push", json={"mutations": [mutation(1), bad]})
+    assert_error(response, 422, "invalid_mutation")
+    assert latest_seq(client) == 0
+    assert client.post("/v1/sync/push", json={"mutations": [mutation(3)]}).status_code == 200
+    assert [m["mutation_id"] for m in pull_everything(client)] == ["m-3"]
+
+
+_VALID = {
+    "mutation_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "device_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "entity_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "hlc": st.from_regex(r"\A[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,12}\Z"),
+    "scope": st.none() | st.from_regex(r"\A[0-9a-f]{8,16}\Z"),
+}
+# A final newline (what `$` lets through) half the time; characters JSON must escape otherwise.
+_TRICKY = st.just("\n") | st.sampled_from(['"', "\\", "\x00", "\u2028", "\u0661", "\r\n", " "])
+
+
+@st.composite
+def _fuzzed_mutation(draw: st.DrawFn) -> dict[str, Any]:
+    """A mutation whose fields are valid, or all but one with a character added."""
+    fields = {name: draw(strategy) for name, strategy in _VALID.items()}
+    for name in draw(st.lists(st.sampled_from(sorted(_VALID)), max_size=1)):
+        fields[name] = (fields[name] or "") + draw(_TRICKY)
+    return {**mutation(0), **fields}
+
+
+@given(batch=st.lists(_fuzzed_mutation(), min_size=1, max_size=2))
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_every_page_a_fuzzed_push_leaves_is_valid_json(
+    client: httpx.Client, batch: list[dict[str, Any]]
+) -> None:
+    pushed = client.post("/v1/sync/push", json={"mutations": batch})
+    assert pushed.status_code in (200, 422), pushed.text
+    for item in pull_everything(client):
+        assert protocol.problem(protocol.from_json(item)) is None, item

@@ -20,8 +20,9 @@ from cairn.protocol import E2E, MODES
 from cairn.server.storage import SCOPES, ApiKey, ServerStorage, Workspace
 
 PREFIX = "cairn_"
-_TOKEN = re.compile(r"^cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})$")
-_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Matched whole (``fullmatch``: ``$`` also matches before a final newline), in ASCII only.
+_TOKEN = re.compile(r"cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})", re.ASCII)
+_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _HOW_TO_GET_ONE = (
     "send `Authorization: Bearer cairn_...` with a key from `cairn server workspace create` "
     "or `cairn server key create`"
@@ -86,7 +87,7 @@ def create_workspace(
     storage: ServerStorage, name: str, now: int, mode: str = E2E
 ) -> tuple[Workspace, str]:
     """A new workspace and the token of its first admin key (shown once)."""
-    if not _WORKSPACE_NAME.match(name):
+    if not _WORKSPACE_NAME.fullmatch(name):
         raise InvalidInput(
             "a workspace name is 1-64 letters, digits and _.- (starting with a letter or digit)"
         )
@@ -102,7 +103,7 @@ def authenticate(storage: ServerStorage, authorization: str | None) -> ApiKey:
     if not authorization:
         raise AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}")
     scheme, _, token = authorization.partition(" ")
-    match = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
+    match = _TOKEN.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
     if match is None:
         raise AuthFailed(f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}")
     key = storage.find_key(match.group(1))

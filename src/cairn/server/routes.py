@@ -29,7 +29,7 @@ from cairn.api.schemas import (
 )
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import Filters, iso
-from cairn.protocol import MAX_PULL_LIMIT, PullPage, WireMutation
+from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
 from cairn.server import hosted, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
@@ -37,7 +37,6 @@ from cairn.server.storage import ApiKey, Device
 from cairn.service import NewMemory
 
 MAX_WAIT = 60.0
-ID_PATTERN = r"^[0-9A-Za-z_.:|-]{1,160}$"  # what cairn.protocol accepts as a device id
 
 router = APIRouter()
 
