@@ -19,6 +19,11 @@ DEFAULT_KIND = "note"
 DEFAULT_PROJECT = "default"
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_TAGS = 32
+MAX_INT = 2**63 - 1
+"""The largest integer the stores hold (SQLite INTEGER, PostgreSQL bigint): every integer a
+request carries is bounded by it, so none can overflow a query."""
+EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+"""The earliest time an ISO date can name (year 1); an age may not reach further back."""
 
 # Matched whole (``fullmatch``); a tag may be any script's letters, a kind ASCII only.
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
@@ -198,7 +203,10 @@ def parse_time(text: str) -> int:
     rel = _AGE.fullmatch(text.strip())
     if rel:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[rel.group(2)]
-        return int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
+        since = int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
+        if since < EARLIEST_MS:
+            raise InvalidInput(f"the age {text!r} reaches back past the year 1; use a shorter one")
+        return since
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError as exc:

@@ -287,3 +287,40 @@ def test_every_page_a_fuzzed_push_leaves_is_valid_json(
     assert pushed.status_code in (200, 422), pushed.text
     for item in pull_everything(client):
         assert protocol.problem(protocol.from_json(item)) is None, item
+
+
+INT64_MAX = 2**63 - 1  # the largest integer SQLite and PostgreSQL (bigint) hold
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("/v1/sync/pull", "since"), ("/v1/audit", "before")],
+)
+def test_integer_parameters_are_bounded_by_what_the_database_holds(
+    client: httpx.Client, path: str, name: str
+) -> None:
+    assert client.get(f"{path}?{name}={INT64_MAX}").status_code == 200
+    for too_big in (INT64_MAX + 1, 10**30):
+        assert_error(client.get(f"{path}?{name}={too_big}"), 422, "invalid_input")
+
+
+def test_a_keyring_version_is_bounded(client: httpx.Client) -> None:
+    body = {"blob": "AAAA", "expected_version": INT64_MAX + 1}
+    assert_error(client.put("/v1/keyring", json=body), 422, "invalid_input")
+    stale = client.put("/v1/keyring", json={**body, "expected_version": INT64_MAX})
+    assert_error(stale, 409, "conflict")
+
+
+DEEP = b"[" * 100_000  # 100 KB, well under the body limit
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/sync/push"), ("PUT", "/v1/keyring"), ("POST", "/v1/devices")],
+)
+def test_deeply_nested_json_is_invalid_input(client: httpx.Client, method: str, path: str) -> None:
+    response = client.request(
+        method, path, content=DEEP, headers={"Content-Type": "application/json"}
+    )
+    assert "JSON" in assert_error(response, 422, "invalid_input")
+    assert latest_seq(client) == 0

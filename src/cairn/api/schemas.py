@@ -175,9 +175,19 @@ class HealthOut(BaseModel):
     version: str
 
 
+class RejectedOut(BaseModel):
+    mutation_id: str
+    code: str = Field(description="Why: invalid_mutation, unsealed_payload, revoked_key, ...")
+    message: str
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable, for programs: not_found, content_too_large, ...")
     message: str = Field(description="For people: what went wrong and what to do next.")
+    rejected: list[RejectedOut] = Field(
+        default_factory=list,
+        description="A refused push (invalid_mutation) only: each refused mutation and why.",
+    )
 
 
 class ErrorOut(BaseModel):

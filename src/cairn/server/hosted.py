@@ -41,7 +41,7 @@ from cairn.model import (
 from cairn.protocol import HOSTED, WireMutation
 from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
-from cairn.service import MAX_LIMIT, NewMemory
+from cairn.service import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.sync import payload
 from cairn.sync.merge import merge_memory, merge_relation
 from cairn.sync.payload import PayloadError
@@ -288,8 +288,10 @@ class Hosted:
         self, workspace_id: str, filters: Filters, limit: int, offset: int
     ) -> tuple[list[Memory], int]:
         """Live memories, newest first, and how many match in all."""
-        if not 1 <= limit <= MAX_LIST or offset < 0:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LIST}, offset 0 or more")
+        if not 1 <= limit <= MAX_LIST or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(
+                f"limit must be between 1 and {MAX_LIST}, offset between 0 and {MAX_OFFSET}"
+            )
         self.fold(workspace_id)
         return self.storage.list_indexed(workspace_id, filters, limit, offset)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cairn import __version__, model, protocol
+from cairn.api import edge
 from cairn.api.schemas import (
     ListOut,
     RecallOut,
@@ -28,17 +28,17 @@ from cairn.api.schemas import (
     RememberRequest,
 )
 from cairn.errors import InvalidInput, NotFound
-from cairn.model import Filters, iso
+from cairn.model import MAX_INT, Filters, iso
 from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
 from cairn.server import hosted, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
 from cairn.server.storage import ApiKey, Device
-from cairn.service import NewMemory
+from cairn.service import MAX_OFFSET, NewMemory
 
 MAX_WAIT = 60.0
 
-router = APIRouter()
+router = APIRouter(route_class=edge.JsonRoute)
 
 
 def _context(request: Request) -> ServerContext:
@@ -85,7 +85,10 @@ class _Request(BaseModel):
 class KeyringIn(_Request):
     blob: str = Field(description="The keyring, base64 (the server never reads it).")
     expected_version: int | None = Field(
-        None, description="The version this replaces (null: there is no keyring yet)."
+        None,
+        ge=1,
+        le=MAX_INT,
+        description="The version this replaces (null: there is no keyring yet).",
     )
     revoked_key_ids: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] = Field(
         [],
@@ -146,7 +149,9 @@ async def pull(
     request: Request,
     ctx: Context,
     key: Reader,
-    since: Annotated[int, Query(ge=0, description="The `next` of the previous page.")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="The `next` of the previous page.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PULL_LIMIT)] = 1000,
     scope: Annotated[
         list[str] | None,
@@ -223,7 +228,8 @@ def audit(
     key: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
-        int | None, Query(ge=0, description="Only entries older than this (Unix ms): paging.")
+        int | None,
+        Query(ge=0, le=MAX_INT, description="Only entries older than this (Unix ms): paging."),
     ] = None,
 ) -> dict[str, Any]:
     entries = ctx.storage.audit_log(key.workspace_id, limit, before)
@@ -325,7 +331,7 @@ def list_memories(
     since: Annotated[str | None, Query(description="Created at or after (ISO or 7d).")] = None,
     until: Annotated[str | None, Query(description="Created before (ISO or 7d).")] = None,
     limit: Annotated[int, Query(ge=1, le=hosted.MAX_LIST)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Any:
     _hosted(ctx, key)
     filters = Filters.parse(project, kind or [], tag or [], since, until)
@@ -419,8 +425,8 @@ def _decode_batch(
     a hosted one, payloads its server can read.
     """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = edge.decode_json(body)
+    except ValueError as exc:
         raise InvalidInput(
             f'the request body is not valid JSON ({exc}); send {{"mutations": [...]}}'
         ) from exc
