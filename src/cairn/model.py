@@ -19,9 +19,11 @@ DEFAULT_KIND = "note"
 DEFAULT_PROJECT = "default"
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_TAGS = 32
-MAX_INT = 2**63 - 1
-"""The largest integer the stores hold (SQLite INTEGER, PostgreSQL bigint): every integer a
-request carries is bounded by it, so none can overflow a query."""
+MAX_INT = 2**53 - 1
+"""The largest integer a request may carry: well inside what the stores hold (SQLite INTEGER and
+PostgreSQL bigint are signed 64 bits), so none overflows a query, and the largest that a JSON
+reader working in doubles keeps exact, so a documented maximum means one value to every
+schema validator (2**63 - 1 and 2**63 + 191 are the same double)."""
 EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 """The earliest time an ISO date can name (year 1); an age may not reach further back."""
 

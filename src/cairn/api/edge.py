@@ -35,14 +35,19 @@ _HTTP_CODES = {403: "host_not_allowed", 404: "not_found", 405: "method_not_allow
 
 def decode_json(body: bytes) -> Any:
     """The JSON document in ``body``; ``json.JSONDecodeError`` (with a reason a person can act
-    on) when it is not one, including when it is not UTF-8 or nests deeper than Python's parser
-    can recurse (``[`` a hundred thousand times is a 100 KB body)."""
+    on) when it is not one, including when it is not UTF-8, nests deeper than Python's parser
+    can recurse (``[`` a hundred thousand times is a 100 KB body) or holds an integer of more
+    digits than Python converts."""
     try:
         return json.loads(body)
+    except json.JSONDecodeError:
+        raise
     except RecursionError as exc:
         raise json.JSONDecodeError("arrays or objects nested too deeply", "", 0) from exc
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", "", exc.start) from exc
+    except ValueError as exc:
+        raise json.JSONDecodeError(str(exc), "", 0) from exc
 
 
 class JsonRequest(Request):

@@ -20,9 +20,13 @@ from cairn.protocol import E2E, MODES
 from cairn.server.storage import SCOPES, ApiKey, ServerStorage, Workspace
 
 PREFIX = "cairn_"
+MAX_NAME = 100
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+"""A key's name: no control characters (it is printed in terminals), not blank."""
 # Matched whole (``fullmatch``: ``$`` also matches before a final newline), in ASCII only.
 _TOKEN = re.compile(r"cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})", re.ASCII)
 _WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_NAME = re.compile(NAME_PATTERN)
 _HOW_TO_GET_ONE = (
     "send `Authorization: Bearer cairn_...` with a key from `cairn server workspace create` "
     "or `cairn server key create`"
@@ -54,9 +58,12 @@ def issue(
     storage: ServerStorage, workspace_id: str, name: str, scopes: Iterable[str], now: int
 ) -> tuple[ApiKey, str]:
     """A new key for the workspace, and its full token (shown once; never stored)."""
-    name = name.strip()
-    if not 1 <= len(name) <= 100:
-        raise InvalidInput("a key name must be 1-100 characters, e.g. the device or person")
+    name = name.strip(" ")
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"a key name is 1-{MAX_NAME} characters without control characters, e.g. the "
+            "device or person that uses it"
+        )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     key = ApiKey(

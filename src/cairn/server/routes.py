@@ -14,13 +14,15 @@ import binascii
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi.responses import PlainTextResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from cairn import __version__, model, protocol
 from cairn.api import edge
 from cairn.api.schemas import (
+    HealthOut,
     ListOut,
     RecallOut,
     RecallRequest,
@@ -33,12 +35,43 @@ from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
 from cairn.server import hosted, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
+from cairn.server.schemas import (
+    KEY_ID_PATTERN,
+    AuditOut,
+    DeviceIn,
+    DeviceOut,
+    DevicesOut,
+    EmbedIn,
+    EmbedOut,
+    KeyCreatedOut,
+    KeyIn,
+    KeyOut,
+    KeyringIn,
+    KeyringOut,
+    KeyringVersionOut,
+    KeysOut,
+    PullOut,
+    PushIn,
+    PushOut,
+    StatusOut,
+    UsageOut,
+    inline_schema,
+)
 from cairn.server.storage import ApiKey, Device
 from cairn.service import MAX_OFFSET, NewMemory
 
 MAX_WAIT = 60.0
+SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
+"""A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
 
 router = APIRouter(route_class=edge.JsonRoute)
+PUSH_BODY = inline_schema(PushIn)
+"""The push body's schema, for the OpenAPI document (the route reads the body itself)."""
+_BEARER = edge.BearerKey("An API key of the workspace: `cairn server key create` makes one.")
+
+# Every route that takes a key answers these; the rest are listed route by route.
+_KEYED = edge.errors(401, 403, 429)
+_BODY = edge.errors(413, 422)
 
 
 def _context(request: Request) -> ServerContext:
@@ -53,7 +86,7 @@ DeviceHeader = Annotated[
 ]
 
 
-def _caller(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+def _caller(ctx: Context, authorization: Annotated[str | None, Security(_BEARER)]) -> ApiKey:
     """The request's API key, authenticated and within its rate limit."""
     key = keys.authenticate(ctx.storage, authorization)
     ctx.limiter.check(key.id)
@@ -78,60 +111,51 @@ Writer = Annotated[ApiKey, Depends(_Needs("write"))]
 Admin = Annotated[ApiKey, Depends(_Needs("admin"))]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class KeyringIn(_Request):
-    blob: str = Field(description="The keyring, base64 (the server never reads it).")
-    expected_version: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_INT,
-        description="The version this replaces (null: there is no keyring yet).",
-    )
-    revoked_key_ids: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] = Field(
-        [],
-        description="Key ids no new payload may be sealed under; pushes using them get 422 "
-        "revoked_key. The only part of the keyring the server reads.",
-        max_length=10_000,
-    )
-
-
-class DeviceIn(_Request):
-    device_id: str = Field(pattern=ID_PATTERN)
-    name: str = Field(max_length=200, description="A name people recognise, e.g. a hostname.")
-
-
-class EmbedIn(_Request):
-    texts: list[str] = Field(
-        description=f"1 to {hosted.MAX_EMBED} texts (each at most 64 KiB of UTF-8).",
-        min_length=1,
-        max_length=hosted.MAX_EMBED,
-    )
-
-
-class KeyIn(_Request):
-    name: str = Field(description="Who or what uses the key, e.g. a device or a person.")
-    scopes: list[str] = Field(description="read, write and/or admin (admin > write > read).")
-
-
-@router.get("/healthz", tags=["server"], summary="Liveness check (no key needed)")
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    tags=["server"],
+    summary="Liveness check (no key needed)",
+)
 def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", tags=["server"], summary="Prometheus metrics (no key needed)")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["server"],
+    summary="Prometheus metrics (no key needed)",
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+)
 def metrics(ctx: Context) -> Response:
     text = ctx.metrics.render(ctx.storage.totals())
-    return Response(text, media_type=CONTENT_TYPE)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 
-@router.post("/v1/sync/push", tags=["sync"], summary="Store a batch of mutations")
+@router.post(
+    "/v1/sync/push",
+    response_model=PushOut,
+    tags=["sync"],
+    summary="Store a batch of mutations",
+    description=(
+        "All-or-nothing and idempotent by mutation_id. A refused mutation refuses the batch: "
+        "422 `invalid_mutation` lists each refused one under `rejected`. 413 "
+        "`payload_too_large`: split the batch. 429 `quota_exceeded`: the workspace is full."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PUSH_BODY}},
+        }
+    },
+    responses={**_KEYED, **_BODY},
+)
 async def push(
     request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
 ) -> dict[str, int | None]:
-    """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
+    # The body is decoded by hand (``_decode_batch``): pydantic would take several times longer
+    # over 10,000 mutations, and a refused mutation must be named by its id, not its position.
     mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
@@ -144,7 +168,13 @@ async def push(
     return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
 
 
-@router.get("/v1/sync/pull", tags=["sync"], summary="Mutations after a sequence number")
+@router.get(
+    "/v1/sync/pull",
+    tags=["sync"],
+    summary="Mutations after a sequence number",
+    description="In seq order; `next` resumes after this page and `has_more` says whether to.",
+    responses={200: {"model": PullOut, "description": "A page."}, **_KEYED, **edge.errors(422)},
+)
 async def pull(
     request: Request,
     ctx: Context,
@@ -154,7 +184,7 @@ async def pull(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PULL_LIMIT)] = 1000,
     scope: Annotated[
-        list[str] | None,
+        list[Annotated[str, Field(pattern=SCOPES_PATTERN)]] | None,
         Query(description="Only these scope tags, and untagged mutations (repeatable, or a,b)."),
     ] = None,
     wait: Annotated[
@@ -162,11 +192,8 @@ async def pull(
     ] = 0.0,
     x_cairn_device: DeviceHeader = None,
 ) -> Response:
-    """In seq order; ``next`` resumes after this page and ``has_more`` says whether to."""
     # `scope=` (present but empty) asks for untagged mutations only; no `scope` means all.
-    wanted = (
-        None if scope is None else [s.strip() for r in scope for s in r.split(",") if s.strip()]
-    )
+    wanted = None if scope is None else [s for r in scope for s in r.split(",") if s]
     workspace = key.workspace_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -187,7 +214,13 @@ async def pull(
     return await run_in_threadpool(_page_response, page)
 
 
-@router.get("/v1/sync/status", tags=["sync"], summary="This workspace's log, devices and key")
+@router.get(
+    "/v1/sync/status",
+    response_model=StatusOut,
+    tags=["sync"],
+    summary="This workspace's log, devices and key",
+    responses=_KEYED,
+)
 def status(ctx: Context, key: Reader) -> dict[str, Any]:
     workspace = ctx.storage.workspace_by_id(key.workspace_id)
     stats = ctx.storage.stats(key.workspace_id)
@@ -202,7 +235,13 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/usage", tags=["admin"], summary="Metering: totals, quota and usage per day")
+@router.get(
+    "/v1/usage",
+    response_model=UsageOut,
+    tags=["admin"],
+    summary="Metering: totals, quota and usage per day",
+    responses={**_KEYED, **edge.errors(422)},
+)
 def usage(
     ctx: Context,
     key: Admin,
@@ -222,7 +261,13 @@ def usage(
     }
 
 
-@router.get("/v1/audit", tags=["admin"], summary="Who did what, newest first")
+@router.get(
+    "/v1/audit",
+    response_model=AuditOut,
+    tags=["admin"],
+    summary="Who did what, newest first",
+    responses={**_KEYED, **edge.errors(422)},
+)
 def audit(
     ctx: Context,
     key: Admin,
@@ -253,8 +298,15 @@ def _hosted(ctx: ServerContext, key: ApiKey) -> None:
     ctx.hosted.require(ctx.storage.workspace_by_id(key.workspace_id))
 
 
+_NOT_HOSTED = edge.errors(409, e409="The workspace is end-to-end encrypted (not_hosted).")
+
+
 @router.post(
-    "/v1/embed", tags=["hosted"], summary="Embed texts with the model devices use (hosted only)"
+    "/v1/embed",
+    response_model=EmbedOut,
+    tags=["hosted"],
+    summary="Embed texts with the model devices use (hosted only)",
+    responses={**_KEYED, **_BODY, **_NOT_HOSTED},
 )
 def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
     """Unit-length float32 vectors, one per text, from the same ONNX model as a device's default,
@@ -274,6 +326,13 @@ def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
     response_model=RememberOut,
     tags=["hosted"],
     summary="Remember a memory (hosted only); devices pull it",
+    response_description="Created.",
+    responses={
+        200: {"model": RememberOut, "description": "An identical memory already existed."},
+        **_KEYED,
+        **_BODY,
+        **_NOT_HOSTED,
+    },
     description=(
         "The local HTTP API's body. 201 when a memory was created, 200 when an identical one "
         "already lives in the project (returned, with the new tags added). A memory with the "
@@ -303,6 +362,7 @@ def remember(body: RememberRequest, response: Response, ctx: Context, key: Write
     response_model=RecallOut,
     tags=["hosted"],
     summary="Recall by meaning and keyword (hosted only)",
+    responses={**_KEYED, **_BODY, **_NOT_HOSTED},
     description=(
         "The local HTTP API's body and answer: semantic (pgvector HNSW on PostgreSQL, exact on "
         "SQLite) and full-text candidates fused by reciprocal rank, as on a device."
@@ -320,6 +380,7 @@ def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
     response_model=ListOut,
     tags=["hosted"],
     summary="List memories, newest first (hosted only)",
+    responses={**_KEYED, **edge.errors(422), **_NOT_HOSTED},
     description="`kind` and `tag` may repeat: any of the kinds, all of the tags.",
 )
 def list_memories(
@@ -339,7 +400,13 @@ def list_memories(
     return {"memories": [m.to_dict() for m in found], "total": total}
 
 
-@router.get("/v1/keyring", tags=["keyring"], summary="The workspace's keyring blob")
+@router.get(
+    "/v1/keyring",
+    response_model=KeyringOut,
+    tags=["keyring"],
+    summary="The workspace's keyring blob",
+    responses={**_KEYED, **edge.errors(404, e404="No keyring yet (not_found).")},
+)
 def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
     if keyring is None:
@@ -351,7 +418,17 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     }
 
 
-@router.put("/v1/keyring", tags=["keyring"], summary="Replace the keyring (compare-and-swap)")
+@router.put(
+    "/v1/keyring",
+    response_model=KeyringVersionOut,
+    tags=["keyring"],
+    summary="Replace the keyring (compare-and-swap)",
+    responses={
+        **_KEYED,
+        **_BODY,
+        **edge.errors(409, e409="expected_version is not the current version (conflict)."),
+    },
+)
 def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     try:
         blob = base64.b64decode(body.blob, validate=True)
@@ -365,7 +442,13 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     return {"version": version}
 
 
-@router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")
+@router.post(
+    "/v1/devices",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Register (or rename) a device",
+    responses={**_KEYED, **_BODY},
+)
 def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
     ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
     detail = {"device": body.device_id}
@@ -373,12 +456,26 @@ def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]
     return {"device_id": body.device_id, "name": body.name}
 
 
-@router.get("/v1/devices", tags=["devices"], summary="The workspace's devices")
+@router.get(
+    "/v1/devices",
+    response_model=DevicesOut,
+    tags=["devices"],
+    summary="The workspace's devices",
+    responses=_KEYED,
+)
 def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
     return {"devices": [_device(d) for d in ctx.storage.devices(key.workspace_id)]}
 
 
-@router.post("/v1/auth/keys", status_code=201, tags=["keys"], summary="Create an API key")
+@router.post(
+    "/v1/auth/keys",
+    status_code=201,
+    response_model=KeyCreatedOut,
+    tags=["keys"],
+    summary="Create an API key",
+    response_description="Created.",
+    responses={**_KEYED, **_BODY},
+)
 def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """The response holds the key itself: it is shown this once and never stored."""
     made, token = keys.issue(ctx.storage, key.workspace_id, body.name, body.scopes, now_ms())
@@ -387,13 +484,32 @@ def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     return {**keys.to_json(made), "key": token}
 
 
-@router.get("/v1/auth/keys", tags=["keys"], summary="The workspace's API keys (no secrets)")
+@router.get(
+    "/v1/auth/keys",
+    response_model=KeysOut,
+    tags=["keys"],
+    summary="The workspace's API keys (no secrets)",
+    responses=_KEYED,
+)
 def list_keys(ctx: Context, key: Admin) -> dict[str, list[dict[str, Any]]]:
     return {"keys": [keys.to_json(k) for k in ctx.storage.keys(key.workspace_id)]}
 
 
-@router.delete("/v1/auth/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
-def revoke_key(key_id: str, ctx: Context, key: Admin) -> dict[str, Any]:
+@router.delete(
+    "/v1/auth/keys/{key_id}",
+    response_model=KeyOut,
+    tags=["keys"],
+    summary="Revoke an API key",
+    description="Revoking a revoked key again changes nothing and answers the same.",
+    responses={
+        **_KEYED,
+        **edge.errors(422),
+        **edge.errors(404, e404="The workspace has no such key (not_found)."),
+    },
+)
+def revoke_key(
+    key_id: Annotated[str, Path(pattern=KEY_ID_PATTERN)], ctx: Context, key: Admin
+) -> dict[str, Any]:
     revoked = ctx.storage.revoke_key(key.workspace_id, key_id, now_ms())
     ctx.storage.audit(key.workspace_id, key.id, "key_revoke", {"revoked": key_id}, now_ms())
     return keys.to_json(revoked)
