@@ -19,9 +19,11 @@ from cairn.api import edge
 from cairn.api.schemas import (
     ErrorOut,
     HealthOut,
+    KindsFilter,
     ListOut,
     MemoryDetailOut,
     MemoryOut,
+    ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
@@ -29,6 +31,7 @@ from cairn.api.schemas import (
     StatsOut,
     SyncNowOut,
     SyncStatusOut,
+    TagsFilter,
 )
 from cairn.config import Settings
 from cairn.errors import SyncError, SyncNotConfigured
@@ -135,9 +138,9 @@ def create_app(
         responses=_INVALID,
     )
     def list_memories(
-        project: Annotated[str | None, Query(description="Only this project.")] = None,
-        kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
-        tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
+        project: ProjectFilter = None,
+        kind: KindsFilter = None,
+        tag: TagsFilter = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
@@ -192,6 +195,7 @@ def create_app(
             "Answered from the store without asking the remote: what waits to be sent, what "
             "was refused, and what the background sync worker (in any process) last reported."
         ),
+        responses={400: {"model": ErrorOut, "description": "This API runs without sync."}},
     )
     def sync_status() -> dict[str, Any]:
         if sync is None:

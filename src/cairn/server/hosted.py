@@ -255,8 +255,7 @@ class Hosted:
         self, workspace_id: str, key_id: str, query: str, filters: Filters, limit: int, now: int
     ) -> list[Hit]:
         """The best ``limit`` memories for ``query``, fused like a device's recall."""
-        if not query or not query.strip():
-            raise InvalidInput("the query is empty; say what you are looking for")
+        model.check_query(query)
         if not 1 <= limit <= MAX_RECALL:
             raise InvalidInput(f"limit must be between 1 and {MAX_RECALL}")
         self.fold(workspace_id)

@@ -23,11 +23,16 @@ from cairn import __version__, model, protocol
 from cairn.api import edge
 from cairn.api.schemas import (
     HealthOut,
+    KindsFilter,
     ListOut,
+    ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
     RememberRequest,
+    SinceFilter,
+    TagsFilter,
+    UntilFilter,
 )
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import MAX_INT, Filters, iso
@@ -386,11 +391,11 @@ def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
 def list_memories(
     ctx: Context,
     key: Reader,
-    project: Annotated[str | None, Query(description="Only this project.")] = None,
-    kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
-    tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
-    since: Annotated[str | None, Query(description="Created at or after (ISO or 7d).")] = None,
-    until: Annotated[str | None, Query(description="Created before (ISO or 7d).")] = None,
+    project: ProjectFilter = None,
+    kind: KindsFilter = None,
+    tag: TagsFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
     limit: Annotated[int, Query(ge=1, le=hosted.MAX_LIST)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Any:

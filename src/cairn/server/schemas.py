@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.api.schemas import Text
 from cairn.model import MAX_INT
 from cairn.protocol import (
     HLC_PATTERN,
@@ -109,7 +110,7 @@ class DeviceIn(_Request):
 
 
 class EmbedIn(_Request):
-    texts: list[str] = Field(
+    texts: list[Text] = Field(
         description=f"1 to {hosted.MAX_EMBED} texts (each at most 64 KiB of UTF-8).",
         min_length=1,
         max_length=hosted.MAX_EMBED,
