@@ -390,3 +390,26 @@ def test_listing_bounds_its_integers_and_ages(hosted: tuple[SyncServer, str, str
         "/v1/recall", content=b"[" * 100_000, headers={"Content-Type": "application/json"}
     )
     assert deep.status_code == 422 and deep.json()["error"]["code"] == "invalid_input"
+
+
+def test_a_nul_in_a_pushed_memory_never_stops_the_index(
+    hosted: tuple[SyncServer, str, str],
+) -> None:
+    server, workspace_id, admin = hosted
+    device = HttpRemote(server.url, admin, device_id="laptop")
+    hlc = "1700000000001-0000-laptop"
+    nul = WireMutation("m-nul", "laptop", hlc, "mem-0", None, state("mem-0", "a\x00b", hlc))
+    with pytest.raises(Exception) as refused:
+        device.push([nul])
+    assert getattr(refused.value, "rejected", {})["m-nul"][0] == "bad_payload"
+    # One already in the log (an older server took it) is skipped: the rest stays searchable.
+    server.storage.push(workspace_id, [nul], None, now_ms())
+    later = "1700000000002-0000-laptop"
+    good = WireMutation(
+        "m-1", "laptop", later, "mem-1", None, state("mem-1", "flamegraphs show hot paths", later)
+    )
+    device.push([good])
+    agent = Agent(server.url, admin)
+    assert [hit["id"] for hit in agent.recall("flamegraphs")] == ["mem-1"]
+    assert agent.remember("We profile with flamegraphs").status_code == 201
+    device.close()

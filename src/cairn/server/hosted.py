@@ -142,7 +142,7 @@ class Hosted:
         links: dict[str, RelationState] = {}
         for mutation in mutations:
             try:
-                state = payload.decode(mutation)
+                state = indexable(mutation)
             except PayloadError as exc:  # pushes are checked; only an older server's may fail
                 log.warning("hosted index: %s skipped: %s", mutation.mutation_id, exc)
                 continue
@@ -356,7 +356,7 @@ def readable(mutations: Sequence[WireMutation]) -> None:
     rejected = {}
     for mutation in mutations:
         try:
-            payload.decode(mutation)
+            indexable(mutation)
         except PayloadError as exc:
             rejected[mutation.mutation_id] = (PayloadError.code, str(exc))
     if rejected:
@@ -366,6 +366,24 @@ def readable(mutations: Sequence[WireMutation]) -> None:
             f"payloads its server can read; first: {first[0]}: {first[1][1]}",
             rejected,
         )
+
+
+def indexable(mutation: WireMutation) -> MemoryState | RelationState:
+    """The state a hosted workspace's mutation carries, if its index can hold it; PayloadError
+    otherwise (unreadable, or text with a NUL, which PostgreSQL's text type refuses: one such
+    row would stop every later fold, and with it every recall of the workspace)."""
+    state = payload.decode(mutation)
+    if isinstance(state, RelationState):
+        texts = [state.from_id, state.to_id, state.type, state.hlc]
+    else:
+        m = state.memory
+        texts = [m.content, m.kind, m.project, *m.tags, m.topic_key or "", m.source]
+        texts += [m.content_hash, m.model_id or "", m.hlc, state.created_hlc]
+        texts += [*state.field_hlc, *state.field_hlc.values(), *state.ancestors]
+        texts += [t for r in state.revisions for t in (r.hlc, r.content, r.content_hash)]
+    if any("\x00" in text for text in texts):
+        raise PayloadError(f"mutation {mutation.mutation_id} holds a NUL character in its text")
+    return state
 
 
 def _state(memory_id: str, body: bytes) -> MemoryState:
