@@ -413,3 +413,11 @@ def test_a_nul_in_a_pushed_memory_never_stops_the_index(
     assert [hit["id"] for hit in agent.recall("flamegraphs")] == ["mem-1"]
     assert agent.remember("We profile with flamegraphs").status_code == 201
     device.close()
+
+
+def test_the_deepest_recall_is_served(hosted: tuple[SyncServer, str, str]) -> None:
+    # limit 1000 searches 4000 deep: over pgvector's ef_search ceiling, which was a 500.
+    server, _, admin = hosted
+    agent = Agent(server.url, admin)
+    assert agent.remember("We pin the database driver").status_code == 201
+    assert len(agent.recall("database driver", limit=1000)) == 1

@@ -69,7 +69,24 @@ MAX_WAIT = 60.0
 SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
 """A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
 
-router = APIRouter(route_class=edge.JsonRoute)
+# Operation ids are the endpoints' names (push, pull, create_key, ...): the links below use them.
+router = APIRouter(route_class=edge.JsonRoute, generate_unique_id_function=lambda r: r.name)
+
+
+def _links(**links: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """OpenAPI links: what a client (or a stateful fuzzer) may do next with this answer, as
+    name=(operation id, its parameters as runtime expressions)."""
+    out = {}
+    for name, (operation, parameters) in links.items():
+        body = parameters.pop("body", None)
+        out[name] = {"operationId": operation, "parameters": parameters}
+        if body is not None:
+            out[name]["requestBody"] = body
+    return {"links": out}
+
+
+_VERSION = "$response.body#/version"
+_AS_THE_NEW_KEY = {"header.Authorization": "Bearer {$response.body#/key}"}
 PUSH_BODY = inline_schema(PushIn)
 """The push body's schema, for the OpenAPI document (the route reads the body itself)."""
 _BEARER = edge.BearerKey("An API key of the workspace: `cairn server key create` makes one.")
@@ -154,7 +171,11 @@ def metrics(ctx: Context) -> Response:
             "content": {"application/json": {"schema": PUSH_BODY}},
         }
     },
-    responses={**_KEYED, **_BODY},
+    responses={
+        200: _links(PullFromTheStart=("pull", {"query.since": 0})),
+        **_KEYED,
+        **_BODY,
+    },
 )
 async def push(
     request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
@@ -178,7 +199,15 @@ async def push(
     tags=["sync"],
     summary="Mutations after a sequence number",
     description="In seq order; `next` resumes after this page and `has_more` says whether to.",
-    responses={200: {"model": PullOut, "description": "A page."}, **_KEYED, **edge.errors(422)},
+    responses={
+        200: {
+            "model": PullOut,
+            "description": "A page.",
+            **_links(NextPage=("pull", {"query.since": "$response.body#/next"})),
+        },
+        **_KEYED,
+        **edge.errors(422),
+    },
 )
 async def pull(
     request: Request,
@@ -410,7 +439,11 @@ def list_memories(
     response_model=KeyringOut,
     tags=["keyring"],
     summary="The workspace's keyring blob",
-    responses={**_KEYED, **edge.errors(404, e404="No keyring yet (not_found).")},
+    responses={
+        200: _links(Replace=("put_keyring", {"body": {"expected_version": _VERSION}})),
+        **_KEYED,
+        **edge.errors(404, e404="No keyring yet (not_found)."),
+    },
 )
 def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
@@ -429,6 +462,10 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     tags=["keyring"],
     summary="Replace the keyring (compare-and-swap)",
     responses={
+        200: _links(
+            ReplaceAgain=("put_keyring", {"body": {"expected_version": _VERSION}}),
+            Read=("get_keyring", {}),
+        ),
         **_KEYED,
         **_BODY,
         **edge.errors(409, e409="expected_version is not the current version (conflict)."),
@@ -452,7 +489,14 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     response_model=DeviceOut,
     tags=["devices"],
     summary="Register (or rename) a device",
-    responses={**_KEYED, **_BODY},
+    responses={
+        200: _links(
+            PushAsIt=("push", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+            PullAsIt=("pull", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+        ),
+        **_KEYED,
+        **_BODY,
+    },
 )
 def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
     ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
@@ -479,7 +523,16 @@ def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
     tags=["keys"],
     summary="Create an API key",
     response_description="Created.",
-    responses={**_KEYED, **_BODY},
+    responses={
+        201: _links(
+            StatusWithIt=("status", dict(_AS_THE_NEW_KEY)),
+            PushWithIt=("push", dict(_AS_THE_NEW_KEY)),
+            PullWithIt=("pull", dict(_AS_THE_NEW_KEY)),
+            RevokeIt=("revoke_key", {"path.key_id": "$response.body#/id"}),
+        ),
+        **_KEYED,
+        **_BODY,
+    },
 )
 def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """The response holds the key itself: it is shown this once and never stored."""
