@@ -322,3 +322,27 @@ def test_deeply_nested_json_is_invalid_input(client: httpx.Client, method: str, 
     )
     assert "JSON" in assert_error(response, 422, "invalid_input")
     assert latest_seq(client) == 0
+
+
+def test_a_405_names_every_method_of_the_path(client: httpx.Client) -> None:
+    response = client.options("/v1/keyring")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, PUT"
+    assert client.patch("/v1/auth/keys").headers["allow"] == "GET, POST"
+
+
+def test_the_document_states_the_real_contract(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    push = paths["/v1/sync/push"]["post"]
+    body = push["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["mutations"]["items"]["properties"]["hlc"]["pattern"]
+    assert {"401", "403", "413", "422", "429"} <= set(push["responses"])
+    assert set(paths["/v1/keyring"]["get"]["responses"]) >= {"200", "401", "404"}
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert (
+        "text/plain; version=0.0.4; charset=utf-8" in metrics and "application/json" not in metrics
+    )
+    made = client.post("/v1/auth/keys", json={"name": "laptop", "scopes": ["read"]})
+    assert made.status_code == 201  # and the name rule the document states is the one applied:
+    blank = client.post("/v1/auth/keys", json={"name": " ", "scopes": ["read"]})
+    assert_error(blank, 422, "invalid_input")

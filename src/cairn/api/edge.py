@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request, Response
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from cairn.api.schemas import ErrorOut
 from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited
@@ -134,11 +134,19 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the app serves at the request's path (Starlette names only
     the first route that matched the path, so a path with GET and POST routes said one)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _flatten(request.app.router.routes):
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _flatten(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route, those of included routers too (FastAPI keeps an included router whole;
+    both apps include theirs without a prefix, so its routes match paths as they are)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from _flatten(inner.routes) if inner is not None else (route,)
 
 
 def describe(errors: Sequence[Any]) -> str:
