@@ -115,3 +115,36 @@ def test_the_local_api_keeps_its_documented_contract(case: Case, api: Api) -> No
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_the_local_api_keeps_its_contract_under_long_fuzzing(case: Case, api: Api) -> None:
     call(case, api)
+
+
+def run_stateful(api: Api, scenarios: int, steps: int) -> None:
+    """Scenarios along the links schemathesis infers from the document (a remembered memory's
+    id goes to GET and DELETE /v1/memories/{memory_id})."""
+
+    class Workflow(fast_schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"base_url": api.url}
+
+        def after_call(self, response: Any, case: Case) -> None:
+            api.statuses[(f"stateful {case.operation.label}", response.status_code)] += 1
+
+    Workflow.run(
+        settings=settings(
+            Workflow.TestCase.settings,
+            max_examples=scenarios,
+            stateful_step_count=steps,
+            derandomize=True,
+            database=None,
+        )
+    )
+
+
+def test_linked_calls_keep_the_contract(api: Api) -> None:
+    run_stateful(api, scenarios=5, steps=6)
+    # The links were followed: a remembered memory was read back by its id.
+    assert api.statuses[("stateful GET /v1/memories/{memory_id}", 200)] > 0
+
+
+@pytest.mark.slow
+def test_linked_calls_keep_the_contract_in_long_runs(api: Api) -> None:
+    run_stateful(api, scenarios=200, steps=10)

@@ -47,6 +47,14 @@ _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 _INVALID = edge.errors(422)
 _NOT_FOUND = edge.errors(404, e404="No such (live) memory.")
 _TOO_LARGE = edge.errors(413, e413="Content over 64 KiB (content_too_large).")
+# What a client may do next with a remembered memory (OpenAPI links, followed by stateful tests).
+_MEMORY = {"path.memory_id": "$response.body#/id"}
+_WHAT_IT_MADE: dict[str, Any] = {
+    "links": {
+        "GetIt": {"operationId": "get_memory", "parameters": _MEMORY},
+        "ForgetIt": {"operationId": "forget", "parameters": _MEMORY},
+    }
+}
 _FOREIGN_HOST = edge.errors(403, e403="The Host header names another machine (host_not_allowed).")
 
 
@@ -79,6 +87,7 @@ def create_app(
         ),
         dependencies=[Depends(check_host)],
         responses=_FOREIGN_HOST,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: for the links
         exception_handlers=edge.handlers("the `cairn serve` log"),
     )
     app.router.route_class = edge.JsonRoute
@@ -96,7 +105,12 @@ def create_app(
         ),
         response_description="Created.",
         responses={
-            200: {"model": RememberOut, "description": "An identical memory already existed."},
+            201: _WHAT_IT_MADE,
+            200: {
+                "model": RememberOut,
+                "description": "An identical memory already existed.",
+                **_WHAT_IT_MADE,
+            },
             **_TOO_LARGE,
             **_INVALID,
         },
