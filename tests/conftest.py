@@ -129,6 +129,25 @@ def server_backend() -> str:
     return "sqlite"
 
 
+def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread: the server, the thread
+    and the base URL. Stop it with ``server.should_exit = True`` and join the thread."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the server thread died while starting"
+        assert time.monotonic() < deadline, "the server did not start within 30 s"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
 @dataclass
 class SyncServer:
     """A real sync server (uvicorn on 127.0.0.1) over a fresh data dir, with one workspace."""
@@ -162,25 +181,9 @@ def sync_server_factory(
         data = tmp_path / f"server-{len(running)}"
         storage = server_storage_for(server_backend, data, request)
         workspace, admin_key = keys.create_workspace(storage, "test", now_ms())
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(storage, settings, embedder),  # one model for the whole session
-                host="127.0.0.1",
-                port=0,
-                log_level="warning",
-                timeout_graceful_shutdown=1,
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        server, thread, url = serve(create_app(storage, settings, embedder))
         running.append((server, thread, storage))
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive(), "the sync server thread died while starting"
-            assert time.monotonic() < deadline, "the sync server did not start within 30 s"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        return SyncServer(f"http://127.0.0.1:{port}", data, storage, workspace, admin_key)
+        return SyncServer(url, data, storage, workspace, admin_key)
 
     yield start
     for server, thread, storage in running:

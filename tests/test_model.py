@@ -49,6 +49,12 @@ def test_parse_time_accepts_iso_and_ages() -> None:
         model.parse_time("last tuesday")
 
 
+@pytest.mark.parametrize("text", ["\u0667d", "7d\n7d", "\uff17d"])
+def test_an_age_is_ascii_digits_and_a_unit_only(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        model.parse_time(text)
+
+
 def test_uuid7_is_a_time_ordered_version_7_uuid() -> None:
     first, second = uuid7(1_000), uuid7(2_000)
     assert uuid.UUID(first).version == 7

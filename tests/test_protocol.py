@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cairn.errors import InvalidInput, MutationRejected
 from cairn.protocol import (
@@ -77,3 +80,46 @@ def test_an_encrypted_workspace_takes_sealed_envelopes_only() -> None:
     assert caught.value.rejected["m-3"][0] == "unsealed_payload"
     assert sealed_key_id(envelope(key_id=4)) == 4 and sealed_key_id(b"\x01short") is None
     check_batch([plain], sealed=False)  # what a hosted (plaintext) workspace will accept
+
+
+ARABIC_DIGITS = "\u0661\u0667\u0669\u0665\u0663\u0665\u0666\u0668\u0668\u0664\u0662\u0668\u0664"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mutation_id": "m-1\n"},
+        {"device_id": "dev\n"},
+        {"entity_id": "e\n"},
+        {"hlc": GOOD.hlc + "\n"},
+        {"scope": "0123456789abcdef\n"},
+        {"hlc": f"{ARABIC_DIGITS}-0001-dev"},  # 13 digits, but not ASCII ones
+        {"mutation_id": "m\u00e9"},
+    ],
+)
+def test_ids_clocks_and_scopes_must_match_whole_and_in_ascii(change: dict[str, str]) -> None:
+    bad = replace(GOOD, **change)
+    with pytest.raises(MutationRejected) as caught:
+        check_batch([bad])
+    assert caught.value.rejected[bad.mutation_id][0] == "invalid_mutation"
+
+
+text_or_valid = st.one_of(st.text(max_size=20), st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,20}\Z"))
+
+
+@given(
+    ids=st.tuples(text_or_valid, text_or_valid, text_or_valid, text_or_valid),
+    scope=st.none() | st.text(max_size=20),
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    cursor=st.text(max_size=10),
+)
+@settings(max_examples=200)
+def test_a_page_is_valid_json_whatever_its_strings_hold(
+    ids: tuple[str, str, str, str], scope: str | None, seq: int, cursor: str
+) -> None:
+    # The writer does not trust the checks that admitted the mutations: whatever reached the
+    # storage (an older server's rows, a bug elsewhere) still makes a page every client reads.
+    stored = WireMutation(ids[0], ids[1], ids[2], ids[3], scope, b"\x00\xffpayload", seq)
+    body = json.loads(page_body([stored, GOOD], cursor, False))
+    assert many_from_json(body["mutations"]) == [stored, GOOD]
+    assert body["next"] == cursor

@@ -19,9 +19,46 @@ DEFAULT_KIND = "note"
 DEFAULT_PROJECT = "default"
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_TAGS = 32
+MAX_INT = 2**53 - 1
+"""The largest integer a request may carry: well inside what the stores hold (SQLite INTEGER and
+PostgreSQL bigint are signed 64 bits), so none overflows a query, and the largest that a JSON
+reader working in doubles keeps exact, so a documented maximum means one value to every
+schema validator (2**63 - 1 and 2**63 + 191 are the same double)."""
+EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+"""The earliest time an ISO date can name (year 1); an age may not reach further back."""
 
-KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-TAG_PATTERN = re.compile(r"^[^\s,]{1,64}$")
+# The rules on values, as patterns that Python, pydantic (Rust) and JSON Schema (ECMA) read the
+# same way, so the HTTP APIs publish them as they are: character classes are spelled out (each
+# engine has its own \s), and what ``str.strip()`` removes (SPACE) may surround a value.
+SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""The characters ``str.isspace()`` calls white space, as a character class body."""
+CONTROL = r"\x00-\x1f\x7f-\x9f"
+KIND_INPUT = rf"^[{SPACE}]*[A-Za-z][A-Za-z0-9_]{{0,31}}[{SPACE}]*$"
+"""A kind: a word of ASCII letters, digits and _ (lowercased), 1-32 characters."""
+TAG_INPUT = rf"^[{SPACE}]*[^{SPACE}{CONTROL},]{{1,64}}[{SPACE}]*$"
+"""A tag: 1-64 characters, none of them white space, control or comma (lowercased)."""
+PROJECT_INPUT = (
+    rf"^[{SPACE}]*[^{SPACE}{CONTROL}](?:[^{CONTROL}]{{0,126}}[^{SPACE}{CONTROL}])?[{SPACE}]*$"
+)
+"""A project: 1-128 characters once trimmed, no control characters."""
+TOPIC_KEY_INPUT = rf"^[^{CONTROL}]{{0,256}}$"
+"""A topic key: at most 256 characters, no control characters (blank: none)."""
+CONTENT_INPUT = rf"^[^\x00]*[^{SPACE}\x00][^\x00]*$"
+"""Content: more than white space, and no NUL (PostgreSQL text cannot hold one)."""
+TIME_INPUT = (
+    r"^(?:[0-9]{1,9} ?[smhdw]|[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"(?:T(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?)$"
+)
+"""What a time filter looks like: an age (30m, 12h, 7d, 2w) or an ISO date or time (the
+calendar, e.g. no February 30, is checked when it is read)."""
+_KIND = re.compile(KIND_INPUT)
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+"""A kind as it is stored (lowercased and trimmed from what ``KIND_INPUT`` takes)."""
+_TAG = re.compile(TAG_INPUT)
+_PROJECT = re.compile(PROJECT_INPUT)
+_TOPIC_KEY = re.compile(TOPIC_KEY_INPUT)
+_AGE = re.compile(r"([0-9]{1,9})\s*([smhdw])", re.ASCII)
 _WS = re.compile(r"\s+")
 
 
@@ -221,10 +258,13 @@ def iso(ms: int) -> str:
 def parse_time(text: str) -> int:
     """Unix ms from an ISO-8601 date/time (UTC if no zone) or a relative age like ``7d``."""
     hint = f"cannot read the time {text!r}; use an ISO date like 2026-01-31 or an age like 7d"
-    rel = re.fullmatch(r"(\d{1,9})\s*([smhdw])", text.strip())
+    rel = _AGE.fullmatch(text.strip())
     if rel:
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[rel.group(2)]
-        return int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
+        since = int(datetime.now(tz=UTC).timestamp() * 1000) - int(rel.group(1)) * seconds * 1000
+        if since < EARLIEST_MS:
+            raise InvalidInput(f"the age {text!r} reaches back past the year 1; use a shorter one")
+        return since
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError as exc:
@@ -263,6 +303,8 @@ def content_hash(content: str) -> str:
 def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
     if not isinstance(content, str) or not content.strip():
         raise ContentEmpty("the memory is empty; give it some text to remember")
+    if "\x00" in content:
+        raise InvalidInput("the memory holds a NUL character; remove it (text only)")
     size = len(content.encode("utf-8"))
     if size > max_bytes:
         raise ContentTooLarge(
@@ -272,45 +314,50 @@ def check_content(content: str, max_bytes: int = MAX_CONTENT_BYTES) -> str:
     return content.strip()
 
 
+def check_query(query: str) -> str:
+    """A search query: more than white space, no NUL."""
+    if not query or not query.strip():
+        raise InvalidInput("the query is empty; say what you are looking for")
+    if "\x00" in query:
+        raise InvalidInput("the query holds a NUL character; remove it")
+    return query
+
+
 def check_kind(kind: str) -> str:
-    normal = kind.strip().lower()
-    if not KIND_PATTERN.match(normal):
-        raise InvalidInput(
-            f"kind {kind!r} is not valid; use a lowercase word such as {', '.join(KINDS)}"
-        )
-    return normal
+    if not _KIND.fullmatch(kind):
+        raise InvalidInput(f"kind {kind!r} is not valid; use a word such as {', '.join(KINDS)}")
+    return kind.strip().lower()
 
 
 def check_project(project: str) -> str:
-    project = project.strip()
-    if not project or len(project) > 128:
-        raise InvalidInput("the project name must be 1 to 128 characters")
-    return project
+    if not _PROJECT.fullmatch(project):
+        raise InvalidInput(
+            "the project name must be 1 to 128 characters, without control characters"
+        )
+    return project.strip()
 
 
 def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    out: set[str] = set()
-    for raw in tags:
-        tag = raw.strip().lower()
-        if not TAG_PATTERN.match(tag):
-            raise InvalidInput(
-                f"tag {raw!r} is not valid; tags are 1-64 characters with no spaces or commas"
-            )
-        out.add(tag)
-    if len(out) > MAX_TAGS:
+    given = list(tags)
+    if len(given) > MAX_TAGS:
         raise InvalidInput(f"a memory takes at most {MAX_TAGS} tags")
+    out: set[str] = set()
+    for raw in given:
+        if not _TAG.fullmatch(raw):
+            raise InvalidInput(
+                f"tag {raw!r} is not valid; tags are 1-64 characters with no spaces, commas "
+                "or control characters"
+            )
+        out.add(raw.strip().lower())
     return tuple(sorted(out))
 
 
 def check_topic_key(topic_key: str | None) -> str | None:
     if topic_key is None:
         return None
-    topic_key = topic_key.strip()
-    if not topic_key:
-        return None
-    if len(topic_key) > 256:
-        raise InvalidInput("topic_key must be at most 256 characters")
-    return topic_key
+    if not _TOPIC_KEY.fullmatch(topic_key):
+        raise InvalidInput("topic_key must be at most 256 characters, without control characters")
+    return topic_key.strip() or None
 
 
 def check_relation_type(type_: str) -> str:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import struct
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from cairn.errors import InvalidInput, MutationRejected
@@ -52,9 +52,15 @@ MAX_PULL_LIMIT = 10_000
 MAX_SEQ = 2**63 - 1
 """The largest sequence number (a signed 64-bit integer in every database)."""
 
-_ID = re.compile(r"^[0-9A-Za-z_.:|-]{1,160}$")
-_HLC = re.compile(r"^[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}$")
-_SCOPE = re.compile(r"^[0-9a-f]{8,64}$")
+# Each is matched whole (``fullmatch``: ``$`` would also match before a final newline) and in
+# ASCII only (``\d`` would take any script's digits). The patterns are also published in the
+# servers' OpenAPI documents, whose regex dialect reads them the same way.
+ID_PATTERN = r"^[0-9A-Za-z_.:|-]{1,160}$"
+HLC_PATTERN = r"^[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,64}$"
+SCOPE_PATTERN = r"^[0-9a-f]{8,64}$"
+_ID = re.compile(ID_PATTERN, re.ASCII)
+_HLC = re.compile(HLC_PATTERN, re.ASCII)
+_SCOPE = re.compile(SCOPE_PATTERN, re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -245,20 +251,21 @@ def from_json(data: Any) -> WireMutation:
 def page_body(mutations: Sequence[WireMutation], cursor: str, has_more: bool) -> bytes:
     """A pull page as JSON bytes, written directly: three times faster than ``json.dumps``.
 
-    Safe only for stored mutations: ``problem()`` admitted their ids, clock and scope, whose
-    characters need no JSON escaping, and base64 needs none either.
+    Every string goes through the JSON encoder's own escaping (C code), so the page is valid JSON
+    whatever the storage holds: one bad row must never make a workspace's every later page
+    unreadable. Integers are formatted as integers and the payload is base64, which needs none.
     """
     b64 = base64.b64encode
     items = b",".join(
-        b'{"v":%d,"mutation_id":"%s","device_id":"%s","hlc":"%s","entity_id":"%s","scope":%s,'
+        b'{"v":%d,"mutation_id":%s,"device_id":%s,"hlc":%s,"entity_id":%s,"scope":%s,'
         b'"payload":"%s","seq":%d}'
         % (
             m.version,
-            m.mutation_id.encode(),
-            m.device_id.encode(),
-            m.hlc.encode(),
-            m.entity_id.encode(),
-            b'"%s"' % m.scope.encode() if m.scope is not None else b"null",
+            _string(m.mutation_id),
+            _string(m.device_id),
+            _string(m.hlc),
+            _string(m.entity_id),
+            _string(m.scope) if m.scope is not None else b"null",
             b64(m.payload),
             m.seq or 0,
         )
@@ -266,7 +273,7 @@ def page_body(mutations: Sequence[WireMutation], cursor: str, has_more: bool) ->
     )
     return b'{"mutations":[%s],"next":%s,"has_more":%s}' % (
         items,
-        json.dumps(cursor).encode(),
+        _string(cursor),
         b"true" if has_more else b"false",
     )
 
@@ -287,6 +294,11 @@ def page_from_json(body: Any) -> PullPage:
         if mutation.seq is None:
             raise InvalidInput("a pull page holds a mutation without its seq")
     return PullPage(mutations, cursor, has_more)
+
+
+def _string(text: str) -> bytes:
+    """``text`` as a JSON string literal (quoted, escaped, ASCII)."""
+    return encode_basestring_ascii(text).encode("ascii")
 
 
 def many_from_json(items: Any) -> list[WireMutation]:

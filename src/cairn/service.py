@@ -317,8 +317,7 @@ class Store:
 
     def recall(self, query: str, filters: Filters | None = None, limit: int = 10) -> list[Hit]:
         """The memories that best match ``query`` by meaning and by keyword, best first."""
-        if not query or not query.strip():
-            raise InvalidInput("the query is empty; say what you are looking for")
+        model.check_query(query)
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
         return hybrid.recall(

@@ -25,7 +25,7 @@ import uvicorn
 
 from cairn.api import create_app
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import Store
+from cairn.service import MAX_OFFSET, Store
 from cairn.store.db import Database
 
 
@@ -370,3 +370,27 @@ def test_cairn_serve_runs_the_api(
     assert process.returncode == 0, output
     with Store(Database(Path(cairn_env["CAIRN_HOME"]) / "cairn.db"), embedder) as store:
         assert [m.content for m in store.list()] == ["Served over HTTP"]
+
+
+def test_integers_and_ages_are_bounded(client: httpx.Client) -> None:
+    remember(client, "We pin the database driver")
+    far = client.get(f"/v1/memories?offset={MAX_OFFSET}")
+    assert far.status_code == 200 and far.json() == {"memories": [], "total": 1}
+    assert_error(client.get(f"/v1/memories?offset={MAX_OFFSET + 1}"), 422, "invalid_input")
+    documented = client.get("/openapi.json").json()["paths"]["/v1/memories"]["get"]
+    (offset,) = (p for p in documented["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == MAX_OFFSET  # the schema says what the store accepts
+    old = client.post("/v1/recall", json={"query": "driver", "since": "999999999w"})
+    assert_error(old, 422, "invalid_input")
+
+
+@pytest.mark.parametrize("path", ["/v1/memories", "/v1/recall"])
+def test_deeply_nested_json_is_invalid_input(client: httpx.Client, path: str) -> None:
+    response = client.post(
+        path, content=b"[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert "JSON" in assert_error(response, 422, "invalid_input")
+    undecodable = client.post(
+        path, content=b'{"content": "\xff"}', headers={"Content-Type": "application/json"}
+    )
+    assert "JSON" in assert_error(undecodable, 422, "invalid_input")

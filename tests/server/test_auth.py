@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cairn.errors import AuthFailed, Forbidden, RateLimited
+from cairn.errors import AuthFailed, Forbidden, InvalidInput, RateLimited
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
-from cairn.server.context import ServerSettings
+from cairn.server import keys
+from cairn.server.context import ServerSettings, now_ms
 
 from ..conftest import a_keyring, envelope
 
@@ -234,3 +235,10 @@ def test_a_long_poll_answers_401_once_its_key_is_revoked(
     assert not waiter.is_alive()
     assert "revoked" in assert_error(answer[0], 401, "auth_failed")
     assert "m-1" not in answer[0].text
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\u0661acme"])
+def test_a_workspace_name_must_match_whole_and_in_ascii(sync_server: SyncServer, name: str) -> None:
+    with pytest.raises(InvalidInput, match="workspace name"):
+        keys.create_workspace(sync_server.storage, name, now_ms())
+    assert [w.name for w in sync_server.storage.workspaces()] == ["test"]

@@ -21,7 +21,7 @@ from cairn.remotes.http import HttpRemote
 from cairn.server import keys
 from cairn.server.context import now_ms
 from cairn.server.hosted import Hosted
-from cairn.service import Store
+from cairn.service import MAX_OFFSET, Store
 from cairn.store.db import Database
 from cairn.sync import payload
 from cairn.syncing import Syncer
@@ -420,3 +420,52 @@ def test_devices_and_cloud_agents_share_one_hosted_workspace(
         laptop.forget(cloud["id"])
         syncer.push()
         assert cloud["id"] not in [h["id"] for h in agent.recall("where do load tests run?")]
+
+
+def test_listing_bounds_its_integers_and_ages(hosted: tuple[SyncServer, str, str]) -> None:
+    server, _, admin = hosted
+    agent = Agent(server.url, admin)
+    assert agent.remember("We pin the database driver").status_code == 201
+    far = agent.client.get(f"/v1/memories?offset={MAX_OFFSET}")
+    assert far.status_code == 200 and far.json() == {"memories": [], "total": 1}
+    for query in (f"offset={2**63}", "since=999999999w", "until=999999999w"):
+        response = agent.client.get(f"/v1/memories?{query}")
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_input"
+    response = agent.client.post("/v1/recall", json={"query": "driver", "since": "999999999w"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+    deep = agent.client.post(
+        "/v1/recall", content=b"[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert deep.status_code == 422 and deep.json()["error"]["code"] == "invalid_input"
+
+
+def test_a_nul_in_a_pushed_memory_never_stops_the_index(
+    hosted: tuple[SyncServer, str, str],
+) -> None:
+    server, workspace_id, admin = hosted
+    device = HttpRemote(server.url, admin, device_id="laptop")
+    hlc = "1700000000001-0000-laptop"
+    nul = WireMutation("m-nul", "laptop", hlc, "mem-0", None, state("mem-0", "a\x00b", hlc))
+    with pytest.raises(Exception) as refused:
+        device.push([nul])
+    assert getattr(refused.value, "rejected", {})["m-nul"][0] == "bad_payload"
+    # One already in the log (an older server took it) is skipped: the rest stays searchable.
+    server.storage.push(workspace_id, [nul], None, now_ms())
+    later = "1700000000002-0000-laptop"
+    good = WireMutation(
+        "m-1", "laptop", later, "mem-1", None, state("mem-1", "flamegraphs show hot paths", later)
+    )
+    device.push([good])
+    agent = Agent(server.url, admin)
+    assert [hit["id"] for hit in agent.recall("flamegraphs")] == ["mem-1"]
+    assert agent.remember("We profile with flamegraphs").status_code == 201
+    device.close()
+
+
+def test_the_deepest_recall_is_served(hosted: tuple[SyncServer, str, str]) -> None:
+    # limit 1000 searches 4000 deep: over pgvector's ef_search ceiling, which was a 500.
+    server, _, admin = hosted
+    agent = Agent(server.url, admin)
+    assert agent.remember("We pin the database driver").status_code == 201
+    assert len(agent.recall("database driver", limit=1000)) == 1

@@ -10,9 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cairn import __version__
+from cairn import __version__, protocol
 from cairn.errors import PayloadTooLarge
+from cairn.model import MAX_INT
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server.context import ServerSettings
@@ -214,3 +217,132 @@ def test_a_long_poll_sees_pushes_that_bypass_this_process(sync_server: SyncServe
     assert [m.mutation_id for m in page.mutations] == ["m-1"]
     assert time.monotonic() - started < 5
     remote.close()
+
+
+def pull_everything(client: httpx.Client) -> list[dict[str, Any]]:
+    """Every mutation of the workspace, each page decoded as strict JSON (as any client would)."""
+    found: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        response = client.get(f"/v1/sync/pull?since={since}&limit=2")
+        assert response.status_code == 200, response.text
+        page = json.loads(response.content)
+        found += page["mutations"]
+        if not page["has_more"]:
+            return found
+        since = int(page["next"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mutation_id": "x\n"},
+        {"device_id": "dev-a\n"},
+        {"entity_id": "e\n"},
+        {"hlc": wire(2).hlc + "\n"},
+        {"scope": "aaaaaaaa\n"},
+        {"hlc": "\u0661\u0667" + wire(2).hlc[2:]},  # Arabic-Indic digits are \d, not ASCII
+    ],
+)
+def test_a_mutation_whose_fields_match_only_before_a_newline_is_refused(
+    client: httpx.Client, change: dict[str, str]
+) -> None:
+    bad = {**mutation(2), **change}
+    response = client.post("/v1/sync/push", json={"mutations": [mutation(1), bad]})
+    assert_error(response, 422, "invalid_mutation")
+    assert latest_seq(client) == 0
+    assert client.post("/v1/sync/push", json={"mutations": [mutation(3)]}).status_code == 200
+    assert [m["mutation_id"] for m in pull_everything(client)] == ["m-3"]
+
+
+_VALID = {
+    "mutation_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "device_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "entity_id": st.from_regex(r"\A[0-9A-Za-z_.:|-]{1,12}\Z"),
+    "hlc": st.from_regex(r"\A[0-9]{13}-[0-9a-f]{4}-[0-9A-Za-z_-]{1,12}\Z"),
+    "scope": st.none() | st.from_regex(r"\A[0-9a-f]{8,16}\Z"),
+}
+# A final newline (what `$` lets through) half the time; characters JSON must escape otherwise.
+_TRICKY = st.just("\n") | st.sampled_from(['"', "\\", "\x00", "\u2028", "\u0661", "\r\n", " "])
+
+
+@st.composite
+def _fuzzed_mutation(draw: st.DrawFn) -> dict[str, Any]:
+    """A mutation whose fields are valid, or all but one with a character added."""
+    fields = {name: draw(strategy) for name, strategy in _VALID.items()}
+    for name in draw(st.lists(st.sampled_from(sorted(_VALID)), max_size=1)):
+        fields[name] = (fields[name] or "") + draw(_TRICKY)
+    return {**mutation(0), **fields}
+
+
+@given(batch=st.lists(_fuzzed_mutation(), min_size=1, max_size=2))
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_every_page_a_fuzzed_push_leaves_is_valid_json(
+    client: httpx.Client, batch: list[dict[str, Any]]
+) -> None:
+    pushed = client.post("/v1/sync/push", json={"mutations": batch})
+    assert pushed.status_code in (200, 422), pushed.text
+    for item in pull_everything(client):
+        assert protocol.problem(protocol.from_json(item)) is None, item
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("/v1/sync/pull", "since"), ("/v1/audit", "before")],
+)
+def test_integer_parameters_are_bounded_by_what_the_database_holds(
+    client: httpx.Client, path: str, name: str
+) -> None:
+    assert client.get(f"{path}?{name}={MAX_INT}").status_code == 200
+    for too_big in (MAX_INT + 1, 2**63, 10**30):
+        assert_error(client.get(f"{path}?{name}={too_big}"), 422, "invalid_input")
+
+
+def test_a_keyring_version_is_bounded(client: httpx.Client) -> None:
+    body = {"blob": "AAAA", "expected_version": 2**63}
+    assert_error(client.put("/v1/keyring", json=body), 422, "invalid_input")
+    stale = client.put("/v1/keyring", json={**body, "expected_version": MAX_INT})
+    assert_error(stale, 409, "conflict")
+
+
+DEEP = b"[" * 100_000  # 100 KB, well under the body limit
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/sync/push"), ("PUT", "/v1/keyring"), ("POST", "/v1/devices")],
+)
+def test_deeply_nested_json_is_invalid_input(client: httpx.Client, method: str, path: str) -> None:
+    response = client.request(
+        method, path, content=DEEP, headers={"Content-Type": "application/json"}
+    )
+    assert "JSON" in assert_error(response, 422, "invalid_input")
+    assert latest_seq(client) == 0
+
+
+def test_a_405_names_every_method_of_the_path(client: httpx.Client) -> None:
+    response = client.options("/v1/keyring")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, PUT"
+    assert client.patch("/v1/auth/keys").headers["allow"] == "GET, POST"
+
+
+def test_the_document_states_the_real_contract(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    push = paths["/v1/sync/push"]["post"]
+    body = push["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["mutations"]["items"]["properties"]["hlc"]["pattern"]
+    assert {"401", "403", "413", "422", "429"} <= set(push["responses"])
+    assert set(paths["/v1/keyring"]["get"]["responses"]) >= {"200", "401", "404"}
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert (
+        "text/plain; version=0.0.4; charset=utf-8" in metrics and "application/json" not in metrics
+    )
+    made = client.post("/v1/auth/keys", json={"name": "laptop", "scopes": ["read"]})
+    assert made.status_code == 201  # and the name rule the document states is the one applied:
+    blank = client.post("/v1/auth/keys", json={"name": " ", "scopes": ["read"]})
+    assert_error(blank, 422, "invalid_input")

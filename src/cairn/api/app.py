@@ -11,23 +11,24 @@ import errno
 import hmac
 import socket
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from cairn import SyncControl, __version__, build, model
+from cairn.api import edge
 from cairn.api.schemas import (
     EditRequest,
     ErrorOut,
     HealthOut,
+    KindsFilter,
     ListOut,
     MemoryDetailOut,
     MemoryOut,
+    ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
@@ -35,30 +36,31 @@ from cairn.api.schemas import (
     StatsOut,
     SyncNowOut,
     SyncStatusOut,
+    TagsFilter,
 )
 from cairn.config import Settings
-from cairn.errors import CairnError, InvalidInput, StoreError, SyncError, SyncNotConfigured
+from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
-from cairn.service import MAX_LIMIT, Store
+from cairn.service import MAX_LIMIT, MAX_OFFSET, Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 
-# Errors that are not CairnErrors (unknown route, wrong method, foreign Host) get a code too.
-_HTTP_CODES = {
-    401: "unauthorized",
-    403: "host_not_allowed",
-    404: "not_found",
-    405: "method_not_allowed",
-}
-
 # OpenAPI entries for the errors each route can return (all in the ErrorOut shape).
-_Responses = dict[int | str, dict[str, Any]]
-_INVALID: _Responses = {422: {"model": ErrorOut, "description": "Invalid input; nothing changed."}}
-_NOT_FOUND: _Responses = {404: {"model": ErrorOut, "description": "No such (live) memory."}}
-_TOO_LARGE: _Responses = {413: {"model": ErrorOut, "description": "Content over 64 KiB."}}
+_INVALID = edge.errors(422)
+_NOT_FOUND = edge.errors(404, e404="No such (live) memory.")
+_TOO_LARGE = edge.errors(413, e413="Content over 64 KiB (content_too_large).")
+# What a client may do next with a remembered memory (OpenAPI links, followed by stateful tests).
+_MEMORY = {"path.memory_id": "$response.body#/id"}
+_WHAT_IT_MADE: dict[str, Any] = {
+    "links": {
+        "GetIt": {"operationId": "get_memory", "parameters": _MEMORY},
+        "ForgetIt": {"operationId": "forget", "parameters": _MEMORY},
+    }
+}
+_FOREIGN_HOST = edge.errors(403, e403="The Host header names another machine (host_not_allowed).")
 
 
 def create_app(
@@ -102,13 +104,11 @@ def create_app(
             '`{"error": {"code": ..., "message": ...}}`; bad input changes nothing.'
         ),
         dependencies=[Depends(check_host), Depends(check_token)],
-        exception_handlers={
-            CairnError: _on_cairn_error,
-            RequestValidationError: _on_invalid_request,
-            HTTPException: _on_http_error,
-            Exception: _on_unexpected,
-        },
+        responses=_FOREIGN_HOST,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: for the links
+        exception_handlers=edge.handlers("the `cairn serve` log"),
     )
+    app.router.route_class = edge.JsonRoute
 
     @app.post(
         "/v1/memories",
@@ -123,7 +123,12 @@ def create_app(
         ),
         response_description="Created.",
         responses={
-            200: {"model": RememberOut, "description": "An identical memory already existed."},
+            201: _WHAT_IT_MADE,
+            200: {
+                "model": RememberOut,
+                "description": "An identical memory already existed.",
+                **_WHAT_IT_MADE,
+            },
             **_TOO_LARGE,
             **_INVALID,
         },
@@ -165,11 +170,11 @@ def create_app(
         responses=_INVALID,
     )
     def list_memories(
-        project: Annotated[str | None, Query(description="Only this project.")] = None,
-        kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
-        tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
+        project: ProjectFilter = None,
+        kind: KindsFilter = None,
+        tag: TagsFilter = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         filters = Filters.parse(project, kind or [], tag or [])
         return {
@@ -239,6 +244,7 @@ def create_app(
             "Answered from the store without asking the remote: what waits to be sent, what "
             "was refused, and what the background sync worker (in any process) last reported."
         ),
+        responses={400: {"model": ErrorOut, "description": "This API runs without sync."}},
     )
     def sync_status() -> dict[str, Any]:
         if sync is None:
@@ -269,7 +275,7 @@ def create_app(
         except SyncNotConfigured:
             raise
         except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
-            return _error(502, exc.code, exc.message)
+            return edge.error(502, exc.code, exc.message)
 
     @app.get(
         "/healthz",
@@ -363,49 +369,3 @@ def _host_name(host: str) -> str:
     if host.count(":") == 1:
         return host.partition(":")[0]
     return host
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-async def _on_cairn_error(request: Request, exc: CairnError) -> JSONResponse:
-    return _error(exc.http_status, exc.code, exc.message)
-
-
-async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return await _on_cairn_error(request, InvalidInput(_describe(exc.errors())))
-
-
-async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = str(exc.detail)
-    if exc.status_code in (404, 405):
-        message = f"{request.method} {request.url.path}: {exc.detail}; /docs lists the routes"
-    return _error(exc.status_code, code, message)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette re-raises after this response, so the traceback still reaches the server log.
-    return await _on_cairn_error(
-        request, CairnError(f"unexpected {type(exc).__name__}; see the `cairn serve` log")
-    )
-
-
-def _describe(errors: Sequence[Any]) -> str:
-    """One sentence from pydantic's validation errors, naming each bad field."""
-    parts = []
-    for error in errors:
-        if error["type"] == "json_invalid":
-            return (
-                f"the request body is not valid JSON ({error['ctx']['error']} at character "
-                f"{error['loc'][-1]}); send a JSON object as shown in /docs"
-            )
-        loc = [str(part) for part in error["loc"]]
-        if loc == ["body"]:
-            return (
-                "the request body must be a JSON object sent with "
-                "Content-Type: application/json; /docs shows the expected shape"
-            )
-        parts.append(f"{'.'.join(loc[1:]) or loc[0]}: {error['msg']}")
-    return "; ".join(parts) + "; /docs shows the expected shape"

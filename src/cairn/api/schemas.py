@@ -1,18 +1,53 @@
 """The JSON shapes of the local HTTP API, as pydantic models so /docs and /openapi.json show them.
 
-Request models only check types and forbid unknown fields (a misspelt ``tag`` for ``tags`` is
-an error, not silently ignored); the rules on values (empty content, size, kind and tag syntax)
-live in ``cairn.model`` and are applied by the service, so every edge enforces the same ones.
+Request models forbid unknown fields (a misspelt ``tag`` for ``tags`` is an error, not silently
+ignored) and publish the rules on values that ``cairn.model`` applies (its patterns), so the
+document says what the service takes; the service applies them again, so every edge enforces
+the same ones. Content's 64 KiB are UTF-8 bytes, which a schema cannot count: over them is 413.
 Response models mirror the ``to_dict`` methods of ``cairn.model``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.model import (
+    CONTENT_INPUT,
+    KIND_INPUT,
+    MAX_TAGS,
+    PROJECT_INPUT,
+    TAG_INPUT,
+    TIME_INPUT,
+    TOPIC_KEY_INPUT,
+)
 from cairn.service import MAX_LIMIT
+
+
+def optional(pattern: str) -> str:
+    """``pattern`` (anchored) or the empty string, which means "the default" or "no filter"."""
+    return f"^(?:{pattern[1:-1]})?$"
+
+
+Kind = Annotated[str, Field(pattern=KIND_INPUT)]
+Tag = Annotated[str, Field(pattern=TAG_INPUT)]
+Text = Annotated[str, Field(pattern=CONTENT_INPUT)]
+ProjectFilter = Annotated[
+    str | None, Query(pattern=optional(PROJECT_INPUT), description="Only this project.")
+]
+KindsFilter = Annotated[list[Kind] | None, Query(description="Only these kinds.")]
+TagsFilter = Annotated[
+    list[Tag] | None, Query(max_length=MAX_TAGS, description="Only with all these tags.")
+]
+SinceFilter = Annotated[
+    str | None,
+    Query(pattern=optional(TIME_INPUT), description="Created at or after (ISO or 7d)."),
+]
+UntilFilter = Annotated[
+    str | None, Query(pattern=optional(TIME_INPUT), description="Created before (ISO or 7d).")
+]
 
 _TIME = "an ISO-8601 date or time (UTC if no zone), or an age such as 30m, 12h, 7d, 2w"
 
@@ -23,20 +58,27 @@ class _Request(BaseModel):
 
 class RememberRequest(_Request):
     content: str = Field(
+        pattern=CONTENT_INPUT,
         description="The text to remember (at most 64 KiB of UTF-8).",
         examples=["We deploy with blue-green releases behind the load balancer"],
     )
     kind: str | None = Field(
         None,
+        pattern=optional(KIND_INPUT),
         description="decision, fact, preference, note (default), gotcha, ...",
         examples=["decision"],
     )
     project: str | None = Field(
-        None, description="The project it belongs to; default: the server's default project."
+        None,
+        pattern=optional(PROJECT_INPUT),
+        description="The project it belongs to; default: the server's default project.",
     )
-    tags: list[str] = Field(default_factory=list, description="Tags, e.g. deploy or infra.")
+    tags: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Tags, e.g. deploy or infra."
+    )
     topic_key: str | None = Field(
         None,
+        pattern=TOPIC_KEY_INPUT,
         description="A later memory with the same project and topic_key supersedes this one.",
     )
 
@@ -54,14 +96,27 @@ class EditRequest(_Request):
 
 class RecallRequest(_Request):
     query: str = Field(
+        pattern=CONTENT_INPUT,
         description="What you are looking for, in words.",
         examples=["how do we ship to production?"],
     )
-    project: str | None = Field(None, description="Only this project; default: every project.")
-    kinds: list[str] = Field(default_factory=list, description="Only these kinds.")
-    tags: list[str] = Field(default_factory=list, description="Only memories with all these tags.")
-    since: str | None = Field(None, description=f"Only memories created at or after: {_TIME}.")
-    until: str | None = Field(None, description=f"Only memories created before: {_TIME}.")
+    project: str | None = Field(
+        None,
+        pattern=optional(PROJECT_INPUT),
+        description="Only this project; default: every project.",
+    )
+    kinds: list[Kind] = Field(default_factory=list, description="Only these kinds.")
+    tags: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Only memories with all these tags."
+    )
+    since: str | None = Field(
+        None,
+        pattern=optional(TIME_INPUT),
+        description=f"Only memories created at or after: {_TIME}.",
+    )
+    until: str | None = Field(
+        None, pattern=optional(TIME_INPUT), description=f"Only memories created before: {_TIME}."
+    )
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many results at most.")
 
 
@@ -195,9 +250,19 @@ class HealthOut(BaseModel):
     version: str
 
 
+class RejectedOut(BaseModel):
+    mutation_id: str
+    code: str = Field(description="Why: invalid_mutation, unsealed_payload, revoked_key, ...")
+    message: str
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable, for programs: not_found, content_too_large, ...")
     message: str = Field(description="For people: what went wrong and what to do next.")
+    rejected: list[RejectedOut] = Field(
+        default_factory=list,
+        description="A refused push (invalid_mutation) only: each refused mutation and why.",
+    )
 
 
 class ErrorOut(BaseModel):

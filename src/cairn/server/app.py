@@ -2,8 +2,7 @@
 
 Errors are ``{"error": {"code", "message"}}`` with the status from ``cairn.errors`` (a refused
 batch adds ``"rejected": [{mutation_id, code, message}]``), for unknown routes and wrong
-methods too, so a client maps any failure back to an exception by its code. A failure of the
-server's own database is a 503 whose details go to the server's log, not to the client.
+methods too (``cairn.api.edge``), so a client maps any failure back to an exception by its code.
 """
 
 from __future__ import annotations
@@ -12,24 +11,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cairn import __version__
+from cairn.api import edge
 from cairn.embedding.base import Embedder
-from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited, StoreError
 from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
@@ -44,8 +39,6 @@ SHUTDOWN_GRACE = 5
 
 _log = logging.getLogger("cairn.server")
 _WORKER_ENV = "CAIRN_SERVER_WORKER"  # what `run_workers` hands each worker process
-# Errors that are not CairnErrors (unknown route, wrong method) get a code too.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def create_app(
@@ -62,12 +55,7 @@ def create_app(
             "Authenticate with `Authorization: Bearer cairn_...`. Errors are "
             '`{"error": {"code": ..., "message": ...}}`; a refused request changes nothing.'
         ),
-        exception_handlers={
-            CairnError: _on_cairn_error,
-            RequestValidationError: _on_invalid_request,
-            HTTPException: _on_http_error,
-            Exception: _on_unexpected,
-        },
+        exception_handlers=edge.handlers("the `cairn server run` log", _log),
     )
     app.state.cairn = context
     app.include_router(router)
@@ -188,56 +176,3 @@ def worker_app() -> FastAPI:
     app = create_app(storage, ServerSettings(**spec["settings"]))
     app.router.add_event_handler("shutdown", storage.close)
     return app
-
-
-def _error(exc: CairnError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
-
-
-async def _on_cairn_error(request: Request, exc: CairnError) -> JSONResponse:
-    if isinstance(exc, StoreError):
-        # Trigger: the server's own database failed (restarting, unreachable, locked). Why: its
-        # message names the database (URL, role, host, file) and is for the operator, who
-        # otherwise never sees it. Outcome: logged here; the client gets a 503 without it,
-        # which it retries as it retries an unreachable server.
-        _log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        message = "the server's database failed this request; sync again in a moment"
-        return JSONResponse({"error": {"code": exc.code, "message": message}}, status_code=503)
-    if isinstance(exc, RateLimited):
-        return _error(exc, {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
-    if isinstance(exc, AuthFailed):
-        return _error(exc, {"WWW-Authenticate": 'Bearer realm="cairn"'})
-    return _error(exc)
-
-
-async def _on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(InvalidInput(_describe(exc.errors())))
-
-
-async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    message = str(exc.detail)
-    if exc.status_code in (404, 405):
-        message = f"{request.method} {request.url.path}: {exc.detail}; /docs lists the routes"
-    body = {"error": {"code": _HTTP_CODES.get(exc.status_code, "http_error"), "message": message}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette re-raises after this response, so the traceback still reaches the server log.
-    return _error(CairnError(f"unexpected {type(exc).__name__}; see the `cairn server run` log"))
-
-
-def _describe(errors: Sequence[Any]) -> str:
-    """One sentence from pydantic's validation errors, naming each bad field."""
-    parts = []
-    for error in errors:
-        if error["type"] == "json_invalid":
-            return "the request body is not valid JSON; send a JSON object as shown in /docs"
-        loc = [str(part) for part in error["loc"]]
-        if loc == ["body"]:
-            return (
-                "the request body must be a JSON object sent with "
-                "Content-Type: application/json; /docs shows the expected shape"
-            )
-        parts.append(f"{'.'.join(loc)}: {error['msg']}")
-    return "; ".join(parts) + "; /docs shows the expected shape"

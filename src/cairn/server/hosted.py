@@ -41,7 +41,7 @@ from cairn.model import (
 from cairn.protocol import HOSTED, WireMutation
 from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
-from cairn.service import MAX_LIMIT, NewMemory
+from cairn.service import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.sync import payload
 from cairn.sync.merge import edited, forgotten, merge_memory, merge_relation
 from cairn.sync.payload import PayloadError
@@ -142,7 +142,7 @@ class Hosted:
         links: dict[str, RelationState] = {}
         for mutation in mutations:
             try:
-                state = payload.decode(mutation)
+                state = indexable(mutation)
             except PayloadError as exc:  # pushes are checked; only an older server's may fail
                 log.warning("hosted index: %s skipped: %s", mutation.mutation_id, exc)
                 continue
@@ -255,8 +255,7 @@ class Hosted:
         self, workspace_id: str, key_id: str, query: str, filters: Filters, limit: int, now: int
     ) -> list[Hit]:
         """The best ``limit`` memories for ``query``, fused like a device's recall."""
-        if not query or not query.strip():
-            raise InvalidInput("the query is empty; say what you are looking for")
+        model.check_query(query)
         if not 1 <= limit <= MAX_RECALL:
             raise InvalidInput(f"limit must be between 1 and {MAX_RECALL}")
         self.fold(workspace_id)
@@ -288,8 +287,10 @@ class Hosted:
         self, workspace_id: str, filters: Filters, limit: int, offset: int
     ) -> tuple[list[Memory], int]:
         """Live memories, newest first, and how many match in all."""
-        if not 1 <= limit <= MAX_LIST or offset < 0:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LIST}, offset 0 or more")
+        if not 1 <= limit <= MAX_LIST or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(
+                f"limit must be between 1 and {MAX_LIST}, offset between 0 and {MAX_OFFSET}"
+            )
         self.fold(workspace_id)
         return self.storage.list_indexed(workspace_id, filters, limit, offset)
 
@@ -418,7 +419,7 @@ def readable(mutations: Sequence[WireMutation]) -> None:
     rejected = {}
     for mutation in mutations:
         try:
-            payload.decode(mutation)
+            indexable(mutation)
         except PayloadError as exc:
             rejected[mutation.mutation_id] = (PayloadError.code, str(exc))
     if rejected:
@@ -428,6 +429,24 @@ def readable(mutations: Sequence[WireMutation]) -> None:
             f"payloads its server can read; first: {first[0]}: {first[1][1]}",
             rejected,
         )
+
+
+def indexable(mutation: WireMutation) -> MemoryState | RelationState:
+    """The state a hosted workspace's mutation carries, if its index can hold it; PayloadError
+    otherwise (unreadable, or text with a NUL, which PostgreSQL's text type refuses: one such
+    row would stop every later fold, and with it every recall of the workspace)."""
+    state = payload.decode(mutation)
+    if isinstance(state, RelationState):
+        texts = [state.from_id, state.to_id, state.type, state.hlc]
+    else:
+        m = state.memory
+        texts = [m.content, m.kind, m.project, *m.tags, m.topic_key or "", m.source]
+        texts += [m.content_hash, m.model_id or "", m.hlc, state.created_hlc]
+        texts += [*state.field_hlc, *state.field_hlc.values(), *state.ancestors]
+        texts += [t for r in state.revisions for t in (r.hlc, r.content, r.content_hash)]
+    if any("\x00" in text for text in texts):
+        raise PayloadError(f"mutation {mutation.mutation_id} holds a NUL character in its text")
+    return state
 
 
 def _state(memory_id: str, body: bytes) -> MemoryState:

@@ -21,8 +21,13 @@ from cairn.protocol import E2E, MODES
 from cairn.server.storage import SCOPES, ApiKey, ServerStorage, Workspace
 
 PREFIX = "cairn_"
-_TOKEN = re.compile(r"^cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})$")
-_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_NAME = 100
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+"""A key's name: no control characters (it is printed in terminals), not blank."""
+# Matched whole (``fullmatch``: ``$`` also matches before a final newline), in ASCII only.
+_TOKEN = re.compile(r"cairn_([0-9a-f]{12})_([A-Za-z0-9_-]{20,200})", re.ASCII)
+_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_NAME = re.compile(NAME_PATTERN)
 _HOW_TO_GET_ONE = (
     "send `Authorization: Bearer cairn_...` with a key from `cairn server workspace create` "
     "or `cairn server key create`"
@@ -54,9 +59,12 @@ def issue(
     storage: ServerStorage, workspace_id: str, name: str, scopes: Iterable[str], now: int
 ) -> tuple[ApiKey, str]:
     """A new key for the workspace, and its full token (shown once; never stored)."""
-    name = name.strip()
-    if not 1 <= len(name) <= 100:
-        raise InvalidInput("a key name must be 1-100 characters, e.g. the device or person")
+    name = name.strip(" ")
+    if len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise InvalidInput(
+            f"a key name is 1-{MAX_NAME} characters without control characters, e.g. the "
+            "device or person that uses it"
+        )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     key = ApiKey(
@@ -87,7 +95,7 @@ def create_workspace(
     storage: ServerStorage, name: str, now: int, mode: str = E2E
 ) -> tuple[Workspace, str]:
     """A new workspace and the token of its first admin key (shown once)."""
-    if not _WORKSPACE_NAME.match(name):
+    if not _WORKSPACE_NAME.fullmatch(name):
         raise InvalidInput(
             "a workspace name is 1-64 letters, digits and _.- (starting with a letter or digit)"
         )
@@ -116,7 +124,7 @@ def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejecti
     if not authorization:
         return Rejection("missing", AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}"))
     scheme, _, token = authorization.partition(" ")
-    match = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
+    match = _TOKEN.fullmatch(token.strip()) if scheme.lower() == "bearer" else None
     if match is None:
         message = f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}"
         return Rejection("malformed", AuthFailed(message))

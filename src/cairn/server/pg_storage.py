@@ -262,6 +262,9 @@ MIGRATIONS: tuple[str, ...] = (
 )
 EF_SEARCH = 100
 """HNSW candidates examined per query (pgvector's default, 40, is under recall's depth of 50)."""
+MAX_EF_SEARCH = 1000
+"""pgvector's ceiling for hnsw.ef_search; deeper recalls rely on its iterative scan for more.
+(A recall of limit 1000 asks for depth 4000: setting that was an error, a 500.)"""
 
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _KEYRING_COLUMNS = "version, blob, revoked, signature, verify_key, signed_version"
@@ -765,7 +768,7 @@ class PostgresStorage:
             conn.execute(
                 "SELECT set_config('hnsw.ef_search', %s, true), "
                 "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                (str(max(EF_SEARCH, depth)),),
+                (str(min(max(EF_SEARCH, depth), MAX_EF_SEARCH)),),
             )
             rows = conn.execute(
                 "SELECT m.id, 1 - (m.embedding <=> %s::vector) AS cosine FROM hosted_memories m "

@@ -11,37 +11,92 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi.responses import PlainTextResponse
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from cairn import __version__, model, protocol
+from cairn.api import edge
 from cairn.api.schemas import (
     EditRequest,
+    HealthOut,
+    KindsFilter,
     ListOut,
     MemoryOut,
+    ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
     RememberRequest,
+    SinceFilter,
+    TagsFilter,
+    UntilFilter,
 )
 from cairn.errors import InvalidInput, NotFound
-from cairn.model import Filters, iso
-from cairn.protocol import MAX_PULL_LIMIT, PullPage, WireMutation
+from cairn.model import MAX_INT, Filters, iso
+from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
 from cairn.server import hosted, keyrings, keys
 from cairn.server.context import ServerContext, now_ms
 from cairn.server.metrics import CONTENT_TYPE
+from cairn.server.schemas import (
+    KEY_ID_PATTERN,
+    AuditOut,
+    DeviceIn,
+    DeviceOut,
+    DevicesOut,
+    EmbedIn,
+    EmbedOut,
+    KeyCreatedOut,
+    KeyIn,
+    KeyOut,
+    KeyringIn,
+    KeyringOut,
+    KeyringVersionOut,
+    KeysOut,
+    PullOut,
+    PushIn,
+    PushOut,
+    RollbackIn,
+    StatusOut,
+    UsageOut,
+    inline_schema,
+)
 from cairn.server.storage import ApiKey, Device
-from cairn.service import NewMemory
+from cairn.service import MAX_OFFSET, NewMemory
 
 MAX_WAIT = 60.0
-ID_PATTERN = r"^[0-9A-Za-z_.:|-]{1,160}$"  # what cairn.protocol accepts as a device id
+SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
+"""A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
 
-router = APIRouter()
+# Operation ids are the endpoints' names (push, pull, create_key, ...): the links below use them.
+router = APIRouter(route_class=edge.JsonRoute, generate_unique_id_function=lambda r: r.name)
+
+
+def _links(**links: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """OpenAPI links: what a client (or a stateful fuzzer) may do next with this answer, as
+    name=(operation id, its parameters as runtime expressions)."""
+    out = {}
+    for name, (operation, parameters) in links.items():
+        body = parameters.pop("body", None)
+        out[name] = {"operationId": operation, "parameters": parameters}
+        if body is not None:
+            out[name]["requestBody"] = body
+    return {"links": out}
+
+
+_VERSION = "$response.body#/version"
+_AS_THE_NEW_KEY = {"header.Authorization": "Bearer {$response.body#/key}"}
+PUSH_BODY = inline_schema(PushIn)
+"""The push body's schema, for the OpenAPI document (the route reads the body itself)."""
+_BEARER = edge.BearerKey("An API key of the workspace: `cairn server key create` makes one.")
+
+# Every route that takes a key answers these; the rest are listed route by route.
+_KEYED = edge.errors(401, 403, 429)
+_BODY = edge.errors(413, 422)
 
 
 def _context(request: Request) -> ServerContext:
@@ -57,7 +112,7 @@ DeviceHeader = Annotated[
 
 
 def _caller(
-    request: Request, ctx: Context, authorization: Annotated[str | None, Header()] = None
+    request: Request, ctx: Context, authorization: Annotated[str | None, Security(_BEARER)]
 ) -> ApiKey:
     """The request's API key, authenticated and within its rate limit (failed attempts are
     limited per client address and key id: ``cairn.server.failures``)."""
@@ -84,68 +139,55 @@ Writer = Annotated[ApiKey, Depends(_Needs("write"))]
 Admin = Annotated[ApiKey, Depends(_Needs("admin"))]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class KeyringIn(_Request):
-    blob: str = Field(
-        description="The keyring, base64 (the server reads only its clear id and key ids)."
-    )
-    expected_version: int | None = Field(
-        None, description="The version this replaces (null: there is no keyring yet)."
-    )
-    revoked_key_ids: list[Annotated[int, Field(ge=0, le=0xFFFFFFFF)]] = Field(
-        [],
-        description="Key ids no new payload may be sealed under; pushes using them get 422 "
-        "revoked_key. Earlier key ids of the keyring only, never its current one.",
-        max_length=10_000,
-    )
-    signature: str | None = Field(
-        None,
-        pattern=r"^[0-9a-f]{128}$",
-        description="Ed25519 signature (hex) by the workspace's master key over the next "
-        "version (cairn.keyring_rules.message); needed for every version after the first.",
-    )
-    verify_key: str | None = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="The key that checks it (hex)."
-    )
-
-
-class DeviceIn(_Request):
-    device_id: str = Field(pattern=ID_PATTERN)
-    name: str = Field(max_length=200, description="A name people recognise, e.g. a hostname.")
-
-
-class EmbedIn(_Request):
-    texts: list[str] = Field(
-        description=f"1 to {hosted.MAX_EMBED} texts (each at most 64 KiB of UTF-8).",
-        min_length=1,
-        max_length=hosted.MAX_EMBED,
-    )
-
-
-class KeyIn(_Request):
-    name: str = Field(description="Who or what uses the key, e.g. a device or a person.")
-    scopes: list[str] = Field(description="read, write and/or admin (admin > write > read).")
-
-
-@router.get("/healthz", tags=["server"], summary="Liveness check (no key needed)")
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    tags=["server"],
+    summary="Liveness check (no key needed)",
+)
 def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", tags=["server"], summary="Prometheus metrics (no key needed)")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["server"],
+    summary="Prometheus metrics (no key needed)",
+    responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+)
 def metrics(ctx: Context) -> Response:
     text = ctx.metrics.render(ctx.storage.totals())
-    return Response(text, media_type=CONTENT_TYPE)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
 
-@router.post("/v1/sync/push", tags=["sync"], summary="Store a batch of mutations")
+@router.post(
+    "/v1/sync/push",
+    response_model=PushOut,
+    tags=["sync"],
+    summary="Store a batch of mutations",
+    description=(
+        "All-or-nothing and idempotent by mutation_id. A refused mutation refuses the batch: "
+        "422 `invalid_mutation` lists each refused one under `rejected`. 413 "
+        "`payload_too_large`: split the batch. 429 `quota_exceeded`: the workspace is full."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PUSH_BODY}},
+        }
+    },
+    responses={
+        200: _links(PullFromTheStart=("pull", {"query.since": 0})),
+        **_KEYED,
+        **_BODY,
+    },
+)
 async def push(
     request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
 ) -> dict[str, int | None]:
-    """All-or-nothing and idempotent by mutation_id; body: ``{"mutations": [...]}``."""
+    # The body is decoded by hand (``_decode_batch``): pydantic would take several times longer
+    # over 10,000 mutations, and a refused mutation must be named by its id, not its position.
     mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
@@ -158,15 +200,31 @@ async def push(
     return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
 
 
-@router.get("/v1/sync/pull", tags=["sync"], summary="Mutations after a sequence number")
+@router.get(
+    "/v1/sync/pull",
+    tags=["sync"],
+    summary="Mutations after a sequence number",
+    description="In seq order; `next` resumes after this page and `has_more` says whether to.",
+    responses={
+        200: {
+            "model": PullOut,
+            "description": "A page.",
+            **_links(NextPage=("pull", {"query.since": "$response.body#/next"})),
+        },
+        **_KEYED,
+        **edge.errors(422),
+    },
+)
 async def pull(
     request: Request,
     ctx: Context,
     key: Reader,
-    since: Annotated[int, Query(ge=0, description="The `next` of the previous page.")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="The `next` of the previous page.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PULL_LIMIT)] = 1000,
     scope: Annotated[
-        list[str] | None,
+        list[Annotated[str, Field(pattern=SCOPES_PATTERN)]] | None,
         Query(description="Only these scope tags, and untagged mutations (repeatable, or a,b)."),
     ] = None,
     wait: Annotated[
@@ -174,11 +232,8 @@ async def pull(
     ] = 0.0,
     x_cairn_device: DeviceHeader = None,
 ) -> Response:
-    """In seq order; ``next`` resumes after this page and ``has_more`` says whether to."""
     # `scope=` (present but empty) asks for untagged mutations only; no `scope` means all.
-    wanted = (
-        None if scope is None else [s.strip() for r in scope for s in r.split(",") if s.strip()]
-    )
+    wanted = None if scope is None else [s for r in scope for s in r.split(",") if s]
     workspace = key.workspace_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -203,7 +258,13 @@ async def pull(
     return await run_in_threadpool(_page_response, page)
 
 
-@router.get("/v1/sync/status", tags=["sync"], summary="This workspace's log, devices and key")
+@router.get(
+    "/v1/sync/status",
+    response_model=StatusOut,
+    tags=["sync"],
+    summary="This workspace's log, devices and key",
+    responses=_KEYED,
+)
 def status(ctx: Context, key: Reader) -> dict[str, Any]:
     workspace = ctx.storage.workspace_by_id(key.workspace_id)
     stats = ctx.storage.stats(key.workspace_id)
@@ -218,7 +279,13 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/usage", tags=["admin"], summary="Metering: totals, quota and usage per day")
+@router.get(
+    "/v1/usage",
+    response_model=UsageOut,
+    tags=["admin"],
+    summary="Metering: totals, quota and usage per day",
+    responses={**_KEYED, **edge.errors(422)},
+)
 def usage(
     ctx: Context,
     key: Admin,
@@ -238,13 +305,20 @@ def usage(
     }
 
 
-@router.get("/v1/audit", tags=["admin"], summary="Who did what, newest first")
+@router.get(
+    "/v1/audit",
+    response_model=AuditOut,
+    tags=["admin"],
+    summary="Who did what, newest first",
+    responses={**_KEYED, **edge.errors(422)},
+)
 def audit(
     ctx: Context,
     key: Admin,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
-        int | None, Query(ge=0, description="Only entries older than this (Unix ms): paging.")
+        int | None,
+        Query(ge=0, le=MAX_INT, description="Only entries older than this (Unix ms): paging."),
     ] = None,
 ) -> dict[str, Any]:
     entries = ctx.storage.audit_log(key.workspace_id, limit, before)
@@ -268,8 +342,15 @@ def _hosted(ctx: ServerContext, key: ApiKey) -> None:
     ctx.hosted.require(ctx.storage.workspace_by_id(key.workspace_id))
 
 
+_NOT_HOSTED = edge.errors(409, e409="The workspace is end-to-end encrypted (not_hosted).")
+
+
 @router.post(
-    "/v1/embed", tags=["hosted"], summary="Embed texts with the model devices use (hosted only)"
+    "/v1/embed",
+    response_model=EmbedOut,
+    tags=["hosted"],
+    summary="Embed texts with the model devices use (hosted only)",
+    responses={**_KEYED, **_BODY, **_NOT_HOSTED},
 )
 def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
     """Unit-length float32 vectors, one per text, from the same ONNX model as a device's default,
@@ -289,6 +370,13 @@ def embed(body: EmbedIn, ctx: Context, key: Reader) -> dict[str, Any]:
     response_model=RememberOut,
     tags=["hosted"],
     summary="Remember a memory (hosted only); devices pull it",
+    response_description="Created.",
+    responses={
+        200: {"model": RememberOut, "description": "An identical memory already existed."},
+        **_KEYED,
+        **_BODY,
+        **_NOT_HOSTED,
+    },
     description=(
         "The local HTTP API's body. 201 when a memory was created, 200 when an identical one "
         "already lives in the project (returned, with the new tags added). A memory with the "
@@ -318,6 +406,7 @@ def remember(body: RememberRequest, response: Response, ctx: Context, key: Write
     response_model=RecallOut,
     tags=["hosted"],
     summary="Recall by meaning and keyword (hosted only)",
+    responses={**_KEYED, **_BODY, **_NOT_HOSTED},
     description=(
         "The local HTTP API's body and answer: semantic (pgvector HNSW on PostgreSQL, exact on "
         "SQLite) and full-text candidates fused by reciprocal rank, as on a device."
@@ -335,18 +424,19 @@ def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
     response_model=ListOut,
     tags=["hosted"],
     summary="List memories, newest first (hosted only)",
+    responses={**_KEYED, **edge.errors(422), **_NOT_HOSTED},
     description="`kind` and `tag` may repeat: any of the kinds, all of the tags.",
 )
 def list_memories(
     ctx: Context,
     key: Reader,
-    project: Annotated[str | None, Query(description="Only this project.")] = None,
-    kind: Annotated[list[str] | None, Query(description="Only these kinds.")] = None,
-    tag: Annotated[list[str] | None, Query(description="Only with all these tags.")] = None,
-    since: Annotated[str | None, Query(description="Created at or after (ISO or 7d).")] = None,
-    until: Annotated[str | None, Query(description="Created before (ISO or 7d).")] = None,
+    project: ProjectFilter = None,
+    kind: KindsFilter = None,
+    tag: TagsFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
     limit: Annotated[int, Query(ge=1, le=hosted.MAX_LIST)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Any:
     _hosted(ctx, key)
     filters = Filters.parse(project, kind or [], tag or [], since, until)
@@ -359,6 +449,7 @@ def list_memories(
     response_model=MemoryOut,
     tags=["hosted"],
     summary="Get a memory by its full id (hosted only)",
+    responses={**_KEYED, **edge.errors(404, 422), **_NOT_HOSTED},
 )
 def get_memory(memory_id: str, ctx: Context, key: Reader) -> Any:
     _hosted(ctx, key)
@@ -374,6 +465,7 @@ def get_memory(memory_id: str, ctx: Context, key: Reader) -> Any:
         "The local HTTP API's body: new content (embedded by the server), a new kind, tags to "
         "add. The edit goes into the log like a device's, so devices merge it by the same rule."
     ),
+    responses={**_KEYED, **_BODY, **edge.errors(404), **_NOT_HOSTED},
 )
 def edit_memory(memory_id: str, body: EditRequest, ctx: Context, key: Writer) -> Any:
     _hosted(ctx, key)
@@ -388,6 +480,7 @@ def edit_memory(memory_id: str, body: EditRequest, ctx: Context, key: Writer) ->
     response_model=MemoryOut,
     tags=["hosted"],
     summary="Forget a memory (hosted only); devices pull the tombstone",
+    responses={**_KEYED, **edge.errors(404, 422), **_NOT_HOSTED},
 )
 def forget_memory(memory_id: str, ctx: Context, key: Writer) -> Any:
     _hosted(ctx, key)
@@ -396,7 +489,17 @@ def forget_memory(memory_id: str, ctx: Context, key: Writer) -> Any:
     return memory.to_dict()
 
 
-@router.get("/v1/keyring", tags=["keyring"], summary="The workspace's keyring blob")
+@router.get(
+    "/v1/keyring",
+    response_model=KeyringOut,
+    tags=["keyring"],
+    summary="The workspace's keyring blob",
+    responses={
+        200: _links(Replace=("put_keyring", {"body": {"expected_version": _VERSION}})),
+        **_KEYED,
+        **edge.errors(404, e404="No keyring yet (not_found)."),
+    },
+)
 def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     keyring = ctx.storage.keyring(key.workspace_id)
     if keyring is None:
@@ -404,7 +507,12 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     return keyrings.to_json(keyring)
 
 
-@router.get("/v1/keyring/versions", tags=["keyring"], summary="Every keyring version, newest first")
+@router.get(
+    "/v1/keyring/versions",
+    tags=["keyring"],
+    summary="Every keyring version, newest first",
+    responses={**_KEYED, **edge.errors(422)},
+)
 def keyring_versions(
     ctx: Context, key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
@@ -418,7 +526,23 @@ def keyring_versions(
 
 
 @router.put(
-    "/v1/keyring", tags=["keyring"], summary="Add the next keyring version (compare-and-swap)"
+    "/v1/keyring",
+    response_model=KeyringVersionOut,
+    tags=["keyring"],
+    summary="Add the next keyring version (compare-and-swap)",
+    responses={
+        200: _links(
+            ReplaceAgain=("put_keyring", {"body": {"expected_version": _VERSION}}),
+            Read=("get_keyring", {}),
+        ),
+        **_KEYED,
+        **_BODY,
+        **edge.errors(
+            409,
+            e409="expected_version is not the current version (conflict), or the blob is not "
+            "a keyring of this workspace (key_mismatch).",
+        ),
+    },
 )
 def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     """After the first version, only with a valid ``signature`` by the workspace's master key
@@ -442,14 +566,12 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     return {"version": version}
 
 
-class RollbackIn(_Request):
-    version: int = Field(ge=1, description="The earlier version to store again as the newest.")
-    expected_version: int | None = Field(
-        None, description="The newest version now (null: whatever it is)."
-    )
-
-
-@router.post("/v1/keyring/rollback", tags=["keyring"], summary="Roll the keyring back (admin)")
+@router.post(
+    "/v1/keyring/rollback",
+    tags=["keyring"],
+    summary="Roll the keyring back (admin)",
+    responses={**_KEYED, **_BODY, **edge.errors(404, 409)},
+)
 def rollback_keyring(body: RollbackIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """Stores an earlier version again as the next one, with its own proof; audited."""
     made = keyrings.rollback(
@@ -458,7 +580,20 @@ def rollback_keyring(body: RollbackIn, ctx: Context, key: Admin) -> dict[str, An
     return {"version": made.version, "restored": body.version}
 
 
-@router.post("/v1/devices", tags=["devices"], summary="Register (or rename) a device")
+@router.post(
+    "/v1/devices",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Register (or rename) a device",
+    responses={
+        200: _links(
+            PushAsIt=("push", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+            PullAsIt=("pull", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+        ),
+        **_KEYED,
+        **_BODY,
+    },
+)
 def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
     ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
     detail = {"device": body.device_id}
@@ -466,12 +601,35 @@ def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]
     return {"device_id": body.device_id, "name": body.name}
 
 
-@router.get("/v1/devices", tags=["devices"], summary="The workspace's devices")
+@router.get(
+    "/v1/devices",
+    response_model=DevicesOut,
+    tags=["devices"],
+    summary="The workspace's devices",
+    responses=_KEYED,
+)
 def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
     return {"devices": [_device(d) for d in ctx.storage.devices(key.workspace_id)]}
 
 
-@router.post("/v1/auth/keys", status_code=201, tags=["keys"], summary="Create an API key")
+@router.post(
+    "/v1/auth/keys",
+    status_code=201,
+    response_model=KeyCreatedOut,
+    tags=["keys"],
+    summary="Create an API key",
+    response_description="Created.",
+    responses={
+        201: _links(
+            StatusWithIt=("status", dict(_AS_THE_NEW_KEY)),
+            PushWithIt=("push", dict(_AS_THE_NEW_KEY)),
+            PullWithIt=("pull", dict(_AS_THE_NEW_KEY)),
+            RevokeIt=("revoke_key", {"path.key_id": "$response.body#/id"}),
+        ),
+        **_KEYED,
+        **_BODY,
+    },
+)
 def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """The response holds the key itself: it is shown this once and never stored."""
     made, token = keys.issue(ctx.storage, key.workspace_id, body.name, body.scopes, now_ms())
@@ -480,13 +638,32 @@ def create_key(body: KeyIn, ctx: Context, key: Admin) -> dict[str, Any]:
     return {**keys.to_json(made), "key": token}
 
 
-@router.get("/v1/auth/keys", tags=["keys"], summary="The workspace's API keys (no secrets)")
+@router.get(
+    "/v1/auth/keys",
+    response_model=KeysOut,
+    tags=["keys"],
+    summary="The workspace's API keys (no secrets)",
+    responses=_KEYED,
+)
 def list_keys(ctx: Context, key: Admin) -> dict[str, list[dict[str, Any]]]:
     return {"keys": [keys.to_json(k) for k in ctx.storage.keys(key.workspace_id)]}
 
 
-@router.delete("/v1/auth/keys/{key_id}", tags=["keys"], summary="Revoke an API key")
-def revoke_key(key_id: str, ctx: Context, key: Admin) -> dict[str, Any]:
+@router.delete(
+    "/v1/auth/keys/{key_id}",
+    response_model=KeyOut,
+    tags=["keys"],
+    summary="Revoke an API key",
+    description="Revoking a revoked key again changes nothing and answers the same.",
+    responses={
+        **_KEYED,
+        **edge.errors(422),
+        **edge.errors(404, e404="The workspace has no such key (not_found)."),
+    },
+)
+def revoke_key(
+    key_id: Annotated[str, Path(pattern=KEY_ID_PATTERN)], ctx: Context, key: Admin
+) -> dict[str, Any]:
     revoked = ctx.storage.revoke_key(key.workspace_id, key_id, now_ms())
     ctx.storage.audit(key.workspace_id, key.id, "key_revoke", {"revoked": key_id}, now_ms())
     return keys.to_json(revoked)
@@ -518,8 +695,8 @@ def _decode_batch(
     a hosted one, payloads its server can read.
     """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = edge.decode_json(body)
+    except ValueError as exc:
         raise InvalidInput(
             f'the request body is not valid JSON ({exc}); send {{"mutations": [...]}}'
         ) from exc
