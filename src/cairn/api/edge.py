@@ -179,7 +179,11 @@ def describe(errors: Sequence[Any]) -> str:
                 "the request body must be a JSON object sent with "
                 "Content-Type: application/json; /docs shows the expected shape"
             )
-        parts.append(f"{'.'.join(loc[1:]) or loc[0]}: {found['msg']}")
+        name = ".".join(loc[1:]) or loc[0]
+        if found["type"] == "string_pattern_mismatch":  # the pattern itself is for /docs
+            parts.append(f"{name}: {found['input']!r} is not in the form /docs gives")
+        else:
+            parts.append(f"{name}: {found['msg']}")
     return "; ".join(parts) + "; /docs shows the expected shape"
 
 

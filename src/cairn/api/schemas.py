@@ -58,7 +58,7 @@ class _Request(BaseModel):
 
 class RememberRequest(_Request):
     content: str = Field(
-        pattern=CONTENT_INPUT,
+        json_schema_extra={"pattern": CONTENT_INPUT},  # applied by the service: content_empty
         description="The text to remember (at most 64 KiB of UTF-8).",
         examples=["We deploy with blue-green releases behind the load balancer"],
     )
@@ -96,7 +96,7 @@ class EditRequest(_Request):
 
 class RecallRequest(_Request):
     query: str = Field(
-        pattern=CONTENT_INPUT,
+        json_schema_extra={"pattern": CONTENT_INPUT},  # applied by the service
         description="What you are looking for, in words.",
         examples=["how do we ship to production?"],
     )
