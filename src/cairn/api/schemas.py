@@ -64,8 +64,8 @@ class RememberRequest(_Request):
     )
     kind: str | None = Field(
         None,
-        pattern=optional(KIND_INPUT),
-        description="decision, fact, preference, note (default), gotcha, ...",
+        pattern=KIND_INPUT,
+        description="decision, fact, preference, note (default when left out), gotcha, ...",
         examples=["decision"],
     )
     project: str | None = Field(
@@ -84,12 +84,24 @@ class RememberRequest(_Request):
 
 
 class EditRequest(_Request):
-    content: str | None = Field(
-        None, description="The corrected text (embedded again); omit to keep the current one."
+    """At least one change: a field left out keeps its value (none of them takes null)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    content: str = Field(
+        None,  # type: ignore[assignment]  # left out: kept (the schema offers no null)
+        json_schema_extra={"pattern": CONTENT_INPUT},  # applied by the service: content_empty
+        description="The corrected text (embedded again); leave it out to keep the current one.",
     )
-    kind: str | None = Field(None, description="A new kind; omit to keep the current one.")
-    add_tags: list[str] = Field(
+    kind: str = Field(
+        None,  # type: ignore[assignment]
+        pattern=KIND_INPUT,
+        description="A new kind; leave it out to keep the current one.",
+    )
+    add_tags: list[Tag] = Field(
         default_factory=list,
+        min_length=1,
+        max_length=MAX_TAGS,
         description="Tags to add. Tags only grow (sync merges them as a set), so none is removed.",
     )
 
