@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint docs test-slow bench clean
+.PHONY: install test lint docs test-slow bench bench-peers clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# Cairn beside ChromaDB and exact numpy (ChromaDB goes into its own venv, bench/.peers/).
+bench-peers: install
+	$(BIN)/python bench/bench_peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
