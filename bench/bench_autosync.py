@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import corpus
-from cairn.autosync import Backoff, Worker
 from cairn.crypto.keyring import KdfParams
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import NotFound
 from cairn.remotes.http import HttpRemote
-from cairn.service import Store
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join
+from cairn.sync.worker import Backoff, Worker
 from common import (
     Server,
     log,

@@ -1,6 +1,6 @@
 """Write speed: single ``remember`` latency, and bulk ingest against the raw embedder.
 
-Bulk ingest (``remember_many``, and ``transfer.import_`` of a JSONL without embeddings) is
+Bulk ingest (``remember_many``, and ``jsonl.import_`` of a JSONL without embeddings) is
 compared with the raw embedder on the same texts in the same run; the ratio should be >= 0.9.
 Importing a JSONL with embeddings must not call the model at all.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import corpus
-from cairn import transfer
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.interchange import jsonl
 from common import (
     CACHE,
     copy_store,
@@ -53,21 +53,21 @@ def bulk(n: int, embedder: OnnxEmbedder, tmp: Path) -> dict[str, Any]:
     created = sum(r.created for r in store.remember_many(new_memories(items)))
     remember_many_s = time.perf_counter() - start
     out = io.StringIO()
-    transfer.export(store, out)
+    jsonl.export(store, out)
     store.close()
     with_vectors = out.getvalue().splitlines(keepends=True)
     without_vectors = [_strip_vector(line) for line in with_vectors]
 
     store = open_store(tmp / "import-text.db", embedder)
     start = time.perf_counter()
-    text_report = transfer.import_(store, without_vectors)
+    text_report = jsonl.import_(store, without_vectors)
     import_text_s = time.perf_counter() - start
     store.close()
 
     store = open_store(tmp / "import-vectors.db", embedder)
     before = embedder.texts_embedded
     start = time.perf_counter()
-    vector_report = transfer.import_(store, with_vectors)
+    vector_report = jsonl.import_(store, with_vectors)
     import_vectors_s = time.perf_counter() - start
     model_calls = embedder.texts_embedded - before
     store.close()

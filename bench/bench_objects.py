@@ -46,12 +46,12 @@ import obstore
 from threadpoolctl import threadpool_limits
 
 from cairn.crypto.keyring import KdfParams
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes import objects
 from cairn.remotes.objects import ObjectRemote, open_url
-from cairn.service import Store
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join
 from common import (
     CACHE,
     BackgroundProcess,

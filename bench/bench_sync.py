@@ -40,12 +40,12 @@ from typing import Any
 import httpx
 
 import corpus
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.http import HttpRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join
 from common import (
     CACHE,
     CAIRN,

@@ -27,8 +27,8 @@ import httpx
 import numpy as np
 
 import corpus
+from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import NewMemory, Store
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
 

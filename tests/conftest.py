@@ -20,6 +20,7 @@ import uvicorn
 from hypothesis import settings
 
 from cairn.crypto.keyring import KdfParams, Keyring, Unlocked, create
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.protocol import SEALED_HEADER, SEALED_VERSION
 from cairn.server import keys
@@ -27,7 +28,6 @@ from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage, Workspace
-from cairn.service import Store
 from cairn.store.db import Database
 
 # Property tests print the blob that replays a failure; CI runs them derandomized (seeded).

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import NewMemory, Store
 from cairn.store.db import Database
 
 COUNT = 200

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "cairn.keyring_rules": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
-    "cairn.keystore": 1,
+    "cairn.master_keys": 1,
     "cairn.remotes": 1,
     "cairn.server.storage": 1,
     "cairn.server.sqlite_db": 1,
@@ -31,18 +31,19 @@ LAYERS: dict[str, int] = {
     "cairn.sync": 2,
     "cairn.crypto": 2,
     # the verbs
-    "cairn.service": 3,
-    "cairn.transfer": 3,
-    "cairn.syncing": 3,
-    "cairn.repairing": 3,
-    "cairn.workspace_keys": 3,
-    "cairn.autosync": 3,
+    "cairn.device_store": 3,
+    "cairn.interchange": 3,
+    "cairn.sync.engine": 3,
+    "cairn.repair": 3,
+    "cairn.sync.keys": 3,
+    "cairn.sync.worker": 3,
     # the Python API's composition root (cairn/__init__.py)
     "cairn": 4,
     # edges: parse, call, format
     "cairn.cli": 5,
     "cairn.mcp_server": 5,
     "cairn.api": 5,
+    "cairn.http_edge": 5,
     "cairn.server": 5,
 }
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cairn import transfer
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import Store
+from cairn.interchange import jsonl
 from cairn.store.db import Database
 
 
@@ -46,19 +46,19 @@ def test_export_then_import_reproduces_memories_and_vectors_without_embedding(
 ) -> None:
     _fill(store)
     buffer = io.StringIO()
-    assert transfer.export(store, buffer) == 3
+    assert jsonl.export(store, buffer) == 3
     lines = buffer.getvalue().splitlines()
     assert json.loads(lines[0])["record"] == "header"
     assert "Temporary note" not in buffer.getvalue()
     with Store(Database(tmp_path / "fresh.db"), embedder) as fresh:
         calls = embedder.texts_embedded
-        report = transfer.import_(fresh, lines)
+        report = jsonl.import_(fresh, lines)
         assert embedder.texts_embedded == calls  # zero embedding calls
         assert (report.imported, report.embedded, report.errors) == (3, 0, [])
         assert _snapshot(fresh) == _snapshot(store)
         relations = [(r.from_id, r.to_id, r.type) for r in fresh.all_relations()]
         assert relations == [(r.from_id, r.to_id, r.type) for r in store.all_relations()]
-        again = transfer.import_(fresh, lines)
+        again = jsonl.import_(fresh, lines)
         assert (again.imported, again.unchanged, again.relations) == (0, 4, 0)
         assert fresh.count() == 3
 
@@ -68,7 +68,7 @@ def test_import_order_does_not_invert_supersession(tmp_path: Path, store: Store)
         json.dumps({"content": "Use Node 22", "topic_key": "node", "created_at": "2026-03-01"}),
         json.dumps({"content": "Use Node 18", "topic_key": "node", "created_at": "2025-01-01"}),
     ]
-    transfer.import_(store, lines)
+    jsonl.import_(store, lines)
     by_content = {m.content: m.id for m in store.list()}
     assert [(r.from_id, r.to_id) for r in store.all_relations()] == [
         (by_content["Use Node 22"], by_content["Use Node 18"])
@@ -90,7 +90,7 @@ def test_bad_lines_are_reported_by_number_and_nothing_of_them_is_applied(store: 
         json.dumps({"record": "relation", "from_id": "x", "to_id": "y", "type": "supersedes"}),
         json.dumps({"content": "Good line two", "kind": "fact"}),
     ]
-    report = transfer.import_(store, lines)
+    report = jsonl.import_(store, lines)
     assert [n for n, _ in report.errors] == [2, 3, 4, 5, 6, 7, 8]
     messages = dict(report.errors)
     assert "not valid JSON" in messages[2]
@@ -113,7 +113,7 @@ def test_vectors_of_another_model_are_re_embedded(store: Store) -> None:
             "embedding": base64.b64encode(vector.tobytes()).decode(),
         }
     )
-    report = transfer.import_(store, [line])
+    report = jsonl.import_(store, [line])
     assert report.imported == 1 and report.embedded == 1
     assert store.recall("foreign vector")[0].match.cosine > 0.9  # type: ignore[operator]
 
@@ -125,15 +125,15 @@ def test_the_import_report_counts_relations_and_progress_covers_every_line(
     unchanged; and progress reaches the line count the CLI's bar is sized by (header too)."""
     _fill(store)
     buffer = io.StringIO()
-    transfer.export(store, buffer)
+    jsonl.export(store, buffer)
     lines = buffer.getvalue().splitlines(keepends=True)
     assert [json.loads(line)["record"] for line in lines].count("relation") == 1
     with Store(Database(tmp_path / "fresh.db"), embedder) as fresh:
         done: list[int] = []
-        report = transfer.import_(fresh, lines, done.append)
+        report = jsonl.import_(fresh, lines, done.append)
         assert (report.imported, report.unchanged, report.relations) == (3, 0, 1)
         assert sum(done) == len(lines) == 5
         done.clear()
-        again = transfer.import_(fresh, lines, done.append)
+        again = jsonl.import_(fresh, lines, done.append)
         assert (again.imported, again.unchanged, again.relations) == (0, 4, 0)
         assert sum(done) == len(lines)

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cairn import model, transfer
+from cairn import model
+from cairn.device_store import Store
 from cairn.ids import uuid7
-from cairn.service import Store
+from cairn.interchange import jsonl
 
 from .fuzzing import ci, fragments, mutated, mutated_json, soak
 
@@ -72,7 +73,7 @@ def _check_import(store: Store, hostile: str, at: int) -> None:
     lines.insert(1 + at, hostile.replace("\n", " ").replace("\r", " "))
     number = 2 + at
     before = store.count()
-    report = transfer.import_(store, lines)
+    report = jsonl.import_(store, lines)
     for record in good:
         assert store.get(record["id"]).content == record["content"]
     assert [n for n, _message in report.errors] in ([], [number])
@@ -80,7 +81,7 @@ def _check_import(store: Store, hostile: str, at: int) -> None:
         assert store.count() == before + 3  # nothing of the refused line was applied
         return
     assert store.count() - before - 3 in (0, 1)  # a header, a relation, or one memory
-    again = transfer.import_(store, lines[1 + at : 2 + at])
+    again = jsonl.import_(store, lines[1 + at : 2 + at])
     assert again.errors == [] and again.imported == 0  # what it stored reads back as the same
 
 
@@ -132,10 +133,10 @@ def test_a_record_imports_and_exports_as_itself(
         topic_key=topic_key,
         created_at=model.iso(created_at),
     )
-    report = transfer.import_(store, [json.dumps(record)])
+    report = jsonl.import_(store, [json.dumps(record)])
     assert report.errors == [] and report.imported + report.duplicates == 1
     out = io.StringIO()
-    transfer.export(store, out, model.Filters(project=project))
+    jsonl.export(store, out, model.Filters(project=project))
     exported = [json.loads(line) for line in out.getvalue().split("\n")[1:-1]]
     if report.imported:
         (line,) = exported

@@ -15,8 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cairn import autosync, config, keystore, repairing
-from cairn.autosync import Worker
+from cairn import config, master_keys, repair
+from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.model import Filters, Hit, Memory, RememberResult
@@ -24,10 +24,11 @@ from cairn.protocol import E2E
 from cairn.remotes import objects
 from cairn.remotes.base import Remote
 from cairn.remotes.http import HttpRemote
-from cairn.service import NewMemory, Store
 from cairn.store.db import Database
-from cairn.syncing import Progress, Syncer, local_status
-from cairn.workspace_keys import open_keys
+from cairn.sync import worker as sync_worker
+from cairn.sync.engine import Progress, Syncer, local_status
+from cairn.sync.keys import open_keys
+from cairn.sync.worker import Worker
 
 try:
     __version__ = version("cairn-memory")
@@ -78,14 +79,14 @@ def repair_store(
     pull: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Repair the store of ``settings`` (``cairn.repairing.repair``), then, when sync is set
+    """Repair the store of ``settings`` (``cairn.repair.repair``), then, when sync is set
     up and ``pull``, pull from the remote what the damage took; the report as a dict.
 
     A pull that fails leaves the store repaired: the next pull (any sync) still brings back
     this device's own changes, and ``pull_error`` says why this one did not. Topic chains are
     linked again once every memory is back (``topic_links``: links added or removed).
     """
-    report = asdict(repairing.repair(settings.db_path, build_embedder(settings), force))
+    report = asdict(repair.repair(settings.db_path, build_embedder(settings), force))
     report.update(pull=None, pull_error=None, pulled_back={"memories": 0, "relations": 0})
     report["topic_links"] = 0
     if report["status"] != "repaired":
@@ -109,7 +110,7 @@ def repair_store(
                 "relations": after["relations"] - before["relations"],
             }
         if report["pull"] is not None or not syncing:  # every memory that will come is back
-            report["topic_links"] = repairing.relink_topics(store.db)
+            report["topic_links"] = repair.relink_topics(store.db)
         report["memories_now"] = store.count()
     return report
 
@@ -155,7 +156,7 @@ def build_syncer(settings: config.Settings, store: Store) -> Syncer:
     keys = None
     try:
         if sync.keyring_id is not None:  # end-to-end encrypted (hosted workspaces have no keys)
-            master = sync.master_key or keystore.load(sync.keyring_id)
+            master = sync.master_key or master_keys.load(sync.keyring_id)
             keys = open_keys(store, remote, master, sync.keyring_id)
         return Syncer(store, remote, keys, sync.rules)
     except BaseException:
@@ -200,10 +201,10 @@ def sync_now(
     timeout: float = 120.0,
 ) -> dict[str, dict[str, Any]]:
     """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
-    (``cairn.autosync.sync_now``); raises SyncNotConfigured before sync is set up."""
+    (``cairn.sync.worker.sync_now``); raises SyncNotConfigured before sync is set up."""
     if not sync_configured(_fresh(settings)):
         raise SyncNotConfigured(NOT_CONFIGURED)
-    return autosync.sync_now(
+    return sync_worker.sync_now(
         store,
         lambda: build_syncer(_fresh(settings), store),
         what,
@@ -243,7 +244,7 @@ def sync_status(settings: config.Settings, store: Store) -> dict[str, Any]:
         "remote": current.sync.remote,
         "mode": current.sync.mode if current.sync.remote else None,
         **local_status(store),
-        "worker": autosync.read_status(store),
+        "worker": sync_worker.read_status(store),
     }
     if not data["configured"]:
         data["worker"].update(

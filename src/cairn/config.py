@@ -23,7 +23,7 @@ config.toml::
 
 Where to sync to (the remote, the API key and the key that opens the workspace's keyring) is
 written by ``cairn sync setup`` into ``$CAIRN_HOME/keys/sync.json``, readable by this user only;
-the key itself goes to the OS keyring instead where one exists (``cairn.keystore``).
+the key itself goes to the OS keyring instead where one exists (``cairn.master_keys``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SyncSettings:
     """Where this device syncs to, and what it shares (``remote`` None: sync not set up).
 
     ``master_key`` opens the workspace's keyring (never the passphrase itself is kept); it is
-    None when ``key_store`` is the OS keyring (read it with ``cairn.keystore.load``) and in a
+    None when ``key_store`` is the OS keyring (read it with ``cairn.master_keys.load``) and in a
     hosted workspace, which has no keyring.
     """
 

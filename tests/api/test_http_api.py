@@ -24,8 +24,8 @@ import pytest
 import uvicorn
 
 from cairn.api import create_app
+from cairn.device_store import MAX_OFFSET, Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import MAX_OFFSET, Store
 from cairn.store.db import Database
 
 

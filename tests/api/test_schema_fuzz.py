@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 
 from cairn.api import create_app
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import Store
 from cairn.store.db import Database
 
 from ..conftest import serve

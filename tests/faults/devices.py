@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from cairn.crypto.keyring import Unlocked
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, error_for
 from cairn.remotes.http import HttpRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
+from cairn.sync.engine import Syncer
 
 from ..sync.conftest import snapshot
 from .processes import CAIRN

@@ -35,7 +35,6 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from cairn.autosync import classify
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError
 from cairn.protocol import WireMutation
@@ -45,7 +44,8 @@ from cairn.server.pg_storage import PostgresStorage
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
 from cairn.sync import payload
-from cairn.workspace_keys import join
+from cairn.sync.keys import join
+from cairn.sync.worker import classify
 
 from ..sync.conftest import FAST_KDF
 from .devices import PASSPHRASE, CliDevice, Device, LocalDevice, OutboxRow

@@ -27,6 +27,7 @@ from obstore.store import LocalStore, S3Store
 
 from cairn.crypto import keyring
 from cairn.crypto.frames import Frames
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import CairnError, InvalidInput, MutationRejected, RemoteConflict
 from cairn.protocol import KeyringProof, WireMutation
@@ -34,11 +35,10 @@ from cairn.remotes.base import KeyringBlob, Remote
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.remotes.objects import ObjectRemote
-from cairn.service import Store
 from cairn.store import outbox
 from cairn.store.db import Database
-from cairn.syncing import Syncer
-from cairn.workspace_keys import Envelopes, join, open_keys
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import Envelopes, join, open_keys
 
 from ..conftest import S3_CREDENTIALS, envelope
 from ..sync.conftest import FAST_KDF, PASSPHRASE

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from cairn.device_store import Store
 from cairn.errors import InvalidInput
 from cairn.model import Filters, Hit, Match, Memory
 from cairn.search.hybrid import fts_query, successors_first
-from cairn.service import Store
 
 
 def test_fts_query_drops_stopwords_and_quotes_tokens() -> None:

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from cairn.device_store import MAX_OFFSET, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.ids import uuid7
 from cairn.model import Filters, Memory, MemoryState, RelationState
@@ -21,10 +22,9 @@ from cairn.remotes.http import HttpRemote
 from cairn.server import keys
 from cairn.server.context import now_ms
 from cairn.server.hosted import Hosted
-from cairn.service import MAX_OFFSET, Store
 from cairn.store.db import Database
 from cairn.sync import payload
-from cairn.syncing import Syncer
+from cairn.sync.engine import Syncer
 
 from ..conftest import envelope
 

@@ -12,11 +12,11 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cairn.crypto import keyring
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.http import HttpRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.workspace_keys import Envelopes, join, keyring_problem, open_keys
+from cairn.sync.keys import Envelopes, join, keyring_problem, open_keys
 
 from ..conftest import SyncServer, a_keyring
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import SchemaTooNew, StoreCorrupt, StoreLocked
-from cairn.service import Store
 from cairn.store.db import Database, _statements
 from cairn.store.migrations import MIGRATIONS
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import NotFound, StoreError
-from cairn.service import NewMemory, Store
 from cairn.store import outbox, replica
 from cairn.store.db import Database
 
@@ -97,7 +97,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.service import Store
+from cairn.device_store import Store
 from cairn.store.db import Database
 worker, count = int(sys.argv[2]), int(sys.argv[3])
 with Store(Database(Path(sys.argv[1])), OnnxEmbedder(), project=f"p{worker}") as store:

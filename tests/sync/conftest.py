@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from cairn.crypto.keyring import KdfParams, Unlocked
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.model import SyncRules
 from cairn.remotes.base import Remote
 from cairn.remotes.memory import MemoryRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join
 
 Replica = tuple[Store, Syncer]
 PASSPHRASE = "correct horse battery staple"

@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import InvalidInput, RemoteUnreachable
 from cairn.model import content_hash
 from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
+from cairn.sync.engine import Syncer
 
 from .conftest import keys_for, snapshot, sync_all
 

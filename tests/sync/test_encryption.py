@@ -12,16 +12,16 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import RemoteUnreachable, WrongPassphrase
 from cairn.protocol import KeyringBlob, sealed_key_id
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
 from cairn.server.sqlite_storage import SqliteStorage
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join, open_keys
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join, open_keys
 
 from ..conftest import SyncServer
 from .conftest import FAST_KDF, PASSPHRASE

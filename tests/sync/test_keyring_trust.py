@@ -9,12 +9,12 @@ from pathlib import Path
 import obstore
 from obstore.store import LocalStore
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.objects import ObjectRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, local_status
-from cairn.workspace_keys import join, open_keys
+from cairn.sync.engine import Syncer, local_status
+from cairn.sync.keys import join, open_keys
 
 from .conftest import FAST_KDF, PASSPHRASE
 

@@ -31,14 +31,14 @@ from obstore.store import LocalStore, S3Store
 
 from cairn.crypto.frames import Frames
 from cairn.crypto.keyring import Unlocked
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import RemoteUnreachable
 from cairn.protocol import WireMutation
 from cairn.remotes.objects import ObjectRemote
-from cairn.service import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer, local_status
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer, local_status
+from cairn.sync.keys import join
 
 from ..conftest import S3_CREDENTIALS, S3Server
 from .conftest import FAST_KDF, PASSPHRASE, snapshot, sync_all
@@ -392,10 +392,10 @@ from obstore.store import LocalStore, S3Store
 
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.objects import ObjectRemote
-from cairn.service import Store
+from cairn.device_store import Store
 from cairn.store.db import Database
-from cairn.syncing import Syncer
-from cairn.workspace_keys import open_keys
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import open_keys
 
 job = json.loads(sys.argv[1])
 where = job["remote"]

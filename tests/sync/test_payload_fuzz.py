@@ -19,14 +19,15 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cairn import model
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.hlc import HLC
 from cairn.ids import uuid7
 from cairn.model import Memory, MemoryState, RelationState, Revision
 from cairn.protocol import HOSTED, WireMutation
 from cairn.remotes.memory import MemoryRemote
-from cairn.service import Store
 from cairn.store.db import Database
+from cairn.sync.engine import Syncer
 from cairn.sync.payload import (
     PayloadError,
     decode,
@@ -34,7 +35,6 @@ from cairn.sync.payload import (
     encode_relation,
     relation_entity_id,
 )
-from cairn.syncing import Syncer
 
 from ..fuzzing import ci, mutated, mutated_json, parse_or_refuse, soak
 

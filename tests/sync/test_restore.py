@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import RemoteUnreachable
 from cairn.protocol import PullPage
 from cairn.remotes.memory import MemoryRemote
-from cairn.service import Store
 from cairn.store import replica
 from cairn.store.db import Database
-from cairn.syncing import RESTORE, Syncer
+from cairn.sync.engine import RESTORE, Syncer
 
 from .conftest import Replica, keys_for
 

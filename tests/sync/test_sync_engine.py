@@ -13,7 +13,7 @@ from cairn.model import SyncRules
 from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
 from cairn.store import outbox
-from cairn.syncing import Syncer
+from cairn.sync.engine import Syncer
 
 from .conftest import Replica, keys_for, snapshot, sync_all
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import Forbidden
 from cairn.model import SyncRules
 from cairn.remotes.http import HttpRemote
 from cairn.server.context import ServerSettings
-from cairn.service import NewMemory, Store
 from cairn.store import outbox
 from cairn.store.db import Database
-from cairn.syncing import Syncer
+from cairn.sync.engine import Syncer
 
 from ..conftest import SyncServer
 from .conftest import keys_for

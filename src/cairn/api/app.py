@@ -18,11 +18,9 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
-from cairn import SyncControl, __version__, build, model
-from cairn.api import edge
+from cairn import SyncControl, __version__, build, http_edge, model
 from cairn.api.schemas import (
     EditRequest,
-    ErrorOut,
     HealthOut,
     KindsFilter,
     ListOut,
@@ -39,9 +37,9 @@ from cairn.api.schemas import (
     TagsFilter,
 )
 from cairn.config import Settings
+from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
 from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
-from cairn.service import MAX_LIMIT, MAX_OFFSET, Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777
@@ -49,9 +47,9 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 
 # OpenAPI entries for the errors each route can return (all in the ErrorOut shape).
-_INVALID = edge.errors(422)
-_NOT_FOUND = edge.errors(404, e404="No such (live) memory.")
-_TOO_LARGE = edge.errors(413, e413="Content over 64 KiB (content_too_large).")
+_INVALID = http_edge.errors(422)
+_NOT_FOUND = http_edge.errors(404, e404="No such (live) memory.")
+_TOO_LARGE = http_edge.errors(413, e413="Content over 64 KiB (content_too_large).")
 # What a client may do next with a remembered memory (OpenAPI links, followed by stateful tests).
 _MEMORY = {"path.memory_id": "$response.body#/id"}
 _WHAT_IT_MADE: dict[str, Any] = {
@@ -60,7 +58,9 @@ _WHAT_IT_MADE: dict[str, Any] = {
         "ForgetIt": {"operationId": "forget", "parameters": _MEMORY},
     }
 }
-_FOREIGN_HOST = edge.errors(403, e403="The Host header names another machine (host_not_allowed).")
+_FOREIGN_HOST = http_edge.errors(
+    403, e403="The Host header names another machine (host_not_allowed)."
+)
 
 
 def create_app(
@@ -106,9 +106,9 @@ def create_app(
         dependencies=[Depends(check_host), Depends(check_token)],
         responses=_FOREIGN_HOST,
         generate_unique_id_function=lambda route: route.name,  # operation ids: for the links
-        exception_handlers=edge.handlers("the `cairn serve` log"),
+        exception_handlers=http_edge.handlers("the `cairn serve` log"),
     )
-    app.router.route_class = edge.JsonRoute
+    app.router.route_class = http_edge.JsonRoute
 
     @app.post(
         "/v1/memories",
@@ -244,7 +244,9 @@ def create_app(
             "Answered from the store without asking the remote: what waits to be sent, what "
             "was refused, and what the background sync worker (in any process) last reported."
         ),
-        responses={400: {"model": ErrorOut, "description": "This API runs without sync."}},
+        responses={
+            400: {"model": http_edge.ErrorOut, "description": "This API runs without sync."}
+        },
     )
     def sync_status() -> dict[str, Any]:
         if sync is None:
@@ -263,8 +265,8 @@ def create_app(
             "round fails; nothing local is lost either way."
         ),
         responses={
-            400: {"model": ErrorOut, "description": "Sync is not set up."},
-            502: {"model": ErrorOut, "description": "The remote failed or refused."},
+            400: {"model": http_edge.ErrorOut, "description": "Sync is not set up."},
+            502: {"model": http_edge.ErrorOut, "description": "The remote failed or refused."},
         },
     )
     def sync_now() -> Any:
@@ -275,7 +277,7 @@ def create_app(
         except SyncNotConfigured:
             raise
         except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
-            return edge.error(502, exc.code, exc.message)
+            return http_edge.error(502, exc.code, exc.message)
 
     @app.get(
         "/healthz",

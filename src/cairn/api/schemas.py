@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.device_store import MAX_LIMIT
 from cairn.model import (
     CONTENT_INPUT,
     KIND_INPUT,
@@ -23,7 +24,6 @@ from cairn.model import (
     TIME_INPUT,
     TOPIC_KEY_INPUT,
 )
-from cairn.service import MAX_LIMIT
 
 
 def optional(pattern: str) -> str:
@@ -260,22 +260,3 @@ class SyncNowOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str
-
-
-class RejectedOut(BaseModel):
-    mutation_id: str
-    code: str = Field(description="Why: invalid_mutation, unsealed_payload, revoked_key, ...")
-    message: str
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="Stable, for programs: not_found, content_too_large, ...")
-    message: str = Field(description="For people: what went wrong and what to do next.")
-    rejected: list[RejectedOut] = Field(
-        default_factory=list,
-        description="A refused push (invalid_mutation) only: each refused mutation and why.",
-    )
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody

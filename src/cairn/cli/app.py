@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config, model, transfer
+from cairn import config, model
 from cairn.cli import output
 from cairn.cli.common import (
     App,
@@ -31,9 +31,10 @@ from cairn.cli.doctor import doctor
 from cairn.cli.project import project_app
 from cairn.cli.server import server_app
 from cairn.cli.sync import sync_app
+from cairn.device_store import Store
 from cairn.errors import CairnError, InvalidInput
+from cairn.interchange import jsonl
 from cairn.model import Filters
-from cairn.service import Store
 
 app = App(
     name="cairn",
@@ -245,11 +246,11 @@ def export(
         total = store.count(filters)
         with progress("exporting", total) as bar:
             if str(file) == "-":
-                count = transfer.export(store, sys.stdout, filters, bar)
+                count = jsonl.export(store, sys.stdout, filters, bar)
             else:
                 partial = file.with_name(file.name + ".partial")
                 with partial.open("w", encoding="utf-8") as fh:
-                    count = transfer.export(store, fh, filters, bar)
+                    count = jsonl.export(store, fh, filters, bar)
                 partial.replace(file)  # a reader never sees a half-written export
     summary = {"exported": count, "file": str(file)}
     if json_:
@@ -274,7 +275,7 @@ def import_(
     with open_store() as store:
         if str(file) == "-":
             stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
-            report = transfer.import_(store, stdin)
+            report = jsonl.import_(store, stdin)
         else:
             with file.open(encoding="utf-8", errors="surrogateescape") as fh:
                 total = sum(1 for _ in fh)
@@ -282,7 +283,7 @@ def import_(
                 file.open(encoding="utf-8", errors="surrogateescape") as fh,
                 progress("importing", total) as bar,
             ):
-                report = transfer.import_(store, fh, bar)
+                report = jsonl.import_(store, fh, bar)
     if json_:
         output.emit_json(report.to_dict())
     else:

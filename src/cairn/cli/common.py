@@ -15,7 +15,7 @@ from typer.core import TyperArgument, TyperCommand
 import cairn
 from cairn import config
 from cairn.cli import output
-from cairn.service import Store
+from cairn.device_store import Store
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config, keystore
+from cairn import config, master_keys
 from cairn.cli import output
 from cairn.cli.common import JsonFlag
 from cairn.errors import CairnError
@@ -118,7 +118,7 @@ def _keys(settings: config.Settings) -> tuple[str, str]:
         return "ok", "hosted workspace: no key to keep"
     if sync.master_key is not None:
         return "ok", "the workspace's master key is in keys/sync.json (mode 0600)"
-    keystore.load(sync.keyring_id)
+    master_keys.load(sync.keyring_id)
     return "ok", "the workspace's master key is in the OS keyring"
 
 

@@ -17,8 +17,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config, keystore
-from cairn.autosync import LEASE_TTL, WorkerStatus
+from cairn import config, master_keys
 from cairn.cli import output
 from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
 from cairn.crypto import keyring
@@ -33,8 +32,9 @@ from cairn.errors import (
 )
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
-from cairn.syncing import Syncer
-from cairn.workspace_keys import join
+from cairn.sync.engine import Syncer
+from cairn.sync.keys import join
+from cairn.sync.worker import LEASE_TTL, WorkerStatus
 
 sync_app = App(
     name="sync",
@@ -154,7 +154,7 @@ def setup(
             key_store = None
             if keys is not None:
                 choice = settings.sync.key_store_choice
-                key_store = keystore.save(keys.keyring_id, keys.master, choice)
+                key_store = master_keys.save(keys.keyring_id, keys.master, choice)
             path = config.save_sync(
                 settings.home,
                 remote.url,
@@ -162,7 +162,7 @@ def setup(
                 device_name,
                 keys.master if keys else None,
                 keys.keyring_id if keys else None,
-                key_store or keystore.FILE,
+                key_store or master_keys.FILE,
                 endpoint_url,
             )
             if git:
@@ -198,7 +198,7 @@ def setup(
             "[yellow]this is a hosted workspace[/]: memories are sent in plain text and the "
             "server can read them (no passphrase, no end-to-end encryption)"
         )
-    elif key_store == keystore.OS_KEYRING:
+    elif key_store == master_keys.OS_KEYRING:
         output.out.print("the workspace key is kept in the OS keyring")
     else:
         output.out.print(f"the workspace key is kept in {path} (readable by you only)")

@@ -2,7 +2,7 @@
 
 Errors are ``{"error": {"code", "message"}}`` with the status from ``cairn.errors`` (a refused
 batch adds ``"rejected": [{mutation_id, code, message}]``), for unknown routes and wrong
-methods too (``cairn.api.edge``), so a client maps any failure back to an exception by its code.
+methods too (``cairn.http_edge``), so a client maps any failure back to an exception by its code.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from cairn import __version__
-from cairn.api import edge
+from cairn import __version__, http_edge
 from cairn.embedding.base import Embedder
 from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
@@ -55,7 +54,7 @@ def create_app(
             "Authenticate with `Authorization: Bearer cairn_...`. Errors are "
             '`{"error": {"code": ..., "message": ...}}`; a refused request changes nothing.'
         ),
-        exception_handlers=edge.handlers("the `cairn server run` log", _log),
+        exception_handlers=http_edge.handlers("the `cairn server run` log", _log),
     )
     app.state.cairn = context
     app.include_router(router)

@@ -25,6 +25,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from cairn import model
+from cairn.device_store import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.embedding.base import Embedder, Vectors
 from cairn.errors import InvalidInput, MutationRejected, NotFound, NotHosted
 from cairn.hlc import HLC, observe, tick
@@ -41,7 +42,6 @@ from cairn.model import (
 from cairn.protocol import HOSTED, WireMutation
 from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
-from cairn.service import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.sync import payload
 from cairn.sync.merge import edited, forgotten, merge_memory, merge_relation
 from cairn.sync.payload import PayloadError

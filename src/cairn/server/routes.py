@@ -19,8 +19,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from cairn import __version__, model, protocol
-from cairn.api import edge
+from cairn import __version__, http_edge, model, protocol
 from cairn.api.schemas import (
     EditRequest,
     HealthOut,
@@ -36,6 +35,7 @@ from cairn.api.schemas import (
     TagsFilter,
     UntilFilter,
 )
+from cairn.device_store import MAX_OFFSET, NewMemory
 from cairn.errors import InvalidInput, NotFound
 from cairn.model import MAX_INT, Filters, iso
 from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
@@ -66,14 +66,13 @@ from cairn.server.schemas import (
     inline_schema,
 )
 from cairn.server.storage import ApiKey, Device
-from cairn.service import MAX_OFFSET, NewMemory
 
 MAX_WAIT = 60.0
 SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
 """A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
 
 # Operation ids are the endpoints' names (push, pull, create_key, ...): the links below use them.
-router = APIRouter(route_class=edge.JsonRoute, generate_unique_id_function=lambda r: r.name)
+router = APIRouter(route_class=http_edge.JsonRoute, generate_unique_id_function=lambda r: r.name)
 
 
 def _links(**links: tuple[str, dict[str, Any]]) -> dict[str, Any]:
@@ -92,11 +91,11 @@ _VERSION = "$response.body#/version"
 _AS_THE_NEW_KEY = {"header.Authorization": "Bearer {$response.body#/key}"}
 PUSH_BODY = inline_schema(PushIn)
 """The push body's schema, for the OpenAPI document (the route reads the body itself)."""
-_BEARER = edge.BearerKey("An API key of the workspace: `cairn server key create` makes one.")
+_BEARER = http_edge.BearerKey("An API key of the workspace: `cairn server key create` makes one.")
 
 # Every route that takes a key answers these; the rest are listed route by route.
-_KEYED = edge.errors(401, 403, 429)
-_BODY = edge.errors(413, 422)
+_KEYED = http_edge.errors(401, 403, 429)
+_BODY = http_edge.errors(413, 422)
 
 
 def _context(request: Request) -> ServerContext:
@@ -212,7 +211,7 @@ async def push(
             **_links(NextPage=("pull", {"query.since": "$response.body#/next"})),
         },
         **_KEYED,
-        **edge.errors(422),
+        **http_edge.errors(422),
     },
 )
 async def pull(
@@ -284,7 +283,7 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
     response_model=UsageOut,
     tags=["admin"],
     summary="Metering: totals, quota and usage per day",
-    responses={**_KEYED, **edge.errors(422)},
+    responses={**_KEYED, **http_edge.errors(422)},
 )
 def usage(
     ctx: Context,
@@ -310,7 +309,7 @@ def usage(
     response_model=AuditOut,
     tags=["admin"],
     summary="Who did what, newest first",
-    responses={**_KEYED, **edge.errors(422)},
+    responses={**_KEYED, **http_edge.errors(422)},
 )
 def audit(
     ctx: Context,
@@ -342,7 +341,7 @@ def _hosted(ctx: ServerContext, key: ApiKey) -> None:
     ctx.hosted.require(ctx.storage.workspace_by_id(key.workspace_id))
 
 
-_NOT_HOSTED = edge.errors(409, e409="The workspace is end-to-end encrypted (not_hosted).")
+_NOT_HOSTED = http_edge.errors(409, e409="The workspace is end-to-end encrypted (not_hosted).")
 
 
 @router.post(
@@ -424,7 +423,7 @@ def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
     response_model=ListOut,
     tags=["hosted"],
     summary="List memories, newest first (hosted only)",
-    responses={**_KEYED, **edge.errors(422), **_NOT_HOSTED},
+    responses={**_KEYED, **http_edge.errors(422), **_NOT_HOSTED},
     description="`kind` and `tag` may repeat: any of the kinds, all of the tags.",
 )
 def list_memories(
@@ -449,7 +448,7 @@ def list_memories(
     response_model=MemoryOut,
     tags=["hosted"],
     summary="Get a memory by its full id (hosted only)",
-    responses={**_KEYED, **edge.errors(404, 422), **_NOT_HOSTED},
+    responses={**_KEYED, **http_edge.errors(404, 422), **_NOT_HOSTED},
 )
 def get_memory(memory_id: str, ctx: Context, key: Reader) -> Any:
     _hosted(ctx, key)
@@ -465,7 +464,7 @@ def get_memory(memory_id: str, ctx: Context, key: Reader) -> Any:
         "The local HTTP API's body: new content (embedded by the server), a new kind, tags to "
         "add. The edit goes into the log like a device's, so devices merge it by the same rule."
     ),
-    responses={**_KEYED, **_BODY, **edge.errors(404), **_NOT_HOSTED},
+    responses={**_KEYED, **_BODY, **http_edge.errors(404), **_NOT_HOSTED},
 )
 def edit_memory(memory_id: str, body: EditRequest, ctx: Context, key: Writer) -> Any:
     _hosted(ctx, key)
@@ -480,7 +479,7 @@ def edit_memory(memory_id: str, body: EditRequest, ctx: Context, key: Writer) ->
     response_model=MemoryOut,
     tags=["hosted"],
     summary="Forget a memory (hosted only); devices pull the tombstone",
-    responses={**_KEYED, **edge.errors(404, 422), **_NOT_HOSTED},
+    responses={**_KEYED, **http_edge.errors(404, 422), **_NOT_HOSTED},
 )
 def forget_memory(memory_id: str, ctx: Context, key: Writer) -> Any:
     _hosted(ctx, key)
@@ -497,7 +496,7 @@ def forget_memory(memory_id: str, ctx: Context, key: Writer) -> Any:
     responses={
         200: _links(Replace=("put_keyring", {"body": {"expected_version": _VERSION}})),
         **_KEYED,
-        **edge.errors(404, e404="No keyring yet (not_found)."),
+        **http_edge.errors(404, e404="No keyring yet (not_found)."),
     },
 )
 def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
@@ -511,7 +510,7 @@ def get_keyring(ctx: Context, key: Reader) -> dict[str, Any]:
     "/v1/keyring/versions",
     tags=["keyring"],
     summary="Every keyring version, newest first",
-    responses={**_KEYED, **edge.errors(422)},
+    responses={**_KEYED, **http_edge.errors(422)},
 )
 def keyring_versions(
     ctx: Context, key: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 100
@@ -537,7 +536,7 @@ def keyring_versions(
         ),
         **_KEYED,
         **_BODY,
-        **edge.errors(
+        **http_edge.errors(
             409,
             e409="expected_version is not the current version (conflict), or the blob is not "
             "a keyring of this workspace (key_mismatch).",
@@ -570,7 +569,7 @@ def put_keyring(body: KeyringIn, ctx: Context, key: Writer) -> dict[str, int]:
     "/v1/keyring/rollback",
     tags=["keyring"],
     summary="Roll the keyring back (admin)",
-    responses={**_KEYED, **_BODY, **edge.errors(404, 409)},
+    responses={**_KEYED, **_BODY, **http_edge.errors(404, 409)},
 )
 def rollback_keyring(body: RollbackIn, ctx: Context, key: Admin) -> dict[str, Any]:
     """Stores an earlier version again as the next one, with its own proof; audited."""
@@ -657,8 +656,8 @@ def list_keys(ctx: Context, key: Admin) -> dict[str, list[dict[str, Any]]]:
     description="Revoking a revoked key again changes nothing and answers the same.",
     responses={
         **_KEYED,
-        **edge.errors(422),
-        **edge.errors(404, e404="The workspace has no such key (not_found)."),
+        **http_edge.errors(422),
+        **http_edge.errors(404, e404="The workspace has no such key (not_found)."),
     },
 )
 def revoke_key(
@@ -695,7 +694,7 @@ def _decode_batch(
     a hosted one, payloads its server can read.
     """
     try:
-        data = edge.decode_json(body)
+        data = http_edge.decode_json(body)
     except ValueError as exc:
         raise InvalidInput(
             f'the request body is not valid JSON ({exc}); send {{"mutations": [...]}}'

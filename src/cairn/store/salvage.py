@@ -7,7 +7,7 @@ keys until the walk can go on. The store's indexes are walked as well, to learn 
 existed (the ``lost`` counts) and, where an index holds the whole row (tags), to recover it.
 
 The outbox and the keyword index are not read: both are rebuilt from the recovered rows.
-Nothing here writes: the file is opened read-only (``cairn.repairing`` writes the new store).
+Nothing here writes: the file is opened read-only (``cairn.repair`` writes the new store).
 """
 
 from __future__ import annotations

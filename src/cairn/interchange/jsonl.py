@@ -27,10 +27,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from cairn import model
+from cairn.device_store import NewMemory, Store
 from cairn.errors import CairnError, ImportFormatError
 from cairn.ids import uuid7
 from cairn.model import Filters
-from cairn.service import NewMemory, Store
 
 FORMAT = "cairn-jsonl"
 VERSION = 1

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cairn.device_store import Store
 from cairn.errors import (
     AuthFailed,
     CairnError,
@@ -53,11 +54,10 @@ from cairn.errors import (
     error_for,
 )
 from cairn.model import iso
-from cairn.service import Store
 from cairn.store import lease, outbox, replica
 from cairn.store.clock import now_ms
-from cairn.syncing import Progress, Syncer
-from cairn.workspace_keys import keyring_problem
+from cairn.sync.engine import Progress, Syncer
+from cairn.sync.keys import keyring_problem
 
 STATUS = "sync.worker"
 ROUND = "sync.round"

@@ -30,6 +30,7 @@ from cairn import keyring_rules
 from cairn.crypto import keyring
 from cairn.crypto.frames import Frames
 from cairn.crypto.seal import Opener, Sealer
+from cairn.device_store import Store
 from cairn.errors import (
     CryptoError,
     InvalidInput,
@@ -42,7 +43,6 @@ from cairn.errors import (
 )
 from cairn.protocol import KeyringBlob, WireMutation
 from cairn.remotes.base import Remote
-from cairn.service import Store
 from cairn.store import replica
 from cairn.sync import payload
 

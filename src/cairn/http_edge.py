@@ -22,11 +22,31 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
-from cairn.api.schemas import ErrorOut
 from cairn.errors import AuthFailed, CairnError, InvalidInput, RateLimited, StoreError
+
+
+class RejectedOut(BaseModel):
+    mutation_id: str
+    code: str = Field(description="Why: invalid_mutation, unsealed_payload, revoked_key, ...")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, for programs: not_found, content_too_large, ...")
+    message: str = Field(description="For people: what went wrong and what to do next.")
+    rejected: list[RejectedOut] = Field(
+        default_factory=list,
+        description="A refused push (invalid_mutation) only: each refused mutation and why.",
+    )
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
 
 Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 

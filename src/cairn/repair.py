@@ -30,8 +30,8 @@ from cairn.model import Filters, MemoryState
 from cairn.store import clock, memories, outbox, relations, replica, salvage
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
-from cairn.syncing import RESTORE
-from cairn.workspace_keys import KEYRING
+from cairn.sync.engine import RESTORE
+from cairn.sync.keys import KEYRING
 
 KEPT_META = {"device_id": r"[0-9a-f]{16}", KEYRING: r"[A-Za-z0-9+/]+={0,2}"}
 """What of the old store's meta carries over (if it reads as what it should be): who this device

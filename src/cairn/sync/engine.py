@@ -7,7 +7,7 @@ one transaction together with the cursor that follows it, so a crash never skips
 a page. Pulled memories keep the vector they were sent with: nothing is embedded again unless it
 came from another embedding model.
 
-Every payload is sealed (``cairn.workspace_keys.Envelopes``) before it leaves and opened before
+Every payload is sealed (``cairn.sync.keys.Envelopes``) before it leaves and opened before
 it is merged; one that fails to open is dead-lettered and the rest of its page still applies.
 A push the remote refuses because another device revoked its key is sealed again, once.
 """
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cairn.crypto import keyring
+from cairn.device_store import Store
 from cairn.errors import (
     CairnError,
     CryptoError,
@@ -38,12 +39,11 @@ from cairn.errors import (
 from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
 from cairn.protocol import WireMutation
 from cairn.remotes.base import Remote
-from cairn.service import Store
 from cairn.store import outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
 from cairn.sync import payload
 from cairn.sync.apply import apply
-from cairn.workspace_keys import Envelopes, keyring_problem
+from cairn.sync.keys import Envelopes, keyring_problem
 
 CURSOR = "sync.cursor"
 TARGET = "sync.target"

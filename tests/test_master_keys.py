@@ -1,4 +1,4 @@
-"""Where the workspace master key is kept (``cairn.keystore``); the OS-keyring path itself is
+"""Where the workspace master key is kept (``cairn.master_keys``); the OS-keyring path itself is
 exercised end to end in tests/cli/test_sync_cli.py with a real keyring backend."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import keyring
 import pytest
 from keyrings.alt.file import PlaintextKeyring
 
-from cairn import keystore
+from cairn import master_keys
 from cairn.errors import ConfigError
 
 
 def test_file_is_chosen_when_asked() -> None:
-    assert keystore.save("kr-test", b"k" * 32, "file") == keystore.FILE
+    assert master_keys.save("kr-test", b"k" * 32, "file") == master_keys.FILE
 
 
 @pytest.fixture
@@ -31,17 +31,17 @@ def plaintext_backend(tmp_path: Path) -> Iterator[None]:
 
 def test_auto_never_picks_a_third_party_backend(plaintext_backend: None) -> None:
     """keyrings.alt stores secrets in a plain-text file: auto must not take it for an OS one."""
-    assert keystore.save("kr-test", b"k" * 32, "auto") == keystore.FILE
-    assert keystore.save("kr-test", b"k" * 32, " AUTO ") == keystore.FILE
+    assert master_keys.save("kr-test", b"k" * 32, "auto") == master_keys.FILE
+    assert master_keys.save("kr-test", b"k" * 32, " AUTO ") == master_keys.FILE
 
 
 def test_keyring_takes_whatever_backend_is_configured(plaintext_backend: None) -> None:
-    assert keystore.save("kr-test", b"k" * 32, "keyring") == keystore.OS_KEYRING
-    assert keystore.load("kr-test") == b"k" * 32
+    assert master_keys.save("kr-test", b"k" * 32, "keyring") == master_keys.OS_KEYRING
+    assert master_keys.load("kr-test") == b"k" * 32
     with pytest.raises(ConfigError, match="no sync key"):
-        keystore.load("kr-missing")
+        master_keys.load("kr-missing")
 
 
 def test_an_unknown_choice_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="CAIRN_KEY_STORE"):
-        keystore.save("kr-test", b"k" * 32, "vault")
+        master_keys.save("kr-test", b"k" * 32, "vault")
