@@ -147,7 +147,7 @@ def new_embedder(batch_size: int = 32) -> OnnxEmbedder:
 
 
 def open_store(path: Path, embedder: OnnxEmbedder | None = None) -> Store:
-    """A Store wired like ``cairn.build`` but without reading config or the environment."""
+    """A Store wired like ``cairn.wiring.build`` but without reading config or the environment."""
     return Store(Database(path), embedder or new_embedder(), project=PROJECT, source="bench")
 
 

@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "cairn.protocol": 0,
     "cairn.agent_text": 0,
     "cairn.keyring_rules": 0,
+    "cairn.version": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
     "cairn.master_keys": 1,

@@ -4,36 +4,22 @@
 >>> with cairn.open() as store:
 ...     store.remember("We deploy with blue-green releases", kind="decision")
 ...     hits = store.recall("how do we ship to production?")
+
+This module only re-exports the public API; ``cairn.wiring`` composes it. Importing
+``cairn`` (or ``cairn.model``, ``cairn.errors``) loads no embedder, remote or worker.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cairn import config, master_keys, repair
-from cairn.device_store import NewMemory, Store
-from cairn.embedding.onnx import OnnxEmbedder
-from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
+from cairn.errors import CairnError
 from cairn.model import Filters, Hit, Memory, RememberResult
-from cairn.protocol import E2E
-from cairn.remotes import objects
-from cairn.remotes.base import Remote
-from cairn.remotes.http import HttpRemote
-from cairn.store.db import Database
-from cairn.sync import worker as sync_worker
-from cairn.sync.engine import Progress, Syncer, local_status
-from cairn.sync.keys import open_keys
-from cairn.sync.worker import Worker
+from cairn.version import __version__
 
-try:
-    __version__ = version("cairn-memory")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from cairn.device_store import NewMemory, Store
+    from cairn.wiring import open
 
 __all__ = [
     "CairnError",
@@ -43,236 +29,20 @@ __all__ = [
     "NewMemory",
     "RememberResult",
     "Store",
+    "__version__",
     "open",
 ]
 
-
-def open(  # noqa: A001 - mirrors the builtin on purpose: cairn.open(path)
-    path: str | Path | None = None,
-    project: str | None = None,
-    source: str = "python",
-) -> Store:
-    """Open (creating if needed) the store at ``path``, default ``$CAIRN_HOME/cairn.db``."""
-    settings = config.load(source=source)
-    return build(settings, Path(path) if path else None, project)
+_LAZY = {"open": "cairn.wiring", "Store": "cairn.device_store", "NewMemory": "cairn.device_store"}
 
 
-def build(settings: config.Settings, path: Path | None = None, project: str | None = None) -> Store:
-    """Wire a Store from settings: the composition shared by every entry point."""
-    db = Database(path or settings.db_path)
-    return Store(
-        db,
-        build_embedder(settings),
-        project=project or config.default_project(),
-        source=settings.source,
-        near_duplicate=settings.near_duplicate,
-    )
+def __getattr__(name: str) -> Any:
+    """``cairn.open``, ``cairn.Store`` and ``cairn.NewMemory`` load the store on first use."""
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module 'cairn' has no attribute {name!r}")
+    import importlib
 
-
-def build_embedder(settings: config.Settings) -> OnnxEmbedder:
-    return OnnxEmbedder(settings.model_dir, max_tokens=settings.max_tokens)
-
-
-def repair_store(
-    settings: config.Settings,
-    force: bool = False,
-    pull: bool = True,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Repair the store of ``settings`` (``cairn.repair.repair``), then, when sync is set
-    up and ``pull``, pull from the remote what the damage took; the report as a dict.
-
-    A pull that fails leaves the store repaired: the next pull (any sync) still brings back
-    this device's own changes, and ``pull_error`` says why this one did not. Topic chains are
-    linked again once every memory is back (``topic_links``: links added or removed).
-    """
-    report = asdict(repair.repair(settings.db_path, build_embedder(settings), force))
-    report.update(pull=None, pull_error=None, pulled_back={"memories": 0, "relations": 0})
-    report["topic_links"] = 0
-    if report["status"] != "repaired":
-        return report
-    syncing = sync_configured(_fresh(settings))
-    with build(settings) as store:
-        if syncing and pull:
-            before = store.stats()
-            try:
-                syncer = build_syncer(_fresh(settings), store)
-                try:
-                    report["pull"] = asdict(syncer.pull(progress))
-                finally:
-                    syncer.close()
-            except CairnError as exc:
-                report["pull_error"] = exc.to_dict()
-            after = store.stats()
-            rows = ("memories", "forgotten")
-            report["pulled_back"] = {
-                "memories": sum(after[k] for k in rows) - sum(before[k] for k in rows),
-                "relations": after["relations"] - before["relations"],
-            }
-        if report["pull"] is not None or not syncing:  # every memory that will come is back
-            report["topic_links"] = repair.relink_topics(store.db)
-        report["memories_now"] = store.count()
-    return report
-
-
-def open_remote(
-    url: str,
-    api_key: str | None = None,
-    device_id: str | None = None,
-    endpoint_url: str | None = None,
-    create: bool = False,
-) -> Remote:
-    """The remote a sync URL names: a Cairn sync server (http(s)://), an S3 or S3-compatible
-    bucket (s3://bucket/prefix) or a folder (file:///path; made if missing only if ``create``)."""
-    if url.startswith(("http://", "https://")):
-        if not api_key:
-            raise InvalidInput("a sync server needs an API key: pass --api-key (or CAIRN_API_KEY)")
-        return HttpRemote(url, api_key, device_id=device_id)
-    if url.startswith(("s3://", "file://")):
-        return objects.open_url(url, endpoint_url, device_id, create)
-    raise InvalidInput(
-        f"cannot sync with {url!r}: give a sync server's http(s):// URL, s3://bucket/prefix, "
-        "a folder (/path/to/folder, ./folder or file:///path/to/folder)"
-    )
-
-
-FLUSH_SECONDS = 3.0
-"""How long a long-running entry point, stopping, may spend pushing what is left in the outbox."""
-
-NOT_CONFIGURED = "sync is not set up on this device; run `cairn sync setup --remote URL`"
-
-
-def sync_configured(settings: config.Settings) -> bool:
-    sync = settings.sync
-    return sync.remote is not None and (sync.mode != E2E or sync.keyring_id is not None)
-
-
-def build_syncer(settings: config.Settings, store: Store) -> Syncer:
-    """Wire a Syncer for ``store`` from the saved sync settings."""
-    sync = settings.sync
-    if not sync_configured(settings) or sync.remote is None:
-        raise SyncNotConfigured(NOT_CONFIGURED)
-    remote = open_remote(sync.remote, sync.api_key, store.device_id(), sync.endpoint_url)
-    keys = None
-    try:
-        if sync.keyring_id is not None:  # end-to-end encrypted (hosted workspaces have no keys)
-            master = sync.master_key or master_keys.load(sync.keyring_id)
-            keys = open_keys(store, remote, master, sync.keyring_id)
-        return Syncer(store, remote, keys, sync.rules)
-    except BaseException:
-        remote.close()
-        raise
-
-
-def sync_config_version(settings: config.Settings) -> object:
-    """Changes whenever the sync settings on disk change (what unblocks a stopped worker)."""
-    stamps: list[tuple[int, int] | None] = []
-    for path in (settings.home / "keys" / config.SYNC_FILE, settings.home / "config.toml"):
-        try:
-            stat = path.stat()
-            stamps.append((stat.st_mtime_ns, stat.st_size))
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
-
-
-def _fresh(settings: config.Settings) -> config.Settings:
-    """The settings as they are on disk now (the sync setup may have changed since start)."""
-    return config.load({**os.environ, "CAIRN_HOME": str(settings.home)}, settings.source)
-
-
-def start_autosync(settings: config.Settings, store: Store, **options: Any) -> Worker:
-    """A running background sync worker for ``store`` (it re-reads the settings from disk
-    whenever they change, so a fixed configuration takes effect without a restart)."""
-    return Worker(
-        store,
-        lambda: build_syncer(_fresh(settings), store),
-        config_version=lambda: sync_config_version(settings),
-        **options,
-    ).start()
-
-
-def sync_now(
-    settings: config.Settings,
-    store: Store,
-    what: str = "now",
-    progress: Progress | None = None,
-    wait: float = 0.0,
-    timeout: float = 120.0,
-) -> dict[str, dict[str, Any]]:
-    """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
-    (``cairn.sync.worker.sync_now``); raises SyncNotConfigured before sync is set up."""
-    if not sync_configured(_fresh(settings)):
-        raise SyncNotConfigured(NOT_CONFIGURED)
-    return sync_worker.sync_now(
-        store,
-        lambda: build_syncer(_fresh(settings), store),
-        what,
-        progress=progress,
-        wait=wait,
-        timeout=timeout,
-    )
-
-
-def compact(
-    settings: config.Settings,
-    store: Store,
-    stale_days: float = 30.0,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Compact an object-storage remote (``ObjectRemote.compact``): a snapshot for new
-    devices, and the batches every device has read removed."""
-    syncer = build_syncer(settings, store)
-    try:
-        remote = syncer.remote
-        if not isinstance(remote, objects.ObjectRemote):
-            raise InvalidInput(
-                f"{remote.url} is a sync server, which keeps its own log: `cairn sync compact` "
-                "is for s3:// and file:// remotes"
-            )
-        return remote.compact(stale_after=stale_days * 86400, progress=progress)
-    finally:
-        syncer.close()
-
-
-def sync_status(settings: config.Settings, store: Store) -> dict[str, Any]:
-    """This device's sync state without asking the remote: where it syncs, what waits to be
-    sent, and what the background worker (in any process) last reported."""
-    current = _fresh(settings)
-    data: dict[str, Any] = {
-        "configured": sync_configured(current),
-        "remote": current.sync.remote,
-        "mode": current.sync.mode if current.sync.remote else None,
-        **local_status(store),
-        "worker": sync_worker.read_status(store),
-    }
-    if not data["configured"]:
-        data["worker"].update(
-            phase="disabled", reason="sync_not_configured", message=NOT_CONFIGURED
-        )
-    return data
-
-
-class SyncControl:
-    """Sync as a long-running entry point (the MCP server, the local API) offers it: a
-    background worker for the store (unless ``autosync`` is off), its status, and sync-now.
-
-    The worker starts even before sync is set up: it reports ``disabled`` and begins syncing
-    once ``cairn sync setup`` has saved the settings, without a restart.
-    """
-
-    def __init__(self, settings: config.Settings, store: Store, autosync: bool = True) -> None:
-        self.settings, self.store = settings, store
-        self.worker = start_autosync(settings, store) if autosync else None
-
-    def status(self) -> dict[str, Any]:
-        return sync_status(self.settings, self.store)
-
-    def now(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
-        return sync_now(self.settings, self.store, timeout=timeout)
-
-    def close(self) -> None:
-        """Stop the worker, pushing what is still in the outbox first (for at most
-        ``FLUSH_SECONDS``)."""
-        if self.worker is not None:
-            self.worker.stop(flush=FLUSH_SECONDS)
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

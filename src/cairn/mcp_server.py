@@ -18,7 +18,7 @@ from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import Field, ValidationError
 
 import cairn
-from cairn import agent_text, model
+from cairn import agent_text, model, wiring
 from cairn.config import Settings
 from cairn.device_store import MAX_LIMIT, Store
 from cairn.errors import CairnError, StoreError
@@ -124,7 +124,7 @@ AddTags = Annotated[
 # --- the server -------------------------------------------------------------------------------
 
 
-def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPServer:
+def create_server(store: Store, sync: wiring.SyncControl | None = None) -> MCPServer:
     """An MCP server whose tools call ``store`` (and ``sync``, which adds the sync tools); the
     caller keeps ownership of both."""
     server = CairnMCPServer(
@@ -261,7 +261,7 @@ def create_server(store: Store, sync: cairn.SyncControl | None = None) -> MCPSer
     return server
 
 
-def _sync_tools(server: MCPServer, sync: cairn.SyncControl) -> None:
+def _sync_tools(server: MCPServer, sync: wiring.SyncControl) -> None:
     @server.tool(
         description=(
             "Whether this device's memories are in sync with the user's other devices: the "
@@ -324,7 +324,7 @@ def _sync_tools(server: MCPServer, sync: cairn.SyncControl) -> None:
 def run(settings: Settings, autosync: bool = True) -> None:
     """Serve the tools on stdin/stdout until the client disconnects, then close the store;
     meanwhile (unless ``autosync`` is off) the store syncs in the background."""
-    with cairn.build(settings) as store:
+    with wiring.build(settings) as store:
         try:
             store.warm_up()  # so the agent's first recall is not slow
         except StoreError as exc:
@@ -332,7 +332,7 @@ def run(settings: Settings, autosync: bool = True) -> None:
             # and what to do only from a server that answers. Outcome: served anyway; each
             # tool that touches the damage answers the error, the message on stderr too.
             print(f"cairn mcp: {exc.message}", file=sys.stderr)
-        sync = cairn.SyncControl(settings, store, autosync)
+        sync = wiring.SyncControl(settings, store, autosync)
         try:
             create_server(store, sync).run("stdio")
         finally:

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
-from cairn import SyncControl, __version__, build, http_edge, model
+from cairn import http_edge, model
 from cairn.api.schemas import (
     EditRequest,
     HealthOut,
@@ -40,6 +40,8 @@ from cairn.config import Settings
 from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
 from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
+from cairn.version import __version__
+from cairn.wiring import SyncControl, build
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7777

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config, model
+from cairn import config, model, wiring
 from cairn.cli import output
 from cairn.cli.common import (
     App,
@@ -307,7 +307,7 @@ def stats(json_: JsonFlag = False) -> None:
     settings = config.load()
     with open_store() as store:
         data = store.stats()
-    data["sync"] = settings.sync.remote if cairn.sync_configured(settings) else "off"
+    data["sync"] = settings.sync.remote if wiring.sync_configured(settings) else "off"
     if json_:
         output.emit_json(data)
         return
@@ -344,7 +344,7 @@ def repair(
     before repairing it, and start them again after.
     """
     with progress_to("pulling") as bar:
-        report = cairn.repair_store(config.load(), force=force, pull=pull, progress=bar)
+        report = wiring.repair_store(config.load(), force=force, pull=pull, progress=bar)
     if json_:
         output.emit_json(report)
     else:

@@ -12,8 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperArgument, TyperCommand
 
-import cairn
-from cairn import config
+from cairn import config, wiring
 from cairn.cli import output
 from cairn.device_store import Store
 
@@ -46,7 +45,7 @@ class App(typer.Typer):
 
 
 def open_store(project: str | None = None, source: str = "cli") -> Store:
-    store = cairn.build(config.load(source=source), project=project)
+    store = wiring.build(config.load(source=source), project=project)
     store.db.on_wait = _waiting
     return store
 

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 import cairn
-from cairn import config, master_keys
+from cairn import config, master_keys, wiring
 from cairn.cli import output
 from cairn.cli.common import JsonFlag
 from cairn.errors import CairnError
@@ -92,7 +92,7 @@ def _store(settings: config.Settings) -> tuple[str, str]:
     problems = salvage.check(path, limit=3)
     if problems:
         return "fail", f"{path} is damaged ({problems[0]}); run `cairn repair`"
-    with cairn.build(settings) as store:
+    with wiring.build(settings) as store:
         stats = store.stats()
     count = stats["memories"]
     memories = f"{count} memory" if count == 1 else f"{count} memories"
@@ -100,7 +100,7 @@ def _store(settings: config.Settings) -> tuple[str, str]:
 
 
 def _model(settings: config.Settings) -> tuple[str, str]:
-    embedder = cairn.build_embedder(settings)
+    embedder = wiring.build_embedder(settings)
     started = time.perf_counter()
     vector = embedder.embed(["cairn doctor checks the model"])[0]
     took = (time.perf_counter() - started) * 1000
@@ -123,11 +123,11 @@ def _keys(settings: config.Settings) -> tuple[str, str]:
 
 
 def _remote(settings: config.Settings) -> list[Check]:
-    if not cairn.sync_configured(settings):
+    if not wiring.sync_configured(settings):
         return [("remote", "off", "sync is not set up (`cairn sync setup --remote URL`)")]
     try:
-        with cairn.build(settings) as store:
-            syncer = cairn.build_syncer(settings, store)
+        with wiring.build(settings) as store:
+            syncer = wiring.build_syncer(settings, store)
             try:
                 status: dict[str, Any] = syncer.remote.status()
             finally:

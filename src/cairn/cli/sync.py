@@ -16,8 +16,7 @@ from urllib.parse import unquote, urlparse
 import typer
 from rich.markup import escape
 
-import cairn
-from cairn import config, master_keys
+from cairn import config, master_keys, wiring
 from cairn.cli import output
 from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
 from cairn.crypto import keyring
@@ -48,7 +47,7 @@ sync_app = App(
 def _syncer() -> Iterator[Syncer]:
     settings = config.load()
     with open_store() as store:
-        syncer = cairn.build_syncer(settings, store)
+        syncer = wiring.build_syncer(settings, store)
         try:
             yield syncer
         finally:
@@ -140,7 +139,7 @@ def setup(
             "(a new workspace, with its own passphrase and recovery key)"
         )
     with open_store() as store:
-        remote = cairn.open_remote(url, api_key, endpoint_url=endpoint_url, create=making)
+        remote = wiring.open_remote(url, api_key, endpoint_url=endpoint_url, create=making)
         try:
             remote_status = remote.status()  # fails fast on a wrong URL or key
             keys, recovery = None, None
@@ -332,7 +331,7 @@ def now(json_: JsonFlag = False) -> None:
 def _sync(what: str, label: str, json_: bool, wait: float = 0.0) -> None:
     settings = config.load()
     with open_store() as store, progress_to(label) as update:
-        report = cairn.sync_now(settings, store, what, update, wait)
+        report = wiring.sync_now(settings, store, what, update, wait)
     _report(report, json_)
 
 
@@ -398,7 +397,7 @@ def compact(
     syncing devices; one compaction runs at a time (a lock object, stale after 10 min)."""
     settings = config.load()
     with open_store() as store, progress_to("compacting") as update:
-        report = cairn.compact(settings, store, stale_days, lambda _s, d, t: update(d, t or d))
+        report = wiring.compact(settings, store, stale_days, lambda _s, d, t: update(d, t or d))
     if json_:
         output.emit_json(report)
         return
@@ -427,10 +426,10 @@ def status(json_: JsonFlag = False) -> None:
     the background sync worker (if one runs for this store) is doing."""
     settings = config.load()
     with open_store() as store:
-        data = cairn.sync_status(settings, store)
+        data = wiring.sync_status(settings, store)
         if data["configured"]:
             try:
-                syncer = cairn.build_syncer(settings, store)
+                syncer = wiring.build_syncer(settings, store)
             except CairnError as exc:  # the local part still shows; the error says what is wrong
                 data.update(reachable=_reached(exc), error=exc.to_dict())
             else:
@@ -519,11 +518,11 @@ def daemon(
             output.announce(f"{status.phase}{reason}: {status.message}")
 
     with open_store() as store, until_stopped():
-        worker = cairn.start_autosync(settings, store, lease_ttl=lease_ttl, on_status=show)
+        worker = wiring.start_autosync(settings, store, lease_ttl=lease_ttl, on_status=show)
         try:
             threading.Event().wait()
         finally:
-            worker.stop(flush=cairn.FLUSH_SECONDS)
+            worker.stop(flush=wiring.FLUSH_SECONDS)
 
 
 @sync_app.command()
