@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     "cairn.errors": 0,
     "cairn.ids": 0,
     "cairn.hlc": 0,
-    "cairn.config": 0,
+    "cairn.settings": 0,
     "cairn.protocol": 0,
     "cairn.agent_text": 0,
     "cairn.keyring_rules": 0,
@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "cairn.sync.worker": 3,
     # the Python API's composition root (cairn/__init__.py)
     "cairn": 4,
+    "cairn.config": 4,
     # edges: parse, call, format
     "cairn.cli": 5,
     "cairn.mcp_server": 5,

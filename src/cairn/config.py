@@ -38,7 +38,6 @@ import socket
 import subprocess
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +45,7 @@ from urllib.parse import urlsplit
 from cairn.errors import ConfigError, InvalidInput
 from cairn.model import DEFAULT_PROJECT, SyncRules, check_kind, check_project, check_tags
 from cairn.protocol import E2E, HOSTED, MODES
+from cairn.settings import Settings, SyncSettings
 
 SYNC_FILE = "sync.json"
 _RULES = tuple(f"{w}_{k}" for w in ("include", "exclude") for k in ("projects", "kinds", "tags"))
@@ -57,40 +57,6 @@ KEYS = {
 """Every table of config.toml and its keys; anything else is refused by name (a misspelt key
 would otherwise be ignored without a word)."""
 _DIGITS = re.compile(r"\s*[0-9]{1,9}\s*")
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    """Where this device syncs to, and what it shares (``remote`` None: sync not set up).
-
-    ``master_key`` opens the workspace's keyring (never the passphrase itself is kept); it is
-    None when ``key_store`` is the OS keyring (read it with ``cairn.master_keys.load``) and in a
-    hosted workspace, which has no keyring.
-    """
-
-    remote: str | None = None
-    api_key: str | None = None
-    endpoint_url: str | None = None  # an S3-compatible service's endpoint (s3:// remotes)
-    master_key: bytes | None = None
-    keyring_id: str | None = None
-    mode: str = E2E
-    key_store: str = "file"
-    key_store_choice: str = "auto"  # CAIRN_KEY_STORE: where `cairn sync setup` puts the key
-    device_name: str = field(default_factory=socket.gethostname)
-    rules: SyncRules = field(default_factory=SyncRules)
-
-
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    db_path: Path
-    model_dir: Path | None = None
-    max_tokens: int = 256
-    near_duplicate: float = 0.92
-    source: str = "cli"
-    sync: SyncSettings = field(default_factory=SyncSettings)
-    local_token: str | None = None
-    """CAIRN_LOCAL_TOKEN: the bearer token `cairn serve` requires (needed off loopback)."""
 
 
 def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Settings:

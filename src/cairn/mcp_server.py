@@ -19,10 +19,10 @@ from pydantic import Field, ValidationError
 
 import cairn
 from cairn import agent_text, model, wiring
-from cairn.config import Settings
 from cairn.device_store import MAX_LIMIT, Store
 from cairn.errors import CairnError, StoreError
 from cairn.model import Filters
+from cairn.settings import Settings
 
 INSTRUCTIONS = """\
 Cairn is your long-term memory across sessions, shared with the user's other agents.

@@ -13,6 +13,7 @@ from cairn.device_store import Store
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.protocol import E2E
 from cairn.remotes.base import Remote
+from cairn.settings import Settings
 from cairn.store.db import Database
 from cairn.sync import worker as sync_worker
 from cairn.sync.engine import Progress, Syncer, local_status
@@ -33,7 +34,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: cairn.open(path)
     return build(settings, Path(path) if path else None, project)
 
 
-def build(settings: config.Settings, path: Path | None = None, project: str | None = None) -> Store:
+def build(settings: Settings, path: Path | None = None, project: str | None = None) -> Store:
     """Wire a Store from settings: the composition shared by every entry point."""
     db = Database(path or settings.db_path)
     return Store(
@@ -45,7 +46,7 @@ def build(settings: config.Settings, path: Path | None = None, project: str | No
     )
 
 
-def build_embedder(settings: config.Settings) -> OnnxEmbedder:
+def build_embedder(settings: Settings) -> OnnxEmbedder:
     """The local ONNX embedder (onnxruntime loads here, on first use, not on import)."""
     from cairn.embedding.onnx import OnnxEmbedder
 
@@ -53,7 +54,7 @@ def build_embedder(settings: config.Settings) -> OnnxEmbedder:
 
 
 def repair_store(
-    settings: config.Settings,
+    settings: Settings,
     force: bool = False,
     pull: bool = True,
     progress: Progress | None = None,
@@ -124,12 +125,12 @@ FLUSH_SECONDS = 3.0
 NOT_CONFIGURED = "sync is not set up on this device; run `cairn sync setup --remote URL`"
 
 
-def sync_configured(settings: config.Settings) -> bool:
+def sync_configured(settings: Settings) -> bool:
     sync = settings.sync
     return sync.remote is not None and (sync.mode != E2E or sync.keyring_id is not None)
 
 
-def build_syncer(settings: config.Settings, store: Store) -> Syncer:
+def build_syncer(settings: Settings, store: Store) -> Syncer:
     """Wire a Syncer for ``store`` from the saved sync settings."""
     sync = settings.sync
     if not sync_configured(settings) or sync.remote is None:
@@ -146,7 +147,7 @@ def build_syncer(settings: config.Settings, store: Store) -> Syncer:
         raise
 
 
-def sync_config_version(settings: config.Settings) -> object:
+def sync_config_version(settings: Settings) -> object:
     """Changes whenever the sync settings on disk change (what unblocks a stopped worker)."""
     stamps: list[tuple[int, int] | None] = []
     for path in (settings.home / "keys" / config.SYNC_FILE, settings.home / "config.toml"):
@@ -158,12 +159,12 @@ def sync_config_version(settings: config.Settings) -> object:
     return tuple(stamps)
 
 
-def _fresh(settings: config.Settings) -> config.Settings:
+def _fresh(settings: Settings) -> Settings:
     """The settings as they are on disk now (the sync setup may have changed since start)."""
     return config.load({**os.environ, "CAIRN_HOME": str(settings.home)}, settings.source)
 
 
-def start_autosync(settings: config.Settings, store: Store, **options: Any) -> Worker:
+def start_autosync(settings: Settings, store: Store, **options: Any) -> Worker:
     """A running background sync worker for ``store`` (it re-reads the settings from disk
     whenever they change, so a fixed configuration takes effect without a restart)."""
     return Worker(
@@ -175,7 +176,7 @@ def start_autosync(settings: config.Settings, store: Store, **options: Any) -> W
 
 
 def sync_now(
-    settings: config.Settings,
+    settings: Settings,
     store: Store,
     what: str = "now",
     progress: Progress | None = None,
@@ -197,7 +198,7 @@ def sync_now(
 
 
 def compact(
-    settings: config.Settings,
+    settings: Settings,
     store: Store,
     stale_days: float = 30.0,
     progress: Callable[[str, int, int], None] | None = None,
@@ -219,7 +220,7 @@ def compact(
         syncer.close()
 
 
-def sync_status(settings: config.Settings, store: Store) -> dict[str, Any]:
+def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     """This device's sync state without asking the remote: where it syncs, what waits to be
     sent, and what the background worker (in any process) last reported."""
     current = _fresh(settings)
@@ -245,7 +246,7 @@ class SyncControl:
     once ``cairn sync setup`` has saved the settings, without a restart.
     """
 
-    def __init__(self, settings: config.Settings, store: Store, autosync: bool = True) -> None:
+    def __init__(self, settings: Settings, store: Store, autosync: bool = True) -> None:
         self.settings, self.store = settings, store
         self.worker = start_autosync(settings, store) if autosync else None
 

@@ -36,10 +36,10 @@ from cairn.api.schemas import (
     SyncStatusOut,
     TagsFilter,
 )
-from cairn.config import Settings
 from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
 from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
+from cairn.settings import Settings
 from cairn.version import __version__
 from cairn.wiring import SyncControl, build
 

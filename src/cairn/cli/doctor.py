@@ -18,6 +18,7 @@ from cairn import config, master_keys, wiring
 from cairn.cli import output
 from cairn.cli.common import JsonFlag
 from cairn.errors import CairnError
+from cairn.settings import Settings
 from cairn.store import salvage
 
 MAX_SKEW_S = 60.0
@@ -85,7 +86,7 @@ def _versions() -> tuple[str, str]:
     )
 
 
-def _store(settings: config.Settings) -> tuple[str, str]:
+def _store(settings: Settings) -> tuple[str, str]:
     path = settings.db_path
     if not path.exists():
         return "ok", f"{path} does not exist yet (made on the first remember)"
@@ -99,7 +100,7 @@ def _store(settings: config.Settings) -> tuple[str, str]:
     return "ok", f"{path}: {memories}, {stats['bytes']:,} bytes, integrity ok"
 
 
-def _model(settings: config.Settings) -> tuple[str, str]:
+def _model(settings: Settings) -> tuple[str, str]:
     embedder = wiring.build_embedder(settings)
     started = time.perf_counter()
     vector = embedder.embed(["cairn doctor checks the model"])[0]
@@ -110,7 +111,7 @@ def _model(settings: config.Settings) -> tuple[str, str]:
     )
 
 
-def _keys(settings: config.Settings) -> tuple[str, str]:
+def _keys(settings: Settings) -> tuple[str, str]:
     sync = settings.sync
     if sync.remote is None:
         return "off", "no workspace key (sync is not set up)"
@@ -122,7 +123,7 @@ def _keys(settings: config.Settings) -> tuple[str, str]:
     return "ok", "the workspace's master key is in the OS keyring"
 
 
-def _remote(settings: config.Settings) -> list[Check]:
+def _remote(settings: Settings) -> list[Check]:
     if not wiring.sync_configured(settings):
         return [("remote", "off", "sync is not set up (`cairn sync setup --remote URL`)")]
     try:
