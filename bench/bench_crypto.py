@@ -20,7 +20,8 @@ import numpy as np
 import corpus
 from cairn.crypto import keyring
 from cairn.crypto.seal import Opener, Sealer, open_sealed, seal
-from cairn.model import Memory, MemoryState
+from cairn.model import Memory
+from cairn.replication import MemoryState
 from cairn.sync.payload import encode_memory
 from common import print_table, write_results
 

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 
 import corpus
-from cairn.model import MemoryState
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
+from cairn.replication import MemoryState
 from cairn.sync import payload
 from common import (
     Server,

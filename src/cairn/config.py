@@ -43,8 +43,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cairn.errors import ConfigError, InvalidInput
-from cairn.model import DEFAULT_PROJECT, SyncRules, check_kind, check_project, check_tags
+from cairn.model import DEFAULT_PROJECT, check_kind, check_project, check_tags
 from cairn.protocol import E2E, HOSTED, MODES
+from cairn.replication import SyncRules
 from cairn.settings import Settings, SyncSettings
 
 SYNC_FILE = "sync.json"

@@ -26,7 +26,8 @@ import numpy as np
 from cairn.embedding.base import Embedder
 from cairn.errors import NotFound, SchemaTooNew, StoreError
 from cairn.hlc import HLC
-from cairn.model import Filters, MemoryState
+from cairn.model import Filters
+from cairn.replication import MemoryState
 from cairn.store import clock, memories, outbox, relations, replica, salvage
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS

@@ -6,8 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cairn.model import SyncRules
 from cairn.protocol import E2E
+from cairn.replication import SyncRules
 
 
 @dataclass(frozen=True)

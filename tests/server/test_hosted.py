@@ -16,9 +16,10 @@ import pytest
 from cairn.device_store import MAX_OFFSET, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.ids import uuid7
-from cairn.model import Filters, Memory, MemoryState, RelationState
+from cairn.model import Filters, Memory
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
+from cairn.replication import MemoryState, RelationState
 from cairn.server import keys
 from cairn.server.context import now_ms
 from cairn.server.hosted import Hosted

@@ -33,8 +33,9 @@ from schemathesis import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.model import Memory, MemoryState
+from cairn.model import Memory
 from cairn.protocol import E2E, HOSTED, MAX_BATCH
+from cairn.replication import MemoryState
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.model import MemoryState
+from cairn.replication import MemoryState
 from cairn.store import replica, salvage
 
 from ..damage import COUNT, damage, fill

@@ -10,9 +10,9 @@ import pytest
 from cairn.crypto.keyring import KdfParams, Unlocked
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.model import SyncRules
 from cairn.remotes.base import Remote
 from cairn.remotes.memory import MemoryRemote
+from cairn.replication import SyncRules
 from cairn.store.db import Database
 from cairn.sync.engine import Syncer
 from cairn.sync.keys import join

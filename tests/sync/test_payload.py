@@ -7,8 +7,9 @@ import zlib
 
 import pytest
 
-from cairn.model import Memory, MemoryState, Revision
+from cairn.model import Memory
 from cairn.protocol import WireMutation
+from cairn.replication import MemoryState, Revision
 from cairn.sync.payload import FORMAT, PayloadError, decode, encode_memory
 
 MEMORY = Memory(

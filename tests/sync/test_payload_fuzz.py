@@ -18,14 +18,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cairn import model
+from cairn import model, replication
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.hlc import HLC
 from cairn.ids import uuid7
-from cairn.model import Memory, MemoryState, RelationState, Revision
+from cairn.model import Memory
 from cairn.protocol import HOSTED, WireMutation
 from cairn.remotes.memory import MemoryRemote
+from cairn.replication import MemoryState, RelationState, Revision
 from cairn.store.db import Database
 from cairn.sync.engine import Syncer
 from cairn.sync.payload import (
@@ -81,7 +82,7 @@ memory_states = st.builds(
     ),
     st.none() | st.binary(min_size=4, max_size=64).filter(lambda v: len(v) % 4 == 0),
     clocks,
-    st.dictionaries(st.sampled_from(model.CLOCKED_FIELDS), clocks),
+    st.dictionaries(st.sampled_from(replication.CLOCKED_FIELDS), clocks),
     st.lists(clocks, max_size=3),
     st.lists(st.builds(Revision, clocks, texts, texts), max_size=2),
 )

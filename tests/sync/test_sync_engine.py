@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cairn.errors import MutationRejected, RemoteUnreachable
-from cairn.model import SyncRules
 from cairn.protocol import PullPage, PushResult, WireMutation
 from cairn.remotes.memory import MemoryRemote
+from cairn.replication import SyncRules
 from cairn.store import outbox
 from cairn.sync.engine import Syncer
 

@@ -12,8 +12,8 @@ import pytest
 from cairn.device_store import NewMemory, Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import Forbidden
-from cairn.model import SyncRules
 from cairn.remotes.http import HttpRemote
+from cairn.replication import SyncRules
 from cairn.server.context import ServerSettings
 from cairn.store import outbox
 from cairn.store.db import Database

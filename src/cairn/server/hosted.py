@@ -30,16 +30,9 @@ from cairn.embedding.base import Embedder, Vectors
 from cairn.errors import InvalidInput, MutationRejected, NotFound, NotHosted
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
-from cairn.model import (
-    Filters,
-    Hit,
-    Memory,
-    MemoryState,
-    RelationState,
-    RememberResult,
-    Similar,
-)
+from cairn.model import Filters, Hit, Memory, RememberResult, Similar
 from cairn.protocol import HOSTED, WireMutation
+from cairn.replication import MemoryState, RelationState
 from cairn.search import hybrid
 from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
 from cairn.sync import payload

@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict, SchemaTooNew, StoreError
-from cairn.model import Filters, Memory, RelationState
+from cairn.model import Filters, Memory
 from cairn.protocol import (
     E2E,
     RELATION_PREFIX,
@@ -42,6 +42,7 @@ from cairn.protocol import (
     PushResult,
     WireMutation,
 )
+from cairn.replication import RelationState
 from cairn.server.storage import (
     DAY_MS,
     INDEX_DIM,

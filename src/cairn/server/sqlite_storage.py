@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
-from cairn.model import Filters, Memory, RelationState
+from cairn.model import Filters, Memory
 from cairn.protocol import (
     E2E,
     RELATION_PREFIX,
@@ -28,6 +28,7 @@ from cairn.protocol import (
     PushResult,
     WireMutation,
 )
+from cairn.replication import RelationState
 from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage import (
     DAY_MS,

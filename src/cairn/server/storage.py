@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cairn.errors import QuotaExceeded
-from cairn.model import Filters, Memory, RelationState
+from cairn.model import Filters, Memory
 from cairn.protocol import E2E, KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
+from cairn.replication import RelationState
 
 DAY_MS = 86_400_000
 INDEX_DIM = 384

@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from cairn.hlc import HLC
 from cairn.ids import uuid7
-from cairn.model import Filters, Memory, Mutation, content_hash
+from cairn.model import Filters, Memory, content_hash
+from cairn.replication import Mutation
 from cairn.store import outbox
 from cairn.store.clock import device_id, next_hlc, now_ms
 

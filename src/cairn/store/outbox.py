@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cairn.ids import uuid7
-from cairn.model import Mutation
+from cairn.replication import Mutation
 from cairn.store.clock import now_ms
 
 

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from cairn.hlc import HLC
-from cairn.model import Conflict, MemoryState, RelationState, Revision
+from cairn.replication import Conflict, MemoryState, RelationState, Revision
 from cairn.store.memories import build_memories, next_seq, rows_in, tags_for
 
 _STATE_COLUMNS = (

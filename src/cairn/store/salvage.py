@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cairn.hlc import HLC
-from cairn.model import Memory, MemoryState, RelationState, Revision
+from cairn.model import Memory
+from cairn.replication import MemoryState, RelationState, Revision
 from cairn.store.outbox import DeadLetter
 
 PAGE = 256

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from cairn.model import MemoryState, RelationState
+from cairn.replication import MemoryState, RelationState
 from cairn.store import clock, memories, relations, replica
 from cairn.sync.merge import merge_memory, merge_relation
 

@@ -36,9 +36,10 @@ from cairn.errors import (
     RemoteUnreachable,
     SyncError,
 )
-from cairn.model import Conflict, MemoryState, Mutation, RelationState, SyncRules, iso
+from cairn.model import iso
 from cairn.protocol import WireMutation
 from cairn.remotes.base import Remote
+from cairn.replication import Conflict, MemoryState, Mutation, RelationState, SyncRules
 from cairn.store import outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
 from cairn.sync import payload

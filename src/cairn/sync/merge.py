@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cairn.model import CLOCKED_FIELDS, CONTENT_CLOCK, MemoryState, RelationState, Revision
+from cairn.replication import CLOCKED_FIELDS, CONTENT_CLOCK, MemoryState, RelationState, Revision
 
 
 @dataclass(frozen=True)

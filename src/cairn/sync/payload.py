@@ -21,8 +21,9 @@ from typing import Any
 
 from cairn import hlc
 from cairn.errors import InvalidInput
-from cairn.model import MAX_MS, MIN_MS, Memory, MemoryState, RelationState, Revision, is_text
+from cairn.model import MAX_MS, MIN_MS, Memory, is_text
 from cairn.protocol import RELATION_PREFIX, WireMutation
+from cairn.replication import MemoryState, RelationState, Revision
 
 FORMAT = 1
 MAX_BODY = 4 * 1024 * 1024
