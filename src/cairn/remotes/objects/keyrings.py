@@ -89,18 +89,14 @@ class Keyrings:
         return ring.revoked if ring else ()
 
     def put(
-        self,
-        blob: bytes,
-        expected_version: int | None,
-        revoked: Sequence[int] = (),
-        proof: KeyringProof | None = None,
+        self, blob: bytes, expected: int | None, revoked: Sequence[int], proof: KeyringProof | None
     ) -> int:
-        """Write the next version over ``expected_version``; RemoteConflict if it is not the
-        latest any more (or another device wrote the next one first)."""
+        """Write the next version over ``expected`` (None: no keyring yet); RemoteConflict if it
+        is not the latest any more (or another device wrote the next one first)."""
         numbers = self._numbers()
-        if (numbers[-1] if numbers else None) != expected_version:
+        if (numbers[-1] if numbers else None) != expected:
             raise RemoteConflict("the keyring changed on the remote since it was read; read again")
-        version = (expected_version or 0) + 1
+        version = (expected or 0) + 1
         if version >= 10**_KEYRING_DIGITS:
             raise SyncError(
                 f"{self.blobs.url} holds keyring versions up to {version - 1}: no more fit"
