@@ -48,8 +48,7 @@ from threadpoolctl import threadpool_limits
 from cairn.crypto.keyring import KdfParams
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
-from cairn.remotes import objects
-from cairn.remotes.objects import ObjectRemote, open_url
+from cairn.remotes.objects import ObjectRemote, blobs, open_url
 from cairn.sync.engine import Syncer
 from cairn.sync.keys import join
 from common import (
@@ -171,7 +170,7 @@ def new_place(kind: str, folder: Path, moto: MotoServer | None) -> Place:
 
 class ObstoreCalls:
     """The obstore calls the object remote makes, counted by standing in for the ``obstore``
-    module in ``cairn.remotes.objects``. One call is one request, except a listing, which S3
+    module in ``cairn.remotes.objects.blobs``. One call is one request, except a listing, which S3
     pages by 1,000 keys."""
 
     NAMES = ("get", "put", "list", "list_with_delimiter", "delete")
@@ -197,7 +196,7 @@ class ObstoreCalls:
         return counted
 
     def install(self) -> None:
-        objects.obstore = self  # type: ignore[attr-defined,assignment]
+        blobs.obstore = self  # type: ignore[assignment]
 
     def since(self, before: Counter[str]) -> dict[str, int]:
         return {name: self.counts[name] - before[name] for name in self.NAMES}

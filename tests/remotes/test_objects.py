@@ -266,14 +266,14 @@ def test_a_slow_compaction_never_removes_a_later_one(store: Any) -> None:
     slow = ObjectRemote(store, "s3://bucket", frames=frames)
     fast = ObjectRemote(store, "s3://bucket", frames=frames)
     done: list[dict[str, Any]] = []
-    readers = slow._readers
+    readers = slow._records.readers
 
     def meanwhile(stale_after: float) -> dict[str, dict[str, list[int]]]:
         writer.push([of("dev-a", 3)])
         done.append(fast.compact(stale_after=0))  # the slow one's lock is stale already
         return readers(stale_after)
 
-    slow._readers = meanwhile  # type: ignore[method-assign]
+    slow._records.readers = meanwhile  # type: ignore[method-assign]
     report = slow.compact(stale_after=0, lock_ttl=0)
     assert report["snapshot"] == 1 and done[0]["snapshot"] == 2
     assert any(n.startswith("snapshots/000000000002") for n in names(store))

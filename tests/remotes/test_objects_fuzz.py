@@ -25,7 +25,8 @@ from obstore.store import MemoryStore
 from cairn.crypto.frames import Frames
 from cairn.errors import InvalidInput, SyncError
 from cairn.protocol import problem
-from cairn.remotes.objects import FRAME, MAX_INFLATED, ObjectRemote, _read_cursor, _write_cursor
+from cairn.remotes.objects import FRAME, MAX_INFLATED, ObjectRemote
+from cairn.remotes.objects.cursors import read_cursor, write_cursor
 
 from ..fuzzing import ci, fragments, mutated, mutated_json, parse_or_refuse, soak
 from .test_conformance import pull_all
@@ -246,7 +247,7 @@ def test_a_cursor_is_read_or_refused(cursor: str) -> None:
 )
 def test_any_cursor_reads_back_as_written(position: dict[str, tuple[int, int]], count: int) -> None:
     at = {device: list(numbers) for device, numbers in position.items()}
-    assert _read_cursor(_write_cursor(at, count)) == (at, count)
+    assert read_cursor(write_cursor(at, count)) == (at, count)
 
 
 def _bomb(size: int) -> bytes:
