@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from cairn.model import Filters, Hit, Match
 from cairn.search.vector_index import VectorIndex
-from cairn.store import memories, relations
+from cairn.store import memories, relations, search_queries
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
@@ -113,7 +113,7 @@ def recall(
     project_only = filters == Filters(project=filters.project)
     if not filters.empty and not project_only:
         with db.read() as conn:
-            allowed = memories.filtered_rowids(conn, filters)
+            allowed = search_queries.filtered_rowids(conn, filters)
     match = fts_query(query)
     pending = pool.submit(_keyword, db, match, filters, depth) if match else None
     project = filters.project if project_only else None  # the index filters projects itself
@@ -124,7 +124,7 @@ def recall(
     if not candidates:
         return []
     with db.read() as conn:
-        brief = memories.briefs(conn, candidates)  # a row may be gone since the searches
+        brief = search_queries.briefs(conn, candidates)  # a row may be gone since the searches
         successors = relations.successors(conn, [memory_id for memory_id, _ in brief.values()])
     top = fuse(semantic, keyword, brief, successors, now_ms())[:limit]
     with db.read() as conn:
@@ -139,7 +139,7 @@ def recall(
 
 def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
     with db.read() as conn:
-        return memories.keyword_search(conn, match, filters, depth)
+        return search_queries.keyword_search(conn, match, filters, depth)
 
 
 def successors_first(hits: list[Hit]) -> list[Hit]:

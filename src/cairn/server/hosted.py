@@ -25,11 +25,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from cairn import model
-from cairn.device_store import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.embedding.base import Embedder, Vectors
 from cairn.errors import InvalidInput, MutationRejected, NotFound, NotHosted
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
+from cairn.memory_rules import MAX_LIMIT, MAX_OFFSET, NewMemory
 from cairn.model import Filters, Hit, Memory, RememberResult, Similar
 from cairn.protocol import HOSTED, WireMutation
 from cairn.replication import MemoryState, RelationState
