@@ -22,9 +22,11 @@ from cairn.memory_rules import (
     NEAR_CANDIDATES,
     NEAR_DUPLICATE,
     NewMemory,
+    check_distinct,
     check_limit,
     check_page,
     checked,
+    checked_edit,
     near_duplicates,
     new_memory,
     topic_created_at,
@@ -197,11 +199,7 @@ class Store:
 
         ``settles`` names conflict versions (by clock) that this edit resolves.
         """
-        if content is None and kind is None and not settles and not tags:
-            raise InvalidInput("nothing to change; give new content, a kind and/or tags to add")
-        text = model.check_content(content) if content is not None else None
-        kind = model.check_kind(kind) if kind is not None else None
-        new_tags = model.check_tags(tags)
+        text, kind, new_tags = checked_edit(content, kind, tags, settles)
         with self.db.read() as conn:
             current = memories.resolve(conn, memory_id)
         changes_text = text is not None and model.content_hash(text) != current.content_hash
@@ -210,10 +208,7 @@ class Store:
             memory = memories.resolve(conn, current.id)
             if changes_text and text is not None:
                 same = memories.live_by_hash(conn, memory.project, model.content_hash(text))
-                if same is not None and same.id != memory.id:
-                    raise InvalidInput(
-                        f"memory {same.id} already says exactly this; forget one of them instead"
-                    )
+                check_distinct(memory.id, same)
             new_text = text if changes_text else (memory.content if settles else None)
             if vector is not None:
                 memory = replace(memory, model_id=self.embedder.model_id)

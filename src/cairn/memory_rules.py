@@ -100,6 +100,26 @@ def merged_tags(held: Sequence[str], added: Iterable[str]) -> tuple[str, ...] | 
     return tuple(sorted({*held, *new}))
 
 
+def checked_edit(
+    content: str | None, kind: str | None, tags: Sequence[str], settles: Sequence[str] = ()
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """An edit's new content, new kind and tags to add, checked; InvalidInput when the edit
+    changes nothing (``settles``, conflict versions it resolves, is a change on a device)."""
+    if content is None and kind is None and not settles and not tags:
+        raise InvalidInput("nothing to change; give new content, a kind and/or tags to add")
+    text = model.check_content(content) if content is not None else None
+    return text, model.check_kind(kind) if kind is not None else None, model.check_tags(tags)
+
+
+def check_distinct(memory_id: str, same: Memory | None) -> None:
+    """InvalidInput when ``same``, a live memory of the project holding the text that memory
+    ``memory_id`` is edited to say, is another memory: two memories never say the same."""
+    if same is not None and same.id != memory_id:
+        raise InvalidInput(
+            f"memory {same.id} already says exactly this; forget one of them instead"
+        )
+
+
 def near_duplicates(
     item: NewMemory, nearest: Iterable[tuple[Memory, float]], threshold: float = NEAR_DUPLICATE
 ) -> tuple[Similar, ...]:
