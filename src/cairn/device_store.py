@@ -102,8 +102,8 @@ class Store:
     ) -> RememberResult:
         """Remember one memory; identical content in the same project returns the existing one.
 
-        A memory with the same project and ``topic_key`` as a live one supersedes it, and memories
-        with a cosine of ``near_duplicate`` or more are reported (not merged).
+        A memory with a ``topic_key`` supersedes the newest of its project's topic, and memories
+        with a cosine of ``near_duplicate`` or more are reported, not merged (``memory_rules``).
         """
         item = checked(NewMemory(content, kind, project, tags, topic_key), self.project)
         assert item.project is not None  # set by checked()

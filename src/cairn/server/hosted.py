@@ -64,7 +64,7 @@ class Hosted:
             if self._embedder is None:
                 from cairn.embedding.onnx import OnnxEmbedder
 
-                # numpy's BLAS threads fight onnxruntime's on small machines (see service.py).
+                # numpy's BLAS threads fight onnxruntime's on small machines (see device_store.py).
                 threadpool_limits(limits=1, user_api="blas")
                 self._embedder = OnnxEmbedder()
             return self._embedder
