@@ -53,6 +53,16 @@ def query_terms(text: str) -> list[tuple[str, ...]]:
     return list(seen)
 
 
+def depth(limit: int) -> int:
+    """How many candidates each side of a recall of ``limit`` memories gathers before fusion."""
+    return max(limit * 4, 50)
+
+
+def meaningful(nearest: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
+    """The semantic candidates worth fusing: those at ``MIN_COSINE`` or closer."""
+    return [(key, cosine) for key, cosine in nearest if cosine >= MIN_COSINE]
+
+
 def fts_query(text: str) -> str | None:
     """An FTS5 MATCH expression: the query's terms (``query_terms``) as phrases, OR-ed."""
     return " OR ".join('"' + " ".join(tokens) + '"' for tokens in query_terms(text)) or None
@@ -107,7 +117,7 @@ def recall(
     The keyword search runs on ``pool`` while this thread embeds the query and scans the
     vectors: SQLite and numpy both release the GIL, so on two cores the two sides overlap.
     """
-    depth = max(limit * 4, 50)
+    gather = depth(limit)
     index.refresh()
     allowed = None
     project_only = filters == Filters(project=filters.project)
@@ -115,10 +125,9 @@ def recall(
         with db.read() as conn:
             allowed = search_queries.filtered_rowids(conn, filters)
     match = fts_query(query)
-    pending = pool.submit(_keyword, db, match, filters, depth) if match else None
+    pending = pool.submit(_keyword, db, match, filters, gather) if match else None
     project = filters.project if project_only else None  # the index filters projects itself
-    nearest = index.search(embed(query), depth, allowed, project)
-    semantic = [(r, c) for r, c in nearest if c >= MIN_COSINE]
+    semantic = meaningful(index.search(embed(query), gather, allowed, project))
     keyword = pending.result() if pending else []
     candidates = [r for r, _ in semantic] + [r for r, _ in keyword]
     if not candidates:

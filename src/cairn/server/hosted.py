@@ -143,7 +143,7 @@ class Hosted:
         model.check_query(query)
         memory_rules.check_limit(limit)
         self.fold(workspace_id)
-        depth = max(limit * 4, 50)
+        depth = hybrid.depth(limit)
         terms = hybrid.query_terms(query)
         pending = (
             self._pool.submit(self.storage.keyword, workspace_id, terms, filters, depth)
@@ -152,7 +152,7 @@ class Hosted:
         )
         vector = self.embedder.embed([query.strip()])[0]
         nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth)
-        semantic = [(m, c) for m, c in nearest if c >= hybrid.MIN_COSINE]
+        semantic = hybrid.meaningful(nearest)
         keyword = pending.result() if pending else []
         found = self.storage.indexed_memories(
             workspace_id, list(dict.fromkeys(m for m, _ in [*semantic, *keyword]))
