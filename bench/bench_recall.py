@@ -30,7 +30,7 @@ from cairn.embedding.onnx import OnnxEmbedder
 from cairn.model import Filters
 from cairn.search import hybrid
 from cairn.search.vector_index import VectorIndex
-from cairn.store import memories
+from cairn.store import search_queries
 from common import (
     cached_store,
     log,
@@ -106,14 +106,14 @@ def worker(size: int, n_queries: int, profile: bool) -> dict[str, Any]:
 
     def filter_rowids(i: int) -> np.ndarray:
         with db.read() as conn:
-            return memories.filtered_rowids(conn, projects[i])
+            return search_queries.filtered_rowids(conn, projects[i])
 
     allowed = [filter_rowids(i) for i in range(len(queries))]
     matches = [hybrid.fts_query(q) or '""' for q in queries]
 
     def keyword(i: int, filters: Filters) -> list[tuple[int, float]]:
         with db.read() as conn:
-            return memories.keyword_search(conn, matches[i], filters, DEPTH)
+            return search_queries.keyword_search(conn, matches[i], filters, DEPTH)
 
     parts["index refresh (no change)"] = stats_ms(each(lambda i: idx.refresh()))
     parts["vector search"] = stats_ms(each(lambda i: idx.search(vectors[i], DEPTH)))

@@ -27,8 +27,9 @@ import httpx
 import numpy as np
 
 import corpus
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.memory_rules import NewMemory
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
 

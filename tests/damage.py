@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.memory_rules import NewMemory
 from cairn.store.db import Database
 
 COUNT = 200

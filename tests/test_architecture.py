@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "cairn.keyring_rules": 0,
     "cairn.version": 0,
     "cairn.replication": 0,
+    "cairn.memory_rules": 0,
     # I/O behind small interfaces
     "cairn.store": 1,
     "cairn.master_keys": 1,

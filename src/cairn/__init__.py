@@ -18,7 +18,8 @@ from cairn.model import Filters, Hit, Memory, RememberResult
 from cairn.version import __version__
 
 if TYPE_CHECKING:
-    from cairn.device_store import NewMemory, Store
+    from cairn.device_store import Store
+    from cairn.memory_rules import NewMemory
     from cairn.wiring import open
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
     "open",
 ]
 
-_LAZY = {"open": "cairn.wiring", "Store": "cairn.device_store", "NewMemory": "cairn.device_store"}
+_LAZY = {"open": "cairn.wiring", "Store": "cairn.device_store", "NewMemory": "cairn.memory_rules"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,9 @@ from pydantic import Field, ValidationError
 
 import cairn
 from cairn import agent_text, model, wiring
-from cairn.device_store import MAX_LIMIT, Store
+from cairn.device_store import Store
 from cairn.errors import CairnError, StoreError
+from cairn.memory_rules import MAX_LIMIT
 from cairn.model import Filters
 from cairn.settings import Settings
 

@@ -28,7 +28,7 @@ from cairn.errors import NotFound, SchemaTooNew, StoreError
 from cairn.hlc import HLC
 from cairn.model import Filters
 from cairn.replication import MemoryState
-from cairn.store import clock, memories, outbox, relations, replica, salvage
+from cairn.store import clock, memories, outbox, relations, replica, salvage, search_queries
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
 from cairn.sync.engine import RESTORE
@@ -132,7 +132,7 @@ def _rebuild(target: Path, found: salvage.Salvaged, embedder: Embedder) -> Repai
             missing = replica.without_vector(conn)
         embedded = _embed(db, embedder, missing)
         with db.read() as conn:
-            now = memories.count_live(conn, Filters())
+            now = search_queries.count_live(conn, Filters())
     finally:
         db.close()
     lost = found.lost

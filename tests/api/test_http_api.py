@@ -24,8 +24,9 @@ import pytest
 import uvicorn
 
 from cairn.api import create_app
-from cairn.device_store import MAX_OFFSET, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.memory_rules import MAX_OFFSET
 from cairn.store.db import Database
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
+from cairn.memory_rules import NewMemory
 from cairn.store.db import Database
 
 CORPUS = json.loads((Path(__file__).parent.parent / "data" / "recall_corpus.json").read_text())

@@ -13,9 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from cairn.device_store import MAX_OFFSET, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.ids import uuid7
+from cairn.memory_rules import MAX_OFFSET
 from cairn.model import Filters, Memory
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import NotFound, StoreError
+from cairn.memory_rules import NewMemory
 from cairn.store import outbox, replica
 from cairn.store.db import Database
 

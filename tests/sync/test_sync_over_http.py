@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import Forbidden
+from cairn.memory_rules import NewMemory
 from cairn.remotes.http import HttpRemote
 from cairn.replication import SyncRules
 from cairn.server.context import ServerSettings

@@ -36,8 +36,9 @@ from cairn.api.schemas import (
     SyncStatusOut,
     TagsFilter,
 )
-from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
+from cairn.device_store import Store
 from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
+from cairn.memory_rules import MAX_LIMIT, MAX_OFFSET
 from cairn.model import Filters
 from cairn.settings import Settings
 from cairn.version import __version__

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from cairn.device_store import MAX_LIMIT
+from cairn.memory_rules import MAX_LIMIT
 from cairn.model import (
     CONTENT_INPUT,
     KIND_INPUT,

@@ -27,9 +27,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from cairn import model
-from cairn.device_store import NewMemory, Store
+from cairn.device_store import Store
 from cairn.errors import CairnError, ImportFormatError
 from cairn.ids import uuid7
+from cairn.memory_rules import NewMemory
 from cairn.model import Filters
 
 FORMAT = "cairn-jsonl"

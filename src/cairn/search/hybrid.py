@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from cairn.model import Filters, Hit, Match
 from cairn.search.vector_index import VectorIndex
-from cairn.store import memories, relations
+from cairn.store import memories, relations, search_queries
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 
@@ -51,6 +51,16 @@ def query_terms(text: str) -> list[tuple[str, ...]]:
         if len(tokens) > 1 or (tokens and tokens[0] not in _STOPWORDS):
             seen.setdefault(tokens, None)
     return list(seen)
+
+
+def depth(limit: int) -> int:
+    """How many candidates each side of a recall of ``limit`` memories gathers before fusion."""
+    return max(limit * 4, 50)
+
+
+def meaningful(nearest: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
+    """The semantic candidates worth fusing: those at ``MIN_COSINE`` or closer."""
+    return [(key, cosine) for key, cosine in nearest if cosine >= MIN_COSINE]
 
 
 def fts_query(text: str) -> str | None:
@@ -107,24 +117,23 @@ def recall(
     The keyword search runs on ``pool`` while this thread embeds the query and scans the
     vectors: SQLite and numpy both release the GIL, so on two cores the two sides overlap.
     """
-    depth = max(limit * 4, 50)
+    gather = depth(limit)
     index.refresh()
     allowed = None
     project_only = filters == Filters(project=filters.project)
     if not filters.empty and not project_only:
         with db.read() as conn:
-            allowed = memories.filtered_rowids(conn, filters)
+            allowed = search_queries.filtered_rowids(conn, filters)
     match = fts_query(query)
-    pending = pool.submit(_keyword, db, match, filters, depth) if match else None
+    pending = pool.submit(_keyword, db, match, filters, gather) if match else None
     project = filters.project if project_only else None  # the index filters projects itself
-    nearest = index.search(embed(query), depth, allowed, project)
-    semantic = [(r, c) for r, c in nearest if c >= MIN_COSINE]
+    semantic = meaningful(index.search(embed(query), gather, allowed, project))
     keyword = pending.result() if pending else []
     candidates = [r for r, _ in semantic] + [r for r, _ in keyword]
     if not candidates:
         return []
     with db.read() as conn:
-        brief = memories.briefs(conn, candidates)  # a row may be gone since the searches
+        brief = search_queries.briefs(conn, candidates)  # a row may be gone since the searches
         successors = relations.successors(conn, [memory_id for memory_id, _ in brief.values()])
     top = fuse(semantic, keyword, brief, successors, now_ms())[:limit]
     with db.read() as conn:
@@ -139,7 +148,7 @@ def recall(
 
 def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
     with db.read() as conn:
-        return memories.keyword_search(conn, match, filters, depth)
+        return search_queries.keyword_search(conn, match, filters, depth)
 
 
 def successors_first(hits: list[Hit]) -> list[Hit]:

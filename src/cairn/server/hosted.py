@@ -1,53 +1,43 @@
 """Hosted workspaces: the server embeds, searches and remembers for agents that cannot run Cairn.
 
-A hosted workspace's log holds plain payloads (its user chose that when creating it). The
-server folds the log into a search index (``ServerStorage.put_index``), merging each memory's
-states by the same rule devices use (``cairn.sync.merge``), so the index holds what a device
-that pulled the same log holds. The index is a projection of the log: its position says how much
-of the log it folded, every search first folds what is new (so a recall sees every push
-acknowledged before it), and a push folds right after it is stored.
-
-Remembering through the API writes to the log as a device would, under the server process's own
-device id and clock, with the vector the server computed: devices pull those memories and
-never embed them again. End-to-end workspaces refuse all of this with ``not_hosted``.
+A hosted workspace's log holds plain payloads (its user chose that when creating it), which the
+server folds into a search index (``cairn.server.hosted_index``). Remembering through the API
+follows the device's memory rules (``cairn.memory_rules``) and writes to the log as a device
+would, under the server process's own device id and clock, with the vector the server computed:
+devices pull those memories and never embed them again. End-to-end workspaces refuse all of this
+with ``not_hosted``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from cairn import model
-from cairn.device_store import MAX_LIMIT, MAX_OFFSET, NewMemory
+from cairn import memory_rules, model
 from cairn.embedding.base import Embedder, Vectors
-from cairn.errors import InvalidInput, MutationRejected, NotFound, NotHosted
+from cairn.errors import InvalidInput, MutationRejected, NotHosted
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
-from cairn.model import Filters, Hit, Memory, RememberResult, Similar
+from cairn.memory_rules import NewMemory
+from cairn.model import Filters, Hit, Memory, RememberResult
 from cairn.protocol import HOSTED, WireMutation
 from cairn.replication import MemoryState, RelationState
 from cairn.search import hybrid
-from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage, Workspace
+from cairn.server.hosted_index import HostedIndex, indexable, vector_bytes
+from cairn.server.storage import ServerStorage, Workspace
 from cairn.sync import payload
-from cairn.sync.merge import edited, forgotten, merge_memory, merge_relation
+from cairn.sync.merge import edited, forgotten
 from cairn.sync.payload import PayloadError
 
-log = logging.getLogger(__name__)
-
-FOLD_PAGE = 2000
-"""Mutations folded into the index per transaction."""
-MAX_RECALL = MAX_LIST = MAX_LIMIT
+MAX_LIST = memory_rules.MAX_LIMIT
+"""The most memories one page of a hosted listing returns."""
 MAX_EMBED = 256
 """Texts one /v1/embed call takes."""
-NEAR_DUPLICATE = 0.92
-"""Cosine from which remembering reports an existing memory as a near-duplicate (as local)."""
 SOURCE = "api"
 """The ``source`` of memories remembered through the server's API."""
 
@@ -64,11 +54,7 @@ class Hosted:
         self._clock = HLC(0, 0, self.device_id)
         self._clock_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cairn-hosted")
-        # Folds after pushes run here, off the request: a fold of a big push can take seconds
-        # (HNSW inserts), and a client's next request on its connection must not wait for it.
-        self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-fold")
-        self._due: set[str] = set()
-        self._due_lock = threading.Lock()
+        self.index = HostedIndex(storage, lambda: self.embedder, self._observe)
 
     @property
     def embedder(self) -> Embedder:
@@ -78,14 +64,14 @@ class Hosted:
             if self._embedder is None:
                 from cairn.embedding.onnx import OnnxEmbedder
 
-                # numpy's BLAS threads fight onnxruntime's on small machines (see service.py).
+                # numpy's BLAS threads fight onnxruntime's on small machines (see device_store.py).
                 threadpool_limits(limits=1, user_api="blas")
                 self._embedder = OnnxEmbedder()
             return self._embedder
 
     def close(self) -> None:
         self._pool.shutdown()
-        self._folder.shutdown(cancel_futures=True)
+        self.index.close()
 
     @staticmethod
     def require(workspace: Workspace) -> None:
@@ -102,84 +88,12 @@ class Hosted:
 
     def fold(self, workspace_id: str) -> int:
         """Fold every mutation the index has not seen into it; the position reached."""
-        while True:
-            position = self.storage.index_position(workspace_id)
-            page = self.storage.pull(workspace_id, position, FOLD_PAGE, None)
-            if not page.mutations:
-                return position
-            memories, relations = self._merge(workspace_id, page.mutations)
-            # False: another process folded this part first; read the position again.
-            self.storage.put_index(workspace_id, position, int(page.cursor), memories, relations)
+        return self.index.fold(workspace_id)
 
     def schedule(self, workspace_id: str) -> None:
         """Fold the workspace soon, on this process's fold thread (once, however many pushes
         ask before it starts); a recall folds whatever is left itself."""
-        with self._due_lock:
-            if workspace_id in self._due:
-                return
-            self._due.add(workspace_id)
-        self._folder.submit(self._fold_due, workspace_id)
-
-    def _fold_due(self, workspace_id: str) -> None:
-        with self._due_lock:
-            self._due.discard(workspace_id)
-        try:
-            self.fold(workspace_id)
-        except Exception:  # the next push or recall folds again; the log keeps everything
-            log.exception("hosted index: folding workspace %s failed", workspace_id)
-
-    def _merge(
-        self, workspace_id: str, mutations: Sequence[WireMutation]
-    ) -> tuple[list[IndexedMemory], list[RelationState]]:
-        incoming: dict[str, MemoryState] = {}
-        links: dict[str, RelationState] = {}
-        for mutation in mutations:
-            try:
-                state = indexable(mutation)
-            except PayloadError as exc:  # pushes are checked; only an older server's may fail
-                log.warning("hosted index: %s skipped: %s", mutation.mutation_id, exc)
-                continue
-            if isinstance(state, RelationState):
-                links[state.key] = merge_relation(links.get(state.key), state)
-            else:
-                known = incoming.get(state.memory.id)
-                incoming[state.memory.id] = merge_memory(known, state).state if known else state
-        latest = max((m.hlc for m in mutations), default=None)
-        if latest is not None:
-            self._observe(latest)
-        stored = self.storage.indexed_payloads(workspace_id, list(incoming))
-        merged: list[MemoryState] = []
-        for memory_id, state in incoming.items():
-            if memory_id in stored:
-                state = merge_memory(_state(memory_id, stored[memory_id]), state).state
-            merged.append(state)
-        known_links = self.storage.indexed_relations(workspace_id, list(links))
-        relations = [merge_relation(known_links.get(k), r) for k, r in links.items()]
-        return self._indexed(merged), relations
-
-    def _indexed(self, states: Sequence[MemoryState]) -> list[IndexedMemory]:
-        """Index rows for these states; a live memory without a vector of the server's model
-        (a device with another model) is embedded here, so semantic search finds it too."""
-        model_id = self.embedder.model_id if states else ""
-        vectors: list[bytes | None] = []
-        missing: list[int] = []
-        for i, state in enumerate(states):
-            usable = (
-                state.vector is not None
-                and state.memory.model_id == model_id
-                and len(state.vector) == INDEX_DIM * 4
-            )
-            vectors.append(state.vector if usable else None)
-            if not usable and not state.memory.deleted:
-                missing.append(i)
-        if missing and self.embedder.dim == INDEX_DIM:
-            made = self.embedder.embed([states[i].memory.content for i in missing])
-            for i, vector in zip(missing, made, strict=True):
-                vectors[i] = _bytes(vector)
-        return [
-            IndexedMemory(state.memory, payload.encode_memory(state), vector)
-            for state, vector in zip(states, vectors, strict=True)
-        ]
+        self.index.schedule(workspace_id)
 
     # -- the verbs ------------------------------------------------------------------------------
 
@@ -189,58 +103,36 @@ class Hosted:
         return self.embedder.embed([model.check_content(text) for text in texts])
 
     def remember(self, workspace_id: str, key_id: str, item: NewMemory, now: int) -> RememberResult:
-        """Remember like a device: identical content in the project returns the existing
-        memory (with any new tags added); a topic key supersedes the topic's newest memory."""
-        content = model.check_content(item.content)
-        kind = model.check_kind(item.kind)
-        project = model.check_project(item.project or model.DEFAULT_PROJECT)
-        tags = model.check_tags(item.tags)
-        topic_key = model.check_topic_key(item.topic_key)
-        digest = model.content_hash(content)
+        """Remember like a device (``cairn.memory_rules``): identical content in the project
+        returns the existing memory (with any new tags added); a topic key supersedes the
+        topic's newest memory."""
+        item = memory_rules.checked(item, model.DEFAULT_PROJECT)
+        assert item.project is not None  # set by checked()
         self.fold(workspace_id)
-        existing = self.storage.live_by_hash(workspace_id, project, digest)
+        digest = model.content_hash(item.content)
+        existing = self.storage.live_by_hash(workspace_id, item.project, digest)
         if existing is not None:
-            if set(tags) <= set(existing.tags):
+            tags = memory_rules.merged_tags(existing.tags, item.tags)
+            if tags is None:
                 return RememberResult(existing, created=False)
-            state = self._state(workspace_id, existing.id)
-            hlc = self._tick(now)
-            tagged = replace(
-                state.memory,
-                tags=tuple(sorted({*existing.tags, *tags})),
-                updated_at=now,
-                hlc=hlc,
-            )
+            state = self.index.state(workspace_id, existing.id)
+            tagged = replace(state.memory, tags=tags, updated_at=now, hlc=self._tick(now))
             self._write(workspace_id, key_id, [replace(state, memory=tagged)], [], now)
             return RememberResult(tagged, created=False)
-        vector = self.embedder.embed([content])[0]
-        near = tuple(
-            Similar(memory_id, cosine)
-            for memory_id, cosine in self.storage.nearest(
-                workspace_id, _bytes(vector), Filters(project=project), 10
-            )
-            if cosine >= NEAR_DUPLICATE
-        )
-        head = self.storage.topic_head(workspace_id, project, topic_key) if topic_key else None
+        vector = vector_bytes(self.embedder.embed([item.content])[0])
+        in_project, depth = Filters(project=item.project), memory_rules.NEAR_CANDIDATES
+        nearest = self.storage.nearest(workspace_id, vector, in_project, depth)
+        found = self.storage.indexed_memories(workspace_id, [m for m, _ in nearest])
+        near = memory_rules.near_duplicates(item, [(found[m], c) for m, c in nearest if m in found])
+        topic = item.topic_key
+        head = self.storage.topic_head(workspace_id, item.project, topic) if topic else None
         hlc = self._tick(now)
-        memory = Memory(
-            id=uuid7(now),
-            content=content,
-            kind=kind,
-            project=project,
-            tags=tags,
-            topic_key=topic_key,
-            source=SOURCE,
-            created_at=max(now, head.created_at + 1) if head else now,
-            updated_at=now,
-            deleted=False,
-            content_hash=digest,
-            model_id=self.embedder.model_id,
-            hlc=hlc,
-        )
+        created = memory_rules.topic_created_at(now, head)
+        memory = memory_rules.new_memory(item, SOURCE, now, created, self.embedder.model_id, hlc)
         links = []
         if head is not None:  # as a device's topic chain: the new memory supersedes the newest
             links.append(RelationState(memory.id, head.id, "supersedes", now, False, hlc))
-        state = MemoryState(memory, hlc, {}, (), _bytes(vector))
+        state = MemoryState(memory, hlc, {}, (), vector)
         self._write(workspace_id, key_id, [state], links, now)
         return RememberResult(memory, True, head.id if head else None, near)
 
@@ -249,10 +141,9 @@ class Hosted:
     ) -> list[Hit]:
         """The best ``limit`` memories for ``query``, fused like a device's recall."""
         model.check_query(query)
-        if not 1 <= limit <= MAX_RECALL:
-            raise InvalidInput(f"limit must be between 1 and {MAX_RECALL}")
+        memory_rules.check_limit(limit)
         self.fold(workspace_id)
-        depth = max(limit * 4, 50)
+        depth = hybrid.depth(limit)
         terms = hybrid.query_terms(query)
         pending = (
             self._pool.submit(self.storage.keyword, workspace_id, terms, filters, depth)
@@ -260,8 +151,8 @@ class Hosted:
             else None
         )
         vector = self.embedder.embed([query.strip()])[0]
-        nearest = self.storage.nearest(workspace_id, _bytes(vector), filters, depth)
-        semantic = [(m, c) for m, c in nearest if c >= hybrid.MIN_COSINE]
+        nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth)
+        semantic = hybrid.meaningful(nearest)
         keyword = pending.result() if pending else []
         found = self.storage.indexed_memories(
             workspace_id, list(dict.fromkeys(m for m, _ in [*semantic, *keyword]))
@@ -280,17 +171,14 @@ class Hosted:
         self, workspace_id: str, filters: Filters, limit: int, offset: int
     ) -> tuple[list[Memory], int]:
         """Live memories, newest first, and how many match in all."""
-        if not 1 <= limit <= MAX_LIST or not 0 <= offset <= MAX_OFFSET:
-            raise InvalidInput(
-                f"limit must be between 1 and {MAX_LIST}, offset between 0 and {MAX_OFFSET}"
-            )
+        memory_rules.check_page(limit, offset)
         self.fold(workspace_id)
         return self.storage.list_indexed(workspace_id, filters, limit, offset)
 
     def get(self, workspace_id: str, memory_id: str) -> Memory:
         """A live memory by its full id."""
         self.fold(workspace_id)
-        return self._live(workspace_id, memory_id).memory
+        return self.index.state(workspace_id, memory_id).memory
 
     def edit(
         self,
@@ -302,23 +190,15 @@ class Hosted:
     ) -> Memory:
         """Change a memory's content (embedded here) and/or kind and add tags, as a device's
         edit does; ``change`` is (content, kind, tags to add)."""
-        content, kind, add_tags = change
-        text = model.check_content(content) if content is not None else None
-        new_kind = model.check_kind(kind) if kind is not None else None
-        tags = model.check_tags(add_tags)
-        if text is None and new_kind is None and not tags:
-            raise InvalidInput("nothing to change; give new content, a kind and/or tags to add")
+        text, new_kind, tags = memory_rules.checked_edit(*change)
         self.fold(workspace_id)
-        state = self._live(workspace_id, memory_id)
+        state = self.index.state(workspace_id, memory_id)
         new_text = None
         if text is not None and model.content_hash(text) != state.memory.content_hash:
             digest = model.content_hash(text)
             same = self.storage.live_by_hash(workspace_id, state.memory.project, digest)
-            if same is not None and same.id != memory_id:
-                raise InvalidInput(
-                    f"memory {same.id} already says exactly this; forget one of them instead"
-                )
-            vector = _bytes(self.embedder.embed([text])[0])
+            memory_rules.check_distinct(memory_id, same)
+            vector = vector_bytes(self.embedder.embed([text])[0])
             new_text = (text, digest, self.embedder.model_id, vector)
         new = edited(state, self._tick(now), now, content=new_text, kind=new_kind, tags=tags)
         if new != state:
@@ -329,7 +209,7 @@ class Hosted:
         """Tombstone a memory: devices pull the deletion and erase it too. Forgetting a
         forgotten memory changes nothing and returns its tombstone."""
         self.fold(workspace_id)
-        state = self._live(workspace_id, memory_id, allow_deleted=True)
+        state = self.index.state(workspace_id, memory_id, allow_deleted=True)
         if state.memory.deleted:
             return state.memory
         gone = forgotten(state, self._tick(now), now)
@@ -337,18 +217,6 @@ class Hosted:
         return gone.memory
 
     # -- plumbing -------------------------------------------------------------------------------
-
-    def _live(self, workspace_id: str, memory_id: str, allow_deleted: bool = False) -> MemoryState:
-        stored = self.storage.indexed_payloads(workspace_id, [memory_id])
-        if memory_id not in stored:
-            raise NotFound(
-                f"no memory has the id {memory_id!r} in this workspace; recall or list "
-                "memories to find the ids"
-            )
-        state = _state(memory_id, stored[memory_id])
-        if state.memory.deleted and not allow_deleted:
-            raise NotFound(f"memory {memory_id} was forgotten")
-        return state
 
     def _write(
         self,
@@ -392,10 +260,6 @@ class Hosted:
             self.storage.audit(workspace_id, key_id, action, {"memory_id": s.memory.id}, now)
         self.fold(workspace_id)
 
-    def _state(self, workspace_id: str, memory_id: str) -> MemoryState:
-        stored = self.storage.indexed_payloads(workspace_id, [memory_id])[memory_id]
-        return _state(memory_id, stored)
-
     def _tick(self, now: int) -> str:
         with self._clock_lock:
             self._clock = tick(self._clock, now)
@@ -422,33 +286,3 @@ def readable(mutations: Sequence[WireMutation]) -> None:
             f"payloads its server can read; first: {first[0]}: {first[1][1]}",
             rejected,
         )
-
-
-def indexable(mutation: WireMutation) -> MemoryState | RelationState:
-    """The state a hosted workspace's mutation carries, if its index can hold it; PayloadError
-    otherwise (unreadable, or text with a NUL, which PostgreSQL's text type refuses: one such
-    row would stop every later fold, and with it every recall of the workspace)."""
-    state = payload.decode(mutation)
-    if isinstance(state, RelationState):
-        texts = [state.from_id, state.to_id, state.type, state.hlc]
-    else:
-        m = state.memory
-        texts = [m.content, m.kind, m.project, *m.tags, m.topic_key or "", m.source]
-        texts += [m.content_hash, m.model_id or "", m.hlc, state.created_hlc]
-        texts += [*state.field_hlc, *state.field_hlc.values(), *state.ancestors]
-        texts += [t for r in state.revisions for t in (r.hlc, r.content, r.content_hash)]
-    if any("\x00" in text for text in texts):
-        raise PayloadError(f"mutation {mutation.mutation_id} holds a NUL character in its text")
-    return state
-
-
-def _state(memory_id: str, body: bytes) -> MemoryState:
-    """A memory's merged state as the index stores it."""
-    slot = WireMutation("index", "server", "0000000000000-0000-server", memory_id, None, body)
-    state = payload.decode(slot)
-    assert isinstance(state, MemoryState)  # the index stores memories' states only
-    return state
-
-
-def _bytes(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()

@@ -35,8 +35,8 @@ from cairn.api.schemas import (
     TagsFilter,
     UntilFilter,
 )
-from cairn.device_store import MAX_OFFSET, NewMemory
 from cairn.errors import InvalidInput, NotFound
+from cairn.memory_rules import MAX_OFFSET, NewMemory
 from cairn.model import MAX_INT, Filters, iso
 from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
 from cairn.server import hosted, keyrings, keys

@@ -15,14 +15,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cairn.errors import InvalidInput, NotFound
 from cairn.hlc import HLC
 from cairn.ids import uuid7
-from cairn.model import Filters, Memory, content_hash
+from cairn.memory_rules import NewMemory, merged_tags
+from cairn.model import Memory, content_hash
 from cairn.replication import Mutation
 from cairn.store import outbox
 from cairn.store.clock import device_id, next_hlc, now_ms
 
-_COLUMNS = (
+MIN_PREFIX = 8
+"""Characters an id prefix needs to find a memory (fewer would match too many by chance)."""
+
+COLUMNS = (
     "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
     "m.updated_at, m.deleted, m.content_hash, m.model_id, m.hlc"
 )
@@ -83,8 +88,8 @@ def insert(
 
 def add_tags(conn: sqlite3.Connection, memory: Memory, tags: Iterable[str]) -> Memory:
     """Add tags to a live memory (no-op, no mutation, when it has them all already)."""
-    merged = tuple(sorted(set(memory.tags) | set(tags)))
-    if merged == memory.tags:
+    merged = merged_tags(memory.tags, tags)
+    if merged is None:
         return memory
     hlc = next_hlc(conn)
     packed, updated = hlc.pack(), now_ms()
@@ -243,14 +248,38 @@ def build_memories(rows: list[Any], tags: dict[int, list[str]]) -> list[Memory]:
     ]
 
 
-def _fetch(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Memory]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {where}", params).fetchall()
+def fetch(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[Memory]:
+    """The memories of the rows that ``where`` selects (``m`` is the memories table)."""
+    rows = conn.execute(f"SELECT {COLUMNS} FROM memories m WHERE {where}", params).fetchall()
     return build_memories(rows, tags_for(conn, [r[0] for r in rows]))
 
 
 def get(conn: sqlite3.Connection, memory_id: str) -> Memory | None:
-    found = _fetch(conn, "m.id = ?", (memory_id,))
+    found = fetch(conn, "m.id = ?", (memory_id,))
     return found[0] if found else None
+
+
+def resolve(conn: sqlite3.Connection, memory_id: str, allow_deleted: bool = False) -> Memory:
+    """A memory by id or by a unique id prefix of ``MIN_PREFIX`` or more characters; NotFound
+    when none has it (or it was forgotten, unless ``allow_deleted``)."""
+    memory_id = memory_id.strip()
+    memory = get(conn, memory_id)
+    if memory is None and len(memory_id) >= MIN_PREFIX:
+        matches = ids_with_prefix(conn, memory_id)
+        if len(matches) > 1:
+            raise InvalidInput(f"{memory_id!r} matches several memories; give more of the id")
+        if matches:
+            memory = get(conn, matches[0])
+    if memory is None:
+        short = (
+            f" (a prefix needs at least {MIN_PREFIX} characters)"
+            if len(memory_id) < MIN_PREFIX
+            else ""
+        )
+        raise NotFound(f"no memory has the id {memory_id!r}{short}; `cairn list` shows the ids")
+    if memory.deleted and not allow_deleted:
+        raise NotFound(f"memory {memory.id} was forgotten")
+    return memory
 
 
 def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> list[str]:
@@ -263,14 +292,14 @@ def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> li
 
 def by_rowids(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, Memory]:
     rows = list(
-        rows_in(conn, f"SELECT {_COLUMNS} FROM memories m WHERE m.rowid IN ({{marks}})", rowids)
+        rows_in(conn, f"SELECT {COLUMNS} FROM memories m WHERE m.rowid IN ({{marks}})", rowids)
     )
     built = build_memories(rows, tags_for(conn, [r[0] for r in rows]))
     return {row[0]: memory for row, memory in zip(rows, built, strict=True)}
 
 
 def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> Memory | None:
-    found = _fetch(
+    found = fetch(
         conn,
         "m.content_hash = ? AND m.project = ? AND m.deleted = 0 ORDER BY m.created_at LIMIT 1",
         (content_hash, project),
@@ -278,22 +307,26 @@ def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> M
     return found[0] if found else None
 
 
+def topic_newest(conn: sqlite3.Connection, item: NewMemory) -> Memory | None:
+    """The newest-created memory (forgotten ones too) of a new memory's topic, if it has one."""
+    if not item.topic_key:
+        return None
+    found = fetch(
+        conn,
+        "m.project = ? AND m.topic_key = ? ORDER BY m.created_at DESC, m.id DESC LIMIT 1",
+        (item.project, item.topic_key),
+    )
+    return found[0] if found else None
+
+
 def live_in_project(conn: sqlite3.Connection, project: str) -> list[Memory]:
     """Every live memory of a project, oldest first."""
-    return _fetch(conn, "m.project = ? AND m.deleted = 0 ORDER BY m.created_at, m.id", (project,))
-
-
-def projects(conn: sqlite3.Connection) -> dict[str, int]:
-    """Each project that holds live memories, with how many, by name."""
-    rows = conn.execute(
-        "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project ORDER BY 1"
-    )
-    return {str(r[0]): int(r[1]) for r in rows}
+    return fetch(conn, "m.project = ? AND m.deleted = 0 ORDER BY m.created_at, m.id", (project,))
 
 
 def live_with_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> list[Memory]:
     """Every live memory of a project with this content, smallest id first."""
-    return _fetch(
+    return fetch(
         conn,
         "m.content_hash = ? AND m.project = ? AND m.deleted = 0 ORDER BY m.id",
         (content_hash, project),
@@ -307,76 +340,6 @@ def shared_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> set[tuple[
         "({marks}) GROUP BY project, content_hash HAVING count(*) > 1"
     )
     return {(r[0], r[1]) for r in rows_in(conn, sql, hashes)}
-
-
-def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
-    clauses = ["m.deleted = 0"]
-    params: list[Any] = []
-    if filters.project is not None:
-        clauses.append("m.project = ?")
-        params.append(filters.project)
-    if filters.kinds:
-        clauses.append(f"m.kind IN ({','.join('?' * len(filters.kinds))})")
-        params.extend(filters.kinds)
-    if filters.since_ms is not None:
-        clauses.append("m.created_at >= ?")
-        params.append(filters.since_ms)
-    if filters.until_ms is not None:
-        clauses.append("m.created_at < ?")
-        params.append(filters.until_ms)
-    for tag in filters.tags:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
-        )
-        params.append(tag)
-    return " AND ".join(clauses), params
-
-
-def listing(
-    conn: sqlite3.Connection, filters: Filters, limit: int, offset: int = 0
-) -> list[Memory]:
-    where, params = _filter_sql(filters)
-    return _fetch(
-        conn,
-        f"{where} ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?",
-        [*params, limit, offset],
-    )
-
-
-def count_live(conn: sqlite3.Connection, filters: Filters) -> int:
-    where, params = _filter_sql(filters)
-    return int(conn.execute(f"SELECT count(*) FROM memories m WHERE {where}", params).fetchone()[0])
-
-
-def filtered_rowids(conn: sqlite3.Connection, filters: Filters) -> npt.NDArray[np.int64]:
-    where, params = _filter_sql(filters)
-    rows = conn.execute(f"SELECT m.rowid FROM memories m WHERE {where}", params).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-
-def keyword_search(
-    conn: sqlite3.Connection, match: str, filters: Filters, limit: int
-) -> list[tuple[int, float]]:
-    """(rowid, bm25) of the best keyword matches, best first; bm25 positive, higher is better."""
-    if filters.empty:  # tombstones are not indexed, so the FTS table alone answers
-        rows = conn.execute(
-            "SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ? ORDER BY rank LIMIT ?",
-            (match, limit),
-        ).fetchall()
-    else:
-        where, params = _filter_sql(filters)
-        rows = conn.execute(
-            "SELECT f.rowid, f.rank FROM memories_fts f JOIN memories m ON m.rowid = f.rowid "
-            f"WHERE memories_fts MATCH ? AND {where} ORDER BY f.rank LIMIT ?",
-            [match, *params, limit],
-        ).fetchall()
-    return [(int(r[0]), -float(r[1])) for r in rows]
-
-
-def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[str, int]]:
-    """rowid -> (id, created_at) of live memories: what ranking needs, without the content."""
-    sql = "SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})"
-    return {rowid: (memory_id, created) for rowid, memory_id, created in rows_in(conn, sql, rowids)}
 
 
 def changes_since(
@@ -416,59 +379,12 @@ def max_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM memories").fetchone()[0])
 
 
-def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE deleted = 0), count(*) FILTER (WHERE deleted = 1) "
-        "FROM memories"
-    ).fetchone()
-    by_kind = dict(
-        conn.execute(
-            "SELECT kind, count(*) FROM memories WHERE deleted = 0 GROUP BY kind ORDER BY 2 DESC"
-        ).fetchall()
-    )
-    by_project = dict(
-        conn.execute(
-            "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project "
-            "ORDER BY 2 DESC"
-        ).fetchall()
-    )
-    by_model = dict(
-        conn.execute("SELECT model_id, count(*) FROM memory_vectors GROUP BY model_id").fetchall()
-    )
-    return {
-        "memories": row[0],
-        "forgotten": row[1],
-        "by_kind": by_kind,
-        "by_project": by_project,
-        "vectors_by_model": by_model,
-        "relations": conn.execute("SELECT count(*) FROM relations").fetchone()[0],
-        "outbox_pending": outbox.count(conn),
-        "device_id": (
-            conn.execute("SELECT value FROM meta WHERE key='device_id'").fetchone() or [None]
-        )[0],
-    }
-
-
 def with_topic(conn: sqlite3.Connection) -> list[Memory]:
     """Every memory with a topic_key (forgotten ones too: topic chains include them), oldest
     first."""
-    return _fetch(conn, "m.topic_key IS NOT NULL ORDER BY m.created_at, m.id", ())
+    return fetch(conn, "m.topic_key IS NOT NULL ORDER BY m.created_at, m.id", ())
 
 
 def known_ids(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` the store has, live or forgotten."""
     return {r[0] for r in rows_in(conn, "SELECT id FROM memories WHERE id IN ({marks})", ids)}
-
-
-def page_with_vectors(
-    conn: sqlite3.Connection, filters: Filters, after_rowid: int, limit: int
-) -> list[tuple[int, Memory, str | None, bytes | None]]:
-    """(rowid, memory, model_id, vector) of live memories after ``after_rowid``, by rowid."""
-    where, params = _filter_sql(filters)
-    rows = conn.execute(
-        f"SELECT {_COLUMNS}, v.model_id, v.vector FROM memories m LEFT JOIN memory_vectors v "
-        f"ON v.memory_rowid = m.rowid WHERE {where} AND m.rowid > ? ORDER BY m.rowid LIMIT ?",
-        [*params, after_rowid, limit],
-    ).fetchall()
-    built = build_memories([r[:13] for r in rows], tags_for(conn, [r[0] for r in rows]))
-    return [(r[0], m, r[13], r[14]) for r, m in zip(rows, built, strict=True)]

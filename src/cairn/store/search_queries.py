@@ -1,0 +1,143 @@
+"""Reads that select live memories by filter or by text: the filter SQL, listings and counts,
+keyword (FTS5) search, and the little that ranking needs of each candidate."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cairn.model import Filters, Memory
+from cairn.store import outbox
+from cairn.store.memories import COLUMNS, build_memories, fetch, rows_in, tags_for
+
+
+def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    """The WHERE clause (over ``memories m``) and its values that select live memories matching
+    ``filters``."""
+    clauses = ["m.deleted = 0"]
+    params: list[Any] = []
+    if filters.project is not None:
+        clauses.append("m.project = ?")
+        params.append(filters.project)
+    if filters.kinds:
+        clauses.append(f"m.kind IN ({','.join('?' * len(filters.kinds))})")
+        params.extend(filters.kinds)
+    if filters.since_ms is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(filters.since_ms)
+    if filters.until_ms is not None:
+        clauses.append("m.created_at < ?")
+        params.append(filters.until_ms)
+    for tag in filters.tags:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
+        )
+        params.append(tag)
+    return " AND ".join(clauses), params
+
+
+def listing(
+    conn: sqlite3.Connection, filters: Filters, limit: int, offset: int = 0
+) -> list[Memory]:
+    where, params = filter_sql(filters)
+    return fetch(
+        conn,
+        f"{where} ORDER BY m.created_at DESC, m.id DESC LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    )
+
+
+def count_live(conn: sqlite3.Connection, filters: Filters) -> int:
+    where, params = filter_sql(filters)
+    return int(conn.execute(f"SELECT count(*) FROM memories m WHERE {where}", params).fetchone()[0])
+
+
+def filtered_rowids(conn: sqlite3.Connection, filters: Filters) -> npt.NDArray[np.int64]:
+    where, params = filter_sql(filters)
+    rows = conn.execute(f"SELECT m.rowid FROM memories m WHERE {where}", params).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def keyword_search(
+    conn: sqlite3.Connection, match: str, filters: Filters, limit: int
+) -> list[tuple[int, float]]:
+    """(rowid, bm25) of the best keyword matches, best first; bm25 positive, higher is better."""
+    if filters.empty:  # tombstones are not indexed, so the FTS table alone answers
+        rows = conn.execute(
+            "SELECT rowid, rank FROM memories_fts WHERE memories_fts MATCH ? ORDER BY rank LIMIT ?",
+            (match, limit),
+        ).fetchall()
+    else:
+        where, params = filter_sql(filters)
+        rows = conn.execute(
+            "SELECT f.rowid, f.rank FROM memories_fts f JOIN memories m ON m.rowid = f.rowid "
+            f"WHERE memories_fts MATCH ? AND {where} ORDER BY f.rank LIMIT ?",
+            [match, *params, limit],
+        ).fetchall()
+    return [(int(r[0]), -float(r[1])) for r in rows]
+
+
+def briefs(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, tuple[str, int]]:
+    """rowid -> (id, created_at) of live memories: what ranking needs, without the content."""
+    sql = "SELECT rowid, id, created_at FROM memories WHERE deleted = 0 AND rowid IN ({marks})"
+    return {rowid: (memory_id, created) for rowid, memory_id, created in rows_in(conn, sql, rowids)}
+
+
+def page_with_vectors(
+    conn: sqlite3.Connection, filters: Filters, after_rowid: int, limit: int
+) -> list[tuple[int, Memory, str | None, bytes | None]]:
+    """(rowid, memory, model_id, vector) of live memories after ``after_rowid``, by rowid."""
+    where, params = filter_sql(filters)
+    rows = conn.execute(
+        f"SELECT {COLUMNS}, v.model_id, v.vector FROM memories m LEFT JOIN memory_vectors v "
+        f"ON v.memory_rowid = m.rowid WHERE {where} AND m.rowid > ? ORDER BY m.rowid LIMIT ?",
+        [*params, after_rowid, limit],
+    ).fetchall()
+    built = build_memories([r[:13] for r in rows], tags_for(conn, [r[0] for r in rows]))
+    return [(r[0], m, r[13], r[14]) for r, m in zip(rows, built, strict=True)]
+
+
+def projects(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each project that holds live memories, with how many, by name."""
+    rows = conn.execute(
+        "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project ORDER BY 1"
+    )
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The store's counts: memories live and forgotten, by kind, project and model, and more."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE deleted = 0), count(*) FILTER (WHERE deleted = 1) "
+        "FROM memories"
+    ).fetchone()
+    by_kind = dict(
+        conn.execute(
+            "SELECT kind, count(*) FROM memories WHERE deleted = 0 GROUP BY kind ORDER BY 2 DESC"
+        ).fetchall()
+    )
+    by_project = dict(
+        conn.execute(
+            "SELECT project, count(*) FROM memories WHERE deleted = 0 GROUP BY project "
+            "ORDER BY 2 DESC"
+        ).fetchall()
+    )
+    by_model = dict(
+        conn.execute("SELECT model_id, count(*) FROM memory_vectors GROUP BY model_id").fetchall()
+    )
+    return {
+        "memories": row[0],
+        "forgotten": row[1],
+        "by_kind": by_kind,
+        "by_project": by_project,
+        "vectors_by_model": by_model,
+        "relations": conn.execute("SELECT count(*) FROM relations").fetchone()[0],
+        "outbox_pending": outbox.count(conn),
+        "device_id": (
+            conn.execute("SELECT value FROM meta WHERE key='device_id'").fetchone() or [None]
+        )[0],
+    }
