@@ -64,7 +64,7 @@ _WS = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class Memory:
-    """One remembered piece of knowledge (DESIGN §2). Times are Unix milliseconds (UTC)."""
+    """One remembered piece of knowledge. Times are Unix milliseconds (UTC)."""
 
     id: str
     content: str

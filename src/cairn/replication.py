@@ -26,7 +26,7 @@ class Revision:
 
 @dataclass(frozen=True)
 class MemoryState:
-    """A memory's whole replicated state: what sync sends and merges (DESIGN §4).
+    """A memory's whole replicated state: what sync sends and merges.
 
     Each field in ``CLOCKED_FIELDS`` has a clock: ``field_hlc[field]`` if present, else
     ``created_hlc`` (kept sparse). ``ancestors`` are the clocks of every content version this one
@@ -96,7 +96,7 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Mutation:
-    """An outbox entry (DESIGN §4): one local change to one entity, stamped with an HLC.
+    """An outbox entry: one local change to one entity, stamped with an HLC.
 
     A push sends the entity's whole state under the id of its newest pending entry.
     """
@@ -110,7 +110,7 @@ class Mutation:
 
 @dataclass(frozen=True)
 class SyncRules:
-    """Selective sync (DESIGN §4): which memories leave this device and which are taken in.
+    """Selective sync: which memories leave this device and which are taken in.
 
     Empty include lists mean "all". ``file_chunk`` memories stay local unless ``file_chunks``.
     A memory needs one of ``include_tags`` (when given) and none of ``exclude_tags``.

@@ -1,1 +1,1 @@
-"""End-to-end encryption: the workspace keyring and sealed payloads (DESIGN §5)."""
+"""End-to-end encryption: the workspace keyring and sealed payloads."""

@@ -1,4 +1,4 @@
-"""Sealed frames: how object storage hides what it holds (DESIGN §6).
+"""Sealed frames: how object storage hides what it holds.
 
 A bucket or a shared folder keeps whole objects (batches of envelopes, device records,
 snapshots), not just payloads. Their framing (which mutation ids, HLCs, entity ids and scope

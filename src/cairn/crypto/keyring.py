@@ -1,6 +1,6 @@
 """The workspace keyring: data keys wrapped for the people and devices that may read them.
 
-Hierarchy (DESIGN §5)::
+Hierarchy::
 
     passphrase --Argon2id--> KEK ─┐
                                   ├─ wraps the master key (random, 256-bit)

@@ -1,4 +1,4 @@
-"""The merge rule (DESIGN §4): deterministic, the same on every replica, whatever the order.
+"""The merge rule: deterministic, the same on every replica, whatever the order.
 
 Merging two states of one memory is commutative, associative and idempotent, so replicas that
 have seen the same states hold the same memory however those states arrived:
