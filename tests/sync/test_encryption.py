@@ -17,7 +17,7 @@ from cairn.errors import RemoteUnreachable, WrongPassphrase
 from cairn.protocol import KeyringBlob, sealed_key_id
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.service import Store
 from cairn.store.db import Database
 from cairn.syncing import Syncer
