@@ -22,7 +22,6 @@ LAYERS: dict[str, int] = {
     "cairn.keystore": 1,
     "cairn.remotes": 1,
     "cairn.server.storage": 1,
-    "cairn.server.sqlite_db": 1,
     "cairn.search.matrix": 1,
     # mechanisms
     "cairn.embedding": 2,

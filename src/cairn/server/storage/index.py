@@ -172,7 +172,28 @@ class HostedIndex(SqlBase):
     def keyword(
         self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
     ) -> Ranked:
+        match = self._match(terms)
+        if not match:
+            return []
+        where, params = self._index_filter(filters)
+        rows = self._all(
+            workspace_id, self._keyword_sql(where), match, workspace_id, *params, depth
+        )
+        return [(memory_id, self._keyword_score(rank)) for memory_id, rank in rows]
+
+    def _match(self, terms: Sequence[Sequence[str]]) -> str:
+        """The backend's full-text query for any of ``terms`` (each a phrase of tokens of word
+        characters only); empty when there is nothing to match."""
         raise NotImplementedError
+
+    def _keyword_sql(self, where: str) -> str:
+        """The SELECT of (id, rank) for the parameters match, workspace id, ``where``'s and
+        depth, best first."""
+        raise NotImplementedError
+
+    def _keyword_score(self, rank: Any) -> float:
+        """A row's rank as a score, higher better."""
+        return float(rank)
 
     def _memory(self, row: Sequence[Any]) -> Memory:
         return memory_of(row, self.dialect.decode_strings(row[4]))

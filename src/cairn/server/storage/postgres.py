@@ -156,28 +156,18 @@ class PostgresStorage(SqlStorage):
         ranked.sort(key=lambda r: -r[1])  # relaxed order: nearly sorted
         return ranked
 
-    def keyword(
-        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
-    ) -> Ranked:
-        # Each term a phrase of quoted tokens; the tokens are word characters only (no quotes).
-        match = " | ".join(
+    def _match(self, terms: Sequence[Sequence[str]]) -> str:
+        return " | ".join(
             "(" + " <-> ".join(f"'{token}'" for token in tokens) + ")" for tokens in terms if tokens
         )
-        if not match:
-            return []
-        where, params = self._index_filter(filters)
-        rows = self._all(
-            workspace_id,
+
+    def _keyword_sql(self, where: str) -> str:
+        return (
             "SELECT m.id, ts_rank_cd(m.words, q) AS rank "
             "FROM hosted_memories m, to_tsquery('english'::regconfig, ?) q "
             f"WHERE m.workspace_id = ? AND m.words @@ q AND {where} "
-            "ORDER BY rank DESC, m.id LIMIT ?",
-            match,
-            workspace_id,
-            *params,
-            depth,
+            "ORDER BY rank DESC, m.id LIMIT ?"
         )
-        return [(memory_id, float(rank)) for memory_id, rank in rows]
 
 
 class _Conn:

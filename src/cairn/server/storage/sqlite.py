@@ -12,14 +12,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cairn.model import Filters, RelationState
-from cairn.server.sqlite_db import SqliteFile
 from cairn.server.storage.core import SqlStorage
 from cairn.server.storage.dialect import SqliteDialect
 from cairn.server.storage.records import Ranked
+from cairn.server.storage.sqlite_file import SqliteFile
 from cairn.server.storage.sqlite_schema import MIGRATIONS
 from cairn.server.storage.sqlite_vectors import HostedVectors
 
@@ -82,21 +83,16 @@ class SqliteStorage(SqlStorage):
                 ]
         return cache.search(np.frombuffer(vector, dtype="<f4"), depth, allowed)
 
-    def keyword(
-        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
-    ) -> Ranked:
-        match = " OR ".join('"' + " ".join(tokens) + '"' for tokens in terms if tokens)
-        if not match:
-            return []
-        where, params = self._index_filter(filters)
-        rows = self._all(
-            workspace_id,
+    def _match(self, terms: Sequence[Sequence[str]]) -> str:
+        return " OR ".join('"' + " ".join(tokens) + '"' for tokens in terms if tokens)
+
+    def _keyword_sql(self, where: str) -> str:
+        return (
             "SELECT m.id, bm25(hosted_fts) AS rank FROM hosted_fts "
             "JOIN hosted_memories m ON m.rowid = hosted_fts.rowid "
-            f"WHERE hosted_fts MATCH ? AND m.workspace_id = ? AND {where} ORDER BY rank LIMIT ?",
-            match,
-            workspace_id,
-            *params,
-            depth,
+            f"WHERE hosted_fts MATCH ? AND m.workspace_id = ? AND {where} ORDER BY rank LIMIT ?"
         )
-        return [(memory_id, -rank) for memory_id, rank in rows]
+
+    def _keyword_score(self, rank: Any) -> float:
+        score: float = -rank  # bm25: lower is better
+        return score
