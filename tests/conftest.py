@@ -26,8 +26,8 @@ from cairn.protocol import SEALED_HEADER, SEALED_VERSION
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
-from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage, Workspace
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.store.db import Database
 
 # Property tests print the blob that replays a failure; CI runs them derandomized (seeded).
@@ -117,7 +117,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 def server_storage_for(backend: str, folder: Path, request: pytest.FixtureRequest) -> ServerStorage:
     """A fresh, empty server storage of ``backend`` (sqlite: a file under ``folder``)."""
     if backend == "postgres":
-        from cairn.server.pg_storage import PostgresStorage
+        from cairn.server.storage.postgres import PostgresStorage
 
         return PostgresStorage(request.getfixturevalue("postgres").new_database())
     return SqliteStorage(folder / "server.db")

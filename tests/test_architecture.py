@@ -25,9 +25,7 @@ LAYERS: dict[str, int] = {
     "cairn.master_keys": 1,
     "cairn.remotes": 1,
     "cairn.server.storage": 1,
-    "cairn.server.sqlite_db": 1,
-    "cairn.server.sqlite_storage": 1,
-    "cairn.server.pg_storage": 1,
+    "cairn.search.matrix": 1,
     # mechanisms
     "cairn.embedding": 2,
     "cairn.search": 2,

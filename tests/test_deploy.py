@@ -22,7 +22,7 @@ from psycopg import conninfo
 
 from cairn.cli.app import app
 from cairn.server import backends, keys
-from cairn.server.pg_storage import PostgresStorage
+from cairn.server.storage.postgres import PostgresStorage
 
 from .conftest import SyncServer
 

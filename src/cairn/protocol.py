@@ -146,6 +146,14 @@ class PullPage:
     cursor: str
     has_more: bool
 
+    @classmethod
+    def of(cls, page: Sequence[WireMutation], limit: int, latest: int) -> PullPage:
+        """The page of a log numbered by seq whose last seq is ``latest``: a full page resumes
+        after its last mutation, any other after ``latest`` (so a cursor never passes a
+        mutation the page left out, nor stops short of the scopes filtered away)."""
+        last = page[-1].seq if len(page) == limit and page[-1].seq else latest
+        return cls(page, str(last), last < latest)
+
 
 def sealed_key_id(payload: bytes) -> int | None:
     """The key id of a sealed envelope, or None when the payload is not one."""

@@ -40,9 +40,9 @@ from cairn.errors import CairnError
 from cairn.protocol import WireMutation
 from cairn.server import keys
 from cairn.server.context import now_ms
-from cairn.server.pg_storage import PostgresStorage
-from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
+from cairn.server.storage.postgres import PostgresStorage
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.sync import payload
 from cairn.sync.keys import join
 from cairn.sync.worker import classify

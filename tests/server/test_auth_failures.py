@@ -24,7 +24,7 @@ from cairn.server.failures import AuthFailures, client_address
 from cairn.server.keys import issue
 from cairn.server.limits import RateLimiter
 from cairn.server.metrics import Metrics
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage.sqlite import SqliteStorage
 
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 

@@ -19,7 +19,7 @@ from cairn.errors import RemoteUnreachable, SchemaTooNew
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.server import keys
-from cairn.server.pg_storage import PostgresStorage
+from cairn.server.storage.postgres import PostgresStorage
 
 from ..conftest import envelope
 
@@ -106,7 +106,7 @@ PROCESS = textwrap.dedent(
     """
     import json, sys, time
     from cairn.protocol import SEALED_HEADER, SEALED_VERSION, WireMutation
-    from cairn.server.pg_storage import PostgresStorage
+    from cairn.server.storage.postgres import PostgresStorage
 
     def envelope(body):
         return SEALED_HEADER.pack(SEALED_VERSION, 1, b"s" * 16, b"n" * 12) + body + b"t" * 16

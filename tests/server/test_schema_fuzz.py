@@ -39,8 +39,8 @@ from cairn.replication import MemoryState
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
-from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.sync import payload
 
 from ..conftest import envelope, serve, server_storage_for

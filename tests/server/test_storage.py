@@ -17,9 +17,10 @@ import pytest
 from cairn.errors import InvalidInput, NotFound, QuotaExceeded, RemoteConflict, SchemaTooNew
 from cairn.protocol import KeyringBlob, KeyringProof, WireMutation
 from cairn.server import keys
-from cairn.server.sqlite_db import SqliteFile
-from cairn.server.sqlite_storage import MIGRATIONS, SqliteStorage
 from cairn.server.storage import Quota, ServerStorage
+from cairn.server.storage.sqlite import SqliteStorage
+from cairn.server.storage.sqlite_file import SqliteFile
+from cairn.server.storage.sqlite_schema import MIGRATIONS
 
 from ..conftest import envelope, server_storage_for
 

@@ -13,7 +13,7 @@ import pytest
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import SchemaTooNew, StoreCorrupt, StoreLocked
-from cairn.store.db import Database, _statements
+from cairn.store.db import Database, statements
 from cairn.store.migrations import MIGRATIONS
 
 from ..damage import damage, fill
@@ -22,7 +22,7 @@ from ..damage import damage, fill
 def _version_1_file(path: Path, embedder: OnnxEmbedder) -> None:
     """A store as the first schema wrote it: one memory with its vector, no FTS, no relations."""
     conn = sqlite3.connect(path)
-    for statement in _statements(MIGRATIONS[0]):
+    for statement in statements(MIGRATIONS[0]):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.execute(

@@ -18,7 +18,7 @@ from cairn.errors import RemoteUnreachable, WrongPassphrase
 from cairn.protocol import KeyringBlob, sealed_key_id
 from cairn.remotes.http import HttpRemote
 from cairn.remotes.memory import MemoryRemote
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.store.db import Database
 from cairn.sync.engine import Syncer
 from cairn.sync.keys import join, open_keys

@@ -36,7 +36,7 @@ from cairn.remotes.memory import MemoryRemote
 from cairn.server import keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings
-from cairn.server.sqlite_storage import SqliteStorage
+from cairn.server.storage.sqlite import SqliteStorage
 from cairn.store import lease, replica
 from cairn.store.clock import now_ms
 from cairn.store.db import Database

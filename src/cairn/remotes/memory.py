@@ -72,8 +72,7 @@ class MemoryRemote:
                 for m in self._log[since:]
                 if wanted is None or m.scope is None or m.scope in wanted
             ][:limit]
-            last = page[-1].seq if len(page) == limit and page[-1].seq else len(self._log)
-            return PullPage(page, str(last), last < len(self._log))
+            return PullPage.of(page, limit, len(self._log))
 
     def get_keyring(self) -> KeyringBlob | None:
         with self._changed:

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from cairn.errors import InvalidInput
-from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
+from cairn.server.storage.sqlite import SqliteStorage
 
 DB_FILE = "server.db"
 
@@ -28,7 +28,7 @@ def open_storage(data: Path | None, db: str | None = None) -> ServerStorage:
     """PostgreSQL when ``db`` names one (a postgresql:// URL or a libpq "key=value" string),
     else the SQLite file under ``data_dir(data)``."""
     if db:
-        from cairn.server.pg_storage import PostgresStorage  # psycopg only when it is used
+        from cairn.server.storage.postgres import PostgresStorage  # psycopg only when it is used
 
         return PostgresStorage(db)
     if data is not None and str(data).startswith(("postgresql://", "postgres://")):

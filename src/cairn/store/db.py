@@ -51,22 +51,64 @@ def is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in text or "busy" in text
 
 
-def translate(exc: sqlite3.Error, path: Path) -> StoreError:
-    """A Cairn error, with what to do next, for a SQLite error on ``path``."""
+def failure(exc: sqlite3.Error) -> str | None:
+    """What a SQLite error says of the file: "busy" (locked by another connection), "not a
+    database", "damaged", or None (something else)."""
     code, text = _code(exc), str(exc).lower()
     if is_busy(exc):
+        return "busy"
+    if code == _NOTADB or "not a database" in text:
+        return "not a database"
+    if code == _CORRUPT or "malformed" in text or "corrupt" in text:
+        return "damaged"
+    return None
+
+
+def translate(exc: sqlite3.Error, path: Path) -> StoreError:
+    """A Cairn error, with what to do next, for a SQLite error on ``path``."""
+    found = failure(exc)
+    if found == "busy":
         return StoreLocked(
             f"{path} is locked by another process for longer than "
             f"{BUSY_TIMEOUT_MS // 1000} s; retry, or stop the process holding it"
         )
-    if code == _NOTADB or "not a database" in text:
+    if found == "not a database":
         return StoreCorrupt(
             f"{path} is not a readable Cairn store ({exc}); if it is your store, {REPAIR_HINT}; "
             "otherwise point CAIRN_HOME (or CAIRN_DB) elsewhere"
         )
-    if code == _CORRUPT or "malformed" in text or "corrupt" in text:
+    if found == "damaged":
         return StoreCorrupt(f"{path} is damaged ({exc}); {REPAIR_HINT}")
     return StoreError(f"SQLite error on {path}: {exc}")
+
+
+def connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are begun explicitly), usable
+    from any thread, that waits up to ``busy_timeout_ms`` for another's lock."""
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=busy_timeout_ms / 1000,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    return conn
+
+
+def use_wal(conn: sqlite3.Connection, synchronous: str) -> None:
+    """Write-ahead logging (readers never wait for the writer), with ``synchronous`` (NORMAL,
+    or FULL: fsync every commit), and foreign keys enforced."""
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def apply_migration(conn: sqlite3.Connection, script: str, number: int) -> None:
+    """Run migration ``number`` (its statements one by one, inside the caller's transaction:
+    executescript would commit it) and record it in ``user_version``."""
+    for statement in statements(script):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {number}")
 
 
 class Database:
@@ -86,21 +128,13 @@ class Database:
         except OSError as exc:
             raise StoreError(f"cannot create {path.parent}: {exc}") from exc
         try:
-            self.conn = sqlite3.connect(
-                str(path),
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn = connect(path, BUSY_TIMEOUT_MS)
             if self._check_version() == 0:  # before anything writes to a file we may not understand
                 # 8 KiB pages hold five 384-d vectors; 4 KiB pages hold only two.
                 self.conn.execute("PRAGMA page_size = 8192")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
+            use_wal(self.conn, "NORMAL")
             # 64 MiB of page cache (default 2 MiB): large pulls and imports touch many index pages.
             self.conn.execute("PRAGMA cache_size = -65536")
-            self.conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.Error as exc:
             raise translate(exc, path) from exc
@@ -211,16 +245,14 @@ class Database:
                 # Re-check inside the lock: another process may have migrated meanwhile.
                 current = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
                 if current < number:
-                    for statement in _statements(MIGRATIONS[number - 1]):
-                        self.conn.execute(statement)
-                    self.conn.execute(f"PRAGMA user_version = {number}")
+                    apply_migration(self.conn, MIGRATIONS[number - 1], number)
                 self.conn.execute("COMMIT")
             except BaseException:
                 self._abandon()
                 raise
 
 
-def _statements(script: str) -> Iterator[str]:
+def statements(script: str) -> Iterator[str]:
     """Split a migration into statements (executescript would commit our transaction)."""
     buffer = ""
     for line in script.splitlines(keepends=True):

@@ -2,7 +2,10 @@
 
 Per-thread connections let readers work on a WAL snapshot while one writer commits; writes
 take ``BEGIN IMMEDIATE`` so SQLite admits one writer at a time instead of failing at commit.
-SQLite's exceptions leave this module as Cairn errors that say what to do next.
+SQLite's exceptions leave this module as Cairn errors that say what to do next. Opening a
+connection, reading SQLite's errors and running a migration are the device store's
+(``cairn.store.db``); what differs is the server's: a connection per thread, every commit
+flushed to disk, every migration in one transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cairn.errors import SchemaTooNew, StoreCorrupt, StoreError, StoreLocked
+from cairn.store.db import apply_migration, connect, failure, use_wal
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -57,17 +61,9 @@ class SqliteFile:
         if conn is not None:
             return conn
         try:
-            conn = sqlite3.connect(
-                str(self.path),
-                isolation_level=None,
-                check_same_thread=False,  # close() closes every thread's connection
-                timeout=BUSY_TIMEOUT_MS / 1000,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn = connect(self.path, BUSY_TIMEOUT_MS)  # any thread: close() closes them all
             # An acknowledged push must survive a power cut: fsync on every commit.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            use_wal(conn, "FULL")
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
         with self._lock:
@@ -84,9 +80,7 @@ class SqliteFile:
                     f"one knows {len(migrations)}); upgrade cairn"
                 )
             for number in range(version, len(migrations)):
-                for statement in _statements(migrations[number]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number + 1}")
+                apply_migration(conn, migrations[number], number + 1)
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
@@ -106,26 +100,15 @@ class SqliteFile:
             raise
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
+        found = failure(exc)
+        if found == "busy":
             return StoreLocked(
                 f"the server database {self.path} stayed locked for "
                 f"{BUSY_TIMEOUT_MS // 1000} s; retry shortly"
             )
-        if "not a database" in text or "malformed" in text or "corrupt" in text:
+        if found is not None:
             return StoreCorrupt(
                 f"{self.path} is not a readable Cairn server database ({exc}); restore it "
                 "from a backup or point --data elsewhere"
             )
         return StoreError(f"SQLite error on {self.path}: {exc}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a script, one at a time (a trigger's body holds semicolons too)."""
-    pending = ""
-    for part in script.split(";"):
-        pending += part + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                yield pending
-            pending = ""

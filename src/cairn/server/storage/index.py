@@ -1,0 +1,222 @@
+"""The core's hosted search index: the fold of a workspace's log and the lookups recall needs.
+
+Which memories are nearest a vector, and which match words, each backend answers its own way
+(``nearest``, ``keyword``); the rows, their filters and the fold's position are kept here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cairn.model import Filters, Memory
+from cairn.replication import RelationState
+from cairn.server.storage.records import (
+    MEMORY_COLUMNS,
+    IndexedMemory,
+    Ranked,
+    memory_of,
+    memory_values,
+)
+from cairn.server.storage.sql import SqlBase
+
+_UPDATED = (
+    "content", "kind", "project", "tags", "topic_key", "source", "created_at", "updated_at",
+    "deleted", "content_hash", "model_id", "hlc", "payload",
+)  # fmt: skip
+
+
+class HostedIndex(SqlBase):
+    """A hosted workspace's memories and relations as folded from its log, and its position."""
+
+    def index_position(self, workspace_id: str) -> int:
+        with self._read(workspace_id) as conn:
+            return self._position(conn, workspace_id)
+
+    def put_index(
+        self,
+        workspace_id: str,
+        expected: int,
+        position: int,
+        memories: Sequence[IndexedMemory],
+        relations: Sequence[RelationState],
+    ) -> bool:
+        dialect = self.dialect
+        vector = dialect.vector_column
+        with self._write(workspace_id) as conn:
+            # Moving the position first takes its row's lock: a second writer that read the
+            # same position waits here, then sees it moved and writes nothing.
+            if expected == 0:
+                moved = conn.execute(
+                    "INSERT INTO hosted_index (workspace_id, position) VALUES (?, ?) "
+                    "ON CONFLICT (workspace_id) DO UPDATE SET position = excluded.position "
+                    "WHERE hosted_index.position = 0",
+                    (workspace_id, position),
+                ).rowcount
+            else:
+                moved = conn.execute(
+                    "UPDATE hosted_index SET position = ? WHERE workspace_id = ? AND position = ?",
+                    (position, workspace_id, expected),
+                ).rowcount
+            if not moved:  # nothing written: the transaction commits nothing
+                return False
+            updates = ", ".join(f"{c} = excluded.{c}" for c in (*_UPDATED, vector, "position"))
+            conn.executemany(
+                f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, {vector}, "
+                f"position) VALUES ({'?, ' * 15}{dialect.vector_marker}, ?) "
+                f"ON CONFLICT (workspace_id, id) DO UPDATE SET {updates}",
+                [
+                    (
+                        workspace_id,
+                        *memory_values(m.memory, dialect.encode_strings(m.memory.tags)),
+                        m.payload,
+                        dialect.encode_vector(m.vector),
+                        position,
+                    )
+                    for m in memories
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO hosted_relations (workspace_id, from_id, to_id, type, created_at, "
+                "deleted, hlc) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (workspace_id, from_id, type, to_id) DO UPDATE SET "
+                "created_at = excluded.created_at, deleted = excluded.deleted, hlc = excluded.hlc",
+                [
+                    (workspace_id, r.from_id, r.to_id, r.type, r.created_at, r.deleted, r.hlc)
+                    for r in relations
+                ],
+            )
+        return True
+
+    def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._read(workspace_id) as conn:
+            for chunk in self._chunks(memory_ids):
+                clause, params = self._in("id", chunk)
+                rows = conn.execute(
+                    f"SELECT id, payload FROM hosted_memories WHERE workspace_id = ? AND {clause}",
+                    (workspace_id, *params),
+                )
+                found.update((memory_id, bytes(payload)) for memory_id, payload in rows)
+        return found
+
+    def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        found: dict[str, Memory] = {}
+        with self._read(workspace_id) as conn:
+            for chunk in self._chunks(memory_ids):
+                clause, params = self._in("id", chunk)
+                rows = conn.execute(
+                    f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+                    f"AND {clause}",
+                    (workspace_id, *params),
+                )
+                found.update((row[0], self._memory(row)) for row in rows)
+        return found
+
+    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
+        if not memory_ids:
+            return {}
+        clause, params = self._in("r.to_id", memory_ids)
+        rows = self._all(
+            workspace_id,
+            "SELECT r.to_id, r.from_id FROM hosted_relations r JOIN hosted_memories m "
+            "ON m.workspace_id = r.workspace_id AND m.id = r.from_id "
+            "WHERE r.workspace_id = ? AND r.type = 'supersedes' AND NOT r.deleted "
+            f"AND NOT m.deleted AND {clause} ORDER BY r.created_at",
+            workspace_id,
+            *params,
+        )
+        return {to_id: from_id for to_id, from_id in rows}
+
+    def list_indexed(
+        self, workspace_id: str, filters: Filters, limit: int, offset: int
+    ) -> tuple[list[Memory], int]:
+        where, params = self._index_filter(filters)
+        sql = f"FROM hosted_memories m WHERE m.workspace_id = ? AND {where}"
+        with self._read(workspace_id, snapshot=True) as conn:
+            row = conn.execute(f"SELECT COUNT(*) {sql}", (workspace_id, *params)).fetchone()
+            rows = conn.execute(
+                f"SELECT {MEMORY_COLUMNS} {sql} ORDER BY m.created_at DESC, m.id DESC "
+                "LIMIT ? OFFSET ?",
+                (workspace_id, *params, limit, offset),
+            ).fetchall()
+        return [self._memory(r) for r in rows], int(row[0]) if row else 0
+
+    def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
+        row = self._one(
+            workspace_id,
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            "AND project = ? AND content_hash = ? AND NOT deleted ORDER BY id LIMIT 1",
+            workspace_id,
+            project,
+            content_hash,
+        )
+        return self._memory(row) if row else None
+
+    def topic_head(self, workspace_id: str, project: str, topic_key: str) -> Memory | None:
+        row = self._one(
+            workspace_id,
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+            "AND project = ? AND topic_key = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+            workspace_id,
+            project,
+            topic_key,
+        )
+        return self._memory(row) if row else None
+
+    def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
+        raise NotImplementedError
+
+    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
+        raise NotImplementedError
+
+    def keyword(
+        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
+    ) -> Ranked:
+        match = self._match(terms)
+        if not match:
+            return []
+        where, params = self._index_filter(filters)
+        rows = self._all(
+            workspace_id, self._keyword_sql(where), match, workspace_id, *params, depth
+        )
+        return [(memory_id, self._keyword_score(rank)) for memory_id, rank in rows]
+
+    def _match(self, terms: Sequence[Sequence[str]]) -> str:
+        """The backend's full-text query for any of ``terms`` (each a phrase of tokens of word
+        characters only); empty when there is nothing to match."""
+        raise NotImplementedError
+
+    def _keyword_sql(self, where: str) -> str:
+        """The SELECT of (id, rank) for the parameters match, workspace id, ``where``'s and
+        depth, best first."""
+        raise NotImplementedError
+
+    def _keyword_score(self, rank: Any) -> float:
+        """A row's rank as a score, higher better."""
+        return float(rank)
+
+    def _memory(self, row: Sequence[Any]) -> Memory:
+        return memory_of(row, self.dialect.decode_strings(row[4]))
+
+    def _index_filter(self, filters: Filters) -> tuple[str, list[Any]]:
+        """The SQL (over ``hosted_memories m``) of live memories passing ``filters``."""
+        clauses = ["NOT m.deleted"]
+        params: list[Any] = []
+        if filters.project is not None:
+            clauses.append("m.project = ?")
+            params.append(filters.project)
+        if filters.kinds:
+            clause, values = self._in("m.kind", filters.kinds)
+            clauses.append(clause)
+            params.extend(values)
+        if filters.since_ms is not None:
+            clauses.append("m.created_at >= ?")
+            params.append(filters.since_ms)
+        if filters.until_ms is not None:
+            clauses.append("m.created_at < ?")
+            params.append(filters.until_ms)
+        tags, values = self.dialect.tags_filter("m.tags", filters.tags)
+        clauses.extend(tags)
+        params.extend(values)
+        return " AND ".join(clauses), params

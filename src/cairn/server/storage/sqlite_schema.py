@@ -1,0 +1,49 @@
+"""The embedded SQLite server database's schema: numbered migrations, never edited."""
+
+from __future__ import annotations
+
+from cairn.server.storage import tables
+
+TYPES = tables.Types("INTEGER", "BLOB", "INTEGER", "TEXT", "TEXT NOT NULL DEFAULT '[]'", "")
+
+# Keyword search: FTS5 over the live memories' content, kept in step by triggers (tombstones
+# are not indexed).
+_FTS = """
+    CREATE VIRTUAL TABLE hosted_fts USING fts5(
+        content, content='hosted_memories', content_rowid='rowid',
+        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
+    );
+    CREATE TRIGGER hosted_fts_insert AFTER INSERT ON hosted_memories WHEN new.deleted = 0 BEGIN
+        INSERT INTO hosted_fts(rowid, content) VALUES (new.rowid, new.content);
+    END;
+    CREATE TRIGGER hosted_fts_update AFTER UPDATE OF content, deleted ON hosted_memories BEGIN
+        INSERT INTO hosted_fts(hosted_fts, rowid, content)
+            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
+        INSERT INTO hosted_fts(rowid, content)
+            SELECT new.rowid, new.content WHERE new.deleted = 0;
+    END;"""
+
+# Numbered migrations: PRAGMA user_version is how many ran. Never edit one; add the next.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: workspaces (with the last seq handed out), keys, the mutation log, devices, keyrings.
+    tables.core(TYPES) + "\n    );\n    ",
+    # 2: the key ids a keyring revoked (a JSON list), so pushes sealed under them are refused.
+    """
+    ALTER TABLE keyrings ADD COLUMN revoked TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 3: metering (bytes stored, usage per day), quotas, and the audit log.
+    tables.metering(TYPES, audit_id="", detail="TEXT"),
+    # 4: hosted workspaces' search index, a projection of their log (cairn.server.hosted):
+    # how far it has read, each memory's merged state with the fields searched, keyword search
+    # (FTS5) and the relations.
+    tables.hosted_memories(
+        TYPES,
+        search_columns="        vector BLOB,",
+        search_indexes="    CREATE INDEX hosted_memories_position ON hosted_memories "
+        "(workspace_id, position);",
+    )
+    + _FTS
+    + tables.hosted_relations(TYPES),
+    # 5: every keyring version is kept, with its proof (cairn.keyring_rules).
+    tables.keyring_versions(TYPES) + tables.KEYRINGS_MOVED,
+)
