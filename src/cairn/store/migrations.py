@@ -5,6 +5,26 @@ Never edit a released migration; add a new one.
 
 from __future__ import annotations
 
+
+def keyword_index(table: str, fts: str) -> str:
+    """The keyword (FTS5 BM25) index over ``table``'s live content, kept in step by triggers
+    (tombstones are not indexed): one tokenizer for the device and for hosted workspaces."""
+    return f"""
+    CREATE VIRTUAL TABLE {fts} USING fts5(
+        content, content='{table}', content_rowid='rowid',
+        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
+    );
+    CREATE TRIGGER {fts}_insert AFTER INSERT ON {table} WHEN new.deleted = 0 BEGIN
+        INSERT INTO {fts}(rowid, content) VALUES (new.rowid, new.content);
+    END;
+    CREATE TRIGGER {fts}_update AFTER UPDATE OF content, deleted ON {table} BEGIN
+        INSERT INTO {fts}({fts}, rowid, content)
+            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
+        INSERT INTO {fts}(rowid, content)
+            SELECT new.rowid, new.content WHERE new.deleted = 0;
+    END"""
+
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: memories, tags, vectors, device metadata and the sync outbox.
     # Clocks: a field's HLC is field_hlc[field] if present, else created_hlc (kept compact).
@@ -60,20 +80,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2: keyword search. External-content FTS5 kept in step by triggers, so it commits in the
     # same transaction as the row; tombstones are not indexed. Rebuild indexes existing rows.
-    """
-    CREATE VIRTUAL TABLE memories_fts USING fts5(
-        content, content='memories', content_rowid='rowid',
-        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
-    );
-    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories WHEN new.deleted = 0 BEGIN
-        INSERT INTO memories_fts(rowid, content) VALUES (new.rowid, new.content);
-    END;
-    CREATE TRIGGER memories_fts_update AFTER UPDATE OF content, deleted ON memories BEGIN
-        INSERT INTO memories_fts(memories_fts, rowid, content)
-            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
-        INSERT INTO memories_fts(rowid, content)
-            SELECT new.rowid, new.content WHERE new.deleted = 0;
-    END;
+    keyword_index("memories", "memories_fts")
+    + """;
     INSERT INTO memories_fts(memories_fts) VALUES ('rebuild');
     INSERT INTO memories_fts(memories_fts, rowid, content)
         SELECT 'delete', rowid, content FROM memories WHERE deleted = 1;

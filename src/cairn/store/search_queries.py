@@ -4,7 +4,7 @@ keyword (FTS5) search, and the little that ranking needs of each candidate."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,29 +14,45 @@ from cairn.model import Filters, Memory
 from cairn.store import outbox
 from cairn.store.memories import COLUMNS, build_memories, fetch, rows_in, tags_for
 
+Clauses = tuple[list[str], list[Any]]
 
-def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+
+def _in_list(column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+
+def _tag_rows(tags: Sequence[str]) -> Clauses:
+    clause = "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
+    return [clause] * len(tags), list(tags)
+
+
+def filter_sql(
+    filters: Filters,
+    live: str = "m.deleted = 0",
+    in_list: Callable[[str, Sequence[str]], tuple[str, list[Any]]] = _in_list,
+    tags: Callable[[Sequence[str]], Clauses] = _tag_rows,
+) -> tuple[str, list[Any]]:
     """The WHERE clause (over ``memories m``) and its values that select live memories matching
-    ``filters``."""
-    clauses = ["m.deleted = 0"]
+    ``filters``; the hosted index (``hosted_memories m``) passes its own ``live`` test, list
+    and tag clauses, so the filter rules are written once."""
+    clauses = [live]
     params: list[Any] = []
     if filters.project is not None:
         clauses.append("m.project = ?")
         params.append(filters.project)
     if filters.kinds:
-        clauses.append(f"m.kind IN ({','.join('?' * len(filters.kinds))})")
-        params.extend(filters.kinds)
+        clause, values = in_list("m.kind", filters.kinds)
+        clauses.append(clause)
+        params.extend(values)
     if filters.since_ms is not None:
         clauses.append("m.created_at >= ?")
         params.append(filters.since_ms)
     if filters.until_ms is not None:
         clauses.append("m.created_at < ?")
         params.append(filters.until_ms)
-    for tag in filters.tags:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
-        )
-        params.append(tag)
+    tag_clauses, tag_values = tags(filters.tags)
+    clauses.extend(tag_clauses)
+    params.extend(tag_values)
     return " AND ".join(clauses), params
 
 

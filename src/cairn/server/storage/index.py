@@ -19,6 +19,7 @@ from cairn.server.storage.records import (
     memory_values,
 )
 from cairn.server.storage.sql import SqlBase
+from cairn.store.search_queries import filter_sql
 
 _UPDATED = (
     "content", "kind", "project", "tags", "topic_key", "source", "created_at", "updated_at",
@@ -200,23 +201,11 @@ class HostedIndex(SqlBase):
         return memory_of(row, self.dialect.decode_strings(row[4]))
 
     def _index_filter(self, filters: Filters) -> tuple[str, list[Any]]:
-        """The SQL (over ``hosted_memories m``) of live memories passing ``filters``."""
-        clauses = ["NOT m.deleted"]
-        params: list[Any] = []
-        if filters.project is not None:
-            clauses.append("m.project = ?")
-            params.append(filters.project)
-        if filters.kinds:
-            clause, values = self._in("m.kind", filters.kinds)
-            clauses.append(clause)
-            params.extend(values)
-        if filters.since_ms is not None:
-            clauses.append("m.created_at >= ?")
-            params.append(filters.since_ms)
-        if filters.until_ms is not None:
-            clauses.append("m.created_at < ?")
-            params.append(filters.until_ms)
-        tags, values = self.dialect.tags_filter("m.tags", filters.tags)
-        clauses.extend(tags)
-        params.extend(values)
-        return " AND ".join(clauses), params
+        """The SQL (over ``hosted_memories m``) of live memories passing ``filters``: the
+        device's filter rules, with this database's list and tag clauses."""
+        return filter_sql(
+            filters,
+            "NOT m.deleted",
+            self._in,
+            lambda tags: self.dialect.tags_filter("m.tags", tags),
+        )

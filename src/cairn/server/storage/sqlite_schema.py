@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from cairn.server.storage import tables
+from cairn.store.migrations import keyword_index
 
 TYPES = tables.Types("INTEGER", "BLOB", "INTEGER", "TEXT", "TEXT NOT NULL DEFAULT '[]'", "")
 
-# Keyword search: FTS5 over the live memories' content, kept in step by triggers (tombstones
-# are not indexed).
-_FTS = """
-    CREATE VIRTUAL TABLE hosted_fts USING fts5(
-        content, content='hosted_memories', content_rowid='rowid',
-        tokenize="porter unicode61 remove_diacritics 2 tokenchars '_'"
-    );
-    CREATE TRIGGER hosted_fts_insert AFTER INSERT ON hosted_memories WHEN new.deleted = 0 BEGIN
-        INSERT INTO hosted_fts(rowid, content) VALUES (new.rowid, new.content);
-    END;
-    CREATE TRIGGER hosted_fts_update AFTER UPDATE OF content, deleted ON hosted_memories BEGIN
-        INSERT INTO hosted_fts(hosted_fts, rowid, content)
-            SELECT 'delete', old.rowid, old.content WHERE old.deleted = 0;
-        INSERT INTO hosted_fts(rowid, content)
-            SELECT new.rowid, new.content WHERE new.deleted = 0;
-    END;"""
+_FTS = keyword_index("hosted_memories", "hosted_fts") + ";"
 
 # Numbered migrations: PRAGMA user_version is how many ran. Never edit one; add the next.
 MIGRATIONS: tuple[str, ...] = (
