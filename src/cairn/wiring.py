@@ -15,9 +15,11 @@ from cairn.protocol import E2E
 from cairn.remotes.base import Remote
 from cairn.settings import Settings
 from cairn.store.db import Database
-from cairn.sync import worker as sync_worker
-from cairn.sync.engine import Progress, Syncer, local_status
+from cairn.sync import handoff
+from cairn.sync.channel import Progress
+from cairn.sync.engine import Syncer, local_status
 from cairn.sync.keys import open_keys
+from cairn.sync.status import read_status
 from cairn.sync.worker import Worker
 
 if TYPE_CHECKING:
@@ -184,10 +186,10 @@ def sync_now(
     timeout: float = 120.0,
 ) -> dict[str, dict[str, Any]]:
     """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
-    (``cairn.sync.worker.sync_now``); raises SyncNotConfigured before sync is set up."""
+    (``cairn.sync.handoff.sync_now``); raises SyncNotConfigured before sync is set up."""
     if not sync_configured(_fresh(settings)):
         raise SyncNotConfigured(NOT_CONFIGURED)
-    return sync_worker.sync_now(
+    return handoff.sync_now(
         store,
         lambda: build_syncer(_fresh(settings), store),
         what,
@@ -229,7 +231,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         "remote": current.sync.remote,
         "mode": current.sync.mode if current.sync.remote else None,
         **local_status(store),
-        "worker": sync_worker.read_status(store),
+        "worker": read_status(store),
     }
     if not data["configured"]:
         data["worker"].update(

@@ -44,8 +44,8 @@ from cairn.server.pg_storage import PostgresStorage
 from cairn.server.sqlite_storage import SqliteStorage
 from cairn.server.storage import ServerStorage
 from cairn.sync import payload
+from cairn.sync.backoff import classify
 from cairn.sync.keys import join
-from cairn.sync.worker import classify
 
 from ..sync.conftest import FAST_KDF
 from .devices import PASSPHRASE, CliDevice, Device, LocalDevice, OutboxRow

@@ -32,8 +32,9 @@ from cairn.errors import (
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
 from cairn.sync.engine import Syncer
+from cairn.sync.handoff import LEASE_TTL
 from cairn.sync.keys import join
-from cairn.sync.worker import LEASE_TTL, WorkerStatus
+from cairn.sync.status import WorkerStatus
 
 sync_app = App(
     name="sync",
