@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "cairn.sync.status": 3,
     "cairn.sync.handoff": 3,
     "cairn.sync.worker": 3,
+    "cairn.sync.setup": 3,
     # the Python API's composition root (cairn/__init__.py)
     "cairn": 4,
     "cairn.config": 4,
