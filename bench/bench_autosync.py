@@ -30,9 +30,10 @@ from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import NotFound
 from cairn.remotes.http import HttpRemote
+from cairn.sync.backoff import Backoff
 from cairn.sync.engine import Syncer
 from cairn.sync.keys import join
-from cairn.sync.worker import Backoff, Worker
+from cairn.sync.worker import Worker
 from common import (
     Server,
     log,

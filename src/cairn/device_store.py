@@ -37,6 +37,7 @@ from cairn.search.vector_index import VectorIndex
 from cairn.store import clock, memories, relations, search_queries
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
+from cairn.store.sync_state import SyncState
 
 
 class Store:
@@ -55,6 +56,7 @@ class Store:
         threadpool_limits(limits=1, user_api="blas")
         self.db = db
         self.embedder = embedder
+        self.sync_state = SyncState(db, embedder)  # what the sync package reads and writes
         self.project = model.check_project(project)
         self.source = source
         self.near_duplicate = near_duplicate

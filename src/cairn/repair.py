@@ -31,8 +31,7 @@ from cairn.replication import MemoryState
 from cairn.store import clock, memories, outbox, relations, replica, salvage, search_queries
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
-from cairn.sync.engine import RESTORE
-from cairn.sync.keys import KEYRING
+from cairn.store.sync_state import KEYRING, RESTORE
 
 KEPT_META = {"device_id": r"[0-9a-f]{16}", KEYRING: r"[A-Za-z0-9+/]+={0,2}"}
 """What of the old store's meta carries over (if it reads as what it should be): who this device

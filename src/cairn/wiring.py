@@ -15,9 +15,12 @@ from cairn.protocol import E2E
 from cairn.remotes.base import Remote
 from cairn.settings import Settings
 from cairn.store.db import Database
-from cairn.sync import worker as sync_worker
-from cairn.sync.engine import Progress, Syncer, local_status
+from cairn.sync import handoff
+from cairn.sync.channel import Progress
+from cairn.sync.engine import Syncer, local_status
 from cairn.sync.keys import open_keys
+from cairn.sync.setup import Passphrase, SyncSetup, folder_to_make, join_workspace
+from cairn.sync.status import read_status
 from cairn.sync.worker import Worker
 
 if TYPE_CHECKING:
@@ -147,6 +150,52 @@ def build_syncer(settings: Settings, store: Store) -> Syncer:
         raise
 
 
+def setup_sync(
+    settings: Settings,
+    store: Store,
+    url: str,
+    *,
+    passphrase: Passphrase = None,
+    recovery_key: str | None = None,
+    api_key: str | None = None,
+    device_name: str | None = None,
+    endpoint_url: str | None = None,
+    create: bool = False,
+    git: bool = False,
+) -> SyncSetup:
+    """Set up sync for ``store`` with the remote at ``url`` (``cairn.sync.setup``): create or
+    unlock the workspace's keyring (``passphrase``, or a function asking for it; or
+    ``recovery_key``), register this device and save the sync settings under the home of
+    ``settings``; ``create`` makes a missing folder remote, ``git`` marks it for git."""
+    name = device_name or settings.sync.device_name
+    made = folder_to_make(url, endpoint_url, create, git)
+    remote = open_remote(url, api_key, endpoint_url=endpoint_url, create=made is not None)
+    try:
+        return join_workspace(
+            store,
+            remote,
+            name,
+            lambda master, keyring_id, key_store: config.save_sync(
+                settings.home,
+                remote.url,
+                api_key,
+                name,
+                master,
+                keyring_id,
+                key_store,
+                endpoint_url,
+            ),
+            passphrase=passphrase,
+            recovery_key=recovery_key,
+            key_store_choice=settings.sync.key_store_choice,
+            rules=settings.sync.rules,
+            git_folder=url if git else None,
+            made_folder=made,
+        )
+    finally:
+        remote.close()
+
+
 def sync_config_version(settings: Settings) -> object:
     """Changes whenever the sync settings on disk change (what unblocks a stopped worker)."""
     stamps: list[tuple[int, int] | None] = []
@@ -184,10 +233,10 @@ def sync_now(
     timeout: float = 120.0,
 ) -> dict[str, dict[str, Any]]:
     """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
-    (``cairn.sync.worker.sync_now``); raises SyncNotConfigured before sync is set up."""
+    (``cairn.sync.handoff.sync_now``); raises SyncNotConfigured before sync is set up."""
     if not sync_configured(_fresh(settings)):
         raise SyncNotConfigured(NOT_CONFIGURED)
-    return sync_worker.sync_now(
+    return handoff.sync_now(
         store,
         lambda: build_syncer(_fresh(settings), store),
         what,
@@ -229,7 +278,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         "remote": current.sync.remote,
         "mode": current.sync.mode if current.sync.remote else None,
         **local_status(store),
-        "worker": sync_worker.read_status(store),
+        "worker": read_status(store),
     }
     if not data["configured"]:
         data["worker"].update(

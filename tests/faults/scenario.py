@@ -44,8 +44,8 @@ from cairn.server.storage import ServerStorage
 from cairn.server.storage.postgres import PostgresStorage
 from cairn.server.storage.sqlite import SqliteStorage
 from cairn.sync import payload
+from cairn.sync.backoff import classify
 from cairn.sync.keys import join
-from cairn.sync.worker import classify
 
 from ..sync.conftest import FAST_KDF
 from .devices import PASSPHRASE, CliDevice, Device, LocalDevice, OutboxRow

@@ -38,7 +38,8 @@ from cairn.remotes.objects import ObjectRemote
 from cairn.store import outbox
 from cairn.store.db import Database
 from cairn.sync.engine import Syncer
-from cairn.sync.keys import Envelopes, join, open_keys
+from cairn.sync.envelopes import Envelopes
+from cairn.sync.keys import join, open_keys
 
 from ..conftest import S3_CREDENTIALS, envelope
 from ..sync.conftest import FAST_KDF, PASSPHRASE

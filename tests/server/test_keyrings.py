@@ -16,7 +16,9 @@ from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.remotes.http import HttpRemote
 from cairn.store.db import Database
-from cairn.sync.keys import Envelopes, join, keyring_problem, open_keys
+from cairn.sync.envelopes import Envelopes
+from cairn.sync.keys import join, open_keys
+from cairn.sync.trust import keyring_problem
 
 from ..conftest import SyncServer, a_keyring
 

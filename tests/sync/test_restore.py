@@ -15,7 +15,8 @@ from cairn.protocol import PullPage
 from cairn.remotes.memory import MemoryRemote
 from cairn.store import replica
 from cairn.store.db import Database
-from cairn.sync.engine import RESTORE, Syncer
+from cairn.store.sync_state import RESTORE
+from cairn.sync.engine import Syncer
 
 from .conftest import Replica, keys_for
 

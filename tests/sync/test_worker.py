@@ -40,10 +40,13 @@ from cairn.server.storage.sqlite import SqliteStorage
 from cairn.store import lease, replica
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
-from cairn.sync import worker as sync_worker
+from cairn.store.sync_state import ROUND
+from cairn.sync import handoff
+from cairn.sync.backoff import Backoff, classify
 from cairn.sync.engine import Syncer
 from cairn.sync.keys import join
-from cairn.sync.worker import Backoff, Worker, read_status
+from cairn.sync.status import WorkerStatus, read_status
+from cairn.sync.worker import Worker
 
 from .conftest import FAST_KDF, PASSPHRASE
 
@@ -164,7 +167,7 @@ def never_connect() -> Syncer:
 
 def round_record(store: Store) -> dict[str, Any]:
     with store.db.read() as conn:
-        raw = replica.get_meta(conn, sync_worker.ROUND)
+        raw = replica.get_meta(conn, ROUND)
     assert raw is not None
     record: dict[str, Any] = json.loads(raw)
     return record
@@ -262,12 +265,12 @@ def test_sync_now_asks_the_worker_that_holds_the_lease(
     time.sleep(0.5)
     assert read_status(a.store)["pending"] == 1  # the debounce holds it back
 
-    report = sync_worker.sync_now(a.store, never_connect)  # as another process would ask
+    report = handoff.sync_now(a.store, never_connect)  # as another process would ask
     assert report["push"]["pushed"] == 1
     assert set(report) == {"push", "pull", "push_after_pull"}
     assert round_record(a.store)["by"] == a.worker.owner
     wait_for(lambda: "The nightly export runs at 03:00 UTC" in b.contents())
-    again = sync_worker.sync_now(a.store, never_connect)  # each request gets its own round
+    again = handoff.sync_now(a.store, never_connect)  # each request gets its own round
     assert again["push"]["pushed"] == 0
     assert round_record(a.store)["served"] == 2
 
@@ -283,10 +286,10 @@ def test_sync_now_cuts_a_backoff_short_and_reports_the_failure(
     a.store.remember("Written while the server is down")
     wait_for(lambda: read_status(a.store)["phase"] == "backoff")
     with pytest.raises(RemoteUnreachable):
-        sync_worker.sync_now(a.store, never_connect)
+        handoff.sync_now(a.store, never_connect)
     server.start()
     started = time.monotonic()
-    report = sync_worker.sync_now(a.store, never_connect)
+    report = handoff.sync_now(a.store, never_connect)
     assert report["push"]["pushed"] == 1
     assert time.monotonic() - started < 10  # not the minute of backoff
     assert read_status(a.store)["phase"] == "healthy"
@@ -304,7 +307,7 @@ def test_sync_now_without_a_worker_syncs_itself_under_the_lease(
             live = lease.holder(conn, now_ms())
         holders.append(live.owner if live else None)
 
-    report = sync_worker.sync_now(a.store, a.connect, "push", progress=progress)
+    report = handoff.sync_now(a.store, a.connect, "push", progress=progress)
     assert report == {"push": report["push"]} and report["push"]["pushed"] == 1
     assert holders and all(h is not None and ":push:" in h for h in holders)
     with a.store.db.read() as conn:
@@ -323,7 +326,7 @@ def test_a_sync_now_on_a_worker_blocked_by_a_revoked_key_tries_once_and_raises(
     wait_for(lambda: read_status(a.store)["reason"] == "auth_failed")
     before = a.requests
     with pytest.raises(AuthFailed):
-        sync_worker.sync_now(a.store, never_connect)
+        handoff.sync_now(a.store, never_connect)
     assert 1 <= a.requests - before <= 3  # one more try, as asked; no storm after it
     assert read_status(a.store)["pending"] == 1
 
@@ -334,7 +337,7 @@ def test_a_standby_worker_waits_and_leaves_the_holders_status_alone(
     a = devices("a")
     a.worker.start()
     wait_for(lambda: read_status(a.store)["worker_running"])
-    heard: list[sync_worker.WorkerStatus] = []
+    heard: list[WorkerStatus] = []
     standby = Worker(a.store, never_connect, tick=0.05, on_status=heard.append).start()
     try:
         wait_for(lambda: any(s.reason == "other_worker" for s in heard))
@@ -377,7 +380,7 @@ def test_a_remote_without_long_poll_is_pulled_by_interval(
     keys_ = join(remote, PASSPHRASE, kdf=FAST_KDF)[0]
     a_store = Store(Database(tmp_path / "a.db"), embedder, project="p")
     b_store = Store(Database(tmp_path / "b.db"), embedder, project="p")
-    heard: list[sync_worker.WorkerStatus] = []
+    heard: list[WorkerStatus] = []
     worker = Worker(
         b_store,
         lambda: Syncer(b_store, remote, keys_, page_size=7),
@@ -434,12 +437,12 @@ def test_the_lease_of_a_process_that_died_is_taken_at_once(tmp_path: Path) -> No
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from cairn.sync import worker as sync_worker\n"
+            "from cairn.sync import handoff\n"
             "from cairn.device_store import Store\n"
             "from pathlib import Path\n"
             "from cairn.store.db import Database\n"
             "store = Store(Database(Path(sys.argv[1])), None)  # the lease needs no embedder\n"
-            "with sync_worker.holding(store, sync_worker.new_owner('now')) as held:\n"
+            "with handoff.holding(store, handoff.new_owner('now')) as held:\n"
             "    print('held' if held else 'refused', flush=True)\n"
             "    time.sleep(120)\n",
             str(tmp_path / "store.db"),
@@ -450,13 +453,13 @@ def test_the_lease_of_a_process_that_died_is_taken_at_once(tmp_path: Path) -> No
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         store = Store(db, None)  # type: ignore[arg-type]
-        with sync_worker.holding(store, sync_worker.new_owner("now")) as held:
+        with handoff.holding(store, handoff.new_owner("now")) as held:
             assert not held  # a live process's lease is its own
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
         with db.read() as conn:
             assert lease.holder(conn, now_ms()) is not None  # its claim has not run out...
-        with sync_worker.holding(store, sync_worker.new_owner("now")) as held:
+        with handoff.holding(store, handoff.new_owner("now")) as held:
             assert held  # ...yet nobody holds it any more
     finally:
         holder.kill()
@@ -481,7 +484,7 @@ def test_the_lease_of_a_process_that_died_is_taken_at_once(tmp_path: Path) -> No
 def test_failures_are_classified_transient_or_permanent(
     failure: Exception, permanent: bool, reason: str
 ) -> None:
-    assert sync_worker.classify(failure) == (permanent, reason)
+    assert classify(failure) == (permanent, reason)
 
 
 class _OverQuota(MemoryRemote):

@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote, urlparse
 
 import typer
 from rich.markup import escape
 
-from cairn import config, master_keys, wiring
-from cairn.cli import output
+from cairn import config, wiring
+from cairn.cli import output, sync_review, sync_setup
 from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
-from cairn.crypto import keyring
+from cairn.cli.sync_review import saved_syncer
+from cairn.cli.sync_setup import ask_passphrase
 from cairn.errors import (
     AuthFailed,
     CairnError,
     Forbidden,
-    InvalidInput,
     MutationRejected,
     RemoteUnreachable,
     SyncError,
 )
-from cairn.model import iso
-from cairn.protocol import E2E, HOSTED
-from cairn.sync.engine import Syncer
-from cairn.sync.keys import join
-from cairn.sync.worker import LEASE_TTL, WorkerStatus
+from cairn.sync.handoff import LEASE_TTL
+from cairn.sync.status import WorkerStatus
 
 sync_app = App(
     name="sync",
@@ -43,233 +33,15 @@ sync_app = App(
 )
 
 
-@contextmanager
-def _syncer() -> Iterator[Syncer]:
-    settings = config.load()
-    with open_store() as store:
-        syncer = wiring.build_syncer(settings, store)
-        try:
-            yield syncer
-        finally:
-            syncer.close()
-
-
-@sync_app.command()
-def setup(
-    remote_url: Annotated[
-        str | None,
-        typer.Option(
-            "--remote",
-            "--server",
-            help="Where to sync: a Cairn sync server (https://...), an S3 or S3-compatible "
-            "bucket (s3://bucket/prefix) or a folder that exists (/path/to/folder, ./folder or "
-            "file:///path/to/folder).",
-        ),
-    ] = None,
-    create: Annotated[
-        bool,
-        typer.Option(
-            "--create",
-            help="Make the folder if it does not exist: a new workspace, with its own "
-            "passphrase and recovery key.",
-        ),
-    ] = False,
-    endpoint_url: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint-url",
-            help="An S3-compatible service's endpoint (R2, B2, MinIO, ...); credentials come "
-            "from the usual AWS variables or profile.",
-        ),
-    ] = None,
-    git: Annotated[
-        bool,
-        typer.Option(
-            "--git",
-            help="Sync through the git repository you are in: a .cairn/ folder of small "
-            "immutable files that you commit, push and pull (or --remote file:///... in a "
-            "repository).",
-        ),
-    ] = False,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="CAIRN_API_KEY",
-            help="An API key of the workspace (or set "
-            "CAIRN_API_KEY, which keeps it out of your shell history).",
-        ),
-    ] = None,
-    recovery_key: Annotated[
-        str | None,
-        typer.Option(
-            "--recovery-key",
-            envvar="CAIRN_RECOVERY_KEY",
-            help="Join with the workspace's recovery key instead of its passphrase.",
-        ),
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="This device's name (default: the host name).")
-    ] = None,
-    json_: JsonFlag = False,
-) -> None:
-    """Connect this device to a workspace: check the remote, create or unlock the end-to-end
-    encrypted keyring (passphrase asked, or CAIRN_PASSPHRASE; a new one needs at least 8
-    characters), register the device, save.
-
-    The workspace key goes to the OS keyring where one exists, else to a 0600 file under
-    $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
-    settings = config.load()
-    device_name = name or settings.sync.device_name
-    url = _remote_url(remote_url, git)
-    if endpoint_url and not url.startswith("s3://"):
-        raise InvalidInput("--endpoint-url is for s3:// remotes")
-    parsed = urlparse(url)
-    folder = (
-        Path(unquote(parsed.path))
-        if parsed.scheme == "file" and parsed.netloc in ("", "localhost")
-        else None
-    )
-    if create and parsed.scheme != "file":
-        raise InvalidInput("--create is for a folder remote")
-    making = folder is not None and not folder.exists()
-    if making and not (create or git):
-        raise InvalidInput(
-            f"the folder {folder} does not exist: check the path, or add --create to make it "
-            "(a new workspace, with its own passphrase and recovery key)"
-        )
-    with open_store() as store:
-        remote = wiring.open_remote(url, api_key, endpoint_url=endpoint_url, create=making)
-        try:
-            remote_status = remote.status()  # fails fast on a wrong URL or key
-            keys, recovery = None, None
-            hosted = remote_status.get("mode") == HOSTED
-            if not hosted:
-                creating = remote.get_keyring() is None
-                passphrase = None if recovery_key else _passphrase(creating)
-                keys, recovery = join(remote, passphrase, recovery_key)
-            # Only now, with the keyring open, does anything change here.
-            remote.register_device(store.device_id(), device_name)
-            key_store = None
-            if keys is not None:
-                choice = settings.sync.key_store_choice
-                key_store = master_keys.save(keys.keyring_id, keys.master, choice)
-            path = config.save_sync(
-                settings.home,
-                remote.url,
-                api_key,
-                device_name,
-                keys.master if keys else None,
-                keys.keyring_id if keys else None,
-                key_store or master_keys.FILE,
-                endpoint_url,
-            )
-            if git:
-                _mark_for_git(url)
-            syncer = Syncer(store, remote, keys, settings.sync.rules)
-            pending = syncer.status()["pending"]
-        finally:
-            remote.close()
-    result = {
-        "remote": remote.url,
-        "workspace": remote_status.get("workspace"),
-        "mode": HOSTED if hosted else E2E,
-        "device_id": syncer.device_id,
-        "device_name": device_name,
-        "created_keyring": recovery is not None,
-        "recovery_key": recovery,
-        "key_store": key_store,
-        "pending": pending,
-        "saved_to": str(path),
-    }
-    if json_:
-        output.emit_json(result)
-        return
-    if making:
-        output.out.print(f"made the folder {folder} for a new workspace")
-    workspace = f" (workspace {result['workspace']})" if result["workspace"] else ""
-    output.out.print(
-        f"[green]sync set up[/]: {result['remote']}{workspace}, "
-        f"this device is {device_name} ({syncer.device_id})"
-    )
-    if hosted:
-        output.out.print(
-            "[yellow]this is a hosted workspace[/]: memories are sent in plain text and the "
-            "server can read them (no passphrase, no end-to-end encryption)"
-        )
-    elif key_store == master_keys.OS_KEYRING:
-        output.out.print("the workspace key is kept in the OS keyring")
-    else:
-        output.out.print(f"the workspace key is kept in {path} (readable by you only)")
-    if recovery is not None:
-        output.out.print(
-            "created the workspace's end-to-end encryption keyring. Your recovery key, shown "
-            f"this once:\n\n    [bold]{recovery}[/]\n\nwrite it down and keep it apart from "
-            "the passphrase: with either, a new device can join; without either, nobody "
-            "can read these memories (not even the server or storage holding them)."
-        )
-    output.out.print(
-        f"{output.plural(pending, 'change')} to send"
-        + ("; run `cairn sync now`" if pending else "")
-    )
-    if git:
-        output.out.print(
-            "then commit .cairn/ and push it; teammates pull, run `cairn sync setup --git` "
-            "and join with the passphrase"
-        )
-
-
-def _remote_url(remote_url: str | None, git: bool) -> str:
-    """The remote's URL from --remote (a plain folder path becomes a file:// URL), or the
-    .cairn folder of this git repository (--git)."""
-    if remote_url in (".", "..") or (remote_url or "").startswith(("/", "./", "../", "~")):
-        assert remote_url is not None
-        remote_url = Path(remote_url).expanduser().resolve().as_uri()
-    if git:
-        if remote_url is None:
-            top = config.git_root()
-            if top is None:
-                raise InvalidInput("--git: this folder is not inside a git repository")
-            return (top / ".cairn").as_uri()
-        if not remote_url.startswith("file://"):
-            raise InvalidInput("--git goes with a file:// remote inside a repository")
-        if config.git_root(Path(unquote(urlparse(remote_url).path))) is None:
-            raise InvalidInput(f"--git: {remote_url} is not inside a git repository")
-        return remote_url
-    if remote_url is None:
-        raise InvalidInput("say where to sync: --remote URL (or --git in a repository)")
-    return remote_url
-
-
-def _mark_for_git(url: str) -> None:
-    """Files git should take as they are (never converted or merged as text) and the ones it
-    should not track (a compaction's lock, a storage probe, an interrupted write's staging
-    file)."""
-    folder = Path(unquote(urlparse(url).path))
-    (folder / ".gitattributes").write_text("* -text -diff -merge\n", encoding="utf-8")
-    (folder / ".gitignore").write_text("compact.lock\nprobes/\n*#*\n", encoding="utf-8")
-
-
-def _passphrase(creating: bool, env: str = "CAIRN_PASSPHRASE") -> str:
-    """The passphrase from the environment (scripts), else asked without echo."""
-    if os.environ.get(env):
-        return os.environ[env]
-    if not sys.stdin.isatty():
-        raise InvalidInput(f"no passphrase: set {env} or run this in a terminal")
-    prompt = (
-        f"new passphrase for the workspace (at least {keyring.MIN_PASSPHRASE} characters)"
-        if creating
-        else "the workspace's passphrase"
-    )
-    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=creating))
+sync_app.command()(sync_setup.setup)
 
 
 @sync_app.command()
 def passphrase(json_: JsonFlag = False) -> None:
     """Change the workspace's passphrase (asked twice, or CAIRN_NEW_PASSPHRASE; at least 8
     characters); nothing is re-encrypted and other devices keep working."""
-    new = _passphrase(True, "CAIRN_NEW_PASSPHRASE")
-    with _syncer() as syncer:
+    new = ask_passphrase(True, "CAIRN_NEW_PASSPHRASE")
+    with saved_syncer() as syncer:
         syncer.envelopes.change_passphrase(new)
     if json_:
         output.emit_json({"passphrase_changed": True})
@@ -290,7 +62,7 @@ def rotate_key(
     json_: JsonFlag = False,
 ) -> None:
     """Start encrypting new changes with a fresh key; older changes stay readable."""
-    with _syncer() as syncer:
+    with saved_syncer() as syncer:
         result = syncer.envelopes.rotate(revoke=not keep_old)
     if json_:
         output.emit_json(result)
@@ -525,118 +297,7 @@ def daemon(
             worker.stop(flush=wiring.FLUSH_SECONDS)
 
 
-@sync_app.command()
-def conflicts(json_: JsonFlag = False) -> None:
-    """Memories whose text two devices changed at once: the text shown now and the other
-    version kept beside it, with the device that wrote each."""
-    settings = config.load()
-    with _syncer() as syncer:
-        found = syncer.conflicts()
-        names = _device_names(syncer, settings.sync.device_name) if found else {}
-    if json_:
-        output.emit_json(
-            [
-                c.to_dict()
-                | {
-                    "device_name": names.get(c.device_id),
-                    "current_device_name": names.get(c.current_device_id),
-                }
-                for c in found
-            ]
-        )
-        return
-    if not found:
-        output.out.print("no conflicts")
-        return
-
-    def writer(device: str) -> str:
-        name = escape(names.get(device, device))
-        return f"{name} (this device)" if device == syncer.device_id else name
-
-    for c in found:
-        output.out.print(f"[bold]{c.id}[/]  memory {c.memory_id}")
-        output.out.print(f"  shown now, written by {writer(c.current_device_id)}:")
-        output.out.print(f"    {escape(c.current)}")
-        output.out.print(f"  other version, written by {writer(c.device_id)}:")
-        output.out.print(f"    {escape(c.content)}")
-    output.out.print(
-        "settle one with `cairn sync resolve ID --keep current` (the text shown now), "
-        "`--keep other` (the other version) or `--keep both` (the other version becomes a "
-        "memory of its own)"
-    )
-
-
-def _device_names(syncer: Syncer, own_name: str) -> dict[str, str]:
-    """Device names by id as the remote knows them (none if it cannot say), and this one's."""
-    try:
-        names = syncer.remote.devices()
-    except CairnError:
-        names = {}
-    return {**names, syncer.device_id: own_name}
-
-
-KEEP = {"current": "local", "other": "remote", "both": "both", "local": "local", "remote": "remote"}
-"""--keep choices, by what they keep (``local`` and ``remote``, their former names, still work),
-to the sync engine's names."""
-
-
-@sync_app.command()
-def resolve(
-    conflict: Annotated[
-        str, typer.Argument(metavar="ID", help="A conflict id, or the memory's id.")
-    ],
-    keep: Annotated[
-        str,
-        typer.Option(
-            metavar="current|other|both",
-            help="current: keep the text shown now; other: keep the other version; both: keep "
-            "the text shown now and make the other version a memory of its own.",
-        ),
-    ],
-    json_: JsonFlag = False,
-) -> None:
-    """Settle a conflict; the choice syncs to every device like any other change."""
-    if keep not in KEEP:
-        raise InvalidInput(f"--keep {keep!r}: choose current, other or both")
-    with _syncer() as syncer:
-        result = syncer.resolve(conflict, KEEP[keep])
-    result["kept"] = {"local": "current", "remote": "other", "both": "both"}[result["kept"]]
-    if json_:
-        output.emit_json(result)
-        return
-    kept = {"current": "the text shown now", "other": "the other version", "both": "both"}
-    output.out.print(f"[green]resolved[/] {result['conflict']}: kept {kept[result['kept']]}")
-    if result["created"]:
-        output.out.print(f"  the other version is now memory {result['created']}")
-
-
-@sync_app.command("dead-letters")
-def dead_letters(
-    retry: Annotated[
-        bool, typer.Option("--retry", help="Queue the refused changes to be sent again.")
-    ] = False,
-    json_: JsonFlag = False,
-) -> None:
-    """Changes the remote refused (or pulled ones that could not be read), with the reason."""
-    with _syncer() as syncer:
-        letters = syncer.dead_letters()
-        requeued = syncer.retry_dead_letters() if retry else 0
-    if json_:
-        output.emit_json(
-            {
-                "dead_letters": [asdict(d) | {"failed_at": iso(d.failed_at)} for d in letters],
-                "requeued": requeued,
-            }
-        )
-        return
-    if not letters:
-        output.out.print("no dead letters")
-    for d in letters:
-        output.out.print(
-            f"{d.direction:4} {d.entity} {d.entity_id}  [red]{d.code}[/]: {escape(d.message)}"
-        )
-    if retry:
-        output.out.print(
-            f"{output.plural(requeued, 'change')} queued again"
-            + ("; run `cairn sync push`" if requeued else "")
-        )
+# Registered last, so `cairn sync --help` lists them after the commands that run sync.
+sync_app.command()(sync_review.conflicts)
+sync_app.command()(sync_review.resolve)
+sync_app.command("dead-letters")(sync_review.dead_letters)

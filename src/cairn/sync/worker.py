@@ -1,9 +1,6 @@
 """Autosync: a background worker that keeps one store in sync without ever blocking its writers.
 
-One process per store syncs at a time: the worker holds the store's lease (``store.lease``),
-renewing it while it runs; a crashed owner's lease expires and another process's worker takes
-over (at once when the owner was a process on this machine that no longer exists). While it
-holds the lease:
+While it holds the store's lease (``cairn.sync.handoff``):
 
 - **push** runs once local changes have been quiet for ``debounce`` seconds (or have waited
   ``max_delay``), whichever process wrote them: the worker watches the outbox, not its callers;
@@ -12,112 +9,34 @@ holds the lease:
   one that does not (object storage), every ``poll_interval`` seconds;
 - a transient failure (unreachable, rate limited, a server error) backs off exponentially with
   jitter from 1 s to 5 min; a permanent one (auth, key mismatch, quota, not configured) stops
-  retrying until the sync configuration changes (``config_version`` returns something new).
+  retrying until the sync configuration changes (``config_version`` returns something new)
+  (``cairn.sync.backoff``);
+- a round someone asked for (``handoff.sync_now``) runs on the next tick, even out of a backoff
+  or after a permanent failure, and its outcome is recorded for the asker.
 
-The status (phase, reason code, message, last success) is kept in the store (``sync.worker``), so
-``cairn sync status`` in another process shows what the worker is doing.
-
-A sync someone asks for (``cairn sync now``, the MCP tool ``sync_now``, ``POST /v1/sync/now``)
-goes through ``sync_now``: with nobody holding the lease it takes the lease and syncs itself;
-otherwise it asks the holder (``lease.ask``), whose next tick runs a full round, even out of a
-backoff or after a permanent failure, and records the outcome (``sync.round``) for the asker.
+The status (``cairn.sync.status``) is kept in the store, so ``cairn sync status`` in another
+process shows what the worker is doing.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
-import socket
-import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from cairn.device_store import Store
-from cairn.errors import (
-    AuthFailed,
-    CairnError,
-    ConfigError,
-    CryptoError,
-    Forbidden,
-    QuotaExceeded,
-    RateLimited,
-    RemoteUnreachable,
-    StorageUnsupported,
-    SyncError,
-    SyncNotConfigured,
-    error_for,
-)
-from cairn.model import iso
-from cairn.store import lease, outbox, replica
+from cairn.errors import CairnError, RateLimited
 from cairn.store.clock import now_ms
-from cairn.sync.engine import Progress, Syncer
-from cairn.sync.keys import keyring_problem
+from cairn.sync.backoff import Backoff, classify
+from cairn.sync.engine import Syncer
+from cairn.sync.handoff import LEASE_TTL, claim, new_owner, served
+from cairn.sync.status import WorkerStatus
+from cairn.sync.trust import keyring_problem
 
-STATUS = "sync.worker"
-ROUND = "sync.round"
-"""The outcome of the latest round a worker ran because someone asked (``lease.ask``)."""
-LEASE_TTL = 15.0
 CONTROL_THREAD = "cairn-sync"
-PHASES = ("idle", "pushing", "pulling", "healthy", "backoff", "degraded", "disabled")
-PERMANENT = (
-    AuthFailed,
-    Forbidden,
-    SyncNotConfigured,
-    ConfigError,
-    CryptoError,
-    QuotaExceeded,
-    StorageUnsupported,
-)
-"""Failures no retry can fix: they wait for the settings to change (or a sync asked for)."""
-
-
-@dataclass
-class WorkerStatus:
-    phase: str = "idle"
-    reason: str | None = None
-    message: str = "starting"
-    owner: str = ""
-    last_success_at: int | None = None
-    retry_at: int | None = None
-    updated_at: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("last_success_at", "retry_at", "updated_at"):
-            data[key] = iso(data[key]) if data[key] else None
-        return data
-
-
-def classify(exc: BaseException) -> tuple[bool, str]:
-    """(permanent, reason code) of a failure."""
-    if isinstance(exc, RemoteUnreachable):
-        return False, "unreachable"
-    if isinstance(exc, CairnError):
-        return isinstance(exc, PERMANENT), exc.code
-    return False, "internal"
-
-
-class Backoff:
-    """Exponential delays with jitter: 1 s, 2 s, 4 s ... up to ``cap``, each drawn from the
-    upper half of its step so devices that failed together do not retry together."""
-
-    def __init__(self, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None):
-        self.base, self.cap, self.failures = base, cap, 0
-        self._rng = rng or random.Random()
-
-    def next(self, at_least: float = 0.0) -> float:
-        step = min(self.cap, self.base * 2**self.failures)
-        self.failures += 1
-        return float(max(at_least, step * self._rng.uniform(0.5, 1.0)))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Worker:
@@ -193,8 +112,7 @@ class Worker:
             thread.join(timeout if thread.name == CONTROL_THREAD else min(timeout, 1.0))
         held = self._holding
         if held:
-            with self.store.db.write() as conn:
-                lease.release(conn, self.owner)
+            self.store.sync_state.release(self.owner)
             self._holding = False
         self._set("idle", None, "stopped", persist=held)
 
@@ -209,11 +127,9 @@ class Worker:
                     self._served = None  # the holder answers requests meanwhile
                     self._sleep(self.lease_ttl / 3)
                     continue
-                with self.store.db.read() as conn:
-                    latest = outbox.latest(conn)
-                    asked = lease.asked(conn)
-                    if self._served is None:  # a request no holder answered yet is this one's
-                        self._served = _served(conn)
+                latest, asked, record = self.store.sync_state.requests()
+                if self._served is None:  # a request no holder answered yet is this one's
+                    self._served = served(record)
                 if asked > self._served:
                     self._serve(asked)
                     seen, first_pending = None, 0.0
@@ -246,13 +162,12 @@ class Worker:
         unless a permanent failure stands or another process's worker holds the lease (that
         one pushes it)."""
         try:
-            with self.store.db.read() as conn:
-                if outbox.latest(conn) is None:
-                    return
+            if self.store.sync_state.latest_change() is None:
+                return
             if self._blocked:
                 return
             if not self._holding:
-                self._holding = _claim(self.store, self.owner, self.lease_ttl)
+                self._holding = claim(self.store, self.owner, self.lease_ttl)
                 if not self._holding:
                     return
             if self._syncer is None:
@@ -267,7 +182,7 @@ class Worker:
         expiry (a write transaction each time, so not on every tick)."""
         if time.monotonic() < self._renew_at:
             return self._holding
-        held = _claim(self.store, self.owner, self.lease_ttl)
+        held = claim(self.store, self.owner, self.lease_ttl)
         self._holding = held
         if not held and self.status.reason != "other_worker":
             self._set("idle", "other_worker", "another process syncs this store; standing by")
@@ -320,8 +235,7 @@ class Worker:
             outcome = {"error": error.to_dict()}
         self._served = asked
         record = json.dumps({"served": asked, "by": self.owner, "at": now_ms(), **outcome})
-        with self.store.db.write() as conn:
-            replica.set_meta(conn, ROUND, record)
+        self.store.sync_state.set_round(record)
 
     def _push(self) -> None:
         syncer = self._syncer
@@ -366,8 +280,7 @@ class Worker:
         self.backoff.reset()
         self._retry_at = 0.0
         self.status.last_success_at = now_ms()
-        with self.store.db.read() as conn:
-            letters = outbox.dead_letters(conn)
+        letters = self.store.sync_state.dead_letters()
         problem = keyring_problem(self.store)
         if problem is not None:
             # Trigger: the remote's newest keyring version does not authenticate. Why: sync
@@ -418,8 +331,7 @@ class Worker:
         if not (self._holding if persist is None else persist):
             return
         try:
-            with self.store.db.write() as conn:
-                replica.set_meta(conn, STATUS, record)
+            self.store.sync_state.set_worker(record)
         except CairnError:
             pass  # the status is advisory; a busy store must not take the worker down
 
@@ -435,150 +347,3 @@ def _join_until(thread: threading.Thread, deadline: float) -> None:
             thread.join(left)
         except KeyboardInterrupt:
             continue
-
-
-def _served(conn: sqlite3.Connection) -> int:
-    """The latest request a worker answered."""
-    raw = replica.get_meta(conn, ROUND)
-    return int(json.loads(raw)["served"]) if raw else 0
-
-
-def _claim(store: Store, owner: str, ttl: float) -> bool:
-    """Take or renew the store's lease for ``ttl`` seconds; False if another owner holds it.
-
-    Trigger: the holder is a process of this machine that no longer exists (a `cairn sync now`
-    SIGKILLed mid-sync). Why: its lease would block every sync here for up to ``ttl`` more
-    seconds, with nothing to say why. Outcome: the lease is taken at once."""
-    now = now_ms()
-    with store.db.write() as conn:
-        current = lease.holder(conn, now)
-        if current is not None and current.owner != owner and _gone(current.owner):
-            lease.release(conn, current.owner)
-        return lease.acquire(conn, owner, now, int(ttl * 1000))
-
-
-def new_owner(role: str) -> str:
-    """A lease owner name that says which process holds it and why."""
-    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
-
-
-def _gone(owner: str) -> bool:
-    """Whether ``owner`` (``new_owner``'s form) names a process of this machine that has ended.
-    False whenever that cannot be told: another machine's owner, or not a POSIX system (where
-    signal 0 does not merely probe)."""
-    host, _, rest = owner.partition(":")
-    pid, _, _ = rest.partition(":")
-    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists (another user's process, say)
-    return False
-
-
-@contextmanager
-def holding(store: Store, owner: str, ttl: float = LEASE_TTL) -> Iterator[bool]:
-    """Hold the store's lease for the block (renewed on a thread, released at the end) if
-    nobody else does; yields whether it is held."""
-    if not _claim(store, owner, ttl):
-        yield False
-        return
-    done = threading.Event()
-
-    def renew() -> None:
-        while not done.wait(ttl / 3):
-            try:
-                _claim(store, owner, ttl)
-            except CairnError:
-                pass  # a busy store: the next try is a third of the lease away
-
-    renewer = threading.Thread(target=renew, name="cairn-sync-lease", daemon=True)
-    renewer.start()
-    try:
-        yield True
-    finally:
-        done.set()
-        renewer.join()
-        with store.db.write() as conn:
-            lease.release(conn, owner)
-
-
-def sync_now(
-    store: Store,
-    connect: Callable[[], Syncer],
-    what: str = "now",
-    *,
-    progress: Progress | None = None,
-    wait: float = 0.0,
-    timeout: float = 120.0,
-) -> dict[str, dict[str, Any]]:
-    """Sync now (``what``: push, pull or now), never beside another process's sync.
-
-    With nobody holding the lease, this process takes it and runs ``what`` itself; otherwise
-    the holder (a worker) is asked for a full round and its report is returned once it is done.
-    The report is keyed by step, as ``Syncer.now`` returns it.
-    """
-    owner = new_owner(what)
-    for _ in range(3):
-        with holding(store, owner) as held:
-            if held:
-                syncer = connect()
-                try:
-                    if what == "push":
-                        return {"push": asdict(syncer.push(progress))}
-                    if what == "pull":
-                        return {"pull": asdict(syncer.pull(progress, wait))}
-                    return syncer.now(progress)
-                finally:
-                    syncer.close()
-        result = _ask_holder(store, timeout)
-        if result is not None:
-            return result
-    raise SyncError("the sync lease kept changing hands; try again")
-
-
-def _ask_holder(store: Store, timeout: float) -> dict[str, dict[str, Any]] | None:
-    """Ask the lease holder for a round and wait for its report (None: it let the lease go, or
-    its process ended, without answering, so the caller may take the lease itself)."""
-    with store.db.write() as conn:
-        number = lease.ask(conn)
-    deadline = time.monotonic() + timeout
-    while True:
-        with store.db.read() as conn:
-            raw = replica.get_meta(conn, ROUND)
-            live = lease.holder(conn, now_ms())
-        outcome = json.loads(raw) if raw else None
-        if outcome is not None and outcome["served"] >= number:  # this round or a later one
-            if "error" in outcome:
-                raise error_for(outcome["error"]["code"], outcome["error"]["message"])
-            report: dict[str, dict[str, Any]] = outcome["report"]
-            return report
-        if live is None or _gone(live.owner):
-            return None
-        if time.monotonic() > deadline:
-            raise SyncError(
-                f"the sync worker ({live.owner}) did not finish a round within {timeout:.0f} s; "
-                "`cairn sync status` shows what it is doing"
-            )
-        time.sleep(0.05)
-
-
-def read_status(store: Store) -> dict[str, Any]:
-    """What the store's sync worker last reported, whether it still holds the lease, and the
-    pending and dead-letter counts (for ``cairn sync status`` in any process)."""
-    with store.db.read() as conn:
-        raw = replica.get_meta(conn, STATUS)
-        live = lease.holder(conn, now_ms())
-        pending = outbox.count(conn)
-        dead = len(outbox.dead_letters(conn))
-    status = WorkerStatus(**json.loads(raw)) if raw else WorkerStatus(message="no worker has run")
-    running = live is not None and live.owner == status.owner
-    data = status.to_dict()
-    if not running and status.phase != "disabled":
-        data.update(phase="idle", message="no sync worker is running for this store")
-    return {**data, "worker_running": running, "pending": pending, "dead_letters": dead}
