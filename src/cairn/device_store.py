@@ -324,6 +324,13 @@ class Store:
         with self.db.read() as conn:
             return [Relation(*r) for r in relations.relations_among(conn)]
 
+    def relink_topics(self) -> int:
+        """Link every topic's chain again (after a repair, once every memory is back; linking
+        before the pull would leave a link across two memories the pull puts between them);
+        returns how many links were added or removed."""
+        with self.db.write() as conn:
+            return relations.relink_topics(conn)
+
     def count(self, filters: Filters | None = None) -> int:
         with self.db.read() as conn:
             return search_queries.count_live(conn, filters or Filters())

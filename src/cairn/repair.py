@@ -3,8 +3,8 @@ holds, the damaged file kept aside.
 
 The rows are read by ``cairn.store.salvage`` and written through the store's own code paths
 (the bulk insert a pull uses), so the keyword index and the vectors are rebuilt with them;
-memories whose vector was lost are embedded again, and (``relink_topics``, once every memory is
-back) topic chains are linked again. The outbox is
+memories whose vector was lost are embedded again, and (``Store.relink_topics``, once every
+memory is back) topic chains are linked again. The outbox is
 not copied: the first sync after a repair sends everything again (the remote's record of what
 was sent is the sync target, which is not copied either) and, with ``RESTORE`` set, reads the
 whole remote, this device's own changes included, so what the damage took comes back.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from cairn.errors import NotFound, SchemaTooNew, StoreError
 from cairn.hlc import HLC
 from cairn.model import Filters
 from cairn.replication import MemoryState
-from cairn.store import clock, memories, outbox, relations, replica, salvage, search_queries
+from cairn.store import clock, outbox, replica, salvage, search_queries
 from cairn.store.db import Database
 from cairn.store.migrations import MIGRATIONS
 from cairn.store.sync_state import KEYRING, RESTORE
@@ -146,25 +145,6 @@ def _rebuild(target: Path, found: salvage.Salvaged, embedder: Embedder) -> Repai
         re_embedded=embedded,
         memories_now=now,
     )
-
-
-def relink_topics(db: Database) -> int:
-    """Put every memory with a topic_key in its topic's chain again (the ``supersedes`` links
-    are derived from the memories, so a lost one can be made again); returns how many links
-    were added or removed.
-
-    Run it once every memory is back: after the pull, when sync is set up. Linking before the
-    pull would leave a link across two memories that the pull then puts between them.
-    """
-    with db.write() as conn:
-        before = _relation_changes(conn)
-        for memory in memories.with_topic(conn):
-            relations.link_topic(conn, memory)
-        return _relation_changes(conn) - before
-
-
-def _relation_changes(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM outbox WHERE entity = 'relation'").fetchone()[0])
 
 
 def _checked_vector(state: MemoryState, embedder: Embedder) -> MemoryState:

@@ -93,7 +93,7 @@ def repair_store(
                 "relations": after["relations"] - before["relations"],
             }
         if report["pull"] is not None or not syncing:  # every memory that will come is back
-            report["topic_links"] = repair.relink_topics(store.db)
+            report["topic_links"] = store.relink_topics()
         report["memories_now"] = store.count()
     return report
 

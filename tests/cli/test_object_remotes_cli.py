@@ -250,6 +250,7 @@ def test_a_folder_that_does_not_exist_is_refused_unless_create_and_plain_paths_w
     assert "does not exist" in refused.stderr and "--create" in refused.stderr
     assert not (tmp_path / "typo").exists()
     assert not (tmp_path / "alpha" / "keys" / "sync.json").exists()
+    assert not (tmp_path / "alpha" / "cairn.db").exists()  # refused before the store opens
 
     made = alpha("sync", "setup", "--remote", str(typo), "--create", "--name", "alpha")
     assert f"made the folder {typo} for a new workspace" in made.stdout

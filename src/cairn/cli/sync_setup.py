@@ -15,6 +15,7 @@ from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store
 from cairn.crypto import keyring
 from cairn.errors import InvalidInput
+from cairn.sync.setup import folder_to_make
 
 
 def setup(
@@ -83,6 +84,7 @@ def setup(
     $CAIRN_HOME/keys (CAIRN_KEY_STORE=auto|keyring|file chooses)."""
     settings = config.load()
     url = _remote_url(remote_url, git)
+    folder_to_make(url, endpoint_url, create, git)  # bad options are refused before the store opens
     with open_store() as store:
         done = wiring.setup_sync(
             settings,

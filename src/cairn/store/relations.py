@@ -126,3 +126,17 @@ def has_relation(conn: sqlite3.Connection, from_id: str, to_id: str, type_: str)
         (from_id, to_id, type_),
     ).fetchone()
     return row is not None
+
+
+def relink_topics(conn: sqlite3.Connection) -> int:
+    """Put every memory with a topic_key in its topic's chain again (the ``supersedes`` links
+    are derived from the memories, so a lost one can be made again); returns how many links
+    were added or removed."""
+    before = _relation_changes(conn)
+    for memory in memories.with_topic(conn):
+        link_topic(conn, memory)
+    return _relation_changes(conn) - before
+
+
+def _relation_changes(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM outbox WHERE entity = 'relation'").fetchone()[0])
