@@ -98,6 +98,12 @@ def load(environ: Mapping[str, str] | None = None, source: str = "cli") -> Setti
     )
 
 
+def reload(settings: Settings) -> Settings:
+    """The settings of ``settings.home`` as they are on disk now (a long-running process's
+    sync setup may have changed since it started)."""
+    return load({**os.environ, "CAIRN_HOME": str(settings.home)}, settings.source)
+
+
 def _sync(home: Path, table: dict[str, Any], key_store_choice: str) -> SyncSettings:
     rules = _rules(table)
     path = home / "keys" / SYNC_FILE

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -74,12 +73,12 @@ def repair_store(
     report["topic_links"] = 0
     if report["status"] != "repaired":
         return report
-    syncing = sync_configured(_fresh(settings))
+    syncing = sync_configured(config.reload(settings))
     with build(settings) as store:
         if syncing and pull:
             before = store.stats()
             try:
-                syncer = build_syncer(_fresh(settings), store)
+                syncer = build_syncer(config.reload(settings), store)
                 try:
                     report["pull"] = asdict(syncer.pull(progress))
                 finally:
@@ -208,17 +207,12 @@ def sync_config_version(settings: Settings) -> object:
     return tuple(stamps)
 
 
-def _fresh(settings: Settings) -> Settings:
-    """The settings as they are on disk now (the sync setup may have changed since start)."""
-    return config.load({**os.environ, "CAIRN_HOME": str(settings.home)}, settings.source)
-
-
 def start_autosync(settings: Settings, store: Store, **options: Any) -> Worker:
     """A running background sync worker for ``store`` (it re-reads the settings from disk
     whenever they change, so a fixed configuration takes effect without a restart)."""
     return Worker(
         store,
-        lambda: build_syncer(_fresh(settings), store),
+        lambda: build_syncer(config.reload(settings), store),
         config_version=lambda: sync_config_version(settings),
         **options,
     ).start()
@@ -234,11 +228,11 @@ def sync_now(
 ) -> dict[str, dict[str, Any]]:
     """Sync now, by this process or, when a worker holds the store's sync lease, by asking it
     (``cairn.sync.handoff.sync_now``); raises SyncNotConfigured before sync is set up."""
-    if not sync_configured(_fresh(settings)):
+    if not sync_configured(config.reload(settings)):
         raise SyncNotConfigured(NOT_CONFIGURED)
     return handoff.sync_now(
         store,
-        lambda: build_syncer(_fresh(settings), store),
+        lambda: build_syncer(config.reload(settings), store),
         what,
         progress=progress,
         wait=wait,
@@ -272,7 +266,7 @@ def compact(
 def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     """This device's sync state without asking the remote: where it syncs, what waits to be
     sent, and what the background worker (in any process) last reported."""
-    current = _fresh(settings)
+    current = config.reload(settings)
     data: dict[str, Any] = {
         "configured": sync_configured(current),
         "remote": current.sync.remote,
