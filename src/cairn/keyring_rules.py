@@ -1,5 +1,5 @@
-"""What makes a keyring version trustworthy, checked alike by devices and by every remote that
-can check (the sync server, the in-memory remote).
+"""What makes a keyring version trustworthy. Devices and every remote that can check (the sync
+server, the in-memory remote) check it alike.
 
 A version's proof is an Ed25519 signature by a key derived from the workspace's master key
 (``cairn.crypto.keyring.sign``) over ``message``: the keyring format, the keyring's id, the

@@ -1,4 +1,4 @@
-"""The memory rules a device and a hosted workspace share: what a new memory must be, and how it
+"""The memory rules a device and a hosted workspace share. What a new memory must be, and how it
 relates to those already stored (exact duplicates, near-duplicates, topic chains).
 
 Plain functions over ``cairn.model`` values (no I/O): ``cairn.device_store.Store`` and

@@ -1,5 +1,6 @@
-"""Repairing a damaged store: a new, consistent store from every row the damaged one still
-holds, the damaged file kept aside.
+"""Repairing a damaged store: a new store from every row the damaged one still holds.
+
+The damaged file is kept aside.
 
 The rows are read by ``cairn.store.salvage`` and written through the store's own code paths
 (the bulk insert a pull uses), so the keyword index and the vectors are rebuilt with them;

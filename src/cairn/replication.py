@@ -1,5 +1,7 @@
-"""What replicas exchange and compare: whole memory and relation states with their clocks,
-conflicts, mutations, and the selective-sync rules (plain types, no I/O)."""
+"""What replicas exchange and compare (plain types, no I/O).
+
+Whole memory and relation states with their clocks, conflicts, mutations, and the
+selective-sync rules."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Which storage a sync server uses: PostgreSQL when a database URL is given, else the embedded
-SQLite file under its data folder (the one place that decides, for the CLI and each worker)."""
+"""Which storage a sync server uses: PostgreSQL given a database URL, else embedded SQLite.
+
+The SQLite file lives under the server's data folder. This is the one place that decides, for
+the CLI and each worker."""
 
 from __future__ import annotations
 

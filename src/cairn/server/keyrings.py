@@ -1,5 +1,6 @@
-"""The sync server's keyring verbs, for its routes and its admin CLI: add a version, list them,
-roll back. Every one is audited.
+"""The sync server's keyring verbs: add a version, list them, roll back. Every one is audited.
+
+Its routes and its admin CLI call them.
 
 The server keeps every version. A new one is taken only as ``cairn.keyring_rules.accept``
 allows: after the first, with a proof by the workspace's master key for exactly the next number

@@ -1,5 +1,7 @@
-"""Reads that select live memories by filter or by text: the filter SQL, listings and counts,
-keyword (FTS5) search, and the little that ranking needs of each candidate."""
+"""Reads that select live memories by filter or by text.
+
+The filter SQL, listings and counts, keyword (FTS5) search, and the little that ranking needs
+of each candidate."""
 
 from __future__ import annotations
 
