@@ -19,25 +19,22 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from cairn import http_edge, model
-from cairn.api.schemas import (
+from cairn.api.schemas import MemoryDetailOut, StatsOut, SyncNowOut, SyncStatusOut
+from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
+from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
+from cairn.http_schemas import (
     EditRequest,
     HealthOut,
     KindsFilter,
     ListOut,
-    MemoryDetailOut,
     MemoryOut,
     ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
     RememberRequest,
-    StatsOut,
-    SyncNowOut,
-    SyncStatusOut,
     TagsFilter,
 )
-from cairn.device_store import MAX_LIMIT, MAX_OFFSET, Store
-from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.model import Filters
 from cairn.settings import Settings
 from cairn.version import __version__
