@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "cairn.settings": 0,
     "cairn.protocol": 0,
     "cairn.agent_text": 0,
+    "cairn.views": 0,
     "cairn.keyring_rules": 0,
     "cairn.version": 0,
     "cairn.replication": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import PlainTextResponse
 
-from cairn import __version__
+from cairn import views
 from cairn.http_schemas import HealthOut
 from cairn.server.metrics import CONTENT_TYPE
 from cairn.server.routes.common import Context, new_router
@@ -20,7 +20,7 @@ router = new_router()
     summary="Liveness check (no key needed)",
 )
 def health() -> dict[str, str]:
-    return {"status": "ok", "version": __version__}
+    return views.health()
 
 
 @router.get(

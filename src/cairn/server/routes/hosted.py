@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Response
 
-from cairn import http_edge, model
+from cairn import http_edge, model, views
 from cairn.device_store import MAX_OFFSET, NewMemory
 from cairn.http_schemas import (
     EditRequest,
@@ -112,7 +112,7 @@ def recall(body: RecallRequest, ctx: Context, key: Reader) -> Any:
     _hosted(ctx, key)
     filters = Filters.parse(body.project, body.kinds, body.tags, body.since, body.until)
     hits = ctx.hosted.recall(key.workspace_id, key.id, body.query, filters, body.limit, now_ms())
-    return {"results": [hit.to_dict() for hit in hits]}
+    return views.recalled(hits)
 
 
 @router.get(
@@ -137,7 +137,7 @@ def list_memories(
     _hosted(ctx, key)
     filters = Filters.parse(project, kind or [], tag or [], since, until)
     found, total = ctx.hosted.list(key.workspace_id, filters, limit, offset)
-    return {"memories": [m.to_dict() for m in found], "total": total}
+    return views.page(found, total)
 
 
 @router.get(
