@@ -1,8 +1,9 @@
 """`cairn server`: run the sync server and manage its workspaces and API keys.
 
 This is the sync server's composition root: it reads the environment and the options, opens
-the storage under ``--data`` and wires the app. The admin commands work on that database
-directly (no server needs to be running), so whoever can read the folder is its administrator.
+the storage under ``--data`` and wires the app. The admin commands (``cairn.cli.server_workspaces``,
+``cairn.cli.server_keys``) work on that database directly (no server needs to be running), so
+whoever can read the folder is its administrator.
 """
 
 from __future__ import annotations

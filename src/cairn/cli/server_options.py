@@ -1,5 +1,4 @@
-"""What every `cairn server` command shares: the --data, --db and --workspace options, the storage
-they name, and the clock."""
+"""What every `cairn server` command shares: the --data, --db and --workspace options."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ WorkspaceOpt = Annotated[str, typer.Option("--workspace", "-w", help="The worksp
 
 
 def open_storage(data: Path | None, db: str | None = None) -> ServerStorage:
+    """The storage the --data and --db options name (the caller closes it)."""
     return backends.open_storage(data, db)
 
 

@@ -1,5 +1,8 @@
-"""The sync server's routes for hosted workspaces: embed, remember, recall, list, get, edit and
-forget, with the local HTTP API's bodies and answers (``cairn.server.hosted`` does the work)."""
+"""The sync server's routes for hosted workspaces: embed, and the memory verbs of the local API.
+
+Remember, recall, list, get, edit and forget take the local HTTP API's bodies and give its
+answers (``cairn.http_schemas``, ``cairn.views``); ``cairn.server.hosted`` does the work.
+"""
 
 from __future__ import annotations
 
