@@ -18,26 +18,23 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
-from cairn import http_edge, model
-from cairn.api.schemas import (
+from cairn import http_edge, model, views
+from cairn.api.schemas import MemoryDetailOut, StatsOut, SyncNowOut, SyncStatusOut
+from cairn.device_store import Store
+from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
+from cairn.http_schemas import (
     EditRequest,
     HealthOut,
     KindsFilter,
     ListOut,
-    MemoryDetailOut,
     MemoryOut,
     ProjectFilter,
     RecallOut,
     RecallRequest,
     RememberOut,
     RememberRequest,
-    StatsOut,
-    SyncNowOut,
-    SyncStatusOut,
     TagsFilter,
 )
-from cairn.device_store import Store
-from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
 from cairn.memory_rules import MAX_LIMIT, MAX_OFFSET
 from cairn.model import Filters
 from cairn.settings import Settings
@@ -162,7 +159,7 @@ def create_app(
     def recall(body: RecallRequest) -> dict[str, Any]:
         filters = Filters.parse(body.project, body.kinds, body.tags, body.since, body.until)
         hits = store.recall(body.query, filters, body.limit)
-        return {"results": [hit.to_dict() for hit in hits]}
+        return views.recalled(hits)
 
     @app.get(
         "/v1/memories",
@@ -180,10 +177,7 @@ def create_app(
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         filters = Filters.parse(project, kind or [], tag or [])
-        return {
-            "memories": [m.to_dict() for m in store.list(filters, limit, offset)],
-            "total": store.count(filters),
-        }
+        return views.page(store.list(filters, limit, offset), store.count(filters))
 
     @app.get(
         "/v1/memories/{memory_id}",
@@ -195,8 +189,7 @@ def create_app(
     )
     def get_memory(memory_id: str) -> dict[str, Any]:
         memory = store.get(memory_id)
-        relations = store.relations(memory.id)
-        return {**memory.to_dict(), "relations": [r.to_dict() for r in relations]}
+        return views.detail(memory, store.relations(memory.id))
 
     @app.patch(
         "/v1/memories/{memory_id}",
@@ -290,7 +283,7 @@ def create_app(
         description="200 with status ok while the server is up.",
     )
     def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+        return views.health()
 
     return app
 

@@ -15,8 +15,34 @@ from typer.core import TyperArgument, TyperCommand
 from cairn import config, wiring
 from cairn.cli import output
 from cairn.device_store import Store
+from cairn.model import Filters
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", "-p", help="Only memories of this project.")
+]
+KindOpt = Annotated[
+    list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")
+]
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tag", "-t", help="Only memories with this tag (repeatable; all must match)."),
+]
+SinceOpt = Annotated[
+    str | None, typer.Option(help="Only memories created since (ISO date, or an age: 7d, 12h).")
+]
+UntilOpt = Annotated[str | None, typer.Option(help="Only memories created before (ISO or age).")]
+
+
+def parse_filters(
+    project: str | None,
+    kind: list[str] | None,
+    tag: list[str] | None,
+    since: str | None,
+    until: str | None,
+) -> Filters:
+    """The filters a command's --project, --kind, --tag, --since and --until name."""
+    return Filters.parse(project, split(kind), split(tag), since, until)
 
 
 class Command(TyperCommand):

@@ -34,7 +34,6 @@ from cairn.sync import payload
 from cairn.sync.merge import edited, forgotten
 from cairn.sync.payload import PayloadError
 
-MAX_LIST = memory_rules.MAX_LIMIT
 """The most memories one page of a hosted listing returns."""
 MAX_EMBED = 256
 """Texts one /v1/embed call takes."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cairn.api.schemas import Text
+from cairn.http_schemas import Text
 from cairn.model import MAX_INT
 from cairn.protocol import (
     HLC_PATTERN,

@@ -1,0 +1,61 @@
+"""The sync server's device routes: register (or rename) a device, list the workspace's devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cairn.model import iso
+from cairn.server.context import now_ms
+from cairn.server.routes.common import BODY, KEYED, Context, Reader, Writer, links, new_router
+from cairn.server.schemas import DeviceIn, DeviceOut, DevicesOut
+from cairn.server.storage import Device
+
+router = new_router()
+
+
+@router.post(
+    "/v1/devices",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Register (or rename) a device",
+    responses={
+        200: links(
+            PushAsIt=("push", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+            PullAsIt=("pull", {"header.X-Cairn-Device": "$response.body#/device_id"}),
+        ),
+        **KEYED,
+        **BODY,
+    },
+)
+def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]:
+    ctx.storage.register_device(key.workspace_id, body.device_id, body.name, now_ms())
+    detail = {"device": body.device_id}
+    ctx.storage.audit(key.workspace_id, key.id, "device_register", detail, now_ms())
+    return {"device_id": body.device_id, "name": body.name}
+
+
+@router.get(
+    "/v1/devices",
+    response_model=DevicesOut,
+    tags=["devices"],
+    summary="The workspace's devices",
+    responses=KEYED,
+)
+def list_devices(ctx: Context, key: Reader) -> dict[str, list[dict[str, Any]]]:
+    return {"devices": [_device(d) for d in ctx.storage.devices(key.workspace_id)]}
+
+
+def _device(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "first_seen": iso(device.first_seen),
+        "last_seen": iso(device.last_seen),
+        "pushed": device.pushed,
+        "last_push_at": _iso(device.last_push_at),
+        "last_pull_at": _iso(device.last_pull_at),
+    }
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else iso(ms)

@@ -1,0 +1,195 @@
+"""The sync server's log routes: push a batch of mutations, pull pages of them, the status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import Header, Query, Request, Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from cairn import http_edge, protocol
+from cairn.errors import InvalidInput
+from cairn.model import MAX_INT
+from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
+from cairn.server import hosted, keys
+from cairn.server.context import ServerContext, now_ms
+from cairn.server.routes.common import (
+    BODY,
+    KEYED,
+    Context,
+    Reader,
+    Writer,
+    links,
+    new_router,
+)
+from cairn.server.schemas import PullOut, PushIn, PushOut, StatusOut, inline_schema
+from cairn.server.storage import ApiKey
+
+MAX_WAIT = 60.0
+SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
+"""A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
+PUSH_BODY = inline_schema(PushIn)
+"""The push body's schema, for the OpenAPI document (the route reads the body itself)."""
+
+DeviceHeader = Annotated[
+    str | None,
+    Header(pattern=ID_PATTERN, description="The calling device's id, to track its activity."),
+]
+
+router = new_router()
+
+
+@router.post(
+    "/v1/sync/push",
+    response_model=PushOut,
+    tags=["sync"],
+    summary="Store a batch of mutations",
+    description=(
+        "All-or-nothing and idempotent by mutation_id. A refused mutation refuses the batch: "
+        "422 `invalid_mutation` lists each refused one under `rejected`. 413 "
+        "`payload_too_large`: split the batch. 429 `quota_exceeded`: the workspace is full."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": PUSH_BODY}},
+        }
+    },
+    responses={
+        200: links(PullFromTheStart=("pull", {"query.since": 0})),
+        **KEYED,
+        **BODY,
+    },
+)
+async def push(
+    request: Request, ctx: Context, key: Writer, x_cairn_device: DeviceHeader = None
+) -> dict[str, int | None]:
+    # The body is decoded by hand (``_decode_batch``): pydantic would take several times longer
+    # over 10,000 mutations, and a refused mutation must be named by its id, not its position.
+    mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
+    result = await run_in_threadpool(
+        ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
+    )
+    ctx.metrics.pushed(result.stored, result.duplicates, sum(len(m.payload) for m in mutations))
+    if result.stored:
+        ctx.notifier.notify(key.workspace_id)
+        if mode == protocol.HOSTED:  # searchable soon; a recall folds whatever is left first
+            ctx.hosted.schedule(key.workspace_id)
+    return {"stored": result.stored, "duplicates": result.duplicates, "last_seq": result.last_seq}
+
+
+@router.get(
+    "/v1/sync/pull",
+    tags=["sync"],
+    summary="Mutations after a sequence number",
+    description="In seq order; `next` resumes after this page and `has_more` says whether to.",
+    responses={
+        200: {
+            "model": PullOut,
+            "description": "A page.",
+            **links(NextPage=("pull", {"query.since": "$response.body#/next"})),
+        },
+        **KEYED,
+        **http_edge.errors(422),
+    },
+)
+async def pull(
+    request: Request,
+    ctx: Context,
+    key: Reader,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="The `next` of the previous page.")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PULL_LIMIT)] = 1000,
+    scope: Annotated[
+        list[Annotated[str, Field(pattern=SCOPES_PATTERN)]] | None,
+        Query(description="Only these scope tags, and untagged mutations (repeatable, or a,b)."),
+    ] = None,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT, description="Seconds to wait when nothing is new.")
+    ] = 0.0,
+    x_cairn_device: DeviceHeader = None,
+) -> Response:
+    # `scope=` (present but empty) asks for untagged mutations only; no `scope` means all.
+    wanted = None if scope is None else [s for r in scope for s in r.split(",") if s]
+    workspace = key.workspace_id
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    waited = False
+    while True:
+        news = ctx.notifier.subscribe(workspace)  # before reading, so no push slips between
+        page = await run_in_threadpool(ctx.storage.pull, workspace, since, limit, wanted)
+        left = deadline - loop.time()
+        if int(page.cursor) != since or left <= 0 or await request.is_disconnected():
+            break
+        await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
+        waited = True
+    if waited:  # checked after the last read: a key revoked meanwhile gets nothing it read
+        await run_in_threadpool(keys.recheck, ctx.storage, key)
+    if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
+        await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
+    if page.mutations:  # metered and audited when it served something (not every long-poll)
+        await run_in_threadpool(
+            ctx.storage.record_pull, workspace, key.id, len(page.mutations), now_ms()
+        )
+    ctx.metrics.pulled(len(page.mutations), sum(len(m.payload) for m in page.mutations))
+    return await run_in_threadpool(_page_response, page)
+
+
+@router.get(
+    "/v1/sync/status",
+    response_model=StatusOut,
+    tags=["sync"],
+    summary="This workspace's log, devices and key",
+    responses=KEYED,
+)
+def status(ctx: Context, key: Reader) -> dict[str, Any]:
+    workspace = ctx.storage.workspace_by_id(key.workspace_id)
+    stats = ctx.storage.stats(key.workspace_id)
+    return {
+        "workspace": workspace.name,
+        "workspace_id": workspace.id,
+        "mode": workspace.mode,
+        "latest_seq": stats.latest_seq,
+        "mutations": stats.mutations,
+        "devices": stats.devices,
+        "key": {"id": key.id, "name": key.name, "scopes": list(key.scopes)},
+    }
+
+
+def _decode_batch(
+    body: bytes, ctx: ServerContext, key: ApiKey
+) -> tuple[Sequence[WireMutation], str]:
+    """The checked mutations of a push body and the workspace's mode; InvalidInput or
+    MutationRejected otherwise.
+
+    An end-to-end workspace takes sealed envelopes only, under no key id its keyring revoked;
+    a hosted one, payloads its server can read.
+    """
+    try:
+        data = http_edge.decode_json(body)
+    except ValueError as exc:
+        raise InvalidInput(
+            f'the request body is not valid JSON ({exc}); send {{"mutations": [...]}}'
+        ) from exc
+    if not isinstance(data, dict) or set(data) != {"mutations"}:
+        raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
+    mutations = protocol.many_from_json(data["mutations"])
+    mode = ctx.storage.workspace_by_id(key.workspace_id).mode
+    sealed = mode == protocol.E2E
+    keyring = ctx.storage.keyring(key.workspace_id) if sealed else None
+    protocol.check_batch(mutations, sealed, keyring.revoked if keyring else ())
+    if not sealed:
+        hosted.readable(mutations)
+    return mutations, mode
+
+
+def _page_response(page: PullPage) -> Response:
+    """Encoded off the event loop: a page can hold megabytes of base64."""
+    return Response(
+        protocol.page_body(page.mutations, page.cursor, page.has_more),
+        media_type="application/json",
+    )
