@@ -388,3 +388,15 @@ def test_the_site_builds_strict_and_loads_nothing_from_elsewhere(tmp_path: Path)
         assert not found, f"{page.name} loads {found}"
     for sheet in site.rglob("*.css"):
         assert "//fonts." not in sheet.read_text(encoding="utf-8"), sheet
+
+
+def test_the_module_map_in_the_architecture_page_is_the_tree() -> None:
+    """docs/architecture.md's module map is what scripts/module_map.py makes of src/cairn now."""
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "module_map.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert made in page, "run `python scripts/module_map.py --write` after moving a module"

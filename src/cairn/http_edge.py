@@ -1,5 +1,4 @@
-"""What both HTTP edges (the local API and the sync server) share: how a request body is read
-and how an error leaves.
+"""How a request body is read and an error leaves, alike in the local API and the sync server.
 
 Every error is ``{"error": {"code", "message"}}`` with the status from ``cairn.errors``, for
 unknown routes and wrong methods too (with an ``Allow`` header naming every method of the path),
