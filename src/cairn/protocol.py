@@ -229,6 +229,16 @@ def check_batch(
         )
 
 
+def _whole(value: object) -> int | None:
+    """``value`` as an integer when JSON says it is one (``7`` or ``7.0``, as JSON Schema's
+    "integer" admits), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def from_json(data: Any) -> WireMutation:
     """A mutation from its JSON form; InvalidInput when it is not one."""
     if not isinstance(data, dict):
@@ -243,16 +253,17 @@ def from_json(data: Any) -> WireMutation:
         raise InvalidInput(f"a mutation is missing the field {exc.args[0]!r}") from exc
     except (binascii.Error, TypeError, ValueError) as exc:
         raise InvalidInput("a mutation's payload is not valid base64") from exc
-    if not isinstance(version, int) or isinstance(version, bool):
+    version = _whole(version)
+    if version is None:
         raise InvalidInput("a mutation's v (version) must be an integer")
     if not all(isinstance(f, str) for f in fields):
         raise InvalidInput("mutation_id, device_id, hlc and entity_id must be strings")
     if scope is not None and not isinstance(scope, str):
         raise InvalidInput("a mutation's scope must be a string or null")
-    if seq is not None and (
-        not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
-    ):
-        raise InvalidInput(f"a mutation's seq must be an integer from 0 to {MAX_SEQ}")
+    if seq is not None:
+        seq = _whole(seq)
+        if seq is None or not 0 <= seq <= MAX_SEQ:
+            raise InvalidInput(f"a mutation's seq must be an integer from 0 to {MAX_SEQ}")
     return WireMutation(fields[0], fields[1], fields[2], fields[3], scope, payload, seq, version)
 
 

@@ -336,6 +336,10 @@ def test_the_document_states_the_real_contract(client: httpx.Client) -> None:
     push = paths["/v1/sync/push"]["post"]
     body = push["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["mutations"]["items"]["properties"]["hlc"]["pattern"]
+    seq = body["properties"]["mutations"]["items"]["properties"]["seq"]["anyOf"][0]
+    assert seq["minimum"] == 0  # the range the protocol applies (a negative seq is refused):
+    negative = client.post("/v1/sync/push", json={"mutations": [{**mutation(1), "seq": -1}]})
+    assert_error(negative, 422, "invalid_input")
     assert {"401", "403", "413", "422", "429"} <= set(push["responses"])
     assert set(paths["/v1/keyring"]["get"]["responses"]) >= {"200", "401", "404"}
     metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]

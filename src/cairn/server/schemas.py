@@ -19,6 +19,7 @@ from cairn.protocol import (
     ID_PATTERN,
     MAX_BATCH,
     MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
     SCOPE_PATTERN,
     VERSION,
 )
@@ -75,7 +76,12 @@ class MutationIn(BaseModel):
         description="base64: a sealed envelope in an end-to-end workspace (its key id not "
         "revoked), the plain payload a device writes in a hosted one; else 422 with a code.",
     )
-    seq: int | None = Field(None, description="Ignored on a push (the server assigns it).")
+    seq: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEQ,
+        description="Ignored on a push (the server assigns it), but refused outside its range.",
+    )
 
 
 class PushIn(_Request):
