@@ -299,6 +299,10 @@ class SyncControl:
     def now(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         return sync_now(self.settings, self.store, timeout=timeout)
 
+    def setup(self, url: str, **options: Any) -> SyncSetup:
+        """Set this store's sync up (``setup_sync``); the worker starts syncing on its own."""
+        return setup_sync(self.settings, self.store, url, **options)
+
     def close(self) -> None:
         """Stop the worker, pushing what is still in the outbox first (for at most
         ``FLUSH_SECONDS``)."""

@@ -296,6 +296,7 @@ def test_openapi_documents_every_route(client: httpx.Client) -> None:
         ("/v1/recall", "post"),
         ("/v1/stats", "get"),
         ("/v1/sync/status", "get"),
+        ("/v1/sync/setup", "post"),
         ("/v1/sync/now", "post"),
         ("/healthz", "get"),
     }

@@ -355,3 +355,43 @@ def test_the_daemon_stamps_each_line_with_the_time(tmp_path: Path) -> None:
         process.wait(15)
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "
     assert re.match(stamp + r"(idle|disabled)", line), line
+
+
+def test_the_local_api_sets_up_sync_with_the_library_function_the_cli_uses(tmp_path: Path) -> None:
+    """POST /v1/sync/setup makes the workspace; a device set up from the CLI joins it."""
+    folder = tmp_path / "shared"
+    env = env_for(tmp_path, "laptop")
+    env.pop("CAIRN_PASSPHRASE")  # the API takes it in the body
+    with local_api(env, tmp_path) as api:
+        missing = api.post(
+            "/v1/sync/setup", json={"remote": folder.as_uri(), "passphrase": "team secret 1"}
+        )
+        assert missing.status_code == 422, missing.text
+        assert "does not exist" in missing.json()["error"]["message"]
+        assert api.get("/v1/sync/status").json()["configured"] is False  # nothing changed
+        assert not folder.exists()
+        short = api.post(
+            "/v1/sync/setup", json={"remote": str(folder), "passphrase": "short", "create": True}
+        )
+        assert short.status_code == 422, short.text
+        done = api.post(
+            "/v1/sync/setup",
+            json={
+                "remote": str(folder),
+                "passphrase": "a passphrase the whole team knows",
+                "create": True,
+                "name": "laptop",
+            },
+        )
+        assert done.status_code == 200, done.text
+        made = done.json()
+        assert made["created_keyring"] and made["recovery_key"] and made["device_name"] == "laptop"
+        assert made["remote"] == folder.as_uri()
+        assert api.post("/v1/memories", json={"content": "Set up over the local API"}).is_success
+        assert api.post("/v1/sync/now").status_code == 200
+        assert api.get("/v1/sync/status").json()["configured"] is True
+    desk = in_home(tmp_path, "desk")
+    desk("sync", "setup", "--remote", folder.as_uri(), "--name", "desk")
+    desk("sync", "now")
+    listed = desk("list", "--json")
+    assert [m["content"] for m in listed["memories"]] == ["Set up over the local API"]

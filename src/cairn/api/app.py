@@ -19,9 +19,13 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from cairn import http_edge, model, views
-from cairn.api.schemas import MemoryDetailOut, StatsOut, SyncNowOut, SyncStatusOut
+from cairn.api.schemas import (
+    MemoryDetailOut,
+    StatsOut,
+)
+from cairn.api.sync import add_sync_routes
 from cairn.device_store import Store
-from cairn.errors import InvalidInput, StoreError, SyncError, SyncNotConfigured
+from cairn.errors import InvalidInput, StoreError
 from cairn.http_schemas import (
     EditRequest,
     HealthOut,
@@ -231,49 +235,7 @@ def create_app(
     def stats() -> dict[str, Any]:
         return store.stats()
 
-    @app.get(
-        "/v1/sync/status",
-        response_model=SyncStatusOut,
-        tags=["sync"],
-        summary="This device's sync state",
-        description=(
-            "Answered from the store without asking the remote: what waits to be sent, what "
-            "was refused, and what the background sync worker (in any process) last reported."
-        ),
-        responses={
-            400: {"model": http_edge.ErrorOut, "description": "This API runs without sync."}
-        },
-    )
-    def sync_status() -> dict[str, Any]:
-        if sync is None:
-            raise SyncNotConfigured("this API was started without sync")
-        return sync.status()
-
-    @app.post(
-        "/v1/sync/now",
-        response_model=SyncNowOut,
-        tags=["sync"],
-        summary="Sync now",
-        description=(
-            "One full round (push, pull, push what the pull changed), run by the store's sync "
-            "worker if one runs. 400 `sync_not_configured` before `cairn sync setup`; 502 with "
-            "the remote's reason code (unreachable, auth_failed, quota_exceeded, ...) when the "
-            "round fails; nothing local is lost either way."
-        ),
-        responses={
-            400: {"model": http_edge.ErrorOut, "description": "Sync is not set up."},
-            502: {"model": http_edge.ErrorOut, "description": "The remote failed or refused."},
-        },
-    )
-    def sync_now() -> Any:
-        if sync is None:
-            raise SyncNotConfigured("this API was started without sync")
-        try:
-            return sync.now()
-        except SyncNotConfigured:
-            raise
-        except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
-            return http_edge.error(502, exc.code, exc.message)
+    add_sync_routes(app, sync)
 
     @app.get(
         "/healthz",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cairn.http_schemas import MemoryOut
 
@@ -84,3 +84,52 @@ class SyncNowOut(BaseModel):
     push_after_pull: StepCounts | None = Field(
         None, description="Counts of the push of what the pull changed."
     )
+
+
+class SyncSetupRequest(BaseModel):
+    """Where to sync and how to open the workspace, as `cairn sync setup` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remote: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(https?://|s3://|file:///|/)[^\x00-\x1f\x7f]*$",
+        description="A sync server's http(s):// URL, s3://bucket/prefix, or a folder "
+        "(file:///path or an absolute path).",
+        examples=["file:///data/team-memory"],
+    )
+    passphrase: str | None = Field(
+        None,
+        max_length=1024,
+        description="The workspace's passphrase (a new workspace's needs at least 8 "
+        "characters); not needed with recovery_key or for a hosted workspace.",
+    )
+    recovery_key: str | None = Field(
+        None, max_length=256, description="Join with the recovery key instead."
+    )
+    api_key: str | None = Field(
+        None, max_length=256, description="An API key of the workspace (sync servers only)."
+    )
+    name: str | None = Field(
+        None, max_length=100, description="This device's name (default: the host name)."
+    )
+    endpoint_url: str | None = Field(
+        None, max_length=2048, description="An S3-compatible service's endpoint (s3:// only)."
+    )
+    create: bool = Field(False, description="Make the folder if it does not exist.")
+
+
+class SyncSetupOut(BaseModel):
+    remote: str
+    workspace: str | None
+    mode: str = Field(description="e2e (end-to-end encrypted) or hosted.")
+    device_id: str
+    device_name: str
+    created_keyring: bool = Field(description="True when this device made the workspace.")
+    recovery_key: str | None = Field(
+        description="Shown once, when this device made the keyring: keep it somewhere safe."
+    )
+    key_store: str | None = Field(description="Where the workspace key is kept on this device.")
+    pending: int = Field(description="Local changes waiting to be sent.")
+    saved_to: str = Field(description="The file holding the sync settings.")
