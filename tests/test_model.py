@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cairn import model
@@ -47,6 +48,29 @@ def test_parse_time_accepts_iso_and_ages() -> None:
     assert model.parse_time("7d") < model.parse_time("1d")
     with pytest.raises(InvalidInput):
         model.parse_time("last tuesday")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(model.TIME_INPUT, fullmatch=True))
+def test_every_time_the_published_pattern_admits_is_read(text: str) -> None:
+    """The APIs publish TIME_INPUT as the time filters' schema; a time it admits is never
+    refused (the schema fuzz sent 3729-11-31, which an earlier pattern admitted)."""
+    assert model.parse_time(text) >= model.EARLIEST_MS
+
+
+@pytest.mark.parametrize(
+    "text", ["3729-11-31", "2023-02-29", "1900-02-29", "0000-01-01", "2026-04-31"]
+)
+def test_days_the_calendar_lacks_are_outside_the_pattern(text: str) -> None:
+    assert re.fullmatch(model.TIME_INPUT, text) is None
+    with pytest.raises(InvalidInput):
+        model.parse_time(text)
+
+
+def test_an_age_past_the_year_1_is_outside_the_pattern_and_refused() -> None:
+    assert re.fullmatch(model.TIME_INPUT, "999999999w") is None
+    with pytest.raises(InvalidInput, match="past the year 1"):
+        model.parse_time("999999999w")
 
 
 @pytest.mark.parametrize("text", ["\u0667d", "7d\n7d", "\uff17d"])

@@ -45,13 +45,23 @@ TOPIC_KEY_INPUT = rf"^[^{CONTROL}]{{0,256}}$"
 """A topic key: at most 256 characters, no control characters (blank: none)."""
 CONTENT_INPUT = rf"^[^\x00]*[^{SPACE}\x00][^\x00]*$"
 """Content: more than white space, and no NUL (PostgreSQL text cannot hold one)."""
+# An age no longer than about 1,900 years, so that it never reaches back past the year 1.
+_AGE_INPUT = r"(?:[0-9]{1,9} ?[sm]|[0-9]{1,7} ?h|[0-9]{1,5} ?[dw])"
+_YEAR = r"(?:[0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"  # 0001 to 9999
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (
+    rf"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
+)
 TIME_INPUT = (
-    r"^(?:[0-9]{1,9} ?[smhdw]|[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    rf"^(?:{_AGE_INPUT}|{_DATE}"
     r"(?:T(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,6})?)?"
     r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?)$"
 )
-"""What a time filter looks like: an age (30m, 12h, 7d, 2w) or an ISO date or time (the
-calendar, e.g. no February 30, is checked when it is read)."""
+"""What a time filter looks like: an age (30m, 12h, 7d, 2w; at most 9 digits of seconds or
+minutes, 7 of hours, 5 of days or weeks) or an ISO date or time on the calendar (no February
+30, no 29th of February outside a leap year, no year 0)."""
 _KIND = re.compile(KIND_INPUT)
 KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
 """A kind as it is stored (lowercased and trimmed from what ``KIND_INPUT`` takes)."""
