@@ -24,7 +24,7 @@ def loaded_after(code: str) -> list[str]:
         {code}
         print(json.dumps(sorted({{m.split(".")[0] for m in set(sys.modules) - before}})))
         """
-    ).format(code=textwrap.indent(textwrap.dedent(code), "").strip())
+    ).format(code=textwrap.dedent(code).strip())
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )

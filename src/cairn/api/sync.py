@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,31 @@ from cairn.api.schemas import SyncNowOut, SyncSetupOut, SyncSetupRequest, SyncSt
 from cairn.errors import SyncError, SyncNotConfigured
 from cairn.wiring import SyncControl
 
+_NO_SYNC: dict[int | str, dict[str, Any]] = {
+    400: {"model": http_edge.ErrorOut, "description": "This API runs without sync."}
+}
+_REMOTE: dict[int | str, dict[str, Any]] = {
+    502: {"model": http_edge.ErrorOut, "description": "The remote failed or refused."}
+}
+
+
+def _remote_call(call: Callable[[], Any]) -> Any:
+    """``call``'s answer; the remote's failure (not this API's) as a 502 that keeps its code."""
+    try:
+        return call()
+    except SyncNotConfigured:
+        raise
+    except SyncError as exc:
+        return http_edge.error(502, exc.code, exc.message)
+
 
 def add_sync_routes(app: FastAPI, sync: SyncControl | None) -> None:
     """Add the /v1/sync routes, answering 400 ``sync_not_configured`` when ``sync`` is None."""
+
+    def control() -> SyncControl:
+        if sync is None:
+            raise SyncNotConfigured("this API was started without sync")
+        return sync
 
     @app.get(
         "/v1/sync/status",
@@ -25,14 +48,10 @@ def add_sync_routes(app: FastAPI, sync: SyncControl | None) -> None:
             "Answered from the store without asking the remote: what waits to be sent, what "
             "was refused, and what the background sync worker (in any process) last reported."
         ),
-        responses={
-            400: {"model": http_edge.ErrorOut, "description": "This API runs without sync."}
-        },
+        responses=_NO_SYNC,
     )
     def sync_status() -> dict[str, Any]:
-        if sync is None:
-            raise SyncNotConfigured("this API was started without sync")
-        return sync.status()
+        return control().status()
 
     @app.post(
         "/v1/sync/setup",
@@ -48,23 +67,17 @@ def add_sync_routes(app: FastAPI, sync: SyncControl | None) -> None:
             "without `create`, a passphrase under 8 characters); 502 with the remote's reason "
             "code when it cannot be reached or refuses."
         ),
-        responses={
-            400: {"model": http_edge.ErrorOut, "description": "This API runs without sync."},
-            **http_edge.errors(422),
-            502: {"model": http_edge.ErrorOut, "description": "The remote failed or refused."},
-        },
+        responses={**_NO_SYNC, **http_edge.errors(422), **_REMOTE},
     )
     def sync_setup(body: SyncSetupRequest) -> Any:
-        if sync is None:
-            raise SyncNotConfigured("this API was started without sync")
+        running = control()
         url = Path(body.remote).as_uri() if body.remote.startswith("/") else body.remote
-        options = body.model_dump(exclude={"remote", "passphrase"})
-        options["device_name"] = options.pop("name")
-        try:
-            done = sync.setup(url, passphrase=body.passphrase, **options)
-        except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
-            return http_edge.error(502, exc.code, exc.message)
-        return done.to_dict()
+        options = body.model_dump(exclude={"remote", "passphrase", "name"})
+        return _remote_call(
+            lambda: running.setup(
+                url, passphrase=body.passphrase, device_name=body.name, **options
+            ).to_dict()
+        )
 
     @app.post(
         "/v1/sync/now",
@@ -79,15 +92,8 @@ def add_sync_routes(app: FastAPI, sync: SyncControl | None) -> None:
         ),
         responses={
             400: {"model": http_edge.ErrorOut, "description": "Sync is not set up."},
-            502: {"model": http_edge.ErrorOut, "description": "The remote failed or refused."},
+            **_REMOTE,
         },
     )
     def sync_now() -> Any:
-        if sync is None:
-            raise SyncNotConfigured("this API was started without sync")
-        try:
-            return sync.now()
-        except SyncNotConfigured:
-            raise
-        except SyncError as exc:  # the remote's failure, not this API's: 502 keeps its code
-            return http_edge.error(502, exc.code, exc.message)
+        return _remote_call(control().now)
