@@ -37,6 +37,7 @@ RANKS: dict[str, int] = {
     "cairn.views": 60,
     # I/O behind small interfaces
     "cairn.search.matrix": 105,  # the in-memory vector matrix both stores keep
+    "cairn.search.ivf": 106,  # the approximate index over it (faiss inverted lists)
     "cairn.store": 110,
     "cairn.master_keys": 110,
     "cairn.remotes": 120,

@@ -67,6 +67,8 @@ class Store:
 
     def close(self) -> None:
         self._pool.shutdown()
+        if self._index is not None:
+            self._index.close()  # saves a big index's changes for the next process
         self.db.close()
 
     def __enter__(self) -> Store:
