@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
@@ -65,7 +66,12 @@ def meaningful(nearest: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
 
 def fts_query(text: str) -> str | None:
     """An FTS5 MATCH expression: the query's terms (``query_terms``) as phrases, OR-ed."""
-    return " OR ".join('"' + " ".join(tokens) + '"' for tokens in query_terms(text)) or None
+    return match_any([" ".join(tokens) for tokens in query_terms(text)])
+
+
+def match_any(terms: Sequence[str]) -> str | None:
+    """An FTS5 MATCH expression for rows holding any of ``terms`` (space-separated tokens)."""
+    return " OR ".join(search_queries.phrase(term) for term in terms) or None
 
 
 def fuse(
@@ -124,8 +130,8 @@ def recall(
     if not filters.empty and not project_only:
         with db.read() as conn:
             allowed = search_queries.filtered_rowids(conn, filters)
-    match = fts_query(query)
-    pending = pool.submit(_keyword, db, match, filters, gather) if match else None
+    terms = [" ".join(tokens) for tokens in query_terms(query)]
+    pending = pool.submit(keyword_ranked, db, terms, filters, gather) if terms else None
     project = filters.project if project_only else None  # the index filters projects itself
     semantic = meaningful(index.search(embed(query), gather, allowed, project))
     keyword = pending.result() if pending else []
@@ -146,9 +152,18 @@ def recall(
     return successors_first(hits)
 
 
-def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
+_TERM_COUNTS: WeakKeyDictionary[Database, search_queries.TermCounts] = WeakKeyDictionary()
+
+
+def keyword_ranked(
+    db: Database, terms: Sequence[str], filters: Filters, depth: int
+) -> list[tuple[int, float]]:
+    """BM25's best rows for the query's rare terms (``search_queries.RARE_SHARE``); none when
+    every term is common, leaving the ranking to the semantic side."""
     with db.read() as conn:
-        return search_queries.keyword_search(conn, match, filters, depth)
+        counts = _TERM_COUNTS.setdefault(db, search_queries.TermCounts())
+        match = match_any(counts.rare(conn, terms))
+        return search_queries.keyword_search(conn, match, filters, depth) if match else []
 
 
 def successors_first(hits: list[Hit]) -> list[Hit]:
