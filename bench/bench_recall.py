@@ -109,15 +109,20 @@ def worker(size: int, n_queries: int, profile: bool) -> dict[str, Any]:
             return search_queries.filtered_rowids(conn, projects[i])
 
     allowed = [filter_rowids(i) for i in range(len(queries))]
-    matches = [hybrid.fts_query(q) or '""' for q in queries]
+    terms = [[" ".join(t) for t in hybrid.query_terms(q)] for q in queries]
+    every_term = [hybrid.fts_query(q) or '""' for q in queries]  # the shape before issue 21
 
     def keyword(i: int, filters: Filters) -> list[tuple[int, float]]:
+        return hybrid.keyword_ranked(db, terms[i], filters, DEPTH)
+
+    def keyword_every_term(i: int) -> list[tuple[int, float]]:
         with db.read() as conn:
-            return search_queries.keyword_search(conn, matches[i], filters, DEPTH)
+            return search_queries.keyword_search(conn, every_term[i], Filters(), DEPTH)
 
     parts["index refresh (no change)"] = stats_ms(each(lambda i: idx.refresh()))
     parts["vector search"] = stats_ms(each(lambda i: idx.search(vectors[i], DEPTH)))
-    parts["keyword search (FTS5)"] = stats_ms(each(lambda i: keyword(i, Filters())))
+    parts["keyword search (FTS5), rare terms"] = stats_ms(each(lambda i: keyword(i, Filters())))
+    parts["keyword search, every term (old shape)"] = stats_ms(each(keyword_every_term))
     parts["hybrid, no embedding"] = stats_ms(
         each(
             lambda i: hybrid.recall(
@@ -147,12 +152,19 @@ def worker(size: int, n_queries: int, profile: bool) -> dict[str, Any]:
         for i in range(len(queries))
     )
     with db.read() as conn:
-        fts_rows = [
-            conn.execute(
-                "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (m,)
-            ).fetchone()[0]
-            for m in matches
-        ]
+        counts = search_queries.TermCounts()
+        searched = [hybrid.match_any(counts.rare(conn, t)) for t in terms]
+        fts_rows, fts_rows_every_term = (
+            [
+                conn.execute(
+                    "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (m,)
+                ).fetchone()[0]
+                if m
+                else 0
+                for m in shape
+            ]
+            for shape in (searched, every_term)
+        )
     result: dict[str, Any] = {
         "size": size,
         "live_memories": store.count(),
@@ -164,6 +176,12 @@ def worker(size: int, n_queries: int, profile: bool) -> dict[str, Any]:
             "mean": round(float(np.mean(fts_rows)), 1),
             "p50": float(np.percentile(fts_rows, 50)),
             "max": int(max(fts_rows)),
+            "queries_without_keyword_search": sum(m is None for m in searched),
+        },
+        "fts_matched_rows_every_term": {
+            "mean": round(float(np.mean(fts_rows_every_term)), 1),
+            "p50": float(np.percentile(fts_rows_every_term, 50)),
+            "max": int(max(fts_rows_every_term)),
         },
     }
     if profile:
@@ -224,6 +242,14 @@ def main() -> None:
             ["peak RSS (MiB)", *(r["peak_rss_mib"] for r in runs)],
             ["hit@10 of the paraphrased memory", *(r["hit_at_10"] for r in runs)],
             ["FTS rows matched per query (mean)", *(r["fts_matched_rows"]["mean"] for r in runs)],
+            [
+                "  with every term (old shape)",
+                *(r["fts_matched_rows_every_term"]["mean"] for r in runs),
+            ],
+            [
+                "queries of common words only (no keyword search)",
+                *(r["fts_matched_rows"]["queries_without_keyword_search"] for r in runs),
+            ],
         ],
     )
     for r in runs:
