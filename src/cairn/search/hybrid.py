@@ -66,12 +66,7 @@ def meaningful(nearest: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
 
 def fts_query(text: str) -> str | None:
     """An FTS5 MATCH expression: the query's terms (``query_terms``) as phrases, OR-ed."""
-    return match_any([" ".join(tokens) for tokens in query_terms(text)])
-
-
-def match_any(terms: Sequence[str]) -> str | None:
-    """An FTS5 MATCH expression for rows holding any of ``terms`` (space-separated tokens)."""
-    return " OR ".join(search_queries.phrase(term) for term in terms) or None
+    return " OR ".join('"' + " ".join(tokens) + '"' for tokens in query_terms(text)) or None
 
 
 def fuse(
@@ -152,18 +147,18 @@ def recall(
     return successors_first(hits)
 
 
-_TERM_COUNTS: WeakKeyDictionary[Database, search_queries.TermCounts] = WeakKeyDictionary()
+_KEYWORD: WeakKeyDictionary[Database, search_queries.KeywordSearch] = WeakKeyDictionary()
 
 
 def keyword_ranked(
     db: Database, terms: Sequence[str], filters: Filters, depth: int
 ) -> list[tuple[int, float]]:
-    """BM25's best rows for the query's rare terms (``search_queries.RARE_SHARE``); none when
-    every term is common, leaving the ranking to the semantic side."""
+    """The best ``depth`` keyword matches for ``terms`` (``search_queries.KeywordSearch``):
+    found by the rare terms, ranked by all; none when every term is common, leaving the
+    ranking to the semantic side."""
     with db.read() as conn:
-        counts = _TERM_COUNTS.setdefault(db, search_queries.TermCounts())
-        match = match_any(counts.rare(conn, terms))
-        return search_queries.keyword_search(conn, match, filters, depth) if match else []
+        search = _KEYWORD.setdefault(db, search_queries.KeywordSearch())
+        return search.search(conn, terms, filters, depth)
 
 
 def successors_first(hits: list[Hit]) -> list[Hit]:
