@@ -199,3 +199,22 @@ def test_keyword_results_follow_writes_as_terms_turn_common_or_rare(store: Store
     late = store.remember("Ledger archival moves entries to cold storage").memory
     assert late.id in _keyword_ids(store, "ledger archival")
     assert _keyword_ids(store, "archival")[0] == late.id
+
+
+def test_common_words_rank_the_rows_a_rare_term_found(store: Store) -> None:
+    _remember_all(store, COMMON)
+    others = _remember_all(store, [f"vault-proxy note {n}: rotate the token" for n in range(4)])
+    wanted = store.remember("vault-proxy: after a deploy, flush the cache").memory
+    ranked = _keyword_ids(store, "cache flush after the deploy of vault-proxy")
+    assert ranked[0] == wanted.id and set(ranked) == {wanted.id, *others}
+
+
+def test_keyword_results_follow_edits_and_forgetting(store: Store) -> None:
+    _remember_all(store, COMMON)
+    memory = store.remember("The billing export runs under quartz scheduler").memory
+    assert _keyword_ids(store, "quartz scheduler") == [memory.id]
+    store.edit(memory.id, content="The billing export runs under chronos scheduler")
+    assert _keyword_ids(store, "quartz") == []
+    assert _keyword_ids(store, "chronos") == [memory.id]
+    store.forget(memory.id)
+    assert _keyword_ids(store, "chronos") == []
