@@ -122,11 +122,15 @@ class Store:
         index = self.index
         index.refresh()
         # Near-duplicates are advisory: look among the nearest few overall, keep this project's.
+        # Only those close enough are read (usually none: most memories are new).
         nearest = index.search(vector, NEAR_CANDIDATES)
-        with self.db.read() as conn:
-            by_row = memories.by_rowids(conn, [r for r, _ in nearest])
+        close = [(r, c) for r, c in nearest if c >= self.near_duplicate]
+        by_row = {}
+        if close:
+            with self.db.read() as conn:
+                by_row = memories.by_rowids(conn, [r for r, _ in close])
         near = near_duplicates(
-            item, [(by_row[r], c) for r, c in nearest if r in by_row], self.near_duplicate
+            item, [(by_row[r], c) for r, c in close if r in by_row], self.near_duplicate
         )
         result = self._write([item], np.asarray([vector]))[0]
         if not result.created:

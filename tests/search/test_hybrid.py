@@ -8,6 +8,7 @@ import pytest
 
 from cairn.device_store import Store
 from cairn.errors import InvalidInput
+from cairn.memory_rules import NewMemory
 from cairn.model import Filters, Hit, Match, Memory
 from cairn.search.hybrid import fts_query, successors_first
 
@@ -129,3 +130,91 @@ def test_project_filter_stays_right_as_the_index_changes(store: Store) -> None:
     assert hits[0].match.semantic_rank == 1
     assert {h.memory.project for h in store.recall("redis", Filters(project="beta"))} == {"beta"}
     assert store.recall("redis", Filters(project="gamma")) == []
+
+
+# --- the keyword half searches only rare terms --------------------------------------------------
+
+COMMON = [f"The deploy of the cache service changed setting {n} after release" for n in range(40)]
+
+
+def _keyword_ids(store: Store, query: str, filters: Filters | None = None) -> list[str]:
+    """The memories the keyword half ranked for ``query``, best first."""
+    hits = store.recall(query, filters, limit=50)
+    ranked = sorted((h for h in hits if h.match.keyword_rank is not None), key=_keyword_rank)
+    return [h.memory.id for h in ranked]
+
+
+def _keyword_rank(hit: Hit) -> int:
+    assert hit.match.keyword_rank is not None
+    return hit.match.keyword_rank
+
+
+def _remember_all(store: Store, texts: list[str], project: str | None = None) -> list[str]:
+    items = [NewMemory(text, project=project) for text in texts]
+    return [r.memory.id for r in store.remember_many(items)]
+
+
+def test_a_rare_term_among_common_words_is_found_by_keyword(store: Store) -> None:
+    _remember_all(store, COMMON)
+    wanted = store.remember("The deploy failed with ERR_QUOTA_7 after the cache change").memory
+    # The old shape ranked all 41 memories (each holds deploy/cache/change); the rare term decides.
+    assert _keyword_ids(store, "why did the deploy fail with ERR_QUOTA_7 after the change") == [
+        wanted.id
+    ]
+
+
+def test_a_rare_phrase_of_common_words_is_found_by_keyword(store: Store) -> None:
+    _remember_all(store, [f"The onboarding flow calls proxy number {n}" for n in range(40)])
+    wanted = store.remember("The onboarding-proxy drops idle connections").memory
+    assert _keyword_ids(store, "why does onboarding-proxy drop connections") == [wanted.id]
+
+
+def test_common_words_only_leave_ranking_to_meaning(store: Store) -> None:
+    ids = _remember_all(store, COMMON)
+    hits = store.recall("what did the deploy of the cache change", limit=5)
+    assert hits and all(h.memory.id in ids for h in hits)
+    assert all(h.match.keyword_rank is None and h.match.semantic_rank for h in hits)
+
+
+def test_keyword_search_on_rare_terms_keeps_filters(store: Store) -> None:
+    _remember_all(store, COMMON)
+    api = store.remember("Deploy key rotation uses vault path kv/deploy", project="api").memory
+    web = store.remember("Vault path kv/deploy is read-only for the web app", project="web").memory
+    assert set(_keyword_ids(store, "vault deploy")) == {api.id, web.id}
+    assert _keyword_ids(store, "vault deploy", Filters(project="web")) == [web.id]
+    assert _keyword_ids(store, "vault deploy", Filters(kinds=("decision",))) == []
+
+
+def test_keyword_results_follow_writes_as_terms_turn_common_or_rare(store: Store) -> None:
+    first = store.remember("Sharding plan for the ledger uses hash ranges").memory
+    assert _keyword_ids(store, "ledger sharding") == [first.id]  # counted as rare, remembered
+    many = _remember_all(store, [f"Ledger entry format note {n}" for n in range(60)])
+    # "ledger" is now in 61 of 62 memories: common, so only "sharding" is searched.
+    assert _keyword_ids(store, "ledger sharding") == [first.id]
+    assert _keyword_ids(store, "ledger") == []
+    for memory_id in many[:55]:
+        store.forget(memory_id)
+    # Rare again: the remembered count cannot vouch for it after 55 changes, so it is recounted.
+    assert set(_keyword_ids(store, "ledger")) == {first.id, *many[55:]}
+    late = store.remember("Ledger archival moves entries to cold storage").memory
+    assert late.id in _keyword_ids(store, "ledger archival")
+    assert _keyword_ids(store, "archival")[0] == late.id
+
+
+def test_common_words_rank_the_rows_a_rare_term_found(store: Store) -> None:
+    _remember_all(store, COMMON)
+    others = _remember_all(store, [f"vault-proxy note {n}: rotate the token" for n in range(4)])
+    wanted = store.remember("vault-proxy: after a deploy, flush the cache").memory
+    ranked = _keyword_ids(store, "cache flush after the deploy of vault-proxy")
+    assert ranked[0] == wanted.id and set(ranked) == {wanted.id, *others}
+
+
+def test_keyword_results_follow_edits_and_forgetting(store: Store) -> None:
+    _remember_all(store, COMMON)
+    memory = store.remember("The billing export runs under quartz scheduler").memory
+    assert _keyword_ids(store, "quartz scheduler") == [memory.id]
+    store.edit(memory.id, content="The billing export runs under chronos scheduler")
+    assert _keyword_ids(store, "quartz") == []
+    assert _keyword_ids(store, "chronos") == [memory.id]
+    store.forget(memory.id)
+    assert _keyword_ids(store, "chronos") == []

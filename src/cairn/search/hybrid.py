@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import numpy.typing as npt
@@ -124,8 +125,8 @@ def recall(
     if not filters.empty and not project_only:
         with db.read() as conn:
             allowed = search_queries.filtered_rowids(conn, filters)
-    match = fts_query(query)
-    pending = pool.submit(_keyword, db, match, filters, gather) if match else None
+    terms = [" ".join(tokens) for tokens in query_terms(query)]
+    pending = pool.submit(keyword_ranked, db, terms, filters, gather) if terms else None
     project = filters.project if project_only else None  # the index filters projects itself
     semantic = meaningful(index.search(embed(query), gather, allowed, project))
     keyword = pending.result() if pending else []
@@ -146,9 +147,18 @@ def recall(
     return successors_first(hits)
 
 
-def _keyword(db: Database, match: str, filters: Filters, depth: int) -> list[tuple[int, float]]:
+_KEYWORD: WeakKeyDictionary[Database, search_queries.KeywordSearch] = WeakKeyDictionary()
+
+
+def keyword_ranked(
+    db: Database, terms: Sequence[str], filters: Filters, depth: int
+) -> list[tuple[int, float]]:
+    """The best ``depth`` keyword matches for ``terms`` (``search_queries.KeywordSearch``):
+    found by the rare terms, ranked by all; none when every term is common, leaving the
+    ranking to the semantic side."""
     with db.read() as conn:
-        return search_queries.keyword_search(conn, match, filters, depth)
+        search = _KEYWORD.setdefault(db, search_queries.KeywordSearch())
+        return search.search(conn, terms, filters, depth)
 
 
 def successors_first(hits: list[Hit]) -> list[Hit]:

@@ -5,6 +5,7 @@ of each candidate."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,6 +79,134 @@ def filtered_rowids(conn: sqlite3.Connection, filters: Filters) -> npt.NDArray[n
     where, params = filter_sql(filters)
     rows = conn.execute(f"SELECT m.rowid FROM memories m WHERE {where}", params).fetchall()
     return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+RARE_SHARE = 0.005
+"""A search term held by this share of the memories or more is common: it only ranks the rows
+that a rare term of the query finds, never finds rows itself. Such a term's inverse document
+frequency is low, yet FTS5 would score every row holding it (the cost of a keyword search grew
+with those rows: ~19k per query at 100k memories), and its best rows alone are near-arbitrary,
+which reciprocal rank fusion would weigh like any other list (bench/bench_recall.py)."""
+RARE_FLOOR = 20
+"""A term in fewer memories than this is never common (small stores search every term)."""
+BM25_K1, BM25_B = 1.2, 0.75
+"""FTS5's own BM25 parameters."""
+
+
+class KeywordSearch:
+    """Keyword search that finds rows by the query's rare terms and ranks them by BM25 over all
+    its terms, each counted once per row (short memories rarely repeat a term).
+
+    FTS5's ``bm25()`` is not used: before the first row it walks every phrase's whole doclist
+    to count it, which for a phrase of common words ("chat-service") cost more than all else.
+    Here rare terms are read as row lists (bounded walks), and a common term as the rows among
+    those that hold it. Common terms' counts are remembered with the store's change counter
+    (``seq``): one change alters a count by at most one, so a remembered count is used only
+    while it sits further above the bound than the changes made since (and within a quarter of
+    itself, for its weight); otherwise the term is counted again. Use under the database's lock.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._common: dict[str, tuple[int, int]] = {}  # term -> (count, seq counted at)
+
+    def search(
+        self, conn: sqlite3.Connection, terms: Sequence[str], filters: Filters, limit: int
+    ) -> list[tuple[int, float]]:
+        """(rowid, BM25 score) of the best live rows for ``terms`` (space-separated tokens)
+        that match ``filters``, best first; none when every term is common."""
+        top, seq = conn.execute(
+            "SELECT (SELECT coalesce(max(rowid), 0) FROM memories), "
+            "(SELECT coalesce(max(seq), 0) FROM memories)"
+        ).fetchone()
+        total = max(int(top), 1)  # rowids count tombstones too: near enough for a weight
+        bound = max(RARE_FLOOR, int(total * RARE_SHARE))
+        weights: dict[int, float] = {}
+        rare: list[str] = []
+        common: list[tuple[str, int]] = []
+        for term in terms:
+            count = self._common_count(term, bound, seq)
+            if count is None:
+                rows = _rows_holding(conn, phrase(term), bound)
+                if len(rows) < bound:
+                    rare.append(term)
+                    for rowid in rows:
+                        weights[rowid] = weights.get(rowid, 0.0) + _idf(total, len(rows))
+                    continue
+                count = self._count(conn, term, seq)
+            common.append((term, count))
+        if not weights:
+            return []
+        found = " OR ".join(phrase(term) for term in rare)
+        for term, count in common:
+            for rowid in _rows_holding(conn, f"({found}) AND {phrase(term)}", None):
+                weights[rowid] += _idf(total, count)
+        lengths = _lengths(conn, list(weights), filters)
+        if not lengths:
+            return []
+        mean = sum(lengths.values()) / len(lengths)
+        scored = [
+            (
+                rowid,
+                weights[rowid] * (BM25_K1 + 1) / (1 + BM25_K1 * (1 - BM25_B + BM25_B * n / mean)),
+            )
+            for rowid, n in lengths.items()
+        ]
+        scored.sort(key=lambda r: (-r[1], -r[0]))  # ties: the newer row first
+        return scored[:limit]
+
+    def _common_count(self, term: str, bound: int, seq: int) -> int | None:
+        """The remembered count of a term still surely common, else None."""
+        known = self._common.get(term)
+        if known is None:
+            return None
+        count, at = known
+        drift = abs(seq - at)
+        return count if count - drift >= bound and drift * 4 <= count else None
+
+    def _count(self, conn: sqlite3.Connection, term: str, seq: int) -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (phrase(term),)
+        ).fetchone()
+        if term not in self._common and len(self._common) >= self._size:
+            self._common.pop(next(iter(self._common)))  # the oldest entry
+        self._common[term] = (int(row[0]), seq)
+        return int(row[0])
+
+
+def _idf(total: int, count: int) -> float:
+    """BM25's inverse document frequency, as FTS5 computes it (never below a tiny positive)."""
+    return max(1e-6, math.log((total - count + 0.5) / (count + 0.5)))
+
+
+def _rows_holding(conn: sqlite3.Connection, match: str, limit: int | None) -> list[int]:
+    sql = "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?"
+    args: list[Any] = [match]
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [r[0] for r in conn.execute(sql, args)]
+
+
+def _lengths(conn: sqlite3.Connection, rowids: list[int], filters: Filters) -> dict[int, int]:
+    """rowid -> content length (characters) of those of ``rowids`` live and matching
+    ``filters``."""
+    where, params = filter_sql(filters)
+    lengths: dict[int, int] = {}
+    for start in range(0, len(rowids), 500):
+        chunk = rowids[start : start + 500]
+        rows = conn.execute(
+            f"SELECT m.rowid, length(m.content) FROM memories m WHERE {where} "
+            f"AND m.rowid IN ({','.join('?' * len(chunk))})",
+            [*params, *chunk],
+        )
+        lengths.update((int(r[0]), max(int(r[1]), 1)) for r in rows)
+    return lengths
+
+
+def phrase(term: str) -> str:
+    """An FTS5 phrase for ``term`` (tokens of word characters, space-separated)."""
+    return f'"{term}"'
 
 
 def keyword_search(
