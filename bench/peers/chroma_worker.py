@@ -35,7 +35,7 @@ def stats_ms(seconds: list[float]) -> dict[str, float]:
 def main(folder: Path) -> dict[str, Any]:
     job = json.loads((folder / "job.json").read_text())
     vectors = np.load(folder / "vectors.npy")
-    ids = [str(i) for i in job["ids"]]
+    ids = list(job["ids"])
     embedder = OnnxEmbedder()
     embedder.load()
     with tempfile.TemporaryDirectory(prefix="cairn-bench-chroma-") as data:
@@ -50,7 +50,7 @@ def main(folder: Path) -> dict[str, Any]:
         def search(text: str) -> list[int]:
             vector = embedder.embed([text])[0]
             found = collection.query(query_embeddings=[vector], n_results=10, include=[])
-            return [int(i) for i in found["ids"][0]]
+            return list(found["ids"][0])
 
         for text in job["queries"][: job["warmup"]]:
             search(text)
