@@ -209,6 +209,10 @@ def run_size(size: int, n_queries: int, python: Path, work: Path) -> dict[str, A
         "recall": chroma["recall"],
         "remember": chroma["remember"],
         "ingest_per_s": chroma["ingest_per_s"],
+        "model_in_its_process": {
+            "recall": chroma["model_recall"],
+            "remember": chroma["model_remember"],
+        },
         **quality(chroma["answers"], targets, exact_answers),
     }
     return {
@@ -230,6 +234,7 @@ def targets_of(size: int, rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
     chroma = next(name for name in rows if name.startswith("ChromaDB"))
     added = p50(cairn) - p50(model)
     vs_chroma = p50(cairn) / p50(chroma)
+    chroma_added = p50(chroma) - float(rows[chroma]["model_in_its_process"]["recall"]["p50_ms"])
     write_added = p50(cairn, "remember") - p50(model, "remember")
     out = {
         "recall p50 minus model p50 (ms)": {
@@ -241,6 +246,13 @@ def targets_of(size: int, rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "value": round(vs_chroma, 2),
             "goal": "< 1",
             "met": vs_chroma < 1.0,
+        },
+        # ChromaDB runs in its own process, later: its model p50 there shows how the load
+        # changed, and what ChromaDB adds on top of it is comparable with what Cairn adds.
+        "ChromaDB recall p50 minus its process's model p50 (ms)": {
+            "value": round(chroma_added, 2),
+            "goal": f">= what Cairn adds ({added:.1f})",
+            "met": added <= chroma_added,
         },
         "remember p50 minus embed p50 (ms)": {
             "value": round(write_added, 2),
