@@ -4,7 +4,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync sync_postgres crypto autosync objects load hosted mcp_tokens peers)
+    coldstart sync sync_postgres crypto autosync objects load hosted mcp_tokens peers million)
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ PLAN: dict[str, tuple[str, list[str], list[str]]] = {
     "hosted": ("bench_hosted.py", [], ["--quick"]),
     "mcp_tokens": ("bench_mcp_tokens.py", [], ["--memories", "30", "--queries", "5"]),
     "peers": ("bench_peers.py", [], ["--quick"]),
+    "million": (
+        "bench_million.py",
+        [],
+        ["--source", "2000", "--size", "6000", "--queries", "30"],
+    ),
 }
 
 
