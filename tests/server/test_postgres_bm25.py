@@ -1,4 +1,4 @@
-"""PostgreSQL's keyword statistics (``cairn.server.storage.postgres_bm25``): after any folds they
+"""PostgreSQL's keyword postings and statistics (``cairn.server.storage.postgres_bm25``): after any folds they
 equal a count from scratch, and migrating a database folded by an older server counts them."""
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ Postgres = Any  # the tests/conftest.py fixture's type (conftest modules are not
 COUNTED = """
     SELECT (SELECT json_object_agg(term, docs ORDER BY term) FROM hosted_terms
             WHERE workspace_id = 'w1'),
-           (SELECT array[docs, tokens] FROM hosted_index WHERE workspace_id = 'w1')"""
+           (SELECT array[docs, tokens] FROM hosted_index WHERE workspace_id = 'w1'),
+           (SELECT array_agg(array[id, term, tf::text, length::text] ORDER BY id, term)
+            FROM hosted_postings WHERE workspace_id = 'w1')"""
 RECOUNTED = """
     SELECT (SELECT json_object_agg(lexeme, n ORDER BY lexeme) FROM
                 (SELECT u.lexeme, count(*) AS n FROM hosted_memories m,
                  unnest(m.words) u WHERE m.workspace_id = 'w1' GROUP BY u.lexeme) t),
            (SELECT array[count(*) FILTER (WHERE NOT deleted), sum(length)]
-            FROM hosted_memories WHERE workspace_id = 'w1')"""
+            FROM hosted_memories WHERE workspace_id = 'w1'),
+           (SELECT array_agg(array[m.id, u.lexeme, cardinality(u.positions)::text,
+                                   m.length::text] ORDER BY m.id, u.lexeme)
+            FROM hosted_memories m, unnest(m.words) u WHERE m.workspace_id = 'w1')"""
 
 
 def statistics(url: str) -> tuple[Any, Any]:

@@ -142,18 +142,16 @@ class PostgresStorage(SqlStorage):
     def keyword(
         self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
     ) -> Ranked:
-        match = bm25.tsquery(terms)
-        if not match:
+        phrases = [" ".join(tokens) for tokens in terms if tokens]
+        if not phrases:
             return []
-        where, params = self._index_filter(filters)
-        words = " ".join(token for tokens in terms for token in tokens)
+        where, params = (None, []) if filters.empty else self._index_filter(filters)
         rows = self._all(
             workspace_id,
             bm25.ranking_sql(where),
             workspace_id,
-            words,
+            phrases,
             workspace_id,
-            match,
             workspace_id,
             *params,
             depth,

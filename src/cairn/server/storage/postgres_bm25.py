@@ -1,12 +1,16 @@
-"""BM25 keyword ranking on PostgreSQL: the term statistics a fold keeps, and the ranking query.
+"""BM25 keyword ranking on PostgreSQL: the term statistics and postings a fold keeps, and the
+ranking query.
 
 ``ts_rank_cd`` has no inverse document frequency: a memory holding a word every memory holds
 ranks like one holding the one rare word of the query. Devices rank with FTS5's BM25, so hosted
-recall computes the same formula in SQL from statistics the fold keeps in step with the rows:
-how many live memories of the workspace hold each term (``hosted_terms``), how many live
-memories there are and how many tokens they hold (``hosted_index.docs``, ``.tokens``), and each
-memory's token count (``hosted_memories.length``). Each memory's tsvector gives a term's
-frequency in it (its positions).
+recall computes the same formula in SQL from what the fold keeps in step with the rows: each
+live memory's terms with their frequency and the memory's token count (``hosted_postings``),
+how many live memories hold each term (``hosted_terms``), and how many live memories there are
+and how many tokens they hold (``hosted_index.docs``, ``.tokens``).
+
+Why postings, not the tsvector's GIN index: under row-level security PostgreSQL uses an index
+only for leakproof operators, and ``@@`` is not one, so every keyword search read every row of
+the workspace. The postings' primary key is read by ``=`` on text, which is leakproof.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ WORDS = "to_tsvector('english'::regconfig, regexp_replace(content, '\\W+', ' ', 
 """A memory's terms: its word-character runs (as FTS5's tokenizer splits them, so a file name
 ``pnpm-lock.yaml`` is three terms, not one), stemmed, English stop words left out."""
 
-_COUNT = (
+_TERMS = (
     "INSERT INTO hosted_terms (workspace_id, term, docs) "
     "SELECT m.workspace_id, u.lexeme, {sign} count(*) "
     "FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
@@ -36,50 +40,68 @@ _TOTALS = (
     "tokens FROM hosted_memories WHERE workspace_id = ? AND id = ANY(?)) t "
     "WHERE i.workspace_id = ?"
 )
+_UNPOST = (
+    "DELETE FROM hosted_postings p USING hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
+    "WHERE m.workspace_id = ? AND m.id = ANY(?) "
+    "AND p.workspace_id = m.workspace_id AND p.term = u.lexeme AND p.id = m.id"
+)
+_POST = (
+    "INSERT INTO hosted_postings (workspace_id, term, id, tf, length) "
+    "SELECT m.workspace_id, u.lexeme, m.id, cardinality(u.positions), m.length "
+    "FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
+    "WHERE m.workspace_id = ? AND m.id = ANY(?)"
+)
 
 
 def count_terms(conn: Conn, workspace_id: str, memory_ids: Sequence[str], sign: int) -> None:
     """Add (``sign`` 1) or take away (-1) these memories' rows as they stand now from their
-    workspace's term statistics: a fold takes the old rows away, writes, and adds the new ones.
-    A forgotten memory holds no terms and no tokens, so it counts for nothing."""
+    workspace's postings and statistics: a fold takes the old rows away, writes, and adds the
+    new ones. A forgotten memory holds no terms and no tokens, so it counts for nothing."""
+    ids = list(memory_ids)
     marker = "+" if sign > 0 else "-"
-    conn.execute(_COUNT.format(sign=marker), (workspace_id, list(memory_ids)))
-    conn.execute(_TOTALS.format(sign=marker), (workspace_id, list(memory_ids), workspace_id))
+    conn.execute(_TERMS.format(sign=marker), (workspace_id, ids))
+    conn.execute(_TOTALS.format(sign=marker), (workspace_id, ids, workspace_id))
     if sign < 0:
+        conn.execute(_UNPOST, (workspace_id, ids))
         return
+    conn.execute(_POST, (workspace_id, ids))
     conn.execute("DELETE FROM hosted_terms WHERE workspace_id = ? AND docs <= 0", (workspace_id,))
 
 
-def tsquery(terms: Sequence[Sequence[str]]) -> str:
-    """The tsquery text matching any of ``terms`` (each a phrase of word-character tokens)."""
-    return " | ".join(
-        "(" + " <-> ".join(f"'{token}'" for token in tokens) + ")" for tokens in terms if tokens
-    )
-
-
-def ranking_sql(where: str) -> str:
+def ranking_sql(where: str | None) -> str:
     """The SELECT of (id, BM25 score) best first, for the parameters: the workspace id, the
-    query's words (one text), the workspace id, the tsquery text, the workspace id, ``where``'s
-    and how many.
+    query's terms (a text[], each a phrase of tokens joined by spaces), the workspace id twice,
+    ``where``'s (``None``: no filter beyond live memories, which postings alone are) and how
+    many.
 
-    A phrase counts as its terms, each with its own frequency and rarity (FTS5 scores the
-    phrase as one term); the query's stemmed terms come from the same configuration as the
-    memories'. IDF as FTS5 computes it: ln((N - n + 0.5) / (n + 0.5)), at least 1e-6."""
+    A memory matches a phrase when it holds every one of its words (FTS5 also wants them side
+    by side) and then scores each of them, with its own frequency and rarity (FTS5 scores the
+    phrase as one term). IDF as FTS5 computes it: ln((N - n + 0.5) / (n + 0.5)), at least
+    1e-6."""
+    filtered = (
+        f"JOIN hosted_memories m ON m.workspace_id = p.workspace_id AND m.id = p.id AND {where}"
+        if where is not None
+        else ""
+    )
     return f"""
         WITH s AS (
             SELECT docs::float8 AS n, greatest(tokens, 1)::float8 / greatest(docs, 1) AS avgdl
             FROM hosted_index WHERE workspace_id = ?
-        ), q AS (
-            SELECT t.term, greatest(ln((s.n - coalesce(h.docs, 0) + 0.5)
-                                       / (coalesce(h.docs, 0) + 0.5)), 1e-6) AS idf
-            FROM s CROSS JOIN unnest(tsvector_to_array(to_tsvector('english'::regconfig, ?)))
-                AS t(term)
-            LEFT JOIN hosted_terms h ON h.workspace_id = ? AND h.term = t.term
+        ), q AS MATERIALIZED (
+            SELECT ph.no, l.term, count(*) OVER (PARTITION BY ph.no) AS size,
+                   greatest(ln((s.n - coalesce(h.docs, 0) + 0.5)
+                               / (coalesce(h.docs, 0) + 0.5)), 1e-6) AS idf
+            FROM s CROSS JOIN unnest(?::text[]) WITH ORDINALITY AS ph(phrase, no)
+            CROSS JOIN LATERAL unnest(tsvector_to_array(
+                to_tsvector('english'::regconfig, ph.phrase))) AS l(term)
+            LEFT JOIN hosted_terms h ON h.workspace_id = ? AND h.term = l.term
+        ), scored AS (
+            SELECT p.id, q.no, count(*) AS held, max(q.size) AS size,
+                   sum(q.idf * p.tf * {K1 + 1}
+                       / (p.tf + {K1} * ({1 - B} + {B} * p.length / s.avgdl))) AS part
+            FROM s, q JOIN hosted_postings p ON p.workspace_id = ? AND p.term = q.term
+            {filtered}
+            GROUP BY p.id, q.no
         )
-        SELECT m.id, sum(q.idf * cardinality(u.positions) * {K1 + 1}
-                         / (cardinality(u.positions)
-                            + {K1} * ({1 - B} + {B} * m.length / s.avgdl))) AS rank
-        FROM s, to_tsquery('english'::regconfig, ?) tq, hosted_memories m
-        CROSS JOIN LATERAL unnest(m.words) u JOIN q ON q.term = u.lexeme
-        WHERE m.workspace_id = ? AND m.words @@ tq AND {where}
-        GROUP BY m.id ORDER BY rank DESC, m.id LIMIT ?"""
+        SELECT id, sum(part) AS rank FROM scored WHERE held = size
+        GROUP BY id ORDER BY rank DESC, id LIMIT ?"""

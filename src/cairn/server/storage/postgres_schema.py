@@ -69,8 +69,10 @@ MIGRATIONS: tuple[str, ...] = (
     # 5: vectors searched exactly in the app's memory (cairn.server.storage.hosted_vectors),
     # followed by position, instead of HNSW (whose inserts held folds to ~400 memories/s); BM25
     # keyword ranking (cairn.server.storage.postgres_bm25): memories' terms split as FTS5
-    # splits them, each memory's token count, and each workspace's term statistics, counted
-    # from the rows already folded.
+    # splits them, each memory's token count, postings and each workspace's term statistics,
+    # counted from the rows already folded. The GIN index goes: under row-level security `@@`
+    # (not leakproof) cannot use it. Postings carry no foreign key: a check per posting would
+    # double a fold's cost, and they are written only from hosted_memories' rows.
     f"""
     DROP INDEX hosted_memories_embedding;
     CREATE INDEX hosted_memories_position ON hosted_memories (workspace_id, position);
@@ -81,7 +83,6 @@ MIGRATIONS: tuple[str, ...] = (
             (CASE WHEN deleted THEN ''::tsvector ELSE {bm25.WORDS} END) STORED,
         ADD COLUMN length INTEGER GENERATED ALWAYS AS
             (CASE WHEN deleted THEN 0 ELSE regexp_count(content, '\\w+') END) STORED;
-    CREATE INDEX hosted_memories_words ON hosted_memories USING gin (words);
     ALTER TABLE hosted_index
         ADD COLUMN docs BIGINT NOT NULL DEFAULT 0,
         ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0;
@@ -91,6 +92,17 @@ MIGRATIONS: tuple[str, ...] = (
         docs BIGINT NOT NULL,
         PRIMARY KEY (workspace_id, term)
     );
+    CREATE TABLE hosted_postings (
+        workspace_id TEXT NOT NULL,
+        term TEXT NOT NULL,
+        id TEXT NOT NULL,
+        tf INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (workspace_id, term, id)
+    );
+    INSERT INTO hosted_postings (workspace_id, term, id, tf, length)
+        SELECT m.workspace_id, u.lexeme, m.id, cardinality(u.positions), m.length
+        FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u;
     INSERT INTO hosted_terms (workspace_id, term, docs)
         SELECT m.workspace_id, u.lexeme, count(*)
         FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u
@@ -100,7 +112,7 @@ MIGRATIONS: tuple[str, ...] = (
                 coalesce(sum(length), 0) AS tokens
          FROM hosted_memories GROUP BY workspace_id) t
         WHERE t.workspace_id = i.workspace_id;"""
-    + _tenancy("hosted_terms"),
+    + _tenancy("hosted_terms", "hosted_postings"),
 )
 
 
