@@ -1,5 +1,4 @@
-"""BM25 keyword ranking on PostgreSQL: the term statistics and postings a fold keeps, and the
-ranking query.
+"""BM25 keyword ranking on PostgreSQL: the postings and term statistics folds keep, and the query.
 
 ``ts_rank_cd`` has no inverse document frequency: a memory holding a word every memory holds
 ranks like one holding the one rare word of the query. Devices rank with FTS5's BM25, so hosted
