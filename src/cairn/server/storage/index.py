@@ -32,6 +32,11 @@ _UPDATED = (
 )  # fmt: skip
 
 
+def upsert_set(vector_column: str) -> str:
+    """The SET of an index row's upsert: every field, the vector and the position."""
+    return ", ".join(f"{c} = excluded.{c}" for c in (*_UPDATED, vector_column, "position"))
+
+
 class HostedIndex(SqlBase):
     """A hosted workspace's memories and relations as folded from its log, and its position."""
 
@@ -51,8 +56,6 @@ class HostedIndex(SqlBase):
         memories: Sequence[IndexedMemory],
         relations: Sequence[RelationState],
     ) -> bool:
-        dialect = self.dialect
-        vector = dialect.vector_column
         with self._write(workspace_id) as conn:
             # Moving the position first takes its row's lock: a second writer that read the
             # same position waits here, then sees it moved and writes nothing.
@@ -72,22 +75,7 @@ class HostedIndex(SqlBase):
                 return False
             ids = [m.memory.id for m in memories]
             self._count_terms(conn, workspace_id, ids, -1)
-            updates = ", ".join(f"{c} = excluded.{c}" for c in (*_UPDATED, vector, "position"))
-            conn.executemany(
-                f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, {vector}, "
-                f"position) VALUES ({'?, ' * 15}{dialect.vector_marker}, ?) "
-                f"ON CONFLICT (workspace_id, id) DO UPDATE SET {updates}",
-                [
-                    (
-                        workspace_id,
-                        *memory_values(m.memory, dialect.encode_strings(m.memory.tags)),
-                        m.payload,
-                        dialect.encode_vector(m.vector),
-                        position,
-                    )
-                    for m in memories
-                ],
-            )
+            self._put_memories(conn, workspace_id, memories, position)
             self._count_terms(conn, workspace_id, ids, 1)
             conn.executemany(
                 "INSERT INTO hosted_relations (workspace_id, from_id, to_id, type, created_at, "
@@ -100,6 +88,28 @@ class HostedIndex(SqlBase):
                 ],
             )
         return True
+
+    def _put_memories(
+        self, conn: Conn, workspace_id: str, memories: Sequence[IndexedMemory], position: int
+    ) -> None:
+        """Write these index rows (at most one per memory), each at ``position``."""
+        dialect = self.dialect
+        vector = dialect.vector_column
+        conn.executemany(
+            f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, {vector}, "
+            f"position) VALUES ({'?, ' * 15}{dialect.vector_marker}, ?) "
+            f"ON CONFLICT (workspace_id, id) DO UPDATE SET {upsert_set(vector)}",
+            [
+                (
+                    workspace_id,
+                    *memory_values(m.memory, dialect.encode_strings(m.memory.tags)),
+                    m.payload,
+                    dialect.encode_vector(m.vector),
+                    position,
+                )
+                for m in memories
+            ],
+        )
 
     def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}

@@ -21,6 +21,7 @@ superuser (superusers bypass row-level security); ``compose.yaml`` does.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
+from psycopg.types import TypeInfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, StoreError
@@ -41,8 +43,9 @@ from cairn.server.storage import postgres_bm25 as bm25
 from cairn.server.storage.core import SqlStorage
 from cairn.server.storage.dialect import Conn, PostgresDialect, Vector
 from cairn.server.storage.hosted_vectors import VectorRow
+from cairn.server.storage.index import upsert_set
 from cairn.server.storage.postgres_schema import migrate
-from cairn.server.storage.records import Ranked
+from cairn.server.storage.records import MEMORY_COLUMNS, IndexedMemory, Ranked, memory_values
 from cairn.server.storage.sql import ALL
 
 _NO_FLUSH = "SET LOCAL synchronous_commit = off"
@@ -161,6 +164,35 @@ class PostgresStorage(SqlStorage):
     def _count_terms(self, conn: Conn, workspace_id: str, ids: Sequence[str], sign: int) -> None:
         bm25.count_terms(conn, workspace_id, ids, sign)
 
+    def _put_memories(
+        self, conn: Conn, workspace_id: str, memories: Sequence[IndexedMemory], position: int
+    ) -> None:
+        # One statement over arrays, not a statement per row: a fold writes pages of 2000.
+        if not memories:
+            return
+        rows = [memory_values(m.memory, json.dumps(m.memory.tags)) for m in memories]
+        columns = list(zip(*rows, strict=True))
+        assert isinstance(conn, _Conn)
+        conn.native(  # psycopg's placeholders: the vectors must go in binary (%b)
+            f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, embedding, "
+            "position) SELECT %s, u.id, u.content, u.kind, u.project, "
+            "ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.topic_key, u.source, "
+            "u.created_at, u.updated_at, u.deleted, u.content_hash, u.model_id, u.hlc, u.payload, "
+            "u.embedding, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::jsonb[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::boolean[], "
+            "%s::text[], %s::text[], %s::text[], %s::bytea[], %b::vector[]) AS u(id, content, "
+            "kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
+            "content_hash, model_id, hlc, payload, embedding) "
+            f"ON CONFLICT (workspace_id, id) DO UPDATE SET {upsert_set('embedding')}",
+            (
+                workspace_id,
+                position,
+                *(list(column) for column in columns),
+                [m.payload for m in memories],
+                [self.dialect.encode_vector(m.vector) for m in memories],
+            ),
+        )
+
     def _vector_rows(self, conn: Conn, workspace_id: str, after: int) -> list[VectorRow]:
         assert isinstance(conn, _Conn)
         rows = conn.binary(
@@ -185,6 +217,10 @@ class _Conn:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
         self._conn.cursor().executemany(_native(sql), rows)
+
+    def native(self, sql: str, parameters: Sequence[Any]) -> None:
+        """Run SQL written with psycopg's own placeholders."""
+        self._conn.execute(sql.encode(), parameters)
 
     def binary(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
         """The rows of a SELECT, read in binary (a vector as pgvector's binary form)."""
@@ -220,7 +256,16 @@ def _native(sql: str) -> bytes:
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.adapters.register_dumper(Vector, _VectorDumper)
+    """Vectors go in pgvector's binary form, typed when the extension is there already (so a
+    list of them is a ``vector[]``), untyped before the first migration creates it."""
+    info = TypeInfo.fetch(conn, "vector")
+    conn.commit()
+    if info is None:
+        conn.adapters.register_dumper(Vector, _VectorDumper)
+        return
+    info.register(conn)
+    typed = type("_TypedVectorDumper", (_VectorDumper,), {"oid": info.oid})
+    conn.adapters.register_dumper(Vector, typed)
 
 
 def _redacted(url: str) -> str:
