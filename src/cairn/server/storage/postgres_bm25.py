@@ -96,8 +96,9 @@ def ranking_sql(where: str | None) -> str:
             LEFT JOIN hosted_terms h ON h.workspace_id = ? AND h.term = l.term
         ), scored AS (
             SELECT p.id, q.no, count(*) AS held, max(q.size) AS size,
-                   sum(q.idf * p.tf * {K1 + 1}
-                       / (p.tf + {K1} * ({1 - B} + {B} * p.length / s.avgdl))) AS part
+                   sum(q.idf * p.tf * {K1 + 1}::float8
+                       / (p.tf + {K1}::float8 * ({1 - B}::float8
+                                                 + {B}::float8 * p.length / s.avgdl))) AS part
             FROM s, q JOIN hosted_postings p ON p.workspace_id = ? AND p.term = q.term
             {filtered}
             GROUP BY p.id, q.no
