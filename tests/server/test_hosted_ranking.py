@@ -67,7 +67,10 @@ class Folder:
         self.position += 1
 
 
-def ids(storage: ServerStorage, query: str, filters: Filters = Filters()) -> list[str]:
+EVERYTHING = Filters()
+
+
+def ids(storage: ServerStorage, query: str, filters: Filters = EVERYTHING) -> list[str]:
     return [m for m, _ in storage.keyword("w1", query_terms(query), filters, 50)]
 
 

@@ -1,5 +1,5 @@
-"""PostgreSQL's keyword postings and statistics (``cairn.server.storage.postgres_bm25``): after any folds they
-equal a count from scratch, and migrating a database folded by an older server counts them."""
+"""PostgreSQL's keyword postings and statistics (``cairn.server.storage.postgres_bm25``): after
+any folds they equal a count from scratch, and migrating an older server's database counts them."""
 
 from __future__ import annotations
 
