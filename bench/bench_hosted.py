@@ -110,7 +110,11 @@ def hosted_run(
         "searchable_s": round(searchable - start, 1),
         "ingest_per_s": round(len(wire) / (searchable - start)),
     }
-    for q in queries[:WARMUP]:
+    # The first recall of a workspace in a server process reads its vectors into memory.
+    t = time.perf_counter()
+    client.post("/v1/recall", json={"query": queries[0], "limit": LIMIT})
+    out["first_recall_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    for q in queries[1:WARMUP]:
         client.post("/v1/recall", json={"query": q, "limit": LIMIT})
     for label, project in (("all", False), ("project", True)):
         times, found = [], 0
@@ -166,6 +170,7 @@ def main() -> None:
             f"{size:,}",
             "",
             "",
+            "",
             f"{local['recall']['p50_ms']:.1f} / {local['recall']['p95_ms']:.1f}",
             "",
             f"{local['hit_at_10']:.2f}",
@@ -179,6 +184,7 @@ def main() -> None:
                 f"hosted, {run['backend']}",
                 f"{run['memories']:,}",
                 f"{run['searchable_s']:.0f} s",
+                f"{run['first_recall_ms']:,.0f} ms",
                 f"{run['ingest_per_s']:,}/s",
                 f"{every['p50_ms']:.1f} / {every['p95_ms']:.1f}",
                 f"{project['p50_ms']:.1f} / {project['p95_ms']:.1f}",
@@ -192,6 +198,7 @@ def main() -> None:
             "where",
             "memories",
             "searchable after",
+            "first recall",
             "ingest",
             "recall p50 / p95 ms",
             "with project p50 / p95 ms",

@@ -12,8 +12,6 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 from cairn.server.storage.records import INDEX_DIM
 
 
@@ -131,11 +129,18 @@ class PostgresDialect(Dialect):
     def decode_json(self, value: Any) -> dict[str, Any]:
         return dict(value)
 
-    def encode_vector(self, vector: bytes | None) -> str | None:
-        """A float32 vector in pgvector's text form (None, or the wrong width, stays NULL)."""
-        if vector is None:
+    def encode_vector(self, vector: bytes | None) -> Vector | None:
+        """A float32 vector for pgvector (None, or the wrong width, stays NULL)."""
+        if vector is None or len(vector) != INDEX_DIM * 4:
             return None
-        values = np.frombuffer(vector, dtype="<f4")
-        if values.shape != (INDEX_DIM,):
-            return None
-        return "[" + ",".join(map(repr, values.tolist())) + "]"
+        return Vector(vector)
+
+
+class Vector:
+    """A float32 vector (little-endian bytes) sent as a ``?::vector`` parameter; the
+    PostgreSQL storage sends it in pgvector's binary form."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data

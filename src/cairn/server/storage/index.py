@@ -6,11 +6,16 @@ Which memories are nearest a vector, and which match words, each backend answers
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from cairn.model import Filters, Memory
 from cairn.replication import RelationState
+from cairn.server.storage.dialect import Conn
+from cairn.server.storage.hosted_vectors import HostedVectors, VectorRow
 from cairn.server.storage.records import (
     MEMORY_COLUMNS,
     IndexedMemory,
@@ -27,8 +32,17 @@ _UPDATED = (
 )  # fmt: skip
 
 
+def upsert_set(vector_column: str) -> str:
+    """The SET of an index row's upsert: every field, the vector and the position."""
+    return ", ".join(f"{c} = excluded.{c}" for c in (*_UPDATED, vector_column, "position"))
+
+
 class HostedIndex(SqlBase):
     """A hosted workspace's memories and relations as folded from its log, and its position."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[str, HostedVectors] = {}
+        self._vectors_lock = threading.Lock()
 
     def index_position(self, workspace_id: str) -> int:
         with self._read(workspace_id) as conn:
@@ -42,8 +56,6 @@ class HostedIndex(SqlBase):
         memories: Sequence[IndexedMemory],
         relations: Sequence[RelationState],
     ) -> bool:
-        dialect = self.dialect
-        vector = dialect.vector_column
         with self._write(workspace_id) as conn:
             # Moving the position first takes its row's lock: a second writer that read the
             # same position waits here, then sees it moved and writes nothing.
@@ -61,22 +73,10 @@ class HostedIndex(SqlBase):
                 ).rowcount
             if not moved:  # nothing written: the transaction commits nothing
                 return False
-            updates = ", ".join(f"{c} = excluded.{c}" for c in (*_UPDATED, vector, "position"))
-            conn.executemany(
-                f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, {vector}, "
-                f"position) VALUES ({'?, ' * 15}{dialect.vector_marker}, ?) "
-                f"ON CONFLICT (workspace_id, id) DO UPDATE SET {updates}",
-                [
-                    (
-                        workspace_id,
-                        *memory_values(m.memory, dialect.encode_strings(m.memory.tags)),
-                        m.payload,
-                        dialect.encode_vector(m.vector),
-                        position,
-                    )
-                    for m in memories
-                ],
-            )
+            ids = [m.memory.id for m in memories]
+            self._count_terms(conn, workspace_id, ids, -1)
+            self._put_memories(conn, workspace_id, memories, position)
+            self._count_terms(conn, workspace_id, ids, 1)
             conn.executemany(
                 "INSERT INTO hosted_relations (workspace_id, from_id, to_id, type, created_at, "
                 "deleted, hlc) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -88,6 +88,28 @@ class HostedIndex(SqlBase):
                 ],
             )
         return True
+
+    def _put_memories(
+        self, conn: Conn, workspace_id: str, memories: Sequence[IndexedMemory], position: int
+    ) -> None:
+        """Write these index rows (at most one per memory), each at ``position``."""
+        dialect = self.dialect
+        vector = dialect.vector_column
+        conn.executemany(
+            f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, {vector}, "
+            f"position) VALUES ({'?, ' * 15}{dialect.vector_marker}, ?) "
+            f"ON CONFLICT (workspace_id, id) DO UPDATE SET {upsert_set(vector)}",
+            [
+                (
+                    workspace_id,
+                    *memory_values(m.memory, dialect.encode_strings(m.memory.tags)),
+                    m.payload,
+                    dialect.encode_vector(m.vector),
+                    position,
+                )
+                for m in memories
+            ],
+        )
 
     def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -169,7 +191,34 @@ class HostedIndex(SqlBase):
         raise NotImplementedError
 
     def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
-        raise NotImplementedError
+        """Exact cosine over the workspace's vectors held in this process, brought up to the
+        index's position first; a filter by project alone reads nothing else."""
+        with self._vectors_lock:
+            cache = self._vectors.setdefault(workspace_id, HostedVectors())
+        allowed = None
+        project_only = filters.project is not None and filters == Filters(project=filters.project)
+        with self._read(workspace_id, snapshot=True) as conn:  # the cache and filter agree
+            cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
+            if not filters.empty and not project_only:
+                where, params = self._index_filter(filters)
+                allowed = [
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT m.id FROM hosted_memories m WHERE m.workspace_id = ? AND {where}",
+                        [workspace_id, *params],
+                    )
+                ]
+            query = np.frombuffer(vector, dtype="<f4")
+            return cache.search(query, depth, allowed, filters.project if project_only else None)
+
+    def _vector_rows(self, conn: Conn, workspace_id: str, after: int) -> list[VectorRow]:
+        """The index rows written after position ``after``, in position order."""
+        column = self.dialect.vector_column
+        return conn.execute(
+            f"SELECT id, deleted, {column}, position, project FROM hosted_memories "
+            "WHERE workspace_id = ? AND position > ? ORDER BY position",
+            (workspace_id, after),
+        ).fetchall()
 
     def keyword(
         self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
@@ -182,6 +231,10 @@ class HostedIndex(SqlBase):
             workspace_id, self._keyword_sql(where), match, workspace_id, *params, depth
         )
         return [(memory_id, self._keyword_score(rank)) for memory_id, rank in rows]
+
+    def _count_terms(self, conn: Conn, workspace_id: str, ids: Sequence[str], sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) these memories' rows, as they stand, from the
+        keyword statistics the backend keeps itself (none: its full-text index keeps them)."""
 
     def _match(self, terms: Sequence[Sequence[str]]) -> str:
         """The backend's full-text query for any of ``terms`` (each a phrase of tokens of word

@@ -21,29 +21,33 @@ superuser (superusers bypass row-level security); ``compose.yaml`` does.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cairn.errors import InvalidInput, StoreError
 from cairn.model import Filters
 from cairn.replication import RelationState
+from cairn.server.storage import postgres_bm25 as bm25
 from cairn.server.storage.core import SqlStorage
-from cairn.server.storage.dialect import PostgresDialect
+from cairn.server.storage.dialect import Conn, PostgresDialect, Vector
+from cairn.server.storage.hosted_vectors import VectorRow
+from cairn.server.storage.index import upsert_set
 from cairn.server.storage.postgres_schema import migrate
-from cairn.server.storage.records import Ranked
+from cairn.server.storage.records import MEMORY_COLUMNS, IndexedMemory, Ranked, memory_values
 from cairn.server.storage.sql import ALL
 
-EF_SEARCH = 100
-"""HNSW candidates examined per query (pgvector's default, 40, is under recall's depth of 50)."""
-MAX_EF_SEARCH = 1000
-"""pgvector's ceiling for hnsw.ef_search; deeper recalls rely on its iterative scan for more.
-(A recall of limit 1000 asks for depth 4000: setting that was an error, a 500.)"""
 _NO_FLUSH = "SET LOCAL synchronous_commit = off"
 """For metering a read (a pull, a recall): the reader does not wait for the WAL flush. A crash
 may lose the last few hundred ms of such counts and audit entries, never a stored change."""
@@ -56,6 +60,7 @@ class PostgresStorage(SqlStorage):
     unique_violation = pg_errors.UniqueViolation
 
     def __init__(self, url: str, min_size: int = 1, max_size: int = 8) -> None:
+        super().__init__()
         self.path = _redacted(url)
         """Where the data is, for messages (the password left out)."""
         try:  # one plain connection first: a wrong URL fails fast, with PostgreSQL's reason
@@ -73,6 +78,7 @@ class PostgresStorage(SqlStorage):
             timeout=30,
             open=False,
             kwargs={"autocommit": False},
+            configure=_configure,
         )
         try:
             self._pool.open(wait=True, timeout=30)
@@ -136,39 +142,68 @@ class PostgresStorage(SqlStorage):
         states = [RelationState(*row) for row in rows]
         return {state.key: state for state in states}
 
-    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
-        where, params = self._index_filter(filters)
-        query = self.dialect.encode_vector(vector)
-        with self._read(workspace_id) as conn:
-            # Iterative scans keep walking the HNSW graph until enough rows pass the filters
-            # (this workspace's, the project's...), instead of filtering one fixed candidate set.
-            conn.execute(
-                "SELECT set_config('hnsw.ef_search', ?, true), "
-                "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                (str(min(max(EF_SEARCH, depth), MAX_EF_SEARCH)),),
-            )
-            rows = conn.execute(
-                "SELECT m.id, 1 - (m.embedding <=> ?::vector) AS cosine FROM hosted_memories m "
-                f"WHERE m.workspace_id = ? AND m.embedding IS NOT NULL AND {where} "
-                "ORDER BY m.embedding <=> ?::vector LIMIT ?",
-                (query, workspace_id, *params, query, depth),
-            ).fetchall()
-        ranked = [(memory_id, float(cosine)) for memory_id, cosine in rows]
-        ranked.sort(key=lambda r: -r[1])  # relaxed order: nearly sorted
-        return ranked
+    def keyword(
+        self, workspace_id: str, terms: Sequence[Sequence[str]], filters: Filters, depth: int
+    ) -> Ranked:
+        phrases = [" ".join(tokens) for tokens in terms if tokens]
+        if not phrases:
+            return []
+        where, params = (None, []) if filters.empty else self._index_filter(filters)
+        rows = self._all(
+            workspace_id,
+            bm25.ranking_sql(where),
+            workspace_id,
+            phrases,
+            workspace_id,
+            workspace_id,
+            *params,
+            depth,
+        )
+        return [(memory_id, float(rank)) for memory_id, rank in rows]
 
-    def _match(self, terms: Sequence[Sequence[str]]) -> str:
-        return " | ".join(
-            "(" + " <-> ".join(f"'{token}'" for token in tokens) + ")" for tokens in terms if tokens
+    def _count_terms(self, conn: Conn, workspace_id: str, ids: Sequence[str], sign: int) -> None:
+        bm25.count_terms(conn, workspace_id, ids, sign)
+
+    def _put_memories(
+        self, conn: Conn, workspace_id: str, memories: Sequence[IndexedMemory], position: int
+    ) -> None:
+        # One statement over arrays, not a statement per row: a fold writes pages of 2000.
+        if not memories:
+            return
+        rows = [memory_values(m.memory, json.dumps(m.memory.tags)) for m in memories]
+        columns = list(zip(*rows, strict=True))
+        assert isinstance(conn, _Conn)
+        conn.native(  # psycopg's placeholders: the vectors must go in binary (%b)
+            f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, embedding, "
+            "position) SELECT %s, u.id, u.content, u.kind, u.project, "
+            "ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.topic_key, u.source, "
+            "u.created_at, u.updated_at, u.deleted, u.content_hash, u.model_id, u.hlc, u.payload, "
+            "u.embedding, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::jsonb[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::boolean[], "
+            "%s::text[], %s::text[], %s::text[], %s::bytea[], %b::vector[]) AS u(id, content, "
+            "kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
+            "content_hash, model_id, hlc, payload, embedding) "
+            f"ON CONFLICT (workspace_id, id) DO UPDATE SET {upsert_set('embedding')}",
+            (
+                workspace_id,
+                position,
+                *(list(column) for column in columns),
+                [m.payload for m in memories],
+                [self.dialect.encode_vector(m.vector) for m in memories],
+            ),
         )
 
-    def _keyword_sql(self, where: str) -> str:
-        return (
-            "SELECT m.id, ts_rank_cd(m.words, q) AS rank "
-            "FROM hosted_memories m, to_tsquery('english'::regconfig, ?) q "
-            f"WHERE m.workspace_id = ? AND m.words @@ q AND {where} "
-            "ORDER BY rank DESC, m.id LIMIT ?"
+    def _vector_rows(self, conn: Conn, workspace_id: str, after: int) -> list[VectorRow]:
+        assert isinstance(conn, _Conn)
+        rows = conn.binary(
+            "SELECT id, deleted, embedding, position, project FROM hosted_memories "
+            "WHERE workspace_id = ? AND position > ? ORDER BY position",
+            (workspace_id, after),
         )
+        return [
+            (memory_id, deleted, _float32(vector), position, project)
+            for memory_id, deleted, vector, position, project in rows
+        ]
 
 
 class _Conn:
@@ -183,11 +218,54 @@ class _Conn:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> None:
         self._conn.cursor().executemany(_native(sql), rows)
 
+    def native(self, sql: str, parameters: Sequence[Any]) -> None:
+        """Run SQL written with psycopg's own placeholders."""
+        self._conn.execute(sql.encode(), parameters)
+
+    def binary(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """The rows of a SELECT, read in binary (a vector as pgvector's binary form)."""
+        return self._conn.cursor(binary=True).execute(_native(sql), parameters).fetchall()
+
+
+class _VectorDumper(Dumper):
+    """A ``Vector`` in pgvector's binary form: dimensions, a reserved word, big-endian floats.
+    Sent without a type: the query's ``::vector`` gives it one."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Vector) -> bytes:
+        values = np.frombuffer(obj.data, dtype="<f4")
+        return _HEAD.pack(values.size, 0) + values.astype(">f4").tobytes()
+
+
+_HEAD = struct.Struct(">HH")
+
+
+def _float32(value: bytes | None) -> bytes | None:
+    """A vector read in pgvector's binary form as little-endian float32 bytes."""
+    if value is None:
+        return None
+    dim = _HEAD.unpack_from(value)[0]
+    return np.frombuffer(value, dtype=">f4", count=dim, offset=_HEAD.size).astype("<f4").tobytes()
+
 
 @lru_cache(maxsize=256)
 def _native(sql: str) -> bytes:
     """The core's SQL with psycopg's placeholders (``%s``; a literal ``%`` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s").encode()
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Vectors go in pgvector's binary form, typed when the extension is there already (so a
+    list of them is a ``vector[]``), untyped before the first migration creates it."""
+    info = TypeInfo.fetch(conn, "vector")
+    conn.commit()
+    if info is None:
+        conn.adapters.register_dumper(Vector, _VectorDumper)
+        return
+    info.register(conn)
+    typed = type("_TypedVectorDumper", (_VectorDumper,), {"oid": info.oid})
+    conn.adapters.register_dumper(Vector, typed)
 
 
 def _redacted(url: str) -> str:

@@ -8,6 +8,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from cairn.errors import SchemaTooNew, StoreError
+from cairn.server.storage import postgres_bm25 as bm25
 from cairn.server.storage import tables
 from cairn.server.storage.records import INDEX_DIM
 from cairn.server.storage.sql import ALL
@@ -65,6 +66,53 @@ MIGRATIONS: tuple[str, ...] = (
     + _tenancy("hosted_index", "hosted_memories", "hosted_relations"),
     # 4: every keyring version is kept, with its proof (cairn.keyring_rules).
     tables.keyring_versions(TYPES) + _tenancy("keyring_versions") + tables.KEYRINGS_MOVED.lstrip(),
+    # 5: vectors searched exactly in the app's memory (cairn.server.storage.hosted_vectors),
+    # followed by position, instead of HNSW (whose inserts held folds to ~400 memories/s); BM25
+    # keyword ranking (cairn.server.storage.postgres_bm25): memories' terms split as FTS5
+    # splits them, each memory's token count, postings and each workspace's term statistics,
+    # counted from the rows already folded. The GIN index goes: under row-level security `@@`
+    # (not leakproof) cannot use it. Postings carry no foreign key: a check per posting would
+    # double a fold's cost, and they are written only from hosted_memories' rows.
+    f"""
+    DROP INDEX hosted_memories_embedding;
+    CREATE INDEX hosted_memories_position ON hosted_memories (workspace_id, position);
+    DROP INDEX hosted_memories_words;
+    ALTER TABLE hosted_memories DROP COLUMN words;
+    ALTER TABLE hosted_memories
+        ADD COLUMN words tsvector GENERATED ALWAYS AS
+            (CASE WHEN deleted THEN ''::tsvector ELSE {bm25.WORDS} END) STORED,
+        ADD COLUMN length INTEGER GENERATED ALWAYS AS
+            (CASE WHEN deleted THEN 0 ELSE regexp_count(content, '\\w+') END) STORED;
+    ALTER TABLE hosted_index
+        ADD COLUMN docs BIGINT NOT NULL DEFAULT 0,
+        ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE hosted_terms (
+        workspace_id TEXT NOT NULL REFERENCES workspaces(id),
+        term TEXT NOT NULL,
+        docs BIGINT NOT NULL,
+        PRIMARY KEY (workspace_id, term)
+    );
+    CREATE TABLE hosted_postings (
+        workspace_id TEXT NOT NULL,
+        term TEXT NOT NULL,
+        id TEXT NOT NULL,
+        tf INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (workspace_id, term, id)
+    );
+    INSERT INTO hosted_postings (workspace_id, term, id, tf, length)
+        SELECT m.workspace_id, u.lexeme, m.id, cardinality(u.positions), m.length
+        FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u;
+    INSERT INTO hosted_terms (workspace_id, term, docs)
+        SELECT m.workspace_id, u.lexeme, count(*)
+        FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u
+        GROUP BY m.workspace_id, u.lexeme;
+    UPDATE hosted_index i SET docs = t.docs, tokens = t.tokens FROM
+        (SELECT workspace_id, count(*) FILTER (WHERE NOT deleted) AS docs,
+                coalesce(sum(length), 0) AS tokens
+         FROM hosted_memories GROUP BY workspace_id) t
+        WHERE t.workspace_id = i.workspace_id;"""
+    + _tenancy("hosted_terms", "hosted_postings"),
 )
 
 

@@ -2,28 +2,22 @@
 
 Every write is one ``BEGIN IMMEDIATE`` transaction: SQLite admits one writer at a time, which is
 what makes per-workspace sequence numbers commit in order (a reader can never see seq 8 before
-7). Hosted workspaces' vectors are searched in memory (``sqlite_vectors``), their words with FTS5.
+7). Hosted workspaces' vectors are searched in memory (``hosted_vectors``), their words with FTS5.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cairn.model import Filters
 from cairn.replication import RelationState
 from cairn.server.storage.core import SqlStorage
 from cairn.server.storage.dialect import SqliteDialect
-from cairn.server.storage.records import Ranked
 from cairn.server.storage.sqlite_file import SqliteFile
 from cairn.server.storage.sqlite_schema import MIGRATIONS
-from cairn.server.storage.sqlite_vectors import HostedVectors
 
 
 class SqliteStorage(SqlStorage):
@@ -33,10 +27,9 @@ class SqliteStorage(SqlStorage):
     unique_violation = sqlite3.IntegrityError
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._db = SqliteFile(path, MIGRATIONS)
-        self._vectors: dict[str, HostedVectors] = {}
-        self._vectors_lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
@@ -66,23 +59,6 @@ class SqliteStorage(SqlStorage):
                 if row:
                     found[key] = RelationState(from_id, to_id, type_, row[0], bool(row[1]), row[2])
         return found
-
-    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
-        with self._vectors_lock:
-            cache = self._vectors.setdefault(workspace_id, HostedVectors())
-        allowed = None
-        with self._db.read() as conn:  # one snapshot: the cache and the filter agree
-            cache.refresh(conn, workspace_id)
-            if not filters.empty:
-                where, params = self._index_filter(filters)
-                allowed = [
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT m.id FROM hosted_memories m WHERE m.workspace_id = ? AND {where}",
-                        [workspace_id, *params],
-                    )
-                ]
-        return cache.search(np.frombuffer(vector, dtype="<f4"), depth, allowed)
 
     def _match(self, terms: Sequence[Sequence[str]]) -> str:
         return " OR ".join('"' + " ".join(tokens) + '"' for tokens in terms if tokens)
