@@ -1,4 +1,4 @@
-"""Vector index choice: exact numpy brute force vs usearch HNSW, single query at a time.
+"""Vector index choice: exact numpy brute force vs Cairn's inverted lists vs usearch HNSW.
 
 Exact search is what ``cairn.search.vector_index`` does: one float32 matrix-vector product, then
 a partial sort. It is timed with one BLAS thread (as the Store pins it) and with every core, and
@@ -126,6 +126,42 @@ def hnsw(
     }
 
 
+def inverted_lists(
+    matrix: np.ndarray, queries: np.ndarray, truth: list[set[int]], probes: list[float]
+) -> list[dict[str, Any]]:
+    """Cairn's own approximate index (``cairn.search.ivf``, what a store of 20k+ vectors
+    searches), built as the store builds it, at each share of lists probed."""
+    from cairn.search import ivf
+
+    rows = ivf.IvfRows(DIM)
+    keys = list(range(len(matrix)))
+    start = time.perf_counter()
+    rows.load(len(matrix), lambda: iter([(keys, matrix, [0] * len(keys))]))
+    build_s = time.perf_counter() - start
+    results = []
+    default = ivf.PROBE_FRACTION
+    try:
+        for probe in probes:
+            ivf.PROBE_FRACTION = probe
+            latencies = stats_ms(per_query(lambda q: rows.search(q, K), queries))
+            hits = sum(
+                len({key for key, _ in rows.search(q, K)} & want)
+                for q, want in zip(queries, truth, strict=True)
+            )
+            results.append(
+                {
+                    "lists": ivf.list_count(len(matrix)),
+                    "probe": probe,
+                    "build_s": round(build_s, 2),
+                    "query": latencies,
+                    "recall_at_10": round(hits / (K * len(queries)), 4),
+                }
+            )
+    finally:
+        ivf.PROBE_FRACTION = default
+    return results
+
+
 def real_vectors(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     """The stored embeddings of the cached n-memory store, and real query embeddings."""
     with sqlite3.connect(cached_store(n)) as conn:
@@ -141,6 +177,9 @@ def run(
     log(f"{label}: exact search over {len(matrix):,} x {DIM}")
     result: dict[str, Any] = {"data": label, "n": len(matrix), "exact": exact(matrix, queries, 1)}
     truth = [set(top_k(matrix @ q, K).tolist()) for q in queries]
+    if len(matrix) <= args.ivf_max:
+        log(f"{label}: Cairn's inverted lists over {len(matrix):,}")
+        result["ivf"] = inverted_lists(matrix, queries, truth, args.probes)
     if importlib.util.find_spec("usearch") and not args.no_hnsw and len(matrix) <= args.hnsw_max:
         log(f"{label}: usearch HNSW build over {len(matrix):,}")
         result["hnsw"] = hnsw(matrix, queries, truth, args)
@@ -153,6 +192,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument(
         "--real", type=int, default=100_000, help="cached store size for real vectors; 0: skip"
+    )
+    parser.add_argument(
+        "--probes", type=float, nargs="+", default=[0.05, 0.08, 0.15], help="shares of lists"
+    )
+    parser.add_argument(
+        "--ivf-max", type=int, default=1_000_000, help="build the lists only up to this size"
     )
     parser.add_argument("--no-hnsw", action="store_true", help="skip usearch even if installed")
     parser.add_argument(
@@ -200,6 +245,24 @@ def main() -> None:
                 ),
             ]
             for r in runs
+        ],
+    )
+    print_table(
+        "Cairn's inverted lists (faiss IVF, float16; cairn.search.ivf), 1 query thread",
+        ["data", "vectors", "lists", "probed", "build s", "p50 ms", "p95 ms", "recall@10"],
+        [
+            [
+                r["data"],
+                r["n"],
+                i["lists"],
+                i["probe"],
+                i["build_s"],
+                i["query"]["p50_ms"],
+                i["query"]["p95_ms"],
+                i["recall_at_10"],
+            ]
+            for r in runs
+            for i in r.get("ivf", [])
         ],
     )
     with_hnsw = [r for r in runs if "hnsw" in r]

@@ -1,7 +1,7 @@
 """A dense float32 matrix of vectors by integer key, for exact top-k cosine search.
 
 The device's vector index (``cairn.search.vector_index``) and a hosted workspace's on the
-embedded server (``cairn.server.storage.sqlite_vectors``) both keep one. Rows hold unit
+embedded server (``cairn.server.storage.hosted_vectors``) both keep one. Rows hold unit
 vectors, so a dot product is the cosine. Each row may carry a small integer label (the device
 labels rows by project) so a filter by label needs no database round trip. Not thread-safe:
 its owner takes turns under its own lock.
