@@ -75,8 +75,10 @@ def fuse(
     about: Mapping[K, tuple[str, int]],
     successors: Mapping[str, str],
     now: int,
+    limit: int | None = None,
 ) -> list[tuple[float, str, K, Match]]:
-    """Both rankings fused by reciprocal rank, best first, as (score, memory id, key, match).
+    """Both rankings fused by reciprocal rank, best first, as (score, memory id, key, match);
+    the best ``limit`` of them when given.
 
     ``about`` gives each candidate's memory id and created_at (a candidate missing from it
     is gone and left out); ``successors`` maps a superseded memory id to its successor's.
@@ -85,23 +87,27 @@ def fuse(
     for ranked in (semantic, keyword):
         for rank, (key, _score) in enumerate(ranked, 1):
             fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank)
-    sem = {k: (i, c) for i, (k, c) in enumerate(semantic, 1)}
-    kw = {k: (i, s) for i, (k, s) in enumerate(keyword, 1)}
-    scored: list[tuple[float, str, K, Match]] = []
+    per_day = math.log(2) / RECENCY_HALF_LIFE_DAYS
+    scored: list[tuple[float, str, K]] = []
     for key, (memory_id, created_at) in about.items():
-        if key not in fused:
+        base = fused.get(key)
+        if base is None:
             continue
         age_days = max(0.0, (now - created_at) / 86_400_000)
-        decay = math.exp(-age_days * math.log(2) / RECENCY_HALF_LIFE_DAYS)
-        score = fused[key] * (1.0 + RECENCY_WEIGHT * decay)
-        successor = successors.get(memory_id)
-        if successor is not None:
+        score = base * (1.0 + RECENCY_WEIGHT * math.exp(-age_days * per_day))
+        if memory_id in successors:
             score *= SUPERSEDED_FACTOR
+        scored.append((score, memory_id, key))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    sem = {k: (i, c) for i, (k, c) in enumerate(semantic, 1)}
+    kw = {k: (i, s) for i, (k, s) in enumerate(keyword, 1)}
+    top = []
+    for score, memory_id, key in scored[:limit]:  # Match only for what is returned
         s_rank, cosine = sem.get(key, (None, None))
         k_rank, bm25 = kw.get(key, (None, None))
-        scored.append((score, memory_id, key, Match(s_rank, cosine, k_rank, bm25, successor)))
-    scored.sort(key=lambda t: (-t[0], t[1]))
-    return scored
+        match = Match(s_rank, cosine, k_rank, bm25, successors.get(memory_id))
+        top.append((score, memory_id, key, match))
+    return top
 
 
 def recall(
@@ -136,7 +142,7 @@ def recall(
     with db.read() as conn:
         brief = search_queries.briefs(conn, candidates)  # a row may be gone since the searches
         successors = relations.successors(conn, [memory_id for memory_id, _ in brief.values()])
-    top = fuse(semantic, keyword, brief, successors, now_ms())[:limit]
+    top = fuse(semantic, keyword, brief, successors, now_ms(), limit)
     with db.read() as conn:
         found = memories.by_rowids(conn, [rowid for _s, _id, rowid, _m in top])
     hits = [

@@ -158,7 +158,7 @@ class Hosted:
         )
         about = {m.id: (m.id, m.created_at) for m in found.values() if not m.deleted}
         successors = self.storage.successors(workspace_id, list(about))
-        top = hybrid.fuse(semantic, keyword, about, successors, now)[:limit]
+        top = hybrid.fuse(semantic, keyword, about, successors, now, limit)
         hits = hybrid.successors_first(
             [Hit(found[key], score, match) for score, _, key, match in top]
         )
