@@ -30,6 +30,9 @@ PROBE_FRACTION = 0.08
 MIN_PROBE = 16
 TRAIN_PER_LIST = 40
 """Training sample per list: faiss warns below 39 points per centroid."""
+TRAIN_ITERATIONS = 10
+"""k-means rounds when training: at 100k, 10 rounds found the same recall@10 as faiss's default
+25 (0.9615 against 0.96 at 8% probed) in 17 s against 46 s (bench_vector, loaded machine)."""
 REBUILD_GROWTH = 4
 """Rebuild (train again) once the index holds this many times the rows it was trained on."""
 
@@ -82,6 +85,7 @@ class IvfRows:
             seen += len(keys)
         index = faiss.index_factory(self.dim, f"IVF{lists},SQfp16", faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(index).by_residual = False
+        faiss.extract_index_ivf(index).cp.niter = TRAIN_ITERATIONS
         index.train(np.concatenate(sample) if sample else np.zeros((0, self.dim), np.float32))
         faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
         self._index = index
