@@ -146,3 +146,20 @@ def test_a_small_store_switches_to_lists_as_it_grows(tmp_path, embedder) -> None
         store.index.refresh()
         assert store.index.approximate and len(store.index) == 450
         assert nearest(store, vectors[0])[0] == rowid_of(store, first[0].memory.id)
+
+
+def test_a_store_replaced_by_another_of_the_same_size_is_not_served_the_old_index(
+    big, embedder, tmp_path, caplog
+) -> None:
+    path, _vectors, _ids = big
+    other_vectors = unit(np.random.default_rng(11), ROWS, embedder.dim)
+    other = tmp_path / "other" / "cairn.db"
+    with open_store(other, embedder) as store:  # same rows, same seq, other vectors
+        items = [NewMemory(f"other memory {i}") for i in range(ROWS)]
+        other_ids = [r.memory.id for r in store.remember_embedded(items, other_vectors)]
+    path.unlink()
+    other.rename(path)  # say, a store restored from elsewhere; the old index stays beside it
+    caplog.set_level(logging.INFO, logger="cairn.search.vector_index")
+    with open_store(path, embedder) as store:
+        assert nearest(store, other_vectors[7])[0] == rowid_of(store, other_ids[7])
+    assert [r for r in caplog.records if "building" in r.getMessage()]

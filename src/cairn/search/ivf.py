@@ -151,6 +151,14 @@ class IvfRows:
         scores, keys = self._index.search(query.reshape(1, self.dim), k, params=params)
         return [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key >= 0]
 
+    def sample(
+        self, count: int, seed: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Up to ``count`` keys drawn at random, and their vectors as the index holds them."""
+        keys = np.flatnonzero(self._labels >= 0).astype(np.int64)
+        picks = np.random.default_rng(seed).choice(keys, min(count, keys.size), replace=False)
+        return picks, self._index.reconstruct_batch(picks)
+
     def _exact(
         self, query: npt.NDArray[np.float32], k: int, keys: npt.NDArray[np.int64]
     ) -> list[tuple[int, float]]:

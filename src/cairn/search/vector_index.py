@@ -7,7 +7,8 @@ product costs well under a millisecond); from ``ivf.MIN_ROWS`` vectors up the in
 inverted lists (``IvfRows``), trained once and saved beside the store in ``<store>.vectors/``
 with the ``seq`` it covers, so a new process reads it and applies only what changed since.
 That folder is a cache: deleting it costs one rebuild. It is trusted only when its model, shape
-and row count agree with the store after catching up; otherwise the index is built again.
+and row count agree with the store after catching up and a few rows drawn at random hold the
+store's own vectors; otherwise the index is built again.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ Change = tuple[int, bool, str, str | None, bytes | None]
 FORMAT = 1
 SAVE_AFTER = 2_000
 """Changes applied since the last save after which the index is saved again."""
+SPOT_CHECKS = 16
+"""Rows of a saved index compared with the store's own vectors before it is trusted."""
 
 try:
     import fcntl
@@ -128,10 +131,22 @@ class VectorIndex:
             self._rows = rows
             self._apply(memories.changes_since(conn, seq))
             self._seq = top
-            if len(rows) == memories.count_vectors(conn, self._model_id) and not rows.stale:
+            fits = len(rows) == memories.count_vectors(conn, self._model_id)
+            if fits and not rows.stale and self._agrees(conn, rows):
                 return
             log.warning("the saved vector index in %s disagrees with the store", self.folder)
         self._build(conn, top)
+
+    def _agrees(self, conn: sqlite3.Connection, rows: IvfRows) -> bool:
+        """Whether a few rows drawn at random hold the vectors the store has under their keys
+        (a store replaced by another, say a repaired one, can match in counts alone)."""
+        keys, held = rows.sample(SPOT_CHECKS, seed=len(rows))
+        stored = memories.vectors_of(conn, self._model_id, keys.tolist())
+        return all(
+            int(key) in stored
+            and np.allclose(np.frombuffer(stored[int(key)], dtype="<f4"), vector, atol=2e-3)
+            for key, vector in zip(keys, held, strict=True)
+        )
 
     def _build(self, conn: sqlite3.Connection, top: int) -> None:
         """Load every vector of the model; over ``ivf.MIN_ROWS`` of them, train inverted lists

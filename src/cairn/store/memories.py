@@ -362,6 +362,13 @@ def count_vectors(conn: sqlite3.Connection, model_id: str) -> int:
     return int(row.fetchone()[0])
 
 
+def vectors_of(conn: sqlite3.Connection, model_id: str, rowids: Sequence[int]) -> dict[int, bytes]:
+    """rowid -> vector (of ``model_id``) of those of ``rowids`` that have one."""
+    sql = "SELECT memory_rowid, model_id, vector FROM memory_vectors "
+    sql += "WHERE memory_rowid IN ({marks})"
+    return {int(r): v for r, m, v in rows_in(conn, sql, rowids) if m == model_id}
+
+
 def vector_pages(
     conn: sqlite3.Connection, model_id: str, page: int = 4096
 ) -> Iterator[list[tuple[int, bytes, str]]]:
