@@ -123,7 +123,7 @@ class Store:
         index.refresh()
         # Near-duplicates are advisory: look among the nearest few overall, keep this project's.
         # Only those close enough are read (usually none: most memories are new).
-        nearest = index.search(vector, NEAR_CANDIDATES)
+        nearest = index.search(vector, NEAR_CANDIDATES, close_only=True)
         close = [(r, c) for r, c in nearest if c >= self.near_duplicate]
         by_row = {}
         if close:

@@ -163,3 +163,15 @@ def test_a_store_replaced_by_another_of_the_same_size_is_not_served_the_old_inde
     with open_store(path, embedder) as store:
         assert nearest(store, other_vectors[7])[0] == rowid_of(store, other_ids[7])
     assert [r for r in caplog.records if "building" in r.getMessage()]
+
+
+def test_a_close_only_search_still_finds_near_copies(big, embedder) -> None:
+    path, vectors, ids = big
+    rng = np.random.default_rng(12)
+    with open_store(path, embedder) as store:
+        store.index.refresh()
+        for i in range(0, ROWS, 40):
+            near = vectors[i] + rng.normal(0, 0.01, embedder.dim).astype(np.float32)
+            near /= np.linalg.norm(near)
+            top = store.index.search(near, 10, close_only=True)
+            assert top[0][0] == rowid_of(store, ids[i]) and top[0][1] > 0.92

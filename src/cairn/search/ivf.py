@@ -128,15 +128,18 @@ class IvfRows:
         query: npt.NDArray[np.float32],
         k: int,
         allowed: npt.NDArray[np.int64] | None = None,
+        share: float | None = None,
     ) -> list[tuple[int, float]]:
         """(key, cosine) of about the ``k`` rows nearest ``query``, best first; only the rows of
-        ``allowed`` keys when given (a small subset is scanned exactly)."""
+        ``allowed`` keys when given (a small subset is scanned exactly). ``share`` of the lists
+        are probed (default ``PROBE_FRACTION``; at least ``MIN_PROBE`` lists)."""
         if not len(self) or k <= 0:
             return []
         faiss = _faiss()
         faiss.omp_set_num_threads(1)  # one query: threads only add overhead beside onnxruntime
         ivf = faiss.extract_index_ivf(self._index)
-        probe = max(MIN_PROBE, math.ceil(ivf.nlist * PROBE_FRACTION))
+        fraction = PROBE_FRACTION if share is None else share
+        probe = max(MIN_PROBE, math.ceil(ivf.nlist * fraction))
         params = None
         if allowed is not None:
             allowed = allowed[allowed < self._labels.size]

@@ -101,10 +101,13 @@ class VectorIndex:
         k: int,
         allowed: npt.NDArray[np.int64] | None = None,
         project: str | None = None,
+        close_only: bool = False,
     ) -> list[tuple[int, float]]:
         """(rowid, cosine) of the k nearest rows, best first.
 
-        ``allowed`` (rowids) or ``project`` restricts the rows searched.
+        ``allowed`` (rowids) or ``project`` restricts the rows searched. ``close_only`` is for
+        callers that keep only rows very close to ``query`` (near-duplicates): the inverted
+        lists then probe only the few lists nearest it, which hold such rows.
         """
         with self._lock:
             if project is not None:
@@ -112,6 +115,8 @@ class VectorIndex:
                 if code is None:
                     return []
                 allowed = self._rows.labelled(code)
+            if isinstance(self._rows, IvfRows):
+                return self._rows.search(query, k, allowed, 0.0 if close_only else None)
             return self._rows.search(query, k, allowed)
 
     def close(self) -> None:
