@@ -5,8 +5,9 @@ search scores the centroids, then only the vectors in the ``probe`` nearest list
 costs grow with the store; this costs about ``probe / lists`` of it (bench/bench_peers.py
 measures both, and the overlap of their top 10). Vectors are kept as float16, so a cosine is
 within ~1e-3 of the exact one. Each row carries a small integer label (the device labels rows
-by project), like ``DenseMatrix``, whose interface this shares. Not thread-safe: its owner takes
-turns under its own lock. faiss is imported on first use (it takes ~0.2 s).
+by project), like ``DenseMatrix``; rows change in batches (``put_many``, ``remove_many``).
+Not thread-safe: its owner takes turns under its own lock. faiss is imported on first use
+(it takes ~0.2 s).
 """
 
 from __future__ import annotations
@@ -105,9 +106,6 @@ class IvfRows:
         self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), keys)
         self._labels[keys] = labels
 
-    def put(self, key: int, vector: npt.NDArray[np.float32], label: int = 0) -> None:
-        self.put_many(np.array([key], np.int64), vector.reshape(1, self.dim), [label])
-
     def remove_many(self, keys: npt.NDArray[np.int64]) -> None:
         """Drop the rows of ``keys`` (keys without a row are skipped)."""
         keys = keys[keys < self._labels.size]
@@ -115,9 +113,6 @@ class IvfRows:
         if present.size:
             self._index.remove_ids(present)
             self._labels[present] = -1
-
-    def remove(self, key: int) -> None:
-        self.remove_many(np.array([key], np.int64))
 
     def labelled(self, label: int) -> npt.NDArray[np.int64]:
         """The keys of the rows labelled ``label``."""
