@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from cairn.errors import InvalidInput
 from cairn.memory_rules import NewMemory
 from cairn.model import Filters, Hit, Match, Memory
 from cairn.search.hybrid import fts_query, successors_first
+from cairn.store import search_queries
 
 
 def test_fts_query_drops_stopwords_and_quotes_tokens() -> None:
@@ -207,6 +209,44 @@ def test_common_words_rank_the_rows_a_rare_term_found(store: Store) -> None:
     wanted = store.remember("vault-proxy: after a deploy, flush the cache").memory
     ranked = _keyword_ids(store, "cache flush after the deploy of vault-proxy")
     assert ranked[0] == wanted.id and set(ranked) == {wanted.id, *others}
+
+
+def test_scoring_the_heaviest_rows_first_keeps_the_exact_top(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lengths are read a few rows at a time and the walk stops early; the top it keeps is the
+    one scoring every row gives, for any filter."""
+    filler = " ".join(f"word{n}" for n in range(30))
+    texts = [
+        f"kestrel {'heron ' * (n % 3)}note {n} {filler[: (n * 37) % len(filler)]}"
+        for n in range(18)
+    ]
+    _remember_all(store, COMMON)
+    _remember_all(store, texts[:9], project="api")
+    _remember_all(store, texts[9:], project="web")
+    gone = store.remember("kestrel heron", project="api").memory
+    store.forget(gone.id)
+    terms = ["kestrel", "heron"]
+    read: list[int] = []
+    counts = search_queries._token_counts
+
+    def counting(conn: Any, rowids: list[int]) -> dict[int, int]:
+        read.extend(rowids)
+        return counts(conn, rowids)
+
+    for filters in (Filters(), Filters(project="web"), Filters(project="api")):
+        with store.db.read() as conn:
+            everything = search_queries.KeywordSearch().search(conn, terms, filters, 1000)
+            monkeypatch.setattr(search_queries, "SCORE_STEP", 2)
+            monkeypatch.setattr(search_queries, "_token_counts", counting)
+            read.clear()
+            walked = search_queries.KeywordSearch().search(conn, terms, filters, 3)
+            monkeypatch.undo()
+        assert len(everything) == (18 if filters.empty else 9)
+        assert walked == everything[:3]
+        assert len({score for _, score in everything}) > 3  # lengths really differ
+        if filters.empty:  # the kestrel-only rows weigh too little to be read at all
+            assert len(read) == 12
 
 
 def test_keyword_results_follow_edits_and_forgetting(store: Store) -> None:

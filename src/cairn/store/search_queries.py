@@ -91,6 +91,9 @@ RARE_FLOOR = 20
 """A term in fewer memories than this is never common (small stores search every term)."""
 BM25_K1, BM25_B = 1.2, 0.75
 """FTS5's own BM25 parameters."""
+SCORE_STEP = 256
+"""Rows whose lengths a keyword search reads at a time, heaviest first, until no later row can
+enter its top."""
 
 
 class KeywordSearch:
@@ -130,8 +133,9 @@ class KeywordSearch:
                 rows = _rows_holding(conn, phrase(term), bound)
                 if len(rows) < bound:
                     rare.append(term)
+                    idf = _idf(total, len(rows))
                     for rowid in rows:
-                        weights[rowid] = weights.get(rowid, 0.0) + _idf(total, len(rows))
+                        weights[rowid] = weights.get(rowid, 0.0) + idf
                     continue
                 count = self._count(conn, term, seq)
             common.append((term, count))
@@ -139,21 +143,10 @@ class KeywordSearch:
             return []
         found = " OR ".join(phrase(term) for term in rare)
         for term, count in common:
+            idf = _idf(total, count)
             for rowid in _rows_holding(conn, f"({found}) AND {phrase(term)}", None):
-                weights[rowid] += _idf(total, count)
-        lengths = _lengths(conn, list(weights), filters)
-        if not lengths:
-            return []
-        mean = sum(lengths.values()) / len(lengths)
-        scored = [
-            (
-                rowid,
-                weights[rowid] * (BM25_K1 + 1) / (1 + BM25_K1 * (1 - BM25_B + BM25_B * n / mean)),
-            )
-            for rowid, n in lengths.items()
-        ]
-        scored.sort(key=lambda r: (-r[1], -r[0]))  # ties: the newer row first
-        return scored[:limit]
+                weights[rowid] += idf
+        return _best(conn, weights, filters, limit)
 
     def _common_count(self, term: str, bound: int, seq: int) -> int | None:
         """The remembered count of a term still surely common, else None."""
@@ -188,20 +181,87 @@ def _rows_holding(conn: sqlite3.Connection, match: str, limit: int | None) -> li
     return [r[0] for r in conn.execute(sql, args)]
 
 
-def _lengths(conn: sqlite3.Connection, rowids: list[int], filters: Filters) -> dict[int, int]:
-    """rowid -> content length (characters) of those of ``rowids`` live and matching
-    ``filters``."""
-    where, params = filter_sql(filters)
-    lengths: dict[int, int] = {}
-    for start in range(0, len(rowids), 500):
-        chunk = rowids[start : start + 500]
-        rows = conn.execute(
-            f"SELECT m.rowid, length(m.content) FROM memories m WHERE {where} "
-            f"AND m.rowid IN ({','.join('?' * len(chunk))})",
-            [*params, *chunk],
+def _best(
+    conn: sqlite3.Connection, weights: dict[int, float], filters: Filters, limit: int
+) -> list[tuple[int, float]]:
+    """The ``limit`` best by BM25 of the rows ``weights`` holds (summed inverse document
+    frequencies) that match ``filters``, best first.
+
+    BM25's length factor is at most ``MAX_FACTOR`` (a row of no length), so rows are scored in
+    order of weight and the walk stops once the next weight, so raised, cannot reach the
+    ``limit``-th score: a search reads the lengths of rows near its top only. Rows the keyword
+    index holds are live (tombstones are not indexed), so only a filter needs the rows."""
+    mean = _mean_tokens(conn)
+    rowids = np.fromiter(weights, dtype=np.int64, count=len(weights))
+    summed = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
+    order = np.lexsort((-rowids, -summed))  # heaviest first; ties: the newer row first
+    best: list[tuple[int, float]] = []
+    step = max(limit * 2, SCORE_STEP)
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        if len(best) >= limit and summed[chunk[0]] * MAX_FACTOR < best[-1][1]:
+            break
+        lengths = _token_counts(conn, [int(rowids[i]) for i in chunk])
+        if not filters.empty:
+            kept = _matching(conn, list(lengths), filters)
+            lengths = {rowid: n for rowid, n in lengths.items() if rowid in kept}
+        best.extend(
+            (rowid, float(summed[i]) * _length_factor(lengths[rowid], mean))
+            for i in chunk
+            if (rowid := int(rowids[i])) in lengths
         )
-        lengths.update((int(r[0]), max(int(r[1]), 1)) for r in rows)
-    return lengths
+        best.sort(key=lambda r: (-r[1], -r[0]))
+        del best[limit:]
+    return best
+
+
+BM25_K1_B = BM25_K1 * (1 - BM25_B)
+MAX_FACTOR = (BM25_K1 + 1) / (1 + BM25_K1_B)
+"""BM25's length factor for a row of no length: no row scores above its weight times this."""
+
+
+def _length_factor(tokens: int, mean: float) -> float:
+    return (BM25_K1 + 1) / (1 + BM25_K1_B + BM25_K1 * BM25_B * tokens / mean)
+
+
+def _mean_tokens(conn: sqlite3.Connection) -> float:
+    """The mean tokens per indexed row, from FTS5's own totals (its ``averages`` record)."""
+    row = conn.execute("SELECT block FROM memories_fts_data WHERE id = 1").fetchone()
+    values = _varints(bytes(row[0])) if row is not None else []
+    return max(values[1] / values[0], 1.0) if len(values) >= 2 and values[0] > 0 else 1.0
+
+
+def _token_counts(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, int]:
+    """rowid -> tokens FTS5 indexed of each of ``rowids`` (its ``docsize`` table: a few bytes a
+    row, where reading ``length(content)`` read each memory's whole row)."""
+    rows = conn.execute(
+        f"SELECT id, sz FROM memories_fts_docsize WHERE id IN ({','.join('?' * len(rowids))})",
+        rowids,
+    )
+    return {int(r[0]): max(_varints(bytes(r[1]))[:1] or [1], default=1) for r in rows}
+
+
+def _varints(blob: bytes) -> list[int]:
+    """The varints (SQLite's encoding, as FTS5 writes its records) that ``blob`` holds."""
+    values: list[int] = []
+    value = 0
+    for byte in blob:
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            values.append(value)
+            value = 0
+    return values
+
+
+def _matching(conn: sqlite3.Connection, rowids: list[int], filters: Filters) -> set[int]:
+    """Those of ``rowids`` that are live and match ``filters``."""
+    where, params = filter_sql(filters)
+    rows = conn.execute(
+        f"SELECT m.rowid FROM memories m WHERE {where} "
+        f"AND m.rowid IN ({','.join('?' * len(rowids))})",
+        [*params, *rowids],
+    )
+    return {int(r[0]) for r in rows}
 
 
 def phrase(term: str) -> str:
