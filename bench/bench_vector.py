@@ -13,17 +13,19 @@ sqlite-vec is not measured: Python's stdlib sqlite3 here is built without extens
 HNSW is built up to --hnsw-max vectors (default 100k): over 1M random vectors the build had not
 finished after 33 minutes on 2 cores.
 
-.venv/bin/python bench/bench_vector.py [--sizes 10000 100000 1000000] [--real 100000]
+.venv/bin/python bench/bench_vector.py [--sizes 10000 100000] [--real 100000] [--saved STORE]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,29 +139,54 @@ def inverted_lists(
     keys = list(range(len(matrix)))
     start = time.perf_counter()
     rows.load(len(matrix), lambda: iter([(keys, matrix, [0] * len(keys))]))
-    build_s = time.perf_counter() - start
+    return probed(rows, queries, truth, probes, time.perf_counter() - start)
+
+
+def probed(
+    rows: Any, queries: np.ndarray, truth: list[set[int]], probes: list[float], build_s: float
+) -> list[dict[str, Any]]:
+    """``rows`` (an ``IvfRows``) timed at each share of lists probed, and at Cairn's default
+    (``PROBE`` lists), with the overlap of each top 10 with ``truth`` (keys)."""
+    from cairn.search import ivf
+
     results = []
-    default = ivf.PROBE_FRACTION
-    try:
-        for probe in probes:
-            ivf.PROBE_FRACTION = probe
-            latencies = stats_ms(per_query(lambda q: rows.search(q, K), queries))
-            hits = sum(
-                len({key for key, _ in rows.search(q, K)} & want)
-                for q, want in zip(queries, truth, strict=True)
-            )
-            results.append(
-                {
-                    "lists": ivf.list_count(len(matrix)),
-                    "probe": probe,
-                    "build_s": round(build_s, 2),
-                    "query": latencies,
-                    "recall_at_10": round(hits / (K * len(queries)), 4),
-                }
-            )
-    finally:
-        ivf.PROBE_FRACTION = default
+    for share in [None, *probes]:
+        latencies = stats_ms(per_query(lambda q, p=share: rows.search(q, K, share=p), queries))
+        hits = sum(
+            len({key for key, _ in rows.search(q, K, share=share)} & want)
+            for q, want in zip(queries, truth, strict=True)
+        )
+        results.append(
+            {
+                "lists": ivf.list_count(len(rows)),
+                "probe": f"{ivf.PROBE} lists (default)" if share is None else f"{share:.0%}",
+                "build_s": round(build_s, 2),
+                "query": latencies,
+                "recall_at_10": round(hits / (K * len(queries)), 4),
+            }
+        )
     return results
+
+
+def saved_lists(store: Path, source: int, n_queries: int, probes: list[float]) -> dict[str, Any]:
+    """The inverted lists a store saved beside itself (``<store>.vectors/``, e.g. the 1M store
+    of bench_million.py, whose build takes minutes), against exact search over the vectors
+    they hold, for real queries of the ``source`` memories the store was made from."""
+    from cairn.search import ivf
+
+    folder = store.with_name(store.name + ".vectors")
+    meta = json.loads((folder / "meta.json").read_text())
+    rows = ivf.IvfRows.read(folder, DIM, int(meta["trained_on"]))
+    keys, matrix = rows.sample(len(rows), 0)
+    queries = new_embedder().embed([i.query for i in corpus.query_sample(source, n_queries)])
+    log(f"saved lists of {store.name}: exact search over {len(matrix):,} x {DIM}")
+    truth = [set(keys[top_k(matrix @ q, K)].tolist()) for q in queries]
+    del matrix
+    return {
+        "data": f"saved {store.name}",
+        "n": len(rows),
+        "ivf": probed(rows, queries, truth, probes, 0.0),
+    }
 
 
 def real_vectors(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,6 +228,12 @@ def main() -> None:
     )
     parser.add_argument("--no-hnsw", action="store_true", help="skip usearch even if installed")
     parser.add_argument(
+        "--saved", type=Path, help="also time a store's saved lists (<store>.vectors/)"
+    )
+    parser.add_argument(
+        "--saved-source", type=int, default=10_000, help="the real memories --saved was made of"
+    )
+    parser.add_argument(
         "--hnsw-max", type=int, default=100_000, help="build HNSW only up to this many vectors"
     )
     parser.add_argument("--connectivity", type=int, default=16)
@@ -217,6 +250,8 @@ def main() -> None:
     if args.real:
         matrix, queries = real_vectors(args.real, args.queries)
         runs.append(run("real MiniLM", matrix, queries, args))
+    if args.saved:
+        runs.append(saved_lists(args.saved, args.saved_source, args.queries, args.probes))
 
     print_table(
         "Exact brute force (numpy float32 matrix @ query, top 50), p50 / p95 ms",
@@ -245,6 +280,7 @@ def main() -> None:
                 ),
             ]
             for r in runs
+            if "exact" in r
         ],
     )
     print_table(
@@ -288,7 +324,8 @@ def main() -> None:
         print("\nusearch is not installed (or --no-hnsw): HNSW not measured.")
     print("\nsqlite-vec: not measured; stdlib sqlite3 here cannot load extensions.")
     results = {"runs": runs, "peak_rss_mib": peak_rss_mib()}
-    write_results("bench_vector", vars(args), results)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    write_results("bench_vector", settings, results)
 
 
 if __name__ == "__main__":
