@@ -189,9 +189,8 @@ class Store:
                 waiting.clear()
 
             for i, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-                if keys[i] in waiting:
-                    write_run()  # an earlier item brought this text: add tags to its row
-                if keys[i] in held:
+                if keys[i] in held or keys[i] in waiting:
+                    write_run()  # tags added to a held text are a change after the run's
                     held[keys[i]] = memories.add_tags(conn, held[keys[i]], item.tags)
                     results[i] = RememberResult(held[keys[i]], created=False)
                     continue
