@@ -30,8 +30,10 @@ def insert_many(
     if not made:
         return []
     clocks = [hlc.pack() for hlc in next_hlcs(conn, len(made))]
+    # Two subqueries: one query with both max() would scan the table (no index answers both).
     last_rowid, last_seq = conn.execute(
-        "SELECT coalesce(max(rowid), 0), coalesce(max(seq), 0) FROM memories"
+        "SELECT coalesce((SELECT max(rowid) FROM memories), 0), "
+        "coalesce((SELECT max(seq) FROM memories), 0)"
     ).fetchone()
     # The rowids SQLite would choose itself (one past the largest), named so that the keyword
     # entries, tags and vectors can point at them without reading them back.
