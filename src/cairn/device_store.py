@@ -202,7 +202,7 @@ class Store:
                 created = item.created_at
                 if created is None:  # a topic's new memory supersedes its newest
                     created = topic_created_at(now, memories.topic_newest(conn, item))
-                made = new_memory(item, self.source, now, created, model_id)
+                made = new_memory(item, self.source, now, created, model_id, digest=keys[i][1])
                 taken.add(made.id)
                 run.append((i, made, vector))
                 waiting.add(keys[i])

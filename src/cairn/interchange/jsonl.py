@@ -36,7 +36,7 @@ from cairn.model import Filters
 
 FORMAT = "cairn-jsonl"
 VERSION = 1
-BATCH = 2048
+BATCH = 8192
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 """An id as ``str(uuid.UUID(...))`` writes it (most are): kept as it is, without parsing."""
 

@@ -74,7 +74,7 @@ def insert_many(
     conn.executemany(
         "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
         [
-            (rowid, m.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes())
+            (rowid, m.model_id, np.asarray(vector, dtype="<f4").tobytes())  # C order
             for rowid, m, vector, _p in rows
             if vector is not None and m.model_id
         ],
