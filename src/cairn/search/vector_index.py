@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 from cairn.search import ivf
 from cairn.search.ivf import IvfRows
@@ -49,18 +50,11 @@ except ImportError:  # pragma: no cover - Windows: no saved index, each process 
     fcntl = None  # type: ignore[assignment]
 
 
-@contextmanager
-def _all_cores() -> Iterator[None]:
-    """faiss on every core while it trains and fills the lists (a search sets one thread for
-    the whole process, the fastest for one query); the thread count is put back after."""
-    import faiss  # already imported by ``ivf`` here; imported late like there (~0.2 s)
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+def _all_cores() -> threadpool_limits:
+    """Every core for faiss's OpenMP and BLAS while it trains and fills the lists (a search sets
+    one thread for the whole process, the fastest for one query; the Store limits BLAS to one);
+    the limits are put back after."""
+    return threadpool_limits(limits=os.cpu_count() or 1)
 
 
 class VectorIndex:
