@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits
 
 from cairn.search import ivf
 from cairn.search.ivf import IvfRows
@@ -48,13 +47,6 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no saved index, each process builds its own
     fcntl = None  # type: ignore[assignment]
-
-
-def _all_cores() -> threadpool_limits:
-    """Every core for faiss's OpenMP and BLAS while it trains and fills the lists (a search sets
-    one thread for the whole process, the fastest for one query; the Store limits BLAS to one);
-    the limits are put back after."""
-    return threadpool_limits(limits=os.cpu_count() or 1)
 
 
 class VectorIndex:
@@ -193,8 +185,7 @@ class VectorIndex:
         started = time.perf_counter()
         log.info("building the vector index of %d memories in %s", count, self.folder)
         lists = IvfRows(self._dim)
-        with _all_cores():
-            lists.load(count, pages)
+        lists.load(count, pages)
         self._rows, self._seq = lists, top
         log.info("built the vector index in %.1f s", time.perf_counter() - started)
         self.save()
