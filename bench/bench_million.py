@@ -93,11 +93,12 @@ def real_memories(source: int) -> list[dict[str, Any]]:
     return out
 
 
-def line_chunks(real: list[dict[str, Any]], size: int) -> Iterator[list[str]]:
-    """JSON Lines of the corpus, ``CHUNK`` memories at a time: the real ones, then near copies."""
-    rng = np.random.default_rng(SEED)
+def line_chunks(real: list[dict[str, Any]], size: int, first: int = 0) -> Iterator[list[str]]:
+    """JSON Lines of the corpus from its line ``first`` up to ``size``, ``CHUNK`` memories at a
+    time: the real ones, then near copies."""
+    rng = np.random.default_rng(SEED + first)
     base = np.stack([r["vector"] for r in real])
-    for start in range(0, size, CHUNK):
+    for start in range(first, size, CHUNK):
         index = np.arange(start, min(start + CHUNK, size))
         which, variant = index % len(real), index // len(real)
         vectors = base[which]

@@ -34,7 +34,7 @@ from cairn.memory_rules import (
 from cairn.model import Filters, Hit, Memory, Relation, RememberResult
 from cairn.search import hybrid
 from cairn.search.vector_index import VectorIndex
-from cairn.store import clock, memories, relations, search_queries
+from cairn.store import clock, inserts, memories, relations, search_queries
 from cairn.store.clock import now_ms
 from cairn.store.db import Database
 from cairn.store.sync_state import SyncState
@@ -164,26 +164,54 @@ class Store:
         return self._write([checked(item, self.project) for item in items], vectors)
 
     def _write(self, items: Sequence[NewMemory], vectors: np.ndarray) -> list[RememberResult]:
+        """Remember checked items in one transaction, with the outcome of remembering them one
+        after the other: a text its project holds (or an earlier item brought) returns that
+        memory with the item's tags added, a given id must be new, a topic's memory joins its
+        chain. New memories are written a run at a time (one statement per table per run)."""
         model_id = self.embedder.model_id
-        results: list[RememberResult] = []
+        keys: list[tuple[str, str]] = []
+        for item in items:
+            assert item.project is not None  # set by checked()
+            keys.append((item.project, model.content_hash(item.content)))
+        results: dict[int, RememberResult] = {}
+        run: list[tuple[int, Memory, np.ndarray]] = []  # made, not yet written
+        waiting: set[tuple[str, str]] = set()  # the texts of the run
         with self.db.write() as conn:
-            for item, vector in zip(items, vectors, strict=True):
-                assert item.project is not None  # set by checked()
-                known = self._known(conn, item)
-                if known is not None:
-                    results.append(known)
+            held = memories.live_by_hashes(conn, set(keys))
+            taken = memories.known_ids(conn, [item.id for item in items if item.id])
+
+            def write_run() -> None:
+                written = inserts.insert_many(conn, [m for _i, m, _v in run], [v for *_, v in run])
+                for (i, _made, _v), memory in zip(run, written, strict=True):
+                    held[keys[i]] = memory
+                    results[i] = RememberResult(memory, True)
+                run.clear()
+                waiting.clear()
+
+            for i, (item, vector) in enumerate(zip(items, vectors, strict=True)):
+                if keys[i] in held or keys[i] in waiting:
+                    write_run()  # tags added to a held text are a change after the run's
+                    held[keys[i]] = memories.add_tags(conn, held[keys[i]], item.tags)
+                    results[i] = RememberResult(held[keys[i]], created=False)
                     continue
-                if item.id is not None and memories.get(conn, item.id) is not None:
+                if item.id is not None and item.id in taken:
                     raise InvalidInput(f"a memory with id {item.id} already exists")
+                if item.topic_key:
+                    write_run()  # the topic's chain is read from the rows before this one
                 now = now_ms()
                 created = item.created_at
                 if created is None:  # a topic's new memory supersedes its newest
                     created = topic_created_at(now, memories.topic_newest(conn, item))
-                made = new_memory(item, self.source, now, created, model_id)
-                memory = memories.insert(conn, made, vector)
-                superseded = relations.link_topic(conn, memory)
-                results.append(RememberResult(memory, True, superseded))
-        return results
+                made = new_memory(item, self.source, now, created, model_id, digest=keys[i][1])
+                taken.add(made.id)
+                run.append((i, made, vector))
+                waiting.add(keys[i])
+                if item.topic_key:
+                    write_run()
+                    superseded = relations.link_topic(conn, results[i].memory)
+                    results[i] = replace(results[i], supersedes=superseded)
+            write_run()
+        return [results[i] for i in range(len(items))]
 
     @staticmethod
     def _known(conn: sqlite3.Connection, item: NewMemory) -> RememberResult | None:

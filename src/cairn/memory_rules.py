@@ -67,9 +67,16 @@ def check_page(limit: int, offset: int) -> None:
 
 
 def new_memory(
-    item: NewMemory, source: str, now: int, created_at: int, model_id: str | None, hlc: str = ""
+    item: NewMemory,
+    source: str,
+    now: int,
+    created_at: int,
+    model_id: str | None,
+    hlc: str = "",
+    digest: str | None = None,
 ) -> Memory:
-    """The memory that remembering a checked ``item`` creates (its id is new unless given)."""
+    """The memory that remembering a checked ``item`` creates (its id is new unless given);
+    ``digest``, its content hash when the caller has it already."""
     assert item.project is not None  # set by checked()
     return Memory(
         id=item.id or uuid7(now),
@@ -82,7 +89,7 @@ def new_memory(
         created_at=created_at,
         updated_at=now,
         deleted=False,
-        content_hash=model.content_hash(item.content),
+        content_hash=digest or model.content_hash(item.content),
         model_id=model_id,
         hlc=hlc,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -10,11 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import typer.main
 from typer.testing import CliRunner
 
 from cairn.cli.app import app
+from cairn.embedding.onnx import OnnxEmbedder
+from cairn.search import ivf
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 
@@ -337,3 +341,32 @@ def test_serve_says_where_it_listens_and_a_busy_port_is_a_clear_error(
         serving.terminate()
         _out, err = serving.communicate(timeout=30)
     assert f"the local API on http://127.0.0.1:{port}" in err
+
+
+def test_a_large_import_leaves_the_vector_index_built_and_saved_for_recall(
+    cairn_env: dict[str, str], tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    count = ivf.MIN_ROWS  # the smallest store that gets inverted lists, saved beside it
+    rng = np.random.default_rng(21)
+    vectors = rng.normal(size=(count, embedder.dim)).astype("<f4")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    file = tmp_path / "big.jsonl"
+    with file.open("w") as out:
+        for i, vector in enumerate(vectors):
+            record = {
+                "content": f"imported memory {i}",
+                "model_id": embedder.model_id,
+                "embedding": base64.b64encode(vector.tobytes()).decode("ascii"),
+            }
+            out.write(json.dumps(record) + "\n")
+    result = run(cairn_env, "import", str(file))
+    assert result.returncode == 0, result.stderr
+    assert "the vector index is built and saved for recall" in result.stderr
+    path = Path(str(ok_json(cairn_env, "stats")["path"]))  # type: ignore[index]
+    meta = json.loads(Path(f"{path}.vectors", "meta.json").read_text())
+    assert meta["rows"] == count and meta["model_id"] == embedder.model_id
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(file.read_text().splitlines()[:10]) + "\n")
+    other = {**cairn_env, "CAIRN_HOME": str(tmp_path / "other")}
+    result = run(other, "import", str(small))
+    assert result.returncode == 0 and "vector index" not in result.stderr

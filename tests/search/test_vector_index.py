@@ -175,3 +175,35 @@ def test_a_close_only_search_still_finds_near_copies(big, embedder) -> None:
             near /= np.linalg.norm(near)
             top = store.index.search(near, 10, close_only=True)
             assert top[0][0] == rowid_of(store, ids[i]) and top[0][1] > 0.92
+
+
+def test_prepare_builds_and_saves_the_index_so_the_next_process_reads_it(
+    tmp_path, embedder, caplog
+) -> None:
+    path = tmp_path / "cairn.db"
+    vectors = unit(np.random.default_rng(9), ROWS, embedder.dim)
+    with open_store(path, embedder) as store:  # as an import leaves it: nothing searched yet
+        ids = [
+            r.memory.id
+            for r in store.remember_embedded([NewMemory(f"m {i}") for i in range(ROWS)], vectors)
+        ]
+        assert store.index.prepare()
+        with store.db.read() as conn:
+            top = conn.execute("SELECT max(seq) FROM memories").fetchone()[0]
+    meta = json.loads((Path(f"{path}.vectors") / "meta.json").read_text())
+    assert (meta["rows"], meta["seq"]) == (ROWS, top)
+    caplog.set_level(logging.INFO, logger="cairn.search.vector_index")
+    with open_store(path, embedder) as store:
+        assert nearest(store, vectors[4])[0] == rowid_of(store, ids[4])
+    assert not [r for r in caplog.records if "building" in r.getMessage()]
+
+
+def test_prepare_saves_nothing_for_a_store_scanned_exactly(tmp_path, embedder) -> None:
+    path = tmp_path / "cairn.db"
+    with open_store(path, embedder) as store:
+        store.remember_embedded(
+            [NewMemory(f"m {i}") for i in range(10)], unit(np.random.default_rng(3), 10, 384)
+        )
+        assert not store.index.prepare()
+        assert len(store.index) == 10 and not store.index.approximate
+    assert not Path(f"{path}.vectors").exists()

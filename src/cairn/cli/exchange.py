@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,8 +23,13 @@ from cairn.cli.common import (
     parse_filters,
     progress,
 )
+from cairn.device_store import Store
 from cairn.errors import InvalidInput
 from cairn.interchange import jsonl
+
+PREPARE_AFTER = 2_000
+"""Memories an import adds from which it builds and saves the vector index before it ends:
+otherwise the next recall would train it (minutes at a million memories)."""
 
 
 def export(
@@ -80,6 +86,7 @@ def import_(
                 progress("importing", total) as bar,
             ):
                 report = jsonl.import_(store, fh, bar)
+        ready = _prepare_index(store) if report.imported >= PREPARE_AFTER else None
     if json_:
         output.emit_json(report.to_dict())
     else:
@@ -92,5 +99,16 @@ def import_(
             output.err.print(f"  line {number}: {escape(message)}")
         if len(report.errors) > 50:
             output.err.print(f"  … and {len(report.errors) - 50} more (use --json for all)")
+        if ready is not None:
+            output.err.print(f"the vector index is built and saved for recall ({ready:.1f} s)")
     if report.errors:
         raise typer.Exit(code=InvalidInput.exit_code)
+
+
+def _prepare_index(store: Store) -> float | None:
+    """Build (or catch up) and save the store's vector index; its seconds, or None when the
+    store is small enough to be scanned exactly (nothing is saved then)."""
+    started = time.perf_counter()
+    with progress("building the vector index for recall", None):
+        saved = store.index.prepare()
+    return time.perf_counter() - started if saved else None

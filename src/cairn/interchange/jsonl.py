@@ -19,9 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import numpy as np
@@ -35,7 +36,9 @@ from cairn.model import Filters
 
 FORMAT = "cairn-jsonl"
 VERSION = 1
-BATCH = 2048
+BATCH = 8192
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""An id as ``str(uuid.UUID(...))`` writes it (most are): kept as it is, without parsing."""
 
 
 @dataclass
@@ -181,7 +184,7 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
     if created is not None and not (model.is_text(created) or type(created) is int):
         raise ImportFormatError("'created_at' must be an ISO date or Unix milliseconds")
     memory_id = data.get("id") or None
-    if memory_id is not None:
+    if memory_id is not None and not _CANONICAL_UUID.fullmatch(memory_id):
         try:
             memory_id = str(uuid.UUID(str(memory_id)))
         except ValueError as exc:
@@ -197,7 +200,7 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
         project=model.check_project(str(data.get("project") or store.project)),
         tags=model.check_tags(tags),
         topic_key=model.check_topic_key(data.get("topic_key")),
-        id=memory_id or None,
+        id=memory_id or uuid7(),
         created_at=created_ms,
     )
     vector = None
@@ -212,7 +215,7 @@ def _parse(line: str, store: Store) -> tuple[NewMemory, np.ndarray | None] | dic
                 f"'embedding' has {len(raw) // 4} dimensions; the model has {store.embedder.dim}"
             )
         vector = np.frombuffer(raw, dtype="<f4")
-    return (item if item.id else replace(item, id=uuid7())), vector
+    return item, vector
 
 
 def _flush(

@@ -25,7 +25,19 @@ def device_id(conn: sqlite3.Connection) -> str:
 
 def next_hlc(conn: sqlite3.Connection) -> HLC:
     """A fresh clock value for a local change; must run inside the change's transaction."""
-    return _save(conn, tick(_last(conn), now_ms()))
+    return next_hlcs(conn, 1)[0]
+
+
+def next_hlcs(conn: sqlite3.Connection, count: int) -> list[HLC]:
+    """``count`` fresh clock values, in order, for local changes made in one transaction (as
+    ``count`` calls of ``next_hlc`` give, with one read and one write of the stored clock)."""
+    values, last = [], _last(conn)
+    for _ in range(count):
+        last = tick(last, now_ms())
+        values.append(last)
+    if values:
+        _save(conn, last)
+    return values
 
 
 def observe_hlc(conn: sqlite3.Connection, remote: str) -> None:

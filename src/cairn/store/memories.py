@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,49 +41,6 @@ def record_change(
     conn: sqlite3.Connection, hlc: HLC, entity_id: str, entity: str = "memory"
 ) -> None:
     outbox.append(conn, Mutation(uuid7(), device_id(conn), hlc.pack(), entity, entity_id))
-
-
-def insert(
-    conn: sqlite3.Connection,
-    memory: Memory,
-    vector: npt.NDArray[np.float32] | None,
-) -> Memory:
-    """Write a new memory (its id must be new); returns it stamped with the change's HLC."""
-    hlc = next_hlc(conn)
-    packed = hlc.pack()
-    cur = conn.execute(
-        "INSERT INTO memories(id, content, kind, project, topic_key, source, created_at, "
-        "updated_at, deleted, content_hash, model_id, created_hlc, hlc, seq) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-        (
-            memory.id,
-            memory.content,
-            memory.kind,
-            memory.project,
-            memory.topic_key,
-            memory.source,
-            memory.created_at,
-            memory.updated_at,
-            memory.content_hash,
-            memory.model_id if vector is not None else None,
-            packed,
-            packed,
-            next_seq(conn),
-        ),
-    )
-    rowid = cur.lastrowid
-    conn.execute("INSERT INTO memories_fts(rowid, content) VALUES (?, ?)", (rowid, memory.content))
-    conn.executemany(
-        "INSERT INTO memory_tags(memory_rowid, tag) VALUES (?, ?)",
-        [(rowid, tag) for tag in memory.tags],
-    )
-    if vector is not None and memory.model_id:
-        conn.execute(
-            "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
-            (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
-        )
-    record_change(conn, hlc, memory.id)
-    return replace(memory, hlc=packed, deleted=False)
 
 
 def add_tags(conn: sqlite3.Connection, memory: Memory, tags: Iterable[str]) -> Memory:
@@ -299,12 +256,24 @@ def by_rowids(conn: sqlite3.Connection, rowids: Sequence[int]) -> dict[int, Memo
 
 
 def live_by_hash(conn: sqlite3.Connection, project: str, content_hash: str) -> Memory | None:
-    found = fetch(
-        conn,
-        "m.content_hash = ? AND m.project = ? AND m.deleted = 0 ORDER BY m.created_at LIMIT 1",
-        (content_hash, project),
-    )
-    return found[0] if found else None
+    """The oldest live memory of ``project`` with this content, if any."""
+    return live_by_hashes(conn, {(project, content_hash)}).get((project, content_hash))
+
+
+def live_by_hashes(
+    conn: sqlite3.Connection, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], Memory]:
+    """For each (project, content hash) of ``keys`` that a live memory has: the oldest such."""
+    sql = f"SELECT {COLUMNS} FROM memories m WHERE m.content_hash IN ({{marks}}) "
+    sql += "AND m.deleted = 0 ORDER BY m.created_at"
+    wanted = set(keys)
+    rows = [
+        r for r in rows_in(conn, sql, sorted({h for _p, h in wanted})) if (r[4], r[10]) in wanted
+    ]
+    found: dict[tuple[str, str], Memory] = {}
+    for memory in build_memories(rows, tags_for(conn, [r[0] for r in rows])):
+        found.setdefault((memory.project, memory.content_hash), memory)
+    return found
 
 
 def topic_newest(conn: sqlite3.Connection, item: NewMemory) -> Memory | None:

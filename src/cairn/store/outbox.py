@@ -37,10 +37,11 @@ class DeadLetter:
 
 
 def append(conn: sqlite3.Connection, mutation: Mutation) -> None:
-    _insert(conn, [mutation])
+    append_many(conn, [mutation])
 
 
-def _insert(conn: sqlite3.Connection, entries: Iterable[Mutation]) -> None:
+def append_many(conn: sqlite3.Connection, entries: Iterable[Mutation]) -> None:
+    """Append entries in order, by one statement."""
     now = now_ms()
     conn.executemany(
         "INSERT INTO outbox(mutation_id, device_id, hlc, entity, entity_id, created_at) "
@@ -86,7 +87,9 @@ def enqueue_all(conn: sqlite3.Connection, device_id: str, hlc: str) -> int:
         ("relation", f"{r[0]}|{r[2]}|{r[1]}")
         for r in conn.execute("SELECT from_id, to_id, type FROM relations")
     ]
-    _insert(conn, [Mutation(uuid7(), device_id, hlc, e, entity_id) for e, entity_id in entities])
+    append_many(
+        conn, [Mutation(uuid7(), device_id, hlc, e, entity_id) for e, entity_id in entities]
+    )
     return len(entities)
 
 
@@ -137,6 +140,6 @@ def requeue_dead_letters(conn: sqlite3.Connection, device_id: str, hlc: str) -> 
     rows = conn.execute(
         "SELECT DISTINCT entity, entity_id FROM dead_letters WHERE direction = 'push'"
     ).fetchall()
-    _insert(conn, [Mutation(uuid7(), device_id, hlc, r[0], r[1]) for r in rows])
+    append_many(conn, [Mutation(uuid7(), device_id, hlc, r[0], r[1]) for r in rows])
     conn.execute("DELETE FROM dead_letters")
     return len(rows)
