@@ -131,7 +131,7 @@ async def pull(
         waited = True
         if not woken and loop.time() >= deadline:
             break
-    if waited:  # checked after the last read: a key revoked meanwhile gets nothing it read
+    if waited and page.mutations:  # a key revoked meanwhile gets nothing it read
         await run_in_threadpool(keys.recheck, ctx.storage, key)
     if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
         await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
