@@ -64,9 +64,11 @@ def mutation(n: int) -> WireMutation:
     )
 
 
-def wake_ups(reader: str, writer: str, key: str, trials: int) -> list[float]:
-    """Seconds from each push to ``writer`` to the answer of a long-poll waiting at ``reader``."""
+def wake_ups(reader: str, writer: str, key: str, trials: int) -> tuple[list[float], list[float]]:
+    """Seconds from each push to ``writer`` to the answer of a long-poll waiting at ``reader``,
+    and each push's own duration (its commit is part of the wake-up)."""
     latencies: list[float] = []
+    pushes: list[float] = []
     cursor = HttpRemote(reader, key).pull(None).cursor
     for n in range(trials):
         answer: list[Any] = []
@@ -82,6 +84,7 @@ def wake_ups(reader: str, writer: str, key: str, trials: int) -> list[float]:
         pushing = HttpRemote(writer, key)
         started = time.monotonic()
         pushing.push([mutation(n)])
+        pushes.append(time.monotonic() - started)
         thread.join()
         page, answered = answer[0]
         assert [m.mutation_id for m in page.mutations] == [f"m-{n}"], "not woken by the push"
@@ -89,7 +92,7 @@ def wake_ups(reader: str, writer: str, key: str, trials: int) -> list[float]:
         cursor = page.cursor
         remote.close()
         pushing.close()
-    return latencies
+    return latencies, pushes
 
 
 async def idle(urls: list[str], key: str, devices: int, seconds: float) -> int:
@@ -149,7 +152,7 @@ def one_backend(
             second.key = first.key
             stack.enter_context(second)
             log(f"{backend}, recheck {recheck} s: {args.trials} wake-ups across processes")
-            latencies = wake_ups(first.url, second.url, first.key, args.trials)
+            latencies, pushes = wake_ups(first.url, second.url, first.key, args.trials)
             log(f"{backend}, recheck {recheck} s: {args.devices} idle devices for {args.seconds} s")
             before_pulls = pulls(first.url) + pulls(second.url)
             before_tx = transactions(db)
@@ -164,6 +167,12 @@ def one_backend(
                 "recheck_s": recheck,
                 "wake_p50_ms": statistics.median(latencies) * 1000,
                 "wake_p95_ms": statistics.quantiles(latencies, n=20)[-1] * 1000,
+                "push_p50_ms": statistics.median(pushes) * 1000,
+                "push_p95_ms": statistics.quantiles(pushes, n=20)[-1] * 1000,
+                "after_ack_p95_ms": statistics.quantiles(
+                    [w - p for w, p in zip(latencies, pushes, strict=True)], n=20
+                )[-1]
+                * 1000,
                 "devices": args.devices,
                 "seconds": round(elapsed, 1),
                 "pulls_per_s": pulled / elapsed,
@@ -201,13 +210,22 @@ def main() -> None:
     print_table(
         f"Idle long-polls ({args.devices} devices, {args.seconds:.0f} s) and wake-ups across "
         f"two server processes ({args.trials} pushes)",
-        ["backend", "recheck s", "wake p50 ms", "wake p95 ms", "pulls/s", "db transactions/s"],
+        [
+            "backend",
+            "recheck s",
+            "wake p50 / p95 ms",
+            "push p50 / p95 ms",
+            "after ack p95 ms",
+            "pulls/s",
+            "db transactions/s",
+        ],
         [
             [
                 r["backend"],
                 f"{r['recheck_s']:g}",
-                f"{r['wake_p50_ms']:.1f}",
-                f"{r['wake_p95_ms']:.1f}",
+                f"{r['wake_p50_ms']:.1f} / {r['wake_p95_ms']:.1f}",
+                f"{r['push_p50_ms']:.1f} / {r['push_p95_ms']:.1f}",
+                f"{r['after_ack_p95_ms']:.1f}",
                 f"{r['pulls_per_s']:.1f}",
                 "-" if r["db_transactions_per_s"] is None else f"{r['db_transactions_per_s']:.1f}",
             ]
