@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -274,3 +277,27 @@ def test_processes_of_one_data_folder_wake_each_other_through_sockets(tmp_path: 
         assert list(folder.iterdir()) == []
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("enough", [False, True], ids=["hard-limit-4096", "hard-limit-ours"])
+def test_the_server_raises_its_open_files_limit_or_says_what_to_set(enough: bool) -> None:
+    """The soft limit goes up to the hard one; below 16,384 the log says what to raise."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if enough else 4096
+    if hard != resource.RLIM_INFINITY and hard < (16_384 if enough else 4096):
+        pytest.fail(f"this test needs a hard limit on open files of 16,384 or more, not {hard}")
+    script = (
+        "import logging, resource; from cairn.server.app import raise_open_files; "
+        "logging.basicConfig(); soft = raise_open_files(); "
+        "print(soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        check=True,
+    )
+    soft, applied = (int(n) for n in done.stdout.split())
+    assert soft == applied == (16_384 if hard == resource.RLIM_INFINITY else hard)
+    assert ("LimitNOFILE" in done.stderr) == (not enough), done.stderr
