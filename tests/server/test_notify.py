@@ -53,7 +53,7 @@ def mutation(n: int) -> WireMutation:
 
 def waiting(url: str) -> int:
     """Long-polls waiting in the server process behind ``url``."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=120).text  # behind thousands of requests
     found = re.search(r"^cairn_long_polls_waiting (\d+)$", text, re.MULTILINE)
     assert found, text
     return int(found.group(1))
