@@ -233,7 +233,7 @@ def main() -> None:
         ],
     )
     settings = {k: v for k, v in vars(args).items() if k not in ("new_database", "json")}
-    write_results("idle", settings, {"runs": rows}, args.json)
+    write_results("bench_idle", settings, {"runs": rows}, args.json)
 
 
 if __name__ == "__main__":
