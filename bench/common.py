@@ -326,24 +326,33 @@ class Server(BackgroundProcess):
     rate limiting off, and one workspace; ``key`` is its admin key."""
 
     def __init__(
-        self, data: Path, mode: str = "e2e", db: str | None = None, workers: int = 1
+        self,
+        data: Path,
+        mode: str = "e2e",
+        db: str | None = None,
+        workers: int = 1,
+        options: Sequence[str] = (),
+        log_path: Path | None = None,
     ) -> None:
-        super().__init__(data.with_suffix(".log"))
+        super().__init__(log_path or data.with_suffix(".log"))
         self.data = data
         self.mode = mode
         self.workers = workers
+        self.options = list(options)
+        """More `cairn server run` options."""
         self.storage = ["--db", db] if db else ["--data", str(data)]
         self.url = ""
         self.key = ""
 
     def __enter__(self) -> Server:
-        self.key = self._cli("workspace", "create", "bench", "--mode", self.mode)["key"]
+        if not self.key:  # a second server over the same storage shares the first's workspace
+            self.key = self._cli("workspace", "create", "bench", "--mode", self.mode)["key"]
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.launch(
             [str(CAIRN), "server", "run", *self.storage]
             + ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"]
-            + ["--workers", str(self.workers)],
+            + ["--workers", str(self.workers), *self.options],
             lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
             "the sync server",
         )

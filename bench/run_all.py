@@ -4,7 +4,8 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync sync_postgres crypto autosync objects load hosted mcp_tokens peers million)
+    coldstart sync sync_postgres crypto autosync objects load idle hosted mcp_tokens peers
+    million)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ PLAN: dict[str, tuple[str, list[str], list[str]]] = {
     "autosync": ("bench_autosync.py", ["--memories", "60"], ["--quick"]),
     "objects": ("bench_objects.py", [], ["--quick"]),
     "load": ("bench_load.py", [], ["--quick"]),
+    "idle": ("bench_idle.py", [], ["--devices", "100", "--seconds", "10", "--trials", "5"]),
     "hosted": ("bench_hosted.py", [], ["--quick"]),
     "mcp_tokens": ("bench_mcp_tokens.py", [], ["--memories", "30", "--queries", "5"]),
     "peers": ("bench_peers.py", [], ["--quick"]),

@@ -204,10 +204,11 @@ def test_keyring_blobs_travel_as_base64(sync_server: SyncServer) -> None:
 
 @pytest.mark.parametrize("woken", [True, False], ids=["woken-by-the-push", "by-the-recheck"])
 def test_a_long_poll_answers_401_once_its_key_is_revoked(
-    sync_server: SyncServer, woken: bool
+    sync_server_factory: Callable[..., SyncServer], woken: bool
 ) -> None:
     """A read key's open long-poll must not hand out what was pushed after its revocation,
     whether the push wakes it (same process) or its periodic recheck finds it (another one)."""
+    sync_server = sync_server_factory(ServerSettings(rate_limit=0, recheck=0.5))
     reader = sync_server.new_key(["read"])
     reader_id = reader.split("_")[1]
     answer: list[httpx.Response] = []

@@ -203,9 +203,12 @@ def test_metrics_count_requests_and_sync_traffic(
     assert "acme" not in response.text  # workspace names are private
 
 
-def test_a_long_poll_sees_pushes_that_bypass_this_process(sync_server: SyncServer) -> None:
-    # Writing to the storage directly, as another server process on the same database would,
-    # wakes no in-process waiter: only the periodic recheck can see it.
+def test_a_long_poll_sees_pushes_that_bypass_this_process(
+    sync_server_factory: Callable[..., SyncServer],
+) -> None:
+    # Writing to the storage directly wakes no waiter (as if another process's notification
+    # were lost): the periodic safety re-read still finds it.
+    sync_server = sync_server_factory(ServerSettings(rate_limit=0, recheck=0.5))
     remote = HttpRemote(sync_server.url, sync_server.admin_key)
     started = time.monotonic()
     timer = threading.Timer(

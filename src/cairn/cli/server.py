@@ -53,6 +53,14 @@ def run(
     rate_limit: Annotated[
         float, typer.Option(help="Requests per second per API key (bursts of twice that); 0: off.")
     ] = 200.0,
+    recheck: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Seconds between a waiting long-poll's safety re-reads of the database; news "
+            "of a push wakes it at once, from any worker or host.",
+        ),
+    ] = 30.0,
     workers: Annotated[
         int,
         typer.Option(
@@ -96,6 +104,7 @@ def run(
         max_body=max_body,
         rate_limit=rate_limit,
         rate_burst=2 * rate_limit,
+        recheck=recheck,
         auth_failure_rate=auth_failure_rate,
         auth_failure_burst=auth_failure_burst,
     )
@@ -109,8 +118,9 @@ def run(
         folder = backends.data_dir(data)
         app.run_workers(workers, settings, folder, db, host, port, level, proxies)
         return
+    notifier = backends.open_notifier(data, db)
     try:
-        app.run(storage, settings, host, port, level, proxies)
+        app.run(storage, settings, host, port, level, proxies, notifier)
     finally:
         storage.close()
 

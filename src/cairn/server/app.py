@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
@@ -28,6 +29,7 @@ from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
 from cairn.server.metrics import RequestMetrics
+from cairn.server.notify import Notifier
 from cairn.server.routes import router
 from cairn.server.storage import ServerStorage
 
@@ -35,17 +37,26 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 # Seconds a stopping server gives open requests (long-polls included) before closing them.
 SHUTDOWN_GRACE = 5
+OPEN_FILES = 16_384
+"""Open files a worker wants: each waiting long-poll is a socket (5,000 devices and room)."""
 
 _log = logging.getLogger("cairn.server")
 _WORKER_ENV = "CAIRN_SERVER_WORKER"  # what `run_workers` hands each worker process
 
 
 def create_app(
-    storage: ServerStorage, settings: ServerSettings | None = None, embedder: Embedder | None = None
+    storage: ServerStorage,
+    settings: ServerSettings | None = None,
+    embedder: Embedder | None = None,
+    notifier: Notifier | None = None,
 ) -> FastAPI:
     """The sync server over ``storage``; the caller owns (and closes) the storage.
-    ``embedder``: for hosted workspaces (None: the bundled model, loaded on first use)."""
-    context = ServerContext(storage, settings or ServerSettings(), embedder)
+    ``embedder``: for hosted workspaces (None: the bundled model, loaded on first use).
+    ``notifier``: how its long-polls hear of other processes' pushes (``backends.open_notifier``;
+    None: of this process's only)."""
+    context = ServerContext(
+        storage, settings or ServerSettings(), embedder, notifier=notifier or Notifier()
+    )
     app = FastAPI(
         title="Cairn sync server",
         version=__version__,
@@ -58,6 +69,8 @@ def create_app(
     )
     app.state.cairn = context
     app.include_router(router)
+    app.router.add_event_handler("startup", context.notifier.start)
+    app.router.add_event_handler("shutdown", context.notifier.stop)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
     _while_serving(app, context.failures.run)
     app.router.add_event_handler("shutdown", lambda: context.failures.flush(final=True))
@@ -91,11 +104,13 @@ def run(
     port: int = DEFAULT_PORT,
     log_level: str = "warning",
     forwarded_allow_ips: str | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
     """Serve until interrupted."""
     configure_logging(log_level)
+    raise_open_files()
     uvicorn.run(
-        create_app(storage, settings),
+        create_app(storage, settings, notifier=notifier),
         host=host,
         port=port,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
@@ -119,6 +134,7 @@ def run_workers(
         {"settings": asdict(settings), "data": str(data), "db": db, "log_level": log_level}
     )
     configure_logging(log_level)
+    raise_open_files()  # the workers inherit the limit
     uvicorn.run(
         "cairn.server.app:worker_app",
         factory=True,
@@ -137,6 +153,28 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def raise_open_files(wanted: int = OPEN_FILES) -> int:
+    """Raise this process's soft limit on open files to the hard limit (``wanted`` if there is
+    none), logging what an operator must set when that stays below ``wanted``; the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        _log.warning(
+            "open files are limited to %s here (hard limit %s): each waiting long-poll holds "
+            "one, so about %s devices can wait at once; raise the hard limit to %s or more "
+            "(systemd LimitNOFILE=, docker --ulimit nofile=, /etc/security/limits.conf nofile)",
+            soft,
+            hard,
+            max(soft - 100, 0),
+            wanted,
+        )
+    return int(soft)
 
 
 def _uvicorn_options(log_level: str, forwarded_allow_ips: str | None) -> dict[str, Any]:
@@ -172,6 +210,7 @@ def worker_app() -> FastAPI:
     spec = json.loads(os.environ[_WORKER_ENV])
     configure_logging(spec["log_level"])
     storage = backends.open_storage(Path(spec["data"]), spec["db"])
-    app = create_app(storage, ServerSettings(**spec["settings"]))
+    notifier = backends.open_notifier(Path(spec["data"]), spec["db"])
+    app = create_app(storage, ServerSettings(**spec["settings"]), notifier=notifier)
     app.router.add_event_handler("shutdown", storage.close)
     return app

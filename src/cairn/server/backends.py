@@ -1,7 +1,8 @@
-"""Which storage a sync server uses: PostgreSQL given a database URL, else embedded SQLite.
+"""Which storage a sync server uses, and how its processes tell each other of pushes.
 
-The SQLite file lives under the server's data folder. This is the one place that decides, for
-the CLI and each worker."""
+PostgreSQL given a database URL (LISTEN/NOTIFY), else embedded SQLite (sockets beside the file,
+for the processes of one host). The SQLite file lives under the server's data folder. This is
+the one place that decides, for the CLI and each worker."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import os
 from pathlib import Path
 
 from cairn.errors import InvalidInput
+from cairn.server.notify import Notifier
+from cairn.server.notify.unix import UnixNotifier
 from cairn.server.storage import ServerStorage
 from cairn.server.storage.sqlite import SqliteStorage
 
 DB_FILE = "server.db"
+NOTIFY_FOLDER = "server.db.notify"
+"""Beside the SQLite file: a socket per server process, through which each wakes the others."""
 
 
 def data_dir(data: Path | None) -> Path:
@@ -36,3 +41,14 @@ def open_storage(data: Path | None, db: str | None = None) -> ServerStorage:
     if data is not None and str(data).startswith(("postgresql://", "postgres://")):
         raise InvalidInput("--data is a folder; a PostgreSQL URL goes in --db")
     return SqliteStorage(data_dir(data) / DB_FILE)
+
+
+def open_notifier(data: Path | None, db: str | None = None) -> Notifier:
+    """How the processes serving the storage ``open_storage(data, db)`` wake each other's
+    long-polls: LISTEN/NOTIFY on PostgreSQL (across hosts), else Unix datagram sockets beside
+    the SQLite file (across the processes of one host)."""
+    if db:
+        from cairn.server.notify.postgres import PostgresNotifier  # psycopg only when used
+
+        return PostgresNotifier(db)
+    return UnixNotifier(data_dir(data) / NOTIFY_FOLDER)

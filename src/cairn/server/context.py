@@ -28,8 +28,10 @@ class ServerSettings:
     """Requests per API key allowed in a burst above the average."""
     touch_interval: float = 60.0
     """Seconds between writes of a key's last_used_at (and a device's last pull)."""
-    recheck: float = 1.0
-    """Seconds between database checks during a long-poll (sees other processes' pushes)."""
+    recheck: float = 30.0
+    """Seconds between a waiting long-poll's safety re-reads of the database. News of pushes
+    (from this process and, through the notifier, from the others) wakes it at once; the re-read
+    only bounds how late a lost notification is noticed."""
     auth_failure_rate: float = 1.0
     """Failed authentications per second allowed per client address and per key id on average
     (then 429); 0 turns the limit off. Requests with a valid key are never counted."""

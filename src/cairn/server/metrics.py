@@ -55,8 +55,9 @@ class Metrics:
         with self._lock:
             self._auth_failures[(reason, limited)] += 1
 
-    def render(self, totals: Totals) -> str:
-        """The exposition text: these counters, then gauges over every workspace."""
+    def render(self, totals: Totals, waiting: int = 0) -> str:
+        """The exposition text: these counters, then gauges over every workspace and the
+        number of long-polls ``waiting`` in this process."""
         with self._lock:
             requests = sorted(self._requests.items())
             counters = dict(self._counters)
@@ -83,6 +84,7 @@ class Metrics:
             "cairn_workspaces": ("Workspaces on this server.", totals.workspaces),
             "cairn_mutations_stored": ("Mutations stored, all workspaces.", totals.mutations),
             "cairn_latest_seq_max": ("The highest seq of any workspace.", totals.max_seq),
+            "cairn_long_polls_waiting": ("Long-polls waiting for news in this process.", waiting),
         }
         for name, (help_text, value) in gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]

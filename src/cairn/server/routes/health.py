@@ -31,5 +31,5 @@ def health() -> dict[str, str]:
     responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 def metrics(ctx: Context) -> Response:
-    text = ctx.metrics.render(ctx.storage.totals())
+    text = ctx.metrics.render(ctx.storage.totals(), ctx.notifier.waiting)
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

@@ -125,9 +125,13 @@ async def pull(
         left = deadline - loop.time()
         if int(page.cursor) != since or left <= 0 or await request.is_disconnected():
             break
-        await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
+        # On the event loop, outside any thread or database connection; news wakes it, else
+        # a safety re-read every `recheck` s. Waited out with no news: answer what was read.
+        woken = await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
         waited = True
-    if waited:  # checked after the last read: a key revoked meanwhile gets nothing it read
+        if not woken and loop.time() >= deadline:
+            break
+    if waited and page.mutations:  # a key revoked meanwhile gets nothing it read
         await run_in_threadpool(keys.recheck, ctx.storage, key)
     if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
         await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
