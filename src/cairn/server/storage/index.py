@@ -56,7 +56,9 @@ class HostedIndex(SqlBase):
         memories: Sequence[IndexedMemory],
         relations: Sequence[RelationState],
     ) -> bool:
-        with self._write(workspace_id) as conn:
+        # Not durable: the index is a projection of the (durable) log, and a crash that loses
+        # this commit loses the position with it, so the next fold reads those pages again.
+        with self._write(workspace_id, durable=False) as conn:
             # Moving the position first takes its row's lock: a second writer that read the
             # same position waits here, then sees it moved and writes nothing.
             if expected == 0:

@@ -173,14 +173,16 @@ class PostgresStorage(SqlStorage):
         rows = [memory_values(m.memory, json.dumps(m.memory.tags)) for m in memories]
         columns = list(zip(*rows, strict=True))
         assert isinstance(conn, _Conn)
-        conn.native(  # psycopg's placeholders: the vectors must go in binary (%b)
+        # psycopg's placeholders, every array in binary (%b): the vectors must be, and text
+        # arrays in text form cost a quoting pass per element in Python (a sixth of a fold).
+        conn.native(
             f"INSERT INTO hosted_memories (workspace_id, {MEMORY_COLUMNS}, payload, embedding, "
             "position) SELECT %s, u.id, u.content, u.kind, u.project, "
-            "ARRAY(SELECT jsonb_array_elements_text(u.tags)), u.topic_key, u.source, "
+            "ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.topic_key, u.source, "
             "u.created_at, u.updated_at, u.deleted, u.content_hash, u.model_id, u.hlc, u.payload, "
-            "u.embedding, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-            "%s::jsonb[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::boolean[], "
-            "%s::text[], %s::text[], %s::text[], %s::bytea[], %b::vector[]) AS u(id, content, "
+            "u.embedding, %s FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::boolean[], "
+            "%b::text[], %b::text[], %b::text[], %b::bytea[], %b::vector[]) AS u(id, content, "
             "kind, project, tags, topic_key, source, created_at, updated_at, deleted, "
             "content_hash, model_id, hlc, payload, embedding) "
             f"ON CONFLICT (workspace_id, id) DO UPDATE SET {upsert_set('embedding')}",
