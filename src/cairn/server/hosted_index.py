@@ -70,7 +70,9 @@ class HostedIndex:
 
     def fold(self, workspace_id: str) -> int:
         """Fold every mutation the index has not seen into it; the position reached."""
-        position = self.storage.index_position(workspace_id)
+        position, latest = self.storage.index_lag(workspace_id)
+        if position >= latest:  # one read when there is nothing new (every recall asks)
+            return position
         page = self._page(workspace_id, position)
         while page.states:
             # The next page is read and decoded (Python) while this one is written (the
