@@ -35,9 +35,11 @@ FOLD_PAGE = 2000
 
 @dataclass(frozen=True)
 class _Page:
-    """A page of the log as a fold reads it: each readable mutation with its state, the
-    position after the page, whether the log held more, and the page's newest clock."""
+    """A page of the log as a fold reads it: how many mutations it holds, each readable one
+    with its state, the position after the page, whether the log held more, and the page's
+    newest clock."""
 
+    read: int
     states: list[tuple[WireMutation, MemoryState | RelationState]]
     cursor: int
     has_more: bool
@@ -74,20 +76,17 @@ class HostedIndex:
         if position >= latest:  # one read when there is nothing new (every recall asks)
             return position
         page = self._page(workspace_id, position)
-        while page.states:
+        while page.read:
             # The next page is read and decoded (Python) while this one is written (the
             # database): on two cores the two halves of a fold overlap.
-            upcoming = (
-                self._reader.submit(self._page, workspace_id, page.cursor)
-                if page.has_more
-                else None
-            )
+            ahead = page.has_more and self.storage.fold_ahead
+            upcoming = self._reader.submit(self._page, workspace_id, page.cursor) if ahead else None
             memories, relations = self._merge(workspace_id, page)
             if self.storage.put_index(workspace_id, position, page.cursor, memories, relations):
                 position = page.cursor
-                if upcoming is None:  # the page held all the log had when it was read
+                if not page.has_more:  # the page held all the log had when it was read
                     return position
-                page = upcoming.result()
+                page = upcoming.result() if upcoming else self._page(workspace_id, position)
             else:  # another process folded this part first: go on from where it got to
                 if upcoming is not None:
                     upcoming.cancel()
@@ -136,7 +135,7 @@ class HostedIndex:
             except PayloadError as exc:  # pushes are checked; only an older server's may fail
                 log.warning("hosted index: %s skipped: %s", mutation.mutation_id, exc)
         latest = max((m.hlc for m in page.mutations), default=None)
-        return _Page(states, int(page.cursor), page.has_more, latest)
+        return _Page(len(page.mutations), states, int(page.cursor), page.has_more, latest)
 
     def _merge(
         self, workspace_id: str, page: _Page

@@ -75,6 +75,10 @@ __all__ = [
 class ServerStorage(Protocol):
     """The sync server's database; every method is safe to call from any thread."""
 
+    fold_ahead: bool
+    """Whether a fold may read the log's next page while it writes one: not where one writer
+    at a time holds the whole database (pushes would wait behind page after page)."""
+
     @property
     def path(self) -> object:
         """Where the data is, for messages (a file, or a database URL without its password)."""
