@@ -75,7 +75,9 @@ def main() -> None:
         ["storage", "fold", "memories/s"],
         [[r["backend"], f"{r['fold_s']} s", f"{r['per_s']:,}"] for r in runs],
     )
-    write_results("bench_hosted_fold", {"size": args.size, "backend": args.backend}, {"runs": runs})
+    write_results(
+        "bench_hosted_fold", {"size": args.size, "backend": args.backend}, {"runs": runs}, args.json
+    )
 
 
 if __name__ == "__main__":
