@@ -21,7 +21,7 @@ from cairn.model import Filters, Memory
 from cairn.protocol import WireMutation
 from cairn.remotes.http import HttpRemote
 from cairn.replication import MemoryState, RelationState
-from cairn.server import keys
+from cairn.server import hosted_index, keys
 from cairn.server.context import now_ms
 from cairn.server.hosted import Hosted
 from cairn.store.db import Database
@@ -295,11 +295,19 @@ def test_a_hosted_push_must_be_readable_and_is_searchable_once_acknowledged(
     assert agent.client.get("/v1/memories").json()["total"] == 0
 
 
+@pytest.mark.parametrize("page", [2000, 40])
 def test_the_index_is_a_projection_of_the_log(
-    sync_server_factory: Callable[..., SyncServer], embedder: OnnxEmbedder, tmp_path: Path
+    sync_server_factory: Callable[..., SyncServer],
+    embedder: OnnxEmbedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    page: int,
 ) -> None:
     """Two server processes fold the same log concurrently (compare-and-swap on the position):
-    the index ends equal to one fold of the whole log, whatever the order."""
+    the index ends equal to one fold of the whole log, whatever the order; also when it is
+    read in pages of 40 (each read while the one before is written, a memory's later states
+    merged into the earlier ones the index holds)."""
+    monkeypatch.setattr(hosted_index, "FOLD_PAGE", page)
     server = sync_server_factory()
     storage = server.storage
     workspace, _ = keys.create_workspace(storage, "fold", now_ms(), "hosted")
@@ -319,10 +327,11 @@ def test_the_index_is_a_projection_of_the_log(
         )
     for start in range(0, 300, 50):
         storage.push(workspace.id, wire[start : start + 50], "dev", now_ms())
+    assert storage.index_lag(workspace.id) == (0, 300)
     first, second = Hosted(storage, embedder), Hosted(storage, embedder)
     with ThreadPoolExecutor(4) as pool:
         positions = list(pool.map(lambda h: h.fold(workspace.id), [first, second, first, second]))
-    assert positions == [300] * 4 and storage.index_position(workspace.id) == 300
+    assert positions == [300] * 4 and storage.index_lag(workspace.id) == (300, 300)
     listed, total = storage.list_indexed(workspace.id, Filters(), 1000, 0)
     assert total == 100
     assert {m.id: m.content for m in listed} == {

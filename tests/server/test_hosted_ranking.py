@@ -158,3 +158,23 @@ def test_filters_hold_on_both_halves(storage: ServerStorage) -> None:
     everything = storage.nearest("w1", query, Filters(), 100)
     assert len(everything) == 40
     assert [c for _, c in everything] == sorted((c for _, c in everything), reverse=True)
+
+
+def test_the_vectors_in_memory_follow_every_fold(storage: ServerStorage) -> None:
+    """The first search reads a workspace's vectors all at once; later ones apply what folds
+    changed since (a forgotten memory leaves, a new one comes, an edited one moves), and one
+    given the position it folded to reads nothing when the vectors are there already."""
+    rng = np.random.default_rng(11)
+    unit = [v / np.linalg.norm(v) for v in rng.standard_normal((4, INDEX_DIM))]
+    folder = Folder(storage)
+    folder.fold(*(indexed(f"m{n}", f"text {n}", unit[n], project=f"p{n % 2}") for n in range(3)))
+    query = unit[0].astype("<f4").tobytes()
+    assert [m for m, _ in storage.nearest("w1", query, Filters(), 10)][0] == "m0"
+    assert {m for m, _ in storage.nearest("w1", query, Filters(project="p1"), 10)} == {"m1"}
+    folder.fold(indexed("m0", "", deleted=True), indexed("m1", "moved", unit[3], project="p1"))
+    folder.fold(indexed("m3", "new", unit[0], project="p1"))
+    near = storage.nearest("w1", query, Filters(), 10, folder.position)
+    assert [m for m, _ in near][0] == "m3" and "m0" not in {m for m, _ in near}
+    moved = storage.nearest("w1", unit[3].astype("<f4").tobytes(), Filters(project="p1"), 10)
+    assert moved[0][0] == "m1" and moved[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert {m for m, _ in moved} == {"m1", "m3"}

@@ -107,7 +107,7 @@ class Hosted:
         topic's newest memory."""
         item = memory_rules.checked(item, model.DEFAULT_PROJECT)
         assert item.project is not None  # set by checked()
-        self.fold(workspace_id)
+        position = self.fold(workspace_id)
         digest = model.content_hash(item.content)
         existing = self.storage.live_by_hash(workspace_id, item.project, digest)
         if existing is not None:
@@ -120,7 +120,7 @@ class Hosted:
             return RememberResult(tagged, created=False)
         vector = vector_bytes(self.embedder.embed([item.content])[0])
         in_project, depth = Filters(project=item.project), memory_rules.NEAR_CANDIDATES
-        nearest = self.storage.nearest(workspace_id, vector, in_project, depth)
+        nearest = self.storage.nearest(workspace_id, vector, in_project, depth, position)
         found = self.storage.indexed_memories(workspace_id, [m for m, _ in nearest])
         near = memory_rules.near_duplicates(item, [(found[m], c) for m, c in nearest if m in found])
         topic = item.topic_key
@@ -141,7 +141,7 @@ class Hosted:
         """The best ``limit`` memories for ``query``, fused like a device's recall."""
         model.check_query(query)
         memory_rules.check_limit(limit)
-        self.fold(workspace_id)
+        position = self.fold(workspace_id)
         depth = hybrid.depth(limit)
         terms = hybrid.query_terms(query)
         pending = (
@@ -150,14 +150,13 @@ class Hosted:
             else None
         )
         vector = self.embedder.embed([query.strip()])[0]
-        nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth)
+        nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth, position)
         semantic = hybrid.meaningful(nearest)
         keyword = pending.result() if pending else []
-        found = self.storage.indexed_memories(
+        found, successors = self.storage.recalled(
             workspace_id, list(dict.fromkeys(m for m, _ in [*semantic, *keyword]))
         )
         about = {m.id: (m.id, m.created_at) for m in found.values() if not m.deleted}
-        successors = self.storage.successors(workspace_id, list(about))
         top = hybrid.fuse(semantic, keyword, about, successors, now, limit)
         hits = hybrid.successors_first(
             [Hit(found[key], score, match) for score, _, key, match in top]

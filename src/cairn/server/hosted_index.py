@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +33,19 @@ FOLD_PAGE = 2000
 """Mutations folded into the index per transaction."""
 
 
+@dataclass(frozen=True)
+class _Page:
+    """A page of the log as a fold reads it: how many mutations it holds, each readable one
+    with its state, the position after the page, whether the log held more, and the page's
+    newest clock."""
+
+    read: int
+    states: list[tuple[WireMutation, MemoryState | RelationState]]
+    cursor: int
+    has_more: bool
+    latest: str | None
+
+
 class HostedIndex:
     """The index of every hosted workspace in one storage, and the thread that folds it."""
 
@@ -48,22 +62,37 @@ class HostedIndex:
         # Folds after pushes run here, off the request: a fold of a big push can take seconds
         # (HNSW inserts), and a client's next request on its connection must not wait for it.
         self._folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-fold")
+        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cairn-fold-read")
         self._due: set[str] = set()
         self._due_lock = threading.Lock()
 
     def close(self) -> None:
         self._folder.shutdown(cancel_futures=True)
+        self._reader.shutdown(cancel_futures=True)
 
     def fold(self, workspace_id: str) -> int:
         """Fold every mutation the index has not seen into it; the position reached."""
-        while True:
-            position = self.storage.index_position(workspace_id)
-            page = self.storage.pull(workspace_id, position, FOLD_PAGE, None)
-            if not page.mutations:
-                return position
-            memories, relations = self._merge(workspace_id, page.mutations)
-            # False: another process folded this part first; read the position again.
-            self.storage.put_index(workspace_id, position, int(page.cursor), memories, relations)
+        position, latest = self.storage.index_lag(workspace_id)
+        if position >= latest:  # one read when there is nothing new (every recall asks)
+            return position
+        page = self._page(workspace_id, position)
+        while page.read:
+            # The next page is read and decoded (Python) while this one is written (the
+            # database): on two cores the two halves of a fold overlap.
+            ahead = page.has_more and self.storage.fold_ahead
+            upcoming = self._reader.submit(self._page, workspace_id, page.cursor) if ahead else None
+            memories, relations = self._merge(workspace_id, page)
+            if self.storage.put_index(workspace_id, position, page.cursor, memories, relations):
+                position = page.cursor
+                if not page.has_more:  # the page held all the log had when it was read
+                    return position
+                page = upcoming.result() if upcoming else self._page(workspace_id, position)
+            else:  # another process folded this part first: go on from where it got to
+                if upcoming is not None:
+                    upcoming.cancel()
+                position = self.storage.index_position(workspace_id)
+                page = self._page(workspace_id, position)
+        return position
 
     def schedule(self, workspace_id: str) -> None:
         """Fold the workspace soon, on the fold thread (once, however many pushes ask before
@@ -96,38 +125,53 @@ class HostedIndex:
         except Exception:  # the next push or recall folds again; the log keeps everything
             log.exception("hosted index: folding workspace %s failed", workspace_id)
 
-    def _merge(
-        self, workspace_id: str, mutations: Sequence[WireMutation]
-    ) -> tuple[list[IndexedMemory], list[RelationState]]:
-        incoming: dict[str, MemoryState] = {}
-        links: dict[str, RelationState] = {}
-        for mutation in mutations:
+    def _page(self, workspace_id: str, position: int) -> _Page:
+        """The log's next page after ``position``, each mutation's state decoded once."""
+        page = self.storage.pull(workspace_id, position, FOLD_PAGE, None)
+        states: list[tuple[WireMutation, MemoryState | RelationState]] = []
+        for mutation in page.mutations:
             try:
-                state = indexable(mutation)
+                states.append((mutation, indexable(mutation)))
             except PayloadError as exc:  # pushes are checked; only an older server's may fail
                 log.warning("hosted index: %s skipped: %s", mutation.mutation_id, exc)
-                continue
+        latest = max((m.hlc for m in page.mutations), default=None)
+        return _Page(len(page.mutations), states, int(page.cursor), page.has_more, latest)
+
+    def _merge(
+        self, workspace_id: str, page: _Page
+    ) -> tuple[list[IndexedMemory], list[RelationState]]:
+        # Each memory's state, with the payload it came in when no merge changed it (then
+        # the index stores those bytes rather than encoding the same state again).
+        incoming: dict[str, tuple[MemoryState, bytes | None]] = {}
+        links: dict[str, RelationState] = {}
+        for mutation, state in page.states:
             if isinstance(state, RelationState):
                 links[state.key] = merge_relation(links.get(state.key), state)
             else:
                 known = incoming.get(state.memory.id)
-                incoming[state.memory.id] = merge_memory(known, state).state if known else state
-        latest = max((m.hlc for m in mutations), default=None)
-        if latest is not None:
-            self._observe(latest)
+                incoming[state.memory.id] = (
+                    (merge_memory(known[0], state).state, None)
+                    if known
+                    else (state, mutation.payload)
+                )
+        if page.latest is not None:
+            self._observe(page.latest)
         stored = self.storage.indexed_payloads(workspace_id, list(incoming))
-        merged: list[MemoryState] = []
-        for memory_id, state in incoming.items():
+        merged: list[tuple[MemoryState, bytes | None]] = []
+        for memory_id, (state, body) in incoming.items():
             if memory_id in stored:
-                state = merge_memory(state_of(memory_id, stored[memory_id]), state).state
-            merged.append(state)
+                older = state_of(memory_id, stored[memory_id])
+                state, body = merge_memory(older, state).state, None
+            merged.append((state, body))
         known_links = self.storage.indexed_relations(workspace_id, list(links))
         relations = [merge_relation(known_links.get(k), r) for k, r in links.items()]
         return self._indexed(merged), relations
 
-    def _indexed(self, states: Sequence[MemoryState]) -> list[IndexedMemory]:
-        """Index rows for these states; a live memory without a vector of the server's model
-        (a device with another model) is embedded here, so semantic search finds it too."""
+    def _indexed(self, merged: Sequence[tuple[MemoryState, bytes | None]]) -> list[IndexedMemory]:
+        """Index rows for these states (each with its payload, None: encode it); a live memory
+        without a vector of the server's model (a device with another model) is embedded here,
+        so semantic search finds it too."""
+        states = [state for state, _ in merged]
         embedder = self._embedder() if states else None  # no states: no model to load
         model_id = embedder.model_id if embedder is not None else ""
         vectors: list[bytes | None] = []
@@ -146,8 +190,8 @@ class HostedIndex:
             for i, vector in zip(missing, made, strict=True):
                 vectors[i] = vector_bytes(vector)
         return [
-            IndexedMemory(state.memory, payload.encode_memory(state), vector)
-            for state, vector in zip(states, vectors, strict=True)
+            IndexedMemory(state.memory, body or payload.encode_memory(state), vector)
+            for (state, body), vector in zip(merged, vectors, strict=True)
         ]
 
 

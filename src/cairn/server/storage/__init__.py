@@ -75,6 +75,10 @@ __all__ = [
 class ServerStorage(Protocol):
     """The sync server's database; every method is safe to call from any thread."""
 
+    fold_ahead: bool
+    """Whether a fold may read the log's next page while it writes one: not where one writer
+    at a time holds the whole database (pushes would wait behind page after page)."""
+
     @property
     def path(self) -> object:
         """Where the data is, for messages (a file, or a database URL without its password)."""
@@ -210,6 +214,11 @@ class ServerStorage(Protocol):
         """The seq up to which the workspace's log is folded into its index (0: none)."""
         ...
 
+    def index_lag(self, workspace_id: str) -> tuple[int, int]:
+        """The index's position and the log's latest seq, read together (equal: nothing to
+        fold); NotFound if there is no such workspace."""
+        ...
+
     def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         """The indexed merged payload of each of these memories that the index holds."""
         ...
@@ -231,8 +240,16 @@ class ServerStorage(Protocol):
         (another process folded that part of the log first)."""
         ...
 
-    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
-        """Up to ``depth`` live memories by cosine to ``vector``, highest first."""
+    def nearest(
+        self,
+        workspace_id: str,
+        vector: bytes,
+        filters: Filters,
+        depth: int,
+        position: int | None = None,
+    ) -> Ranked:
+        """Up to ``depth`` live memories by cosine to ``vector``, highest first; ``position``:
+        the index position the caller folded to (what it must see at least)."""
         ...
 
     def keyword(
@@ -246,8 +263,11 @@ class ServerStorage(Protocol):
         """These memories as the index holds them (tombstones included)."""
         ...
 
-    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
-        """For each id a live memory supersedes: the newest such successor's id."""
+    def recalled(
+        self, workspace_id: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, Memory], dict[str, str]]:
+        """``indexed_memories``, and for each live one that a live memory supersedes, the
+        newest such successor's id; in one read."""
         ...
 
     def list_indexed(

@@ -39,6 +39,11 @@ class HostedVectors:
 
     def _apply(self, rows: Iterable[VectorRow]) -> None:
         floor = self.seen
+        if not self._ids:  # the first read of a workspace: its rows at once, not one by one
+            rows = list(rows)
+            self._load([row for row in rows if row[3] > floor])
+            self.seen = max((row[3] for row in rows), default=floor)
+            return
         for memory_id, deleted, vector, position, project in rows:
             if position <= floor:
                 continue
@@ -50,6 +55,14 @@ class HostedVectors:
                 row = np.frombuffer(vector, dtype="<f4")
                 self._rows.put(self._key(memory_id), row, label)
             self.seen = max(self.seen, position)
+
+    def _load(self, rows: Sequence[VectorRow]) -> None:
+        """Fill the empty matrix with the live rows among ``rows`` (one per memory)."""
+        live = [r for r in rows if not r[1] and r[2] is not None and len(r[2]) == INDEX_DIM * 4]
+        keys = [self._key(memory_id) for memory_id, *_ in live]
+        labels = [self._projects.setdefault(r[4], len(self._projects) + 1) for r in live]
+        vectors = np.frombuffer(b"".join(r[2] or b"" for r in live), dtype="<f4")
+        self._rows.load(len(live), [(keys, vectors, labels)])
 
     def search(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cairn.errors import NotFound
 from cairn.model import Filters, Memory
 from cairn.replication import RelationState
 from cairn.server.storage.dialect import Conn
@@ -48,6 +49,17 @@ class HostedIndex(SqlBase):
         with self._read(workspace_id) as conn:
             return self._position(conn, workspace_id)
 
+    def index_lag(self, workspace_id: str) -> tuple[int, int]:
+        with self._read(workspace_id) as conn:
+            row = conn.execute(
+                "SELECT (SELECT position FROM hosted_index WHERE workspace_id = w.id), "
+                "latest_seq FROM workspaces w WHERE w.id = ?",
+                (workspace_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return int(row[0] or 0), int(row[1])
+
     def put_index(
         self,
         workspace_id: str,
@@ -56,7 +68,9 @@ class HostedIndex(SqlBase):
         memories: Sequence[IndexedMemory],
         relations: Sequence[RelationState],
     ) -> bool:
-        with self._write(workspace_id) as conn:
+        # Not durable: the index is a projection of the (durable) log, and a crash that loses
+        # this commit loses the position with it, so the next fold reads those pages again.
+        with self._write(workspace_id, durable=False) as conn:
             # Moving the position first takes its row's lock: a second writer that read the
             # same position waits here, then sees it moved and writes nothing.
             if expected == 0:
@@ -136,19 +150,35 @@ class HostedIndex(SqlBase):
                 found.update((row[0], self._memory(row)) for row in rows)
         return found
 
-    def successors(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, str]:
+    def recalled(
+        self, workspace_id: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, Memory], dict[str, str]]:
+        found: dict[str, Memory] = {}
+        with self._read(workspace_id, snapshot=True) as conn:
+            for chunk in self._chunks(memory_ids):
+                clause, params = self._in("id", chunk)
+                rows = conn.execute(
+                    f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
+                    f"AND {clause}",
+                    (workspace_id, *params),
+                )
+                found.update((row[0], self._memory(row)) for row in rows)
+            live = [m.id for m in found.values() if not m.deleted]
+            return found, self._successors(conn, workspace_id, live)
+
+    def _successors(
+        self, conn: Conn, workspace_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, str]:
         if not memory_ids:
             return {}
         clause, params = self._in("r.to_id", memory_ids)
-        rows = self._all(
-            workspace_id,
+        rows = conn.execute(
             "SELECT r.to_id, r.from_id FROM hosted_relations r JOIN hosted_memories m "
             "ON m.workspace_id = r.workspace_id AND m.id = r.from_id "
             "WHERE r.workspace_id = ? AND r.type = 'supersedes' AND NOT r.deleted "
             f"AND NOT m.deleted AND {clause} ORDER BY r.created_at",
-            workspace_id,
-            *params,
-        )
+            (workspace_id, *params),
+        ).fetchall()
         return {to_id: from_id for to_id, from_id in rows}
 
     def list_indexed(
@@ -190,26 +220,38 @@ class HostedIndex(SqlBase):
     def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
         raise NotImplementedError
 
-    def nearest(self, workspace_id: str, vector: bytes, filters: Filters, depth: int) -> Ranked:
+    def nearest(
+        self,
+        workspace_id: str,
+        vector: bytes,
+        filters: Filters,
+        depth: int,
+        position: int | None = None,
+    ) -> Ranked:
         """Exact cosine over the workspace's vectors held in this process, brought up to the
-        index's position first; a filter by project alone reads nothing else."""
+        index's position first (none read when they are at ``position`` already); a filter by
+        project alone reads nothing else."""
         with self._vectors_lock:
             cache = self._vectors.setdefault(workspace_id, HostedVectors())
-        allowed = None
+        query = np.frombuffer(vector, dtype="<f4")
         project_only = filters.project is not None and filters == Filters(project=filters.project)
+        project = filters.project if project_only else None
+        if filters.empty or project_only:
+            if position is None or cache.seen < position:
+                with self._read(workspace_id) as conn:  # one statement: one snapshot
+                    cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
+            return cache.search(query, depth, None, project)
         with self._read(workspace_id, snapshot=True) as conn:  # the cache and filter agree
             cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
-            if not filters.empty and not project_only:
-                where, params = self._index_filter(filters)
-                allowed = [
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT m.id FROM hosted_memories m WHERE m.workspace_id = ? AND {where}",
-                        [workspace_id, *params],
-                    )
-                ]
-            query = np.frombuffer(vector, dtype="<f4")
-            return cache.search(query, depth, allowed, filters.project if project_only else None)
+            where, params = self._index_filter(filters)
+            allowed = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT m.id FROM hosted_memories m WHERE m.workspace_id = ? AND {where}",
+                    [workspace_id, *params],
+                )
+            ]
+            return cache.search(query, depth, allowed, None)
 
     def _vector_rows(self, conn: Conn, workspace_id: str, after: int) -> list[VectorRow]:
         """The index rows written after position ``after``, in position order."""

@@ -26,45 +26,46 @@ WORDS = "to_tsvector('english'::regconfig, regexp_replace(content, '\\W+', ' ', 
 """A memory's terms: its word-character runs (as FTS5's tokenizer splits them, so a file name
 ``pnpm-lock.yaml`` is three terms, not one), stemmed, English stop words left out."""
 
-_TERMS = (
-    "INSERT INTO hosted_terms (workspace_id, term, docs) "
-    "SELECT m.workspace_id, u.lexeme, {sign} count(*) "
+_WORDS = (
+    "WITH w AS MATERIALIZED (SELECT m.id, m.length, u.lexeme, cardinality(u.positions) AS tf "
     "FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
-    "WHERE m.workspace_id = ? AND m.id = ANY(?) GROUP BY m.workspace_id, u.lexeme "
+    "WHERE m.workspace_id = ? AND m.id = ANY(?)), "
+    "d AS (SELECT lexeme, count(*) AS n FROM w GROUP BY lexeme), "
+    "totals AS (UPDATE hosted_index i SET docs = i.docs {sign} t.docs, "
+    "tokens = i.tokens {sign} t.tokens FROM (SELECT count(*) FILTER (WHERE NOT deleted) AS docs, "
+    "coalesce(sum(length), 0) AS tokens FROM hosted_memories WHERE workspace_id = ? "
+    "AND id = ANY(?)) t WHERE i.workspace_id = ?) "
+)
+_REMOVE = _WORDS.format(sign="-") + (
+    ", unpost AS (DELETE FROM hosted_postings p USING w WHERE p.workspace_id = ? "
+    "AND p.term = w.lexeme AND p.id = w.id), "
+    "fewer AS (UPDATE hosted_terms h SET docs = h.docs - d.n FROM d WHERE h.workspace_id = ? "
+    "AND h.term = d.lexeme AND h.docs > d.n) "
+    "DELETE FROM hosted_terms h USING d WHERE h.workspace_id = ? AND h.term = d.lexeme "
+    "AND h.docs <= d.n"
+)
+_ADD = _WORDS.format(sign="+") + (
+    # In key order: neighbouring postings land in the same index pages.
+    ", post AS (INSERT INTO hosted_postings (workspace_id, term, id, tf, length) "
+    "SELECT ?, lexeme, id, tf, length FROM w ORDER BY lexeme, id) "
+    "INSERT INTO hosted_terms (workspace_id, term, docs) SELECT ?, lexeme, n FROM d "
     "ON CONFLICT (workspace_id, term) DO UPDATE SET docs = hosted_terms.docs + excluded.docs"
-)
-_TOTALS = (
-    "UPDATE hosted_index i SET docs = i.docs {sign} t.docs, tokens = i.tokens {sign} t.tokens "
-    "FROM (SELECT count(*) FILTER (WHERE NOT deleted) AS docs, coalesce(sum(length), 0) AS "
-    "tokens FROM hosted_memories WHERE workspace_id = ? AND id = ANY(?)) t "
-    "WHERE i.workspace_id = ?"
-)
-_UNPOST = (
-    "DELETE FROM hosted_postings p USING hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
-    "WHERE m.workspace_id = ? AND m.id = ANY(?) "
-    "AND p.workspace_id = m.workspace_id AND p.term = u.lexeme AND p.id = m.id"
-)
-_POST = (
-    "INSERT INTO hosted_postings (workspace_id, term, id, tf, length) "
-    "SELECT m.workspace_id, u.lexeme, m.id, cardinality(u.positions), m.length "
-    "FROM hosted_memories m CROSS JOIN LATERAL unnest(m.words) u "
-    "WHERE m.workspace_id = ? AND m.id = ANY(?)"
 )
 
 
 def count_terms(conn: Conn, workspace_id: str, memory_ids: Sequence[str], sign: int) -> None:
     """Add (``sign`` 1) or take away (-1) these memories' rows as they stand now from their
     workspace's postings and statistics: a fold takes the old rows away, writes, and adds the
-    new ones. A forgotten memory holds no terms and no tokens, so it counts for nothing."""
+    new ones. A forgotten memory holds no terms and no tokens, so it counts for nothing.
+
+    One statement each way (its parts touch different rows, so they cannot see one another's
+    changes): a term no memory holds any more is deleted, not left at 0."""
     ids = list(memory_ids)
-    marker = "+" if sign > 0 else "-"
-    conn.execute(_TERMS.format(sign=marker), (workspace_id, ids))
-    conn.execute(_TOTALS.format(sign=marker), (workspace_id, ids, workspace_id))
+    head = (workspace_id, ids, workspace_id, ids, workspace_id)
     if sign < 0:
-        conn.execute(_UNPOST, (workspace_id, ids))
-        return
-    conn.execute(_POST, (workspace_id, ids))
-    conn.execute("DELETE FROM hosted_terms WHERE workspace_id = ? AND docs <= 0", (workspace_id,))
+        conn.execute(_REMOVE, (*head, workspace_id, workspace_id, workspace_id))
+    else:
+        conn.execute(_ADD, (*head, workspace_id, workspace_id))
 
 
 def ranking_sql(where: str | None) -> str:

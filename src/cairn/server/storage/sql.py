@@ -24,7 +24,8 @@ class SqlBase:
 
     def _write(self, workspace_id: str, durable: bool = True) -> AbstractContextManager[Conn]:
         """One write transaction over ``workspace_id``'s rows (``ALL``: every workspace's).
-        ``durable=False``: metering of a read, whose commit need not wait for the disk."""
+        ``durable=False``: metering of a read, or a fold of the index (rebuilt from the log),
+        whose commit need not wait for the disk."""
         raise NotImplementedError
 
     def _read(self, workspace_id: str, snapshot: bool = False) -> AbstractContextManager[Conn]:

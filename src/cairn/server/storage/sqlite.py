@@ -25,6 +25,7 @@ class SqliteStorage(SqlStorage):
 
     dialect = SqliteDialect()
     unique_violation = sqlite3.IntegrityError
+    fold_ahead = False
 
     def __init__(self, path: Path) -> None:
         super().__init__()
