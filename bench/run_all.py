@@ -4,8 +4,8 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 2 idle cores); later runs reuse them. ``--quick`` uses small sizes, for checking the scripts.
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
-    coldstart sync sync_postgres crypto autosync objects load idle hosted mcp_tokens peers
-    million)
+    coldstart sync sync_postgres pages crypto autosync objects load idle hosted mcp_tokens
+    peers million)
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ PLAN: dict[str, tuple[str, list[str], list[str]]] = {
         ["--sizes", "10000", "--runs", "3", "--postgres", "--json", SYNC_POSTGRES_JSON],
         ["--quick", "--postgres", "--json", SYNC_POSTGRES_JSON],
     ),
+    "pages": ("bench_pages.py", [], ["--repeat", "3"]),
     "crypto": ("bench_crypto.py", [], ["--quick"]),
     "autosync": ("bench_autosync.py", ["--memories", "60"], ["--quick"]),
     "objects": ("bench_objects.py", [], ["--quick"]),

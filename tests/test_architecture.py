@@ -31,6 +31,7 @@ RANKS: dict[str, int] = {
     "cairn.replication": 40,
     "cairn.memory_rules": 40,
     "cairn.protocol": 50,
+    "cairn.binary_pages": 55,
     "cairn.keyring_rules": 60,
     "cairn.settings": 60,
     "cairn.agent_text": 60,

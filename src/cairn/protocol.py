@@ -9,7 +9,8 @@ On the wire (JSON), a mutation is::
     {"v": 1, "mutation_id": "...", "device_id": "...", "hlc": "...", "entity_id": "...",
      "scope": "hex or null", "payload": "base64", "seq": 42}
 
-``seq`` is assigned by the remote when it stores the mutation; pushes omit it.
+``seq`` is assigned by the remote when it stores the mutation; pushes omit it. The sync server
+also carries the same fields in a binary form (``cairn.binary_pages``), checked by the same rules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The sync engine through a real sync server: body limits, refusals, scopes, read-only keys."""
+"""The sync engine through a real sync server: body limits, refusals, scopes, read-only keys,
+binary and JSON pages side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cairn.binary_pages import MEDIA_TYPE
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import Forbidden
@@ -21,13 +23,42 @@ from cairn.store.db import Database
 from cairn.sync.engine import Syncer
 
 from ..conftest import SyncServer
-from .conftest import keys_for
+from .conftest import keys_for, snapshot, sync_all
 
 
-def _replica(tmp_path: Path, embedder: OnnxEmbedder, name: str, url: str, key: str) -> Syncer:
+def _replica(
+    tmp_path: Path,
+    embedder: OnnxEmbedder,
+    name: str,
+    url: str,
+    key: str,
+    binary: bool = True,
+    page_size: int = 1000,
+) -> Syncer:
     store = Store(Database(tmp_path / f"{name}.db"), embedder, project="p")
-    remote = HttpRemote(url, key, device_id=store.device_id())
-    return Syncer(store, remote, keys_for(remote))
+    remote = HttpRemote(url, key, device_id=store.device_id(), binary=binary)
+    return Syncer(store, remote, keys_for(remote), page_size=page_size)
+
+
+def test_binary_and_json_devices_converge_through_one_server(
+    tmp_path: Path, embedder: OnnxEmbedder, sync_server: SyncServer
+) -> None:
+    """A device on binary pages and one on JSON (as before them) write, edit and forget; each
+    reads what the other pushed, page by page, and both end with the same memories."""
+    url, key = sync_server.url, sync_server.admin_key
+    new = _replica(tmp_path, embedder, "new", url, key, binary=True, page_size=7)
+    old = _replica(tmp_path, embedder, "old", url, key, binary=False, page_size=7)
+    mine = new.store.remember_many([NewMemory(f"Binary: deploy step {i}") for i in range(12)])
+    theirs = old.store.remember_many([NewMemory(f"JSON: rollback step {i}") for i in range(12)])
+    sync_all(new, old)
+    new.store.edit(theirs[0].memory.id, content="JSON: rollback step 0, edited on binary")
+    old.store.forget(mine[1].memory.id)
+    old.store.remember("Unicode survives both forms: café ✓ 日本")
+    sync_all(new, old)
+    assert snapshot(new.store) == snapshot(old.store)
+    assert new.store.count() == old.store.count() == 24
+    assert new.store.get(theirs[0].memory.id).content.endswith("edited on binary")
+    assert (new.remote.pages, old.remote.pages) == (MEDIA_TYPE, "application/json")
 
 
 def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside(
@@ -35,7 +66,8 @@ def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside
     embedder: OnnxEmbedder,
     sync_server_factory: Callable[..., SyncServer],
 ) -> None:
-    server = sync_server_factory(ServerSettings(max_body=48 * 1024, rate_limit=0))
+    # 40 KiB: the noisy memory's payload (~46 KB sealed) is over it as raw bytes too.
+    server = sync_server_factory(ServerSettings(max_body=40 * 1024, rate_limit=0))
     a = _replica(tmp_path, embedder, "a", server.url, server.admin_key)
     a.store.remember_many(
         [NewMemory(f"Runbook step {i}: restart the worker pool") for i in range(40)]
@@ -43,7 +75,7 @@ def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside
     noise = base64.b64encode(os.urandom(45_000)).decode()  # 60 KB that barely compresses
     huge = a.store.remember(noise).memory  # fits a memory, not a request
     report = a.push()
-    assert report.pushed == 40 and report.batches > 1  # split to fit under 48 KiB
+    assert report.pushed == 40 and report.batches > 1  # split to fit under 40 KiB
     assert report.dead_lettered == 1
     [letter] = a.dead_letters()
     assert (letter.entity_id, letter.code) == (huge.id, "payload_too_large")

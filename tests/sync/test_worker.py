@@ -6,6 +6,7 @@ import json
 import random
 import signal
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -225,8 +226,10 @@ def test_a_change_the_remote_refuses_shows_its_reason_and_the_rest_still_syncs(
     a.worker.start()
     b.worker.start()
     rng = random.Random(5)
-    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(60_000))
-    a.store.remember("A long design note that does not compress: " + noise)  # over 48 KiB
+    # Printable ASCII at random: ~51 KB compressed, over 48 KiB even as raw bytes (binary pages).
+    alphabet = string.ascii_letters + string.digits + string.punctuation
+    noise = "".join(rng.choice(alphabet) for _ in range(62_000))
+    a.store.remember("A long design note that does not compress: " + noise)
     a.store.remember("The cache TTL is ten minutes")
     wait_for(lambda: read_status(a.store)["reason"] == "payload_too_large")
     status = read_status(a.store)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from cairn import keyring_rules
+from cairn import binary_pages, keyring_rules
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -41,10 +41,16 @@ DEFAULT_TIMEOUT = 30.0
 MAX_RETRY_AFTER = 3600.0
 """The longest a server's Retry-After may hold this client back (seconds)."""
 MAX_KEY_ID = 2**32 - 1
+ACCEPT_PAGES = f"{binary_pages.MEDIA_TYPE}, application/json;q=0.5"
+"""A pull asks for the binary form; a server that predates it answers JSON."""
 
 
 class HttpRemote:
-    """One workspace on a sync server, through one API key; keeps its connection alive."""
+    """One workspace on a sync server, through one API key; keeps its connection alive.
+
+    ``binary``: pages travel in the binary form (``cairn.binary_pages``) when the server speaks
+    it, else as JSON (False: JSON always, as clients before it did).
+    """
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class HttpRemote:
         api_key: str,
         device_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        binary: bool = True,
     ) -> None:
         if not API_KEY.fullmatch(api_key.strip()):
             raise InvalidInput(  # none of it is shown: it may be a secret pasted wrong
@@ -66,6 +73,10 @@ class HttpRemote:
         if device_id is not None:
             headers["X-Cairn-Device"] = device_id
         self._client = httpx.Client(base_url=self._url, headers=headers, timeout=timeout)
+        self._binary = binary
+        self._binary_known = False
+        """Whether the server has shown it reads the binary form (a binary page, a binary
+        push taken): until then a push it refuses as unreadable is sent again as JSON."""
 
     @property
     def supports_long_poll(self) -> bool:
@@ -75,13 +86,38 @@ class HttpRemote:
     def url(self) -> str:
         return self._url
 
+    @property
+    def pages(self) -> str:
+        """The media type pages travel in: the binary form, or JSON once this remote is told
+        not to use it or the server showed it predates it."""
+        return binary_pages.MEDIA_TYPE if self._binary else "application/json"
+
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
-        body = self._call("POST", "/v1/sync/push", json={"mutations": to_json(mutations)})
+        body = self._push_binary(mutations) if self._binary else None
+        if body is None:
+            body = self._call("POST", "/v1/sync/push", json={"mutations": to_json(mutations)})
         return PushResult(
             _int(body, "stored", self._url),
             _int(body, "duplicates", self._url),
             _int(body, "last_seq", self._url) if body.get("last_seq") is not None else None,
         )
+
+    def _push_binary(self, mutations: Sequence[WireMutation]) -> dict[str, Any] | None:
+        """The server's answer to a binary push, or None when it does not read the binary form
+        (a server that predates it refuses the body as not JSON: 415 or 422 ``invalid_input``);
+        from then on this remote pushes JSON."""
+        response = self._send(
+            "POST",
+            "/v1/sync/push",
+            content=binary_pages.pack_push(mutations),
+            headers={"Content-Type": binary_pages.MEDIA_TYPE},
+        )
+        if not self._binary_known and _unread(response):
+            self._binary = False
+            return None
+        body = self._body(response)
+        self._binary_known = True
+        return body
 
     def pull(
         self,
@@ -97,9 +133,23 @@ class HttpRemote:
         if wait > 0:
             params.append(("wait", wait))
         # A long-poll may hold the answer back for `wait` seconds before the usual timeout runs.
-        body = self._call("GET", "/v1/sync/pull", params=params, timeout=self.timeout + wait)
+        response = self._send(
+            "GET",
+            "/v1/sync/pull",
+            params=params,
+            timeout=self.timeout + wait,
+            headers={"Accept": ACCEPT_PAGES if self._binary else "application/json"},
+        )
+        binary = response.is_success and binary_pages.is_binary(
+            response.headers.get("content-type")
+        )
+        body = None if binary else self._body(response)
         try:
-            return page_from_json(body)
+            if body is not None:
+                return page_from_json(body)
+            page = binary_pages.unpack_page(response.content)
+            self._binary_known = True
+            return page
         except InvalidInput as exc:
             raise SyncError(
                 f"{self._url} sent a pull page this client cannot read ({exc.message})"
@@ -247,6 +297,19 @@ def _error(response: httpx.Response, body: Any, url: str) -> CairnError:
     if isinstance(exc, RateLimited):
         exc.retry_after = _retry_after(response.headers.get("Retry-After", "1"))
     return exc
+
+
+def _unread(response: httpx.Response) -> bool:
+    """Whether a push answer says the server could not read the body's format at all."""
+    if response.status_code == 415:
+        return True
+    if response.status_code != 422:
+        return False
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "invalid_input"
 
 
 def _retry_after(header: str) -> float:

@@ -10,7 +10,7 @@ from fastapi import Header, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from cairn import http_edge, protocol
+from cairn import binary_pages, http_edge, protocol
 from cairn.errors import InvalidInput
 from cairn.model import MAX_INT
 from cairn.protocol import ID_PATTERN, MAX_PULL_LIMIT, PullPage, WireMutation
@@ -33,6 +33,8 @@ SCOPES_PATTERN = r"^(?:[0-9a-f]{8,64}(?:,[0-9a-f]{8,64})*)?$"
 """A ``scope`` query value: scope tags separated by commas, or empty (untagged only)."""
 PUSH_BODY = inline_schema(PushIn)
 """The push body's schema, for the OpenAPI document (the route reads the body itself)."""
+BINARY = {binary_pages.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+"""The binary form in the OpenAPI document: its shape is in the sync protocol's docs."""
 
 DeviceHeader = Annotated[
     str | None,
@@ -50,12 +52,17 @@ router = new_router()
     description=(
         "All-or-nothing and idempotent by mutation_id. A refused mutation refuses the batch: "
         "422 `invalid_mutation` lists each refused one under `rejected`. 413 "
-        "`payload_too_large`: split the batch. 429 `quota_exceeded`: the workspace is full."
+        "`payload_too_large`: split the batch. 429 `quota_exceeded`: the workspace is full. "
+        f"The body may also be sent as `{binary_pages.MEDIA_TYPE}` (MessagePack: each "
+        "mutation an array, its payload raw bytes; see the sync protocol in the server docs)."
     ),
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": PUSH_BODY}},
+            "content": {
+                "application/json": {"schema": PUSH_BODY},
+                **BINARY,
+            },
         }
     },
     responses={
@@ -69,7 +76,9 @@ async def push(
 ) -> dict[str, int | None]:
     # The body is decoded by hand (``_decode_batch``): pydantic would take several times longer
     # over 10,000 mutations, and a refused mutation must be named by its id, not its position.
-    mutations, mode = await run_in_threadpool(_decode_batch, await request.body(), ctx, key)
+    mutations, mode = await run_in_threadpool(
+        _decode_batch, await request.body(), request.headers.get("content-type"), ctx, key
+    )
     result = await run_in_threadpool(
         ctx.storage.push, key.workspace_id, mutations, x_cairn_device, now_ms(), key.id
     )
@@ -85,11 +94,16 @@ async def push(
     "/v1/sync/pull",
     tags=["sync"],
     summary="Mutations after a sequence number",
-    description="In seq order; `next` resumes after this page and `has_more` says whether to.",
+    description=(
+        "In seq order; `next` resumes after this page and `has_more` says whether to. A client "
+        f"that lists `{binary_pages.MEDIA_TYPE}` in Accept gets the page as MessagePack "
+        "(each mutation an array, its payload raw bytes); any other gets JSON."
+    ),
     responses={
         200: {
             "model": PullOut,
             "description": "A page.",
+            "content": BINARY,
             **links(NextPage=("pull", {"query.since": "$response.body#/next"})),
         },
         **KEYED,
@@ -140,7 +154,8 @@ async def pull(
             ctx.storage.record_pull, workspace, key.id, len(page.mutations), now_ms()
         )
     ctx.metrics.pulled(len(page.mutations), sum(len(m.payload) for m in page.mutations))
-    return await run_in_threadpool(_page_response, page)
+    binary = binary_pages.accepts(request.headers.get("accept"))
+    return await run_in_threadpool(_page_response, page, binary)
 
 
 @router.get(
@@ -165,14 +180,16 @@ def status(ctx: Context, key: Reader) -> dict[str, Any]:
 
 
 def _decode_batch(
-    body: bytes, ctx: ServerContext, key: ApiKey
+    body: bytes, content_type: str | None, ctx: ServerContext, key: ApiKey
 ) -> tuple[Sequence[WireMutation], str]:
-    """The checked mutations of a push body and the workspace's mode; InvalidInput or
-    MutationRejected otherwise.
+    """The checked mutations of a push body (JSON, or the binary form when its content type
+    says so) and the workspace's mode; InvalidInput or MutationRejected otherwise.
 
     An end-to-end workspace takes sealed envelopes only, under no key id its keyring revoked;
     a hosted one, payloads its server can read.
     """
+    if binary_pages.is_binary(content_type):
+        return _checked(binary_pages.unpack_push(body), ctx, key)
     try:
         data = http_edge.decode_json(body)
     except ValueError as exc:
@@ -181,7 +198,12 @@ def _decode_batch(
         ) from exc
     if not isinstance(data, dict) or set(data) != {"mutations"}:
         raise InvalidInput('the request body must be a JSON object {"mutations": [...]}')
-    mutations = protocol.many_from_json(data["mutations"])
+    return _checked(protocol.many_from_json(data["mutations"]), ctx, key)
+
+
+def _checked(
+    mutations: Sequence[WireMutation], ctx: ServerContext, key: ApiKey
+) -> tuple[Sequence[WireMutation], str]:
     mode = ctx.storage.workspace_by_id(key.workspace_id).mode
     sealed = mode == protocol.E2E
     keyring = ctx.storage.keyring(key.workspace_id) if sealed else None
@@ -191,9 +213,13 @@ def _decode_batch(
     return mutations, mode
 
 
-def _page_response(page: PullPage) -> Response:
-    """Encoded off the event loop: a page can hold megabytes of base64."""
-    return Response(
-        protocol.page_body(page.mutations, page.cursor, page.has_more),
-        media_type="application/json",
-    )
+def _page_response(page: PullPage, binary: bool) -> Response:
+    """Encoded off the event loop: a page can hold megabytes. ``Vary``: the same URL answers
+    JSON or the binary form by the Accept header, which a cache must key on."""
+    if binary:
+        body = binary_pages.pack_page(page.mutations, page.cursor, page.has_more)
+        media_type = binary_pages.MEDIA_TYPE
+    else:
+        body = protocol.page_body(page.mutations, page.cursor, page.has_more)
+        media_type = "application/json"
+    return Response(body, media_type=media_type, headers={"Vary": "Accept"})
