@@ -138,33 +138,29 @@ class HostedIndex(SqlBase):
         return found
 
     def indexed_memories(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
-        found: dict[str, Memory] = {}
         with self._read(workspace_id) as conn:
-            for chunk in self._chunks(memory_ids):
-                clause, params = self._in("id", chunk)
-                rows = conn.execute(
-                    f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
-                    f"AND {clause}",
-                    (workspace_id, *params),
-                )
-                found.update((row[0], self._memory(row)) for row in rows)
-        return found
+            return self._memories_in(conn, workspace_id, memory_ids)
 
     def recalled(
         self, workspace_id: str, memory_ids: Sequence[str]
     ) -> tuple[dict[str, Memory], dict[str, str]]:
-        found: dict[str, Memory] = {}
         with self._read(workspace_id, snapshot=True) as conn:
-            for chunk in self._chunks(memory_ids):
-                clause, params = self._in("id", chunk)
-                rows = conn.execute(
-                    f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? "
-                    f"AND {clause}",
-                    (workspace_id, *params),
-                )
-                found.update((row[0], self._memory(row)) for row in rows)
+            found = self._memories_in(conn, workspace_id, memory_ids)
             live = [m.id for m in found.values() if not m.deleted]
             return found, self._successors(conn, workspace_id, live)
+
+    def _memories_in(
+        self, conn: Conn, workspace_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, Memory]:
+        found: dict[str, Memory] = {}
+        for chunk in self._chunks(memory_ids):
+            clause, params = self._in("id", chunk)
+            rows = conn.execute(
+                f"SELECT {MEMORY_COLUMNS} FROM hosted_memories WHERE workspace_id = ? AND {clause}",
+                (workspace_id, *params),
+            )
+            found.update((row[0], self._memory(row)) for row in rows)
+        return found
 
     def _successors(
         self, conn: Conn, workspace_id: str, memory_ids: Sequence[str]
