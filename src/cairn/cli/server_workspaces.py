@@ -9,6 +9,7 @@ import typer
 
 from cairn.cli import output
 from cairn.cli.common import App, JsonFlag
+from cairn.cli.server_lifecycle import workspace_delete, workspace_history
 from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
 from cairn.errors import InvalidInput
 from cairn.model import iso
@@ -20,6 +21,8 @@ workspace_app = App(
     help="Workspaces: each has its own mutation log, keyring, devices and API keys.",
     no_args_is_help=True,
 )
+workspace_app.command("delete")(workspace_delete)
+workspace_app.command("history")(workspace_history)
 
 
 class Mode(StrEnum):

@@ -33,6 +33,7 @@ from cairn.server.storage.records import (
     IndexedMemory,
     Quota,
     Ranked,
+    ServerEvent,
     Totals,
     Usage,
     UsageDay,
@@ -57,6 +58,7 @@ __all__ = [
     "IndexedMemory",
     "Quota",
     "Ranked",
+    "ServerEvent",
     "Totals",
     "Usage",
     "UsageDay",
@@ -288,6 +290,19 @@ class ServerStorage(Protocol):
         self, workspace_id: str, key_id: str, detail: dict[str, Any], now: int
     ) -> None:
         """Count a recall in the day's usage and the audit log."""
+        ...
+
+    # -- a workspace's lifecycle --------------------------------------------------------------
+
+    def delete_workspace(self, workspace_id: str, now: int, by: str) -> dict[str, int]:
+        """Delete the workspace and every row it owns (log, keyring versions, devices, keys,
+        usage, audit, index) in one transaction, and note it in the server's audit log (as done
+        ``by``); how many rows went from each table. NotFound, changing nothing, if there is no
+        such workspace."""
+        ...
+
+    def server_events(self, limit: int) -> list[ServerEvent]:
+        """The server's own audit log (workspaces deleted, imported), newest first."""
         ...
 
     def close(self) -> None: ...

@@ -51,6 +51,8 @@ class Dialect:
     """The placeholder of a JSON document in an INSERT."""
     chunk = 500
     """The most values one ``in_list`` may hold."""
+    index_tables: tuple[str, ...] = ()
+    """Tables of a hosted workspace's search index that only this database keeps."""
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """SQL and parameters for ``column`` being one of ``values``."""
@@ -107,6 +109,7 @@ class PostgresDialect(Dialect):
     vector_marker = "?::vector"
     json_marker = "?::jsonb"
     chunk = 2**62
+    index_tables = ("hosted_postings", "hosted_terms")
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]

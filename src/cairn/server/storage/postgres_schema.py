@@ -113,6 +113,13 @@ MIGRATIONS: tuple[str, ...] = (
          FROM hosted_memories GROUP BY workspace_id) t
         WHERE t.workspace_id = i.workspace_id;"""
     + _tenancy("hosted_terms", "hosted_postings"),
+    # 6: the server's own audit log, which outlives a deleted workspace; only a transaction
+    # over every workspace (the operator's) sees it.
+    tables.server_audit(TYPES, audit_id="\n        id BIGSERIAL PRIMARY KEY,", detail="JSONB")
+    + f"""ALTER TABLE server_audit ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE server_audit FORCE ROW LEVEL SECURITY;
+    CREATE POLICY operator ON server_audit USING ({_TENANT} = '{ALL}');
+    """,
 )
 
 

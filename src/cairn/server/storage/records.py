@@ -107,6 +107,18 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class ServerEvent:
+    """What an operator did to a whole workspace (deleted it, imported it), kept in the
+    server's own audit log, which outlives the workspace."""
+
+    at: int
+    action: str
+    workspace_id: str
+    workspace_name: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Totals:
     """Figures over every workspace, for metrics (no names: they may be private)."""
 

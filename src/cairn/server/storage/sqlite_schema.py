@@ -32,4 +32,13 @@ MIGRATIONS: tuple[str, ...] = (
     + tables.hosted_relations(TYPES),
     # 5: every keyring version is kept, with its proof (cairn.keyring_rules).
     tables.keyring_versions(TYPES) + tables.KEYRINGS_MOVED,
+    # 6: the server's own audit log, which outlives a deleted workspace; and the keyword index
+    # forgets a hosted memory whose row is deleted (a workspace's deletion).
+    tables.server_audit(TYPES, audit_id="", detail="TEXT")
+    + """CREATE TRIGGER hosted_fts_delete AFTER DELETE ON hosted_memories WHEN old.deleted = 0
+    BEGIN
+        INSERT INTO hosted_fts(hosted_fts, rowid, content)
+            VALUES ('delete', old.rowid, old.content);
+    END;
+    """,
 )

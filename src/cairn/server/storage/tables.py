@@ -184,3 +184,18 @@ KEYRINGS_MOVED = """
     DROP TABLE keyrings;
     """
 """The single keyring each workspace had becomes its version of that number, without a proof."""
+
+
+def server_audit(t: Types, audit_id: str, detail: str) -> str:
+    """The server's own audit log: what an operator did to whole workspaces (a deletion, an
+    import), kept when the workspace is gone, so it names the workspace without a foreign key."""
+    return f"""
+    CREATE TABLE server_audit ({audit_id}
+        at {t.time} NOT NULL,
+        action TEXT NOT NULL,
+        workspace_id TEXT NOT NULL,
+        workspace_name TEXT NOT NULL,
+        detail {detail} NOT NULL
+    );
+    CREATE INDEX server_audit_at ON server_audit (at);
+    """

@@ -1,0 +1,87 @@
+"""`cairn server workspace delete` and `cairn server workspace history`: a workspace's end."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cairn.cli import output
+from cairn.cli.common import JsonFlag
+from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
+from cairn.errors import InvalidInput
+from cairn.model import iso
+
+YesFlag = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask; for scripts (the deletion is final).")
+]
+
+
+def workspace_delete(
+    name: Annotated[str, typer.Argument(help="The workspace's name.")],
+    yes: YesFlag = False,
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Delete a workspace for good: its log, keyring versions, devices, API keys, usage, audit
+    entries and search index. Asks twice (the second time, type its name) unless --yes. The
+    server's own audit log (`cairn server workspace history`) keeps a record of the deletion.
+    Devices keep their local memories; their API keys stop working at once."""
+    storage = open_storage(data, db)
+    try:
+        workspace = storage.workspace(name)  # NotFound: nothing asked, nothing changed
+        if not yes:
+            stats = storage.stats(workspace.id)
+            typer.confirm(
+                f"delete workspace {name} ({workspace.id}) with its {stats.mutations} "
+                f"changes and {stats.devices} devices? This cannot be undone",
+                abort=True,
+                err=True,
+            )
+            typed = typer.prompt("type the workspace's name to confirm", err=True)
+            if typed != name:
+                raise InvalidInput(f"{typed!r} is not {name!r}; nothing was deleted")
+        deleted = storage.delete_workspace(workspace.id, now_ms(), by="cli")
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json({"workspace": name, "id": workspace.id, "deleted": deleted})
+        return
+    output.out.print(
+        f"deleted workspace {name} ({workspace.id}): {deleted['mutations']} changes, "
+        f"{deleted['devices']} devices, {deleted['api_keys']} API keys "
+        f"({sum(deleted.values())} rows in all)"
+    )
+
+
+def workspace_history(
+    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 50,
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """The server's own audit log: workspaces deleted (and imported), newest first. It outlives
+    the workspaces it names."""
+    storage = open_storage(data, db)
+    try:
+        events = storage.server_events(limit)
+    finally:
+        storage.close()
+    rows = [
+        {
+            "at": iso(e.at),
+            "action": e.action,
+            "workspace_id": e.workspace_id,
+            "workspace": e.workspace_name,
+            "detail": e.detail,
+        }
+        for e in events
+    ]
+    if json_:
+        output.emit_json(rows)
+        return
+    if not rows:
+        output.err.print("nothing yet: no workspace was deleted or imported on this server")
+    for row in rows:
+        output.out.print(f"{row['at']}  {row['action']}  {row['workspace']}  {row['workspace_id']}")
