@@ -217,3 +217,23 @@ def test_the_cli_asks_twice_then_deletes_and_the_history_keeps_it(env: dict[str,
         ("workspace_deleted", "doomed"),
     ]
     assert history[1]["workspace_id"] == doomed["id"]
+
+
+def test_the_cli_exports_and_imports_a_workspace(env: dict[str, str], tmp_path: Path) -> None:
+    made = ok_json(env, "workspace", "create", "team")
+    assert isinstance(made, dict)
+    file = tmp_path / "team.jsonl"
+    out = ok_json(env, "workspace", "export", "team", "--out", str(file))
+    assert isinstance(out, dict) and out["lines"] == 2  # a header and the end line
+    elsewhere = {k: v for k, v in env.items() if k != "CAIRN_SERVER_DB"}
+    other = ["--data", str(tmp_path / "other")]
+    done = ok_json(elsewhere, "workspace", "import", str(file), *other)
+    assert done == {"workspace": "team", "id": made["id"], "keyrings": 0, "devices": 0} | {
+        "mutations": 0
+    }
+    again = cairn(elsewhere, "workspace", "import", str(file), *other)
+    assert again.returncode != 0 and "already has a workspace" in again.stderr
+    missing = cairn(elsewhere, "workspace", "import", str(tmp_path / "nope.jsonl"), *other)
+    assert missing.returncode != 0 and "cannot read" in missing.stderr
+    history = ok_json(elsewhere, "workspace", "history", *other)
+    assert isinstance(history, list) and [e["action"] for e in history] == ["workspace_imported"]

@@ -1,7 +1,8 @@
-"""`cairn server workspace delete` and `cairn server workspace history`: a workspace's end."""
+"""`cairn server workspace delete`, `export`, `import` and `history`: a workspace's lifecycle."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from cairn.cli.common import JsonFlag
 from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
 from cairn.errors import InvalidInput
 from cairn.model import iso
+from cairn.server import transfer
 
 YesFlag = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask; for scripts (the deletion is final).")
@@ -85,3 +87,61 @@ def workspace_history(
         output.err.print("nothing yet: no workspace was deleted or imported on this server")
     for row in rows:
         output.out.print(f"{row['at']}  {row['action']}  {row['workspace']}  {row['workspace_id']}")
+
+
+def workspace_export(
+    name: Annotated[str, typer.Argument(help="The workspace's name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (JSON Lines).")],
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Write a workspace to one file to import on another server: its mutation log as stored
+    (still sealed; seqs kept, so devices carry on), keyring versions, devices and quota. API
+    keys are not in it: issue new ones on the new server."""
+    storage = open_storage(data, db)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        workspace = storage.workspace(name)
+        with partial.open("w", encoding="utf-8") as file:
+            lines = 0
+            for line in transfer.export(storage, workspace, now_ms()):
+                file.write(line + "\n")
+                lines += 1
+        partial.replace(out)  # a file at --out is always a whole export
+    finally:
+        partial.unlink(missing_ok=True)
+        storage.close()
+    if json_:
+        output.emit_json({"workspace": name, "id": workspace.id, "file": str(out), "lines": lines})
+        return
+    output.out.print(f"exported workspace {name} ({workspace.id}) to {out}: {lines} lines")
+
+
+def workspace_import(
+    file: Annotated[Path, typer.Argument(help="A file from `cairn server workspace export`.")],
+    data: DataOpt = None,
+    db: DbOpt = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Add a workspace exported from another server, with its id, name, log, keyring versions
+    and devices, all or nothing; refused if this server has a workspace with its id or name.
+    Then create an API key for it (`cairn server key create`) and point devices here."""
+    storage = open_storage(data, db)
+    try:
+        with file.open(encoding="utf-8") as source:
+            workspace, counts = transfer.read(source, storage, now_ms(), by="cli")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{file} is not a workspace export (not UTF-8 text)") from exc
+    finally:
+        storage.close()
+    if json_:
+        output.emit_json({"workspace": workspace.name, "id": workspace.id, **counts})
+        return
+    output.out.print(
+        f"imported workspace {workspace.name} ({workspace.id}): {counts['mutations']} changes, "
+        f"{counts['keyrings']} keyring versions, {counts['devices']} devices; create a key "
+        f"with `cairn server key create --workspace {workspace.name} --name NAME`"
+    )

@@ -9,7 +9,12 @@ import typer
 
 from cairn.cli import output
 from cairn.cli.common import App, JsonFlag
-from cairn.cli.server_lifecycle import workspace_delete, workspace_history
+from cairn.cli.server_lifecycle import (
+    workspace_delete,
+    workspace_export,
+    workspace_history,
+    workspace_import,
+)
 from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
 from cairn.errors import InvalidInput
 from cairn.model import iso
@@ -23,6 +28,8 @@ workspace_app = App(
 )
 workspace_app.command("delete")(workspace_delete)
 workspace_app.command("history")(workspace_history)
+workspace_app.command("export")(workspace_export)
+workspace_app.command("import")(workspace_import)
 
 
 class Mode(StrEnum):

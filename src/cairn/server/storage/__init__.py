@@ -16,7 +16,7 @@ Times are Unix milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from cairn.model import Filters, Memory
@@ -299,6 +299,22 @@ class ServerStorage(Protocol):
         usage, audit, index) in one transaction, and note it in the server's audit log (as done
         ``by``); how many rows went from each table. NotFound, changing nothing, if there is no
         such workspace."""
+        ...
+
+    def import_workspace(
+        self,
+        workspace: Workspace,
+        quota: Quota,
+        latest_seq: int,
+        records: Iterable[KeyringBlob | Device | WireMutation],
+        now: int,
+        by: str,
+    ) -> dict[str, int]:
+        """Add a workspace exported from another server, with its keyring versions, devices
+        and mutations (their seqs kept) as ``records`` yields them, in one transaction, and
+        note it in the server's audit log; how many of each. InvalidInput, adding nothing, if
+        a workspace with its id or name exists, or a record repeats; whatever ``records``
+        raises also adds nothing."""
         ...
 
     def server_events(self, limit: int) -> list[ServerEvent]:

@@ -1,12 +1,25 @@
-"""The core's workspace lifecycle: a workspace deleted whole, and the server's own audit log."""
+"""The core's workspace lifecycle: whole workspaces deleted and imported, audited server-wide."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from cairn.errors import InvalidInput
+from cairn.protocol import KeyringBlob, WireMutation
 from cairn.server.storage.dialect import Conn
-from cairn.server.storage.records import ServerEvent
+from cairn.server.storage.records import (
+    Device,
+    Quota,
+    ServerEvent,
+    Workspace,
+    keyring_proof_values,
+)
 from cairn.server.storage.sql import ALL, SqlBase
+
+Record = KeyringBlob | Device | WireMutation
+"""One record of a workspace being imported."""
+_PAGE = 500  # mutations per INSERT of an import
 
 WORKSPACE_TABLES = (
     "hosted_relations",
@@ -47,6 +60,95 @@ class Lifecycle(SqlBase):
             )
         return deleted
 
+    def import_workspace(
+        self,
+        workspace: Workspace,
+        quota: Quota,
+        latest_seq: int,
+        records: Iterable[Record],
+        now: int,
+        by: str,
+    ) -> dict[str, int]:
+        # One transaction: a record that fails (the caller checks each as it is read, so a
+        # bad one raises here) leaves no trace of the workspace.
+        counts = {"keyrings": 0, "devices": 0, "mutations": 0}
+        with self._write(ALL) as conn:
+            taken = conn.execute(
+                "SELECT id, name FROM workspaces WHERE id = ? OR name = ?",
+                (workspace.id, workspace.name),
+            ).fetchone()
+            if taken is not None:
+                what = f"id {workspace.id}" if taken[0] == workspace.id else f"name {taken[1]!r}"
+                raise InvalidInput(
+                    f"this server already has a workspace with the {what}; nothing was imported "
+                    "(delete that one first, if it is a stale copy)"
+                )
+            conn.execute(
+                "INSERT INTO workspaces (id, name, mode, created_at, latest_seq, max_mutations, "
+                "max_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (workspace.id, workspace.name, workspace.mode, workspace.created_at, latest_seq)
+                + (quota.max_mutations, quota.max_bytes),
+            )
+            held, page = 0, []
+            try:
+                for record in records:
+                    if isinstance(record, WireMutation):
+                        page.append(record)
+                        held += len(record.payload)
+                        if len(page) == _PAGE:
+                            self._insert_log(conn, workspace.id, page, now)
+                            page = []
+                    elif isinstance(record, Device):
+                        self._insert_device(conn, workspace.id, record)
+                    else:
+                        self._insert_keyring(conn, workspace.id, record)
+                    counts[_KIND[type(record)]] += 1
+                self._insert_log(conn, workspace.id, page, now)
+            except self.unique_violation as exc:
+                raise InvalidInput(
+                    "the file holds a device, keyring version or mutation twice; nothing was "
+                    "imported"
+                ) from exc
+            conn.execute(
+                "UPDATE workspaces SET stored_bytes = ? WHERE id = ?", (held, workspace.id)
+            )
+            detail = {"by": by, **counts, "latest_seq": latest_seq}
+            self._server_audit(
+                conn, "workspace_imported", workspace.id, workspace.name, detail, now
+            )
+        return counts
+
+    def _insert_log(
+        self, conn: Conn, workspace_id: str, page: list[WireMutation], now: int
+    ) -> None:
+        if not page:
+            return
+        conn.executemany(
+            "INSERT INTO mutations (workspace_id, seq, mutation_id, version, device_id, hlc, "
+            "entity_id, scope, payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (workspace_id, m.seq, m.mutation_id, m.version, m.device_id, m.hlc)
+                + (m.entity_id, m.scope, m.payload, now)
+                for m in page
+            ],
+        )
+
+    def _insert_device(self, conn: Conn, workspace_id: str, d: Device) -> None:
+        conn.execute(
+            "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, pushed, "
+            "last_push_at, last_pull_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (workspace_id, d.device_id, d.name, d.first_seen, d.last_seen, d.pushed)
+            + (d.last_push_at, d.last_pull_at),
+        )
+
+    def _insert_keyring(self, conn: Conn, workspace_id: str, ring: KeyringBlob) -> None:
+        conn.execute(
+            "INSERT INTO keyring_versions (workspace_id, version, blob, revoked, signature, "
+            "verify_key, signed_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (workspace_id, ring.version, ring.blob, self.dialect.encode_ints(ring.revoked))
+            + keyring_proof_values(ring.proof),
+        )
+
     def server_events(self, limit: int) -> list[ServerEvent]:
         rows = self._all(
             ALL,
@@ -71,3 +173,6 @@ class Lifecycle(SqlBase):
             f"VALUES (?, ?, ?, ?, {self.dialect.json_marker})",
             (now, action, workspace_id, name, self.dialect.encode_json(detail)),
         )
+
+
+_KIND = {KeyringBlob: "keyrings", Device: "devices", WireMutation: "mutations"}
