@@ -30,7 +30,7 @@ from cairn.protocol import (
     MAX_SEQ,
     PullPage,
     WireMutation,
-    problem,
+    checked_page,
 )
 
 MEDIA_TYPE = "application/vnd.cairn.page+msgpack"
@@ -103,8 +103,7 @@ def _mutation(item: Any, with_seq: bool) -> WireMutation:
     return WireMutation(mutation_id, device_id, clock, entity_id, scope, payload, seq, version)
 
 
-def _mutations(data: dict[str, Any], with_seq: bool) -> list[WireMutation]:
-    items = data.get("mutations")
+def _mutations(items: Any, with_seq: bool) -> list[WireMutation]:
     if not isinstance(items, list):
         raise InvalidInput("'mutations' must be a MessagePack array")
     return [_mutation(item, with_seq) for item in items]
@@ -130,7 +129,7 @@ def unpack_push(body: bytes) -> list[WireMutation]:
     data = _unpack(body, "request body")
     if set(data) != {"mutations"}:
         raise InvalidInput("the request body must be a MessagePack map {'mutations': [...]}")
-    return _mutations(data, with_seq=False)
+    return _mutations(data["mutations"], with_seq=False)
 
 
 def pack_page(mutations: Sequence[WireMutation], cursor: str, has_more: bool) -> bytes:
@@ -161,16 +160,7 @@ def pack_page(mutations: Sequence[WireMutation], cursor: str, has_more: bool) ->
 def unpack_page(body: bytes) -> PullPage:
     """A pull page from its binary form; InvalidInput when it is not one, or when it holds a
     mutation no remote would have stored (``problem``), as ``protocol.page_from_json``."""
-    data = _unpack(body, "pull page")
-    cursor, has_more = data.get("next"), data.get("has_more")
-    if not isinstance(cursor, str) or not isinstance(has_more, bool):
-        raise InvalidInput("a pull page needs a string 'next' and a true/false 'has_more'")
-    mutations = _mutations(data, with_seq=True)
-    for mutation in mutations:
-        found = problem(mutation, sealed=False)
-        if found is not None:
-            raise InvalidInput(f"a pull page holds a mutation no remote stores: {found[1]}")
-    return PullPage(mutations, cursor, has_more)
+    return checked_page(_unpack(body, "pull page"), lambda items: _mutations(items, True))
 
 
 def accepts(header: str | None) -> bool:

@@ -19,7 +19,7 @@ import base64
 import binascii
 import re
 import struct
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -303,10 +303,19 @@ def page_from_json(body: Any) -> PullPage:
     one, or when it holds a mutation no remote would have stored (``problem``)."""
     if not isinstance(body, dict):
         raise InvalidInput("a pull page must be a JSON object")
+    return checked_page(body, many_from_json)
+
+
+def checked_page(
+    body: dict[str, Any], mutations_of: Callable[[Any], list[WireMutation]]
+) -> PullPage:
+    """The pull page that a decoded ``body`` (JSON or binary) holds, ``mutations_of`` reading
+    its ``mutations``; InvalidInput when it is not one, or when it holds a mutation no remote
+    would have stored (``problem``)."""
     cursor, has_more = body.get("next"), body.get("has_more")
     if not isinstance(cursor, str) or not isinstance(has_more, bool):
         raise InvalidInput("a pull page needs a string 'next' and a true/false 'has_more'")
-    mutations = many_from_json(body.get("mutations"))
+    mutations = mutations_of(body.get("mutations"))
     for mutation in mutations:
         found = problem(mutation, sealed=False)
         if found is not None:
