@@ -97,14 +97,8 @@ class PostgresNotifier(Notifier):
                             self.wake(note.payload)
             except psycopg.Error as exc:
                 self._listening.clear()
-                delay = RECONNECT[min(failures, len(RECONNECT) - 1)]
+                await _pause(failures, "lost the PostgreSQL connection that hears pushes", exc)
                 failures += 1
-                _log.warning(
-                    "lost the PostgreSQL connection that hears pushes (%s); again in %s s",
-                    str(exc).strip() or type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
 
     async def _send(self) -> None:
         """NOTIFY each workspace that gained mutations, batching what gathers meanwhile."""
@@ -126,17 +120,18 @@ class PostgresNotifier(Notifier):
                 except psycopg.Error as exc:
                     self._outbox.update(ids)  # sent again once connected
                     self._ready.set()
-                    delay = RECONNECT[min(failures, len(RECONNECT) - 1)]
-                    failures += 1
-                    _log.warning(
-                        "cannot announce pushes on PostgreSQL (%s); again in %s s",
-                        str(exc).strip() or type(exc).__name__,
-                        delay,
-                    )
                     if conn is not None:
                         await conn.close()
                         conn = None
-                    await asyncio.sleep(delay)
+                    await _pause(failures, "cannot announce pushes on PostgreSQL", exc)
+                    failures += 1
         finally:
             if conn is not None:
                 await conn.close()
+
+
+async def _pause(failures: int, what: str, exc: psycopg.Error) -> None:
+    """Log ``what`` went wrong and wait before the next try (longer after each failure)."""
+    delay = RECONNECT[min(failures, len(RECONNECT) - 1)]
+    _log.warning("%s (%s); again in %s s", what, str(exc).strip() or type(exc).__name__, delay)
+    await asyncio.sleep(delay)
