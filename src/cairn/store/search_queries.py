@@ -238,7 +238,7 @@ def _token_counts(conn: sqlite3.Connection, rowids: list[int]) -> dict[int, int]
         f"SELECT id, sz FROM memories_fts_docsize WHERE id IN ({','.join('?' * len(rowids))})",
         rowids,
     )
-    return {int(r[0]): max(_varints(bytes(r[1]))[:1] or [1], default=1) for r in rows}
+    return {int(r[0]): max((_varints(bytes(r[1])) or [1])[0], 1) for r in rows}
 
 
 def _varints(blob: bytes) -> list[int]:
