@@ -8,11 +8,11 @@ so a memory remembered on a device and one remembered through the server obey th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from cairn import model
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.ids import uuid7
 from cairn.model import Memory, Similar
 
@@ -24,6 +24,8 @@ NEAR_DUPLICATE = 0.92
 """Cosine from which remembering reports an existing memory as a near-duplicate."""
 NEAR_CANDIDATES = 10
 """How many of the nearest memories remembering looks among for near-duplicates."""
+MIN_PREFIX = 8
+"""Characters an id prefix needs to find a memory (fewer would match too many by chance)."""
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,32 @@ def topic_created_at(now: int, newest: Memory | None) -> int:
     topic's newest, as whoever remembers it means it to.
     """
     return max(now, newest.created_at + 1) if newest is not None else now
+
+
+def resolve(
+    memory_id: str,
+    by_id: Callable[[str], Memory | None],
+    with_prefix: Callable[[str], Sequence[str]],
+    allow_deleted: bool = False,
+) -> Memory:
+    """A memory by id or by a unique id prefix of ``MIN_PREFIX`` or more characters; NotFound
+    when none has it (or it was forgotten, unless ``allow_deleted``). ``by_id`` reads one
+    memory; ``with_prefix`` gives up to two ids that start with a prefix."""
+    memory_id = memory_id.strip()
+    memory = by_id(memory_id)
+    if memory is None and len(memory_id) >= MIN_PREFIX:
+        matches = with_prefix(memory_id)
+        if len(matches) > 1:
+            raise InvalidInput(f"{memory_id!r} matches several memories; give more of the id")
+        if matches:
+            memory = by_id(matches[0])
+    if memory is None:
+        short = (
+            f" (a prefix needs at least {MIN_PREFIX} characters)"
+            if len(memory_id) < MIN_PREFIX
+            else ""
+        )
+        raise NotFound(f"no memory has the id {memory_id!r}{short}; `cairn list` shows the ids")
+    if memory.deleted and not allow_deleted:
+        raise NotFound(f"memory {memory.id} was forgotten")
+    return memory

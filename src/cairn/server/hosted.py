@@ -24,7 +24,7 @@ from cairn.errors import InvalidInput, MutationRejected, NotHosted
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
 from cairn.memory_rules import NewMemory
-from cairn.model import Filters, Hit, Memory, RememberResult
+from cairn.model import Filters, Hit, Memory, Relation, RememberResult
 from cairn.protocol import HOSTED, WireMutation
 from cairn.replication import MemoryState, RelationState
 from cairn.search import hybrid
@@ -174,9 +174,15 @@ class Hosted:
         return self.storage.list_indexed(workspace_id, filters, limit, offset)
 
     def get(self, workspace_id: str, memory_id: str) -> Memory:
-        """A live memory by its full id."""
+        """A live memory by id or unique id prefix (``memory_rules.resolve``)."""
         self.fold(workspace_id)
-        return self.index.state(workspace_id, memory_id).memory
+        return self._resolve(workspace_id, memory_id)
+
+    def relations(self, workspace_id: str, memory_id: str) -> Sequence[Relation]:
+        """The live relations from or to a memory (id or unique prefix), oldest first."""
+        self.fold(workspace_id)
+        memory = self._resolve(workspace_id, memory_id, allow_deleted=True)
+        return self.storage.indexed_relations_of(workspace_id, memory.id)
 
     def edit(
         self,
@@ -190,6 +196,7 @@ class Hosted:
         edit does; ``change`` is (content, kind, tags to add)."""
         text, new_kind, tags = memory_rules.checked_edit(*change)
         self.fold(workspace_id)
+        memory_id = self._resolve(workspace_id, memory_id).id
         state = self.index.state(workspace_id, memory_id)
         new_text = None
         if text is not None and model.content_hash(text) != state.memory.content_hash:
@@ -207,6 +214,7 @@ class Hosted:
         """Tombstone a memory: devices pull the deletion and erase it too. Forgetting a
         forgotten memory changes nothing and returns its tombstone."""
         self.fold(workspace_id)
+        memory_id = self._resolve(workspace_id, memory_id, allow_deleted=True).id
         state = self.index.state(workspace_id, memory_id, allow_deleted=True)
         if state.memory.deleted:
             return state.memory
@@ -215,6 +223,14 @@ class Hosted:
         return gone.memory
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    def _resolve(self, workspace_id: str, memory_id: str, allow_deleted: bool = False) -> Memory:
+        return memory_rules.resolve(
+            memory_id,
+            lambda i: self.storage.indexed_memories(workspace_id, [i]).get(i),
+            lambda prefix: self.storage.indexed_ids_with_prefix(workspace_id, prefix),
+            allow_deleted,
+        )
 
     def _write(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cairn.errors import InvalidInput, NotFound
+from cairn import memory_rules
 from cairn.hlc import HLC
 from cairn.ids import uuid7
 from cairn.memory_rules import NewMemory, merged_tags
@@ -23,9 +23,6 @@ from cairn.model import Memory, content_hash
 from cairn.replication import Mutation
 from cairn.store import outbox
 from cairn.store.clock import device_id, next_hlc, now_ms
-
-MIN_PREFIX = 8
-"""Characters an id prefix needs to find a memory (fewer would match too many by chance)."""
 
 COLUMNS = (
     "m.rowid, m.id, m.content, m.kind, m.project, m.topic_key, m.source, m.created_at, "
@@ -217,26 +214,10 @@ def get(conn: sqlite3.Connection, memory_id: str) -> Memory | None:
 
 
 def resolve(conn: sqlite3.Connection, memory_id: str, allow_deleted: bool = False) -> Memory:
-    """A memory by id or by a unique id prefix of ``MIN_PREFIX`` or more characters; NotFound
-    when none has it (or it was forgotten, unless ``allow_deleted``)."""
-    memory_id = memory_id.strip()
-    memory = get(conn, memory_id)
-    if memory is None and len(memory_id) >= MIN_PREFIX:
-        matches = ids_with_prefix(conn, memory_id)
-        if len(matches) > 1:
-            raise InvalidInput(f"{memory_id!r} matches several memories; give more of the id")
-        if matches:
-            memory = get(conn, matches[0])
-    if memory is None:
-        short = (
-            f" (a prefix needs at least {MIN_PREFIX} characters)"
-            if len(memory_id) < MIN_PREFIX
-            else ""
-        )
-        raise NotFound(f"no memory has the id {memory_id!r}{short}; `cairn list` shows the ids")
-    if memory.deleted and not allow_deleted:
-        raise NotFound(f"memory {memory.id} was forgotten")
-    return memory
+    """A memory by id or by a unique id prefix (``memory_rules.resolve``)."""
+    return memory_rules.resolve(
+        memory_id, lambda i: get(conn, i), lambda p: ids_with_prefix(conn, p), allow_deleted
+    )
 
 
 def ids_with_prefix(conn: sqlite3.Connection, prefix: str, limit: int = 2) -> list[str]:

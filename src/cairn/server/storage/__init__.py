@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from cairn.model import Filters, Memory
+from cairn.model import Filters, Memory, Relation
 from cairn.protocol import E2E, KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
 from cairn.replication import RelationState
 from cairn.server.storage.records import (
@@ -223,6 +223,14 @@ class ServerStorage(Protocol):
 
     def indexed_payloads(self, workspace_id: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         """The indexed merged payload of each of these memories that the index holds."""
+        ...
+
+    def indexed_ids_with_prefix(self, workspace_id: str, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of indexed memories (forgotten ones too) starting with ``prefix``."""
+        ...
+
+    def indexed_relations_of(self, workspace_id: str, memory_id: str) -> list[Relation]:
+        """The live relations from or to a memory, oldest first."""
         ...
 
     def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cairn.errors import NotFound
-from cairn.model import Filters, Memory
+from cairn.model import Filters, Memory, Relation
 from cairn.replication import RelationState
 from cairn.server.storage.dialect import Conn
 from cairn.server.storage.hosted_vectors import HostedVectors, VectorRow
@@ -176,6 +176,29 @@ class HostedIndex(SqlBase):
             (workspace_id, *params),
         ).fetchall()
         return {to_id: from_id for to_id, from_id in rows}
+
+    def indexed_ids_with_prefix(self, workspace_id: str, prefix: str, limit: int = 2) -> list[str]:
+        rows = self._all(
+            workspace_id,
+            "SELECT id FROM hosted_memories WHERE workspace_id = ? AND substr(id, 1, ?) = ? "
+            "ORDER BY id LIMIT ?",
+            workspace_id,
+            len(prefix),
+            prefix,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    def indexed_relations_of(self, workspace_id: str, memory_id: str) -> list[Relation]:
+        rows = self._all(
+            workspace_id,
+            "SELECT from_id, to_id, type, created_at FROM hosted_relations WHERE workspace_id = ? "
+            "AND (from_id = ? OR to_id = ?) AND NOT deleted ORDER BY created_at",
+            workspace_id,
+            memory_id,
+            memory_id,
+        )
+        return [Relation(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     def list_indexed(
         self, workspace_id: str, filters: Filters, limit: int, offset: int
