@@ -84,23 +84,27 @@ RANKS: dict[str, int] = {
     "cairn": 450,
     "cairn.http_edge": 460,
     "cairn.http_schemas": 460,
+    "cairn.agent_tools": 460,
     # edges: parse, call, format
     "cairn.api": 510,
     "cairn.mcp_server": 510,
+    "cairn.mcp_remote": 510,
     "cairn.server": 510,
     "cairn.server.schemas": 520,
     "cairn.server.routes": 530,
+    "cairn.server.mcp": 535,
     "cairn.server.app": 540,
     "cairn.cli": 590,
 }
 """A module's rank is that of the longest name here that is it or a package holding it (the
 package root ``cairn`` ranks by that name alone)."""
 
-EDGES = ("cairn.cli", "cairn.api", "cairn.mcp_server", "cairn.server")
+EDGES = ("cairn.cli", "cairn.api", "cairn.mcp_server", "cairn.mcp_remote", "cairn.server")
 """The programs' front doors: a module of the edge layer belongs to the one its name starts with."""
 
-ENTRY_POINTS = {"cairn.cli": {"cairn.api", "cairn.server", "cairn.mcp_server"}}
-"""Edges that may import another edge: the CLI starts the local API, the sync server and MCP."""
+ENTRY_POINTS = {"cairn.cli": {"cairn.api", "cairn.server", "cairn.mcp_server", "cairn.mcp_remote"}}
+"""Edges that may import another edge: the CLI starts the local API, the sync server and the
+MCP servers (over a store, or over a hosted workspace)."""
 
 READS_ENVIRONMENT = {"cairn.config", "cairn.server.backends"}
 """Modules below the edges that may read the environment: the settings of the device and of the

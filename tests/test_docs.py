@@ -191,10 +191,7 @@ class Reader:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``script`` in bash with the state the earlier blocks left, then save it;
         ``strict`` stops at the first failing line (a transcript's line runs as typed)."""
-        for address in (SYNC_SERVER, LOCAL_API):
-            port = address.rsplit(":", 1)[1]
-            if f":{port}" in script and address not in self.servers:
-                self.start(address)
+        self.serve_for(script)
         save = (
             f"{{ export -p; declare -p $(compgen -v | grep -vxF -f {self.baseline}) 2>/dev/null; "
             f"}} > {self.state}; pwd > {self.state}.cwd"
@@ -216,6 +213,13 @@ class Reader:
             text=True,
             timeout=TIMEOUT,
         )
+
+    def serve_for(self, text: str) -> None:
+        """Start the servers ``text`` talks to that are not running yet."""
+        for address in (SYNC_SERVER, LOCAL_API):
+            port = address.rsplit(":", 1)[1]
+            if f":{port}" in text and address not in self.servers:
+                self.start(address)
 
     def start(self, address: str) -> None:
         """A sync server (on the page's ``~/.cairn/server``) or ``cairn serve`` on a free port,
@@ -260,7 +264,8 @@ class Reader:
             if done.returncode != 0:
                 return [f"{block.where}: exit {done.returncode}\n{done.stdout}"]
         elif block.lang == "python":
-            done = self.shell(f"exec {sys.executable} -", stdin=block.text)
+            self.serve_for(block.text)
+            done = self.shell(f"exec {sys.executable} -", stdin=self.rewrite(block.text))
             if done.returncode != 0:
                 return [f"{block.where}: exit {done.returncode}\n{done.stdout}"]
         elif block.lang == "console":

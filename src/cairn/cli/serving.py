@@ -21,9 +21,33 @@ AutosyncFlag = Annotated[
 ]
 
 
-def mcp(autosync: AutosyncFlag = True) -> None:
+def mcp(
+    autosync: AutosyncFlag = True,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve a hosted workspace of this sync server (its /mcp) instead of the "
+            "local store: nothing is stored or embedded here, and no model is loaded.",
+            metavar="URL",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CAIRN_API_KEY",
+            help="With --remote: the workspace's API key (or CAIRN_API_KEY, which keeps it out "
+            "of the process list); a read key gets only the tools that read.",
+        ),
+    ] = None,
+) -> None:
     """Run the MCP server on stdio (configure your agent to start `cairn mcp`)."""
     # Imported here: the MCP SDK is slow to import and only this command needs it.
+    if remote is not None:
+        from cairn import mcp_remote
+
+        with until_stopped():
+            mcp_remote.run(remote, api_key or "")
+        return
     from cairn import mcp_server
 
     with until_stopped():

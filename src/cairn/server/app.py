@@ -28,6 +28,7 @@ from cairn.embedding.base import Embedder
 from cairn.server import backends
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
+from cairn.server.mcp import McpEndpoint
 from cairn.server.metrics import RequestMetrics
 from cairn.server.notify import Notifier
 from cairn.server.routes import router
@@ -69,6 +70,9 @@ def create_app(
     )
     app.state.cairn = context
     app.include_router(router)
+    mcp = McpEndpoint(context)  # cloud agents' MCP clients, for hosted workspaces
+    app.include_router(mcp.router())
+    _while_serving(app, mcp.run)
     app.router.add_event_handler("startup", context.notifier.start)
     app.router.add_event_handler("shutdown", context.notifier.stop)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
