@@ -1,5 +1,9 @@
 """Cold start as a user meets it: `cairn recall` as a process, and `cairn mcp` to a first answer.
 
+`cairn mcp --remote` (the thin relay to a hosted workspace of a sync server started here, on
+127.0.0.1) is timed the same way: from spawning it to its first answers, so beside the local
+server's figures the difference is what the relay saves by loading no store, model or SDK.
+
 Both run against a private copy of the cached 10k store (CAIRN_DB), with an empty CAIRN_HOME.
 `cairn --version` is timed too: the floor that interpreter start-up and CLI imports set.
 The MCP client is the SDK's own (``mcp.ClientSession`` over ``stdio_client``); the time runs from
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import statistics
@@ -21,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from common import CACHE, ROOT, copy_store, log, print_table, stats_ms, write_results
+from common import CACHE, ROOT, copy_store, free_port, log, print_table, stats_ms, write_results
 
 CAIRN = ROOT / ".venv" / "bin" / "cairn"
 QUERIES = (
@@ -73,6 +79,65 @@ async def mcp_once(env: dict[str, str], query: str, warm_calls: int) -> dict[str
     }
 
 
+async def remote_once(url: str, key: str, query: str) -> dict[str, float]:
+    params = StdioServerParameters(
+        command=str(CAIRN), args=["mcp", "--remote", url], env={"CAIRN_API_KEY": key}
+    )
+    start = time.perf_counter()
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        initialized = time.perf_counter()
+        await session.list_tools()
+        listed = time.perf_counter()
+        result = await session.call_tool("recall", {"query": query})
+        answered = time.perf_counter()
+        if result.is_error:
+            raise RuntimeError(f"recall failed through the relay: {result.content}")
+    return {
+        "initialize_s": initialized - start,
+        "tools_s": listed - start,
+        "first_recall_s": answered - start,
+    }
+
+
+def remote_runs(tmp: Path, runs: int) -> list[dict[str, float]]:
+    """A sync server with a hosted workspace of a few memories, and the relay spawned ``runs``
+    times against it."""
+    data, port = tmp / "server", free_port()
+    made = subprocess.run(
+        [str(CAIRN), "server", "workspace", "create", "agents", "--mode", "hosted"]
+        + ["--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = json.loads(made.stdout)["key"]
+    server = subprocess.Popen(
+        [str(CAIRN), "server", "run", "--port", str(port), "--data", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        for text in QUERIES:  # what the recalls find (the first also loads the server's model)
+            httpx.post(
+                f"{url}/v1/remember",
+                json={"content": f"Notes on: {text}"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            ).raise_for_status()
+        return [asyncio.run(remote_once(url, key, QUERIES[i % len(QUERIES)])) for i in range(runs)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000, help="memories in the store")
@@ -105,6 +170,8 @@ def main() -> None:
             asyncio.run(mcp_once(mcp_env, QUERIES[i % len(QUERIES)], 20)) for i in range(args.runs)
         ]
         shutil.rmtree(tmp / "home", ignore_errors=True)
+        log(f"cairn mcp --remote x {args.runs}")
+        remote = remote_runs(tmp, args.runs)
 
     results: dict[str, Any] = {
         "cli_version": stats_ms(version),
@@ -113,6 +180,9 @@ def main() -> None:
         "mcp_initialize": stats_ms([r["initialize_s"] for r in mcp_runs]),
         "mcp_first_recall": stats_ms([r["first_recall_s"] for r in mcp_runs]),
         "mcp_warm_recall": stats_ms([r["warm_recall_p50_s"] for r in mcp_runs]),
+        "remote_initialize": stats_ms([r["initialize_s"] for r in remote]),
+        "remote_tools": stats_ms([r["tools_s"] for r in remote]),
+        "remote_first_recall": stats_ms([r["first_recall_s"] for r in remote]),
     }
     print_table(
         f"Cold start on a {args.size:,}-memory store ({args.runs} runs each; ms)",
@@ -132,6 +202,9 @@ def main() -> None:
                 ("mcp_initialize", "`cairn mcp`: spawn to initialized"),
                 ("mcp_first_recall", "`cairn mcp`: spawn to first recall answered"),
                 ("mcp_warm_recall", "`cairn mcp`: warm recall round trip (median of 20)"),
+                ("remote_initialize", "`cairn mcp --remote`: spawn to initialized"),
+                ("remote_tools", "`cairn mcp --remote`: spawn to tools listed"),
+                ("remote_first_recall", "`cairn mcp --remote`: spawn to first recall answered"),
             )
         ],
     )

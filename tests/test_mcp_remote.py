@@ -16,6 +16,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+from cairn.cli.launch import thin_mcp
 from cairn.server import keys
 from cairn.server.context import now_ms
 
@@ -144,3 +145,33 @@ def test_lines_that_are_not_json_get_a_parse_error_and_the_relay_goes_on(
     assert answers[None]["error"]["code"] == -32700
     assert answers[1]["result"]["serverInfo"]["name"] == "cairn"
     assert answers[7]["result"] == {}
+
+
+def test_the_thin_relay_starts_without_the_full_command_line_only_in_its_own_form() -> None:
+    assert thin_mcp(["mcp", "--remote", "https://s", "--api-key", "k"]) == ("https://s", "k")
+    assert thin_mcp(["mcp", "--remote=https://s"]) == ("https://s", "")
+    for other in (
+        ["mcp"],
+        ["mcp", "--remote", "https://s", "--help"],
+        ["mcp", "--no-autosync", "--remote", "https://s"],
+        ["mcp", "--rem", "https://s"],
+        ["mcp", "--remote"],
+        ["recall", "--remote", "https://s"],
+        [],
+    ):
+        assert thin_mcp(other) is None, other
+
+
+def test_the_full_command_line_takes_the_same_options(sync_server: SyncServer) -> None:
+    shown = subprocess.run(
+        [str(CAIRN), "mcp", "--help"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert "--remote" in shown.stdout and "--api-key" in shown.stdout
+    done = subprocess.run(  # not the thin form (--no-autosync too): the full CLI relays it
+        [str(CAIRN), "mcp", "--no-autosync", "--remote", sync_server.url, "--api-key", "x"],
+        input=json.dumps(INITIALIZE) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 1 and "auth_failed" in done.stderr
