@@ -80,6 +80,7 @@ RANKS: dict[str, int] = {
     "cairn.config": 410,
     "cairn.wiring": 420,
     "cairn.server.backends": 420,
+    "cairn.ephemeral": 425,
     "cairn.server.context": 430,
     "cairn": 450,
     "cairn.http_edge": 460,

@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+import yaml
 from markdown_it import MarkdownIt
 
 from cairn import errors
@@ -47,7 +48,7 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 120  # seconds per command: generous for a loaded 2-core machine, bounded
 
 RUN = {"sh", "console", "python"}
-PARSE = {"toml": tomllib.loads, "json": json.loads}
+PARSE = {"toml": tomllib.loads, "json": json.loads, "yaml": yaml.safe_load}
 SHOWN = {"text", "ini", "xml", "nginx", "sql"}  # shown for reading, not run
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>\S[^\n]*?)\s*-->\s*", re.ASCII)
 MARKER = re.compile(r"^<!--\s*not-run\b", re.ASCII | re.MULTILINE)

@@ -307,6 +307,20 @@ def test_status_counts_devices_and_mutations(remote: Remote) -> None:
     assert remote.devices() == {"dev-a": "laptop, renamed", "dev-b": "desktop"}
 
 
+def test_a_device_that_leaves_is_no_longer_listed_but_what_it_pushed_stays(
+    remote: Remote,
+) -> None:
+    remote.register_device("dev-a", "laptop")
+    remote.register_device("ci-1", "ephemeral CI")
+    remote.push([mutation(n) for n in range(2)])
+    remote.unregister_device("ci-1")
+    remote.unregister_device("ci-1")  # leaving twice changes nothing
+    remote.unregister_device("never-seen")
+    assert remote.devices() == {"dev-a": "laptop"}
+    assert remote.status()["devices"] == 1
+    assert len(pull_all(remote)) == 2
+
+
 def test_the_url_names_the_remote_without_secrets(remote: Remote) -> None:
     assert remote.url and "cairn_" not in remote.url
 

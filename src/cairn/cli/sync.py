@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from cairn import config, wiring
-from cairn.cli import output, sync_review, sync_setup
+from cairn.cli import output, sync_ephemeral, sync_review, sync_setup
 from cairn.cli.common import App, JsonFlag, open_store, progress_to, until_stopped
 from cairn.cli.sync_review import saved_syncer
 from cairn.cli.sync_setup import ask_passphrase
@@ -298,6 +298,7 @@ def daemon(
 
 
 # Registered last, so `cairn sync --help` lists them after the commands that run sync.
+sync_app.command("ephemeral")(sync_ephemeral.run)
 sync_app.command()(sync_review.conflicts)
 sync_app.command()(sync_review.resolve)
 sync_app.command("dead-letters")(sync_review.dead_letters)

@@ -96,6 +96,11 @@ class Remote(Protocol):
 
     def register_device(self, device_id: str, name: str) -> None: ...
 
+    def unregister_device(self, device_id: str) -> None:
+        """The device leaves the workspace: its record (name, read position) goes; what it
+        pushed stays. An object remote's compaction then no longer waits for it."""
+        ...
+
     def devices(self) -> dict[str, str]:
         """The name of each device registered here, by device id."""
         ...

@@ -12,6 +12,7 @@ import binascii
 import math
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -208,6 +209,9 @@ class HttpRemote:
 
     def register_device(self, device_id: str, name: str) -> None:
         self._call("POST", "/v1/devices", json={"device_id": device_id, "name": name})
+
+    def unregister_device(self, device_id: str) -> None:
+        self._call("DELETE", f"/v1/devices/{quote(device_id, safe='')}")
 
     def devices(self) -> dict[str, str]:
         body = self._call("GET", "/v1/devices")

@@ -121,6 +121,10 @@ class MemoryRemote:
         with self._changed:
             self._devices[device_id] = name
 
+    def unregister_device(self, device_id: str) -> None:
+        with self._changed:
+            self._devices.pop(device_id, None)
+
     def devices(self) -> dict[str, str]:
         with self._changed:
             return dict(self._devices)

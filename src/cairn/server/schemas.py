@@ -266,6 +266,11 @@ class DeviceInfoOut(DeviceOut):
     last_pull_at: str | None
 
 
+class DeviceRemovedOut(BaseModel):
+    device_id: str
+    removed: bool = Field(description="False when the workspace had no such device.")
+
+
 class DevicesOut(BaseModel):
     devices: list[DeviceInfoOut] = Field(description="First seen first.")
 

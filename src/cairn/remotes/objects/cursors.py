@@ -59,6 +59,9 @@ class DeviceRecords:
         self._name = name
         self._write(device_id, {"name": name})
 
+    def remove(self, device_id: str) -> None:
+        self.blobs.delete([f"devices/{device_id}"])
+
     def names(self) -> dict[str, str]:
         """Each device's name, from its record (sealed: the keys must be open); a record that
         does not open is left out (and listed under ``skipped_objects``)."""

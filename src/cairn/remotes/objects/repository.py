@@ -129,6 +129,10 @@ class ObjectRemote:
         self._writes.before_write()
         self._records.register(device_id, name)
 
+    def unregister_device(self, device_id: str) -> None:
+        self._writes.before_write()
+        self._records.remove(device_id)
+
     def devices(self) -> dict[str, str]:
         """Each device's name, from its record (sealed: the keys must be open); a record that
         does not open is left out (and listed under ``skipped_objects``)."""

@@ -1,13 +1,17 @@
-"""The sync server's device routes: register (or rename) a device, list the workspace's devices."""
+"""The sync server's device routes: register (or rename), list and remove a workspace's devices."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
+
+from cairn import http_edge
 from cairn.model import iso
+from cairn.protocol import ID_PATTERN
 from cairn.server.context import now_ms
 from cairn.server.routes.common import BODY, KEYED, Context, Reader, Writer, links, new_router
-from cairn.server.schemas import DeviceIn, DeviceOut, DevicesOut
+from cairn.server.schemas import DeviceIn, DeviceOut, DeviceRemovedOut, DevicesOut
 from cairn.server.storage import Device
 
 router = new_router()
@@ -32,6 +36,28 @@ def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]
     detail = {"device": body.device_id}
     ctx.storage.audit(key.workspace_id, key.id, "device_register", detail, now_ms())
     return {"device_id": body.device_id, "name": body.name}
+
+
+@router.delete(
+    "/v1/devices/{device_id}",
+    response_model=DeviceRemovedOut,
+    tags=["devices"],
+    summary="Remove a device: it leaves the workspace (what it pushed stays)",
+    description=(
+        "For a device that is done for good, such as an ephemeral CI device at its end: its "
+        "record goes (name, last seen, read position), its mutations stay in the log. A device "
+        "that syncs again is recorded again."
+    ),
+    responses={**KEYED, **http_edge.errors(422)},
+)
+def remove_device(
+    device_id: Annotated[str, Path(pattern=ID_PATTERN)], ctx: Context, key: Writer
+) -> dict[str, Any]:
+    removed = ctx.storage.remove_device(key.workspace_id, device_id)
+    if removed:
+        detail = {"device": device_id}
+        ctx.storage.audit(key.workspace_id, key.id, "device_remove", detail, now_ms())
+    return {"device_id": device_id, "removed": removed}
 
 
 @router.get(

@@ -202,6 +202,10 @@ class ServerStorage(Protocol):
         """Add or rename a device."""
         ...
 
+    def remove_device(self, workspace_id: str, device_id: str) -> bool:
+        """Forget a device's record; False when there was none."""
+        ...
+
     def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
         """Record that the device was seen (and pulled, if ``pulled``); adds it if unknown."""
         ...

@@ -117,6 +117,14 @@ class Workspaces(SqlBase):
                 (workspace_id, device_id, name, now, now),
             )
 
+    def remove_device(self, workspace_id: str, device_id: str) -> bool:
+        with self._write(workspace_id) as conn:
+            gone = conn.execute(
+                "DELETE FROM devices WHERE workspace_id = ? AND device_id = ?",
+                (workspace_id, device_id),
+            )
+            return bool(gone.rowcount)
+
     def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
         with self._write(workspace_id) as conn:
             self._latest(conn, workspace_id)
