@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import httpx
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from common import CACHE, ROOT, copy_store, free_port, log, print_table, stats_ms, write_results
+from common import CACHE, ROOT, Server, copy_store, log, print_table, stats_ms, write_results
 
 CAIRN = ROOT / ".venv" / "bin" / "cairn"
 QUERIES = (
@@ -103,39 +102,18 @@ async def remote_once(url: str, key: str, query: str) -> dict[str, float]:
 def remote_runs(tmp: Path, runs: int) -> list[dict[str, float]]:
     """A sync server with a hosted workspace of a few memories, and the relay spawned ``runs``
     times against it."""
-    data, port = tmp / "server", free_port()
-    made = subprocess.run(
-        [str(CAIRN), "server", "workspace", "create", "agents", "--mode", "hosted"]
-        + ["--data", str(data), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = json.loads(made.stdout)["key"]
-    server = subprocess.Popen(
-        [str(CAIRN), "server", "run", "--port", str(port), "--data", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with Server(tmp / "server", mode="hosted") as server:
         for text in QUERIES:  # what the recalls find (the first also loads the server's model)
             httpx.post(
-                f"{url}/v1/remember",
+                f"{server.url}/v1/remember",
                 json={"content": f"Notes on: {text}"},
-                headers={"Authorization": f"Bearer {key}"},
+                headers={"Authorization": f"Bearer {server.key}"},
                 timeout=60,
             ).raise_for_status()
-        return [asyncio.run(remote_once(url, key, QUERIES[i % len(QUERIES)])) for i in range(runs)]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        return [
+            asyncio.run(remote_once(server.url, server.key, QUERIES[i % len(QUERIES)]))
+            for i in range(runs)
+        ]
 
 
 def main() -> None:
