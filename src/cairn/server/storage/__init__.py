@@ -248,10 +248,9 @@ class ServerStorage(Protocol):
         vector: bytes,
         filters: Filters,
         depth: int,
-        position: int | None = None,
     ) -> Ranked:
-        """Up to ``depth`` live memories by cosine to ``vector``, highest first; ``position``:
-        the index position the caller folded to (what it must see at least)."""
+        """Up to ``depth`` live memories by cosine to ``vector``, highest first, as the index
+        stands now (so at least what a fold that just returned wrote)."""
         ...
 
     def keyword(
