@@ -46,6 +46,7 @@ from cairn.server.storage.records import (
     memory_of,
     memory_values,
 )
+from cairn.server.storage.retention import Compaction
 
 __all__ = [
     "DAY_MS",
@@ -53,6 +54,7 @@ __all__ = [
     "MEMORY_COLUMNS",
     "SCOPES",
     "ApiKey",
+    "Compaction",
     "AuditEntry",
     "Device",
     "IndexedMemory",
@@ -202,8 +204,12 @@ class ServerStorage(Protocol):
         """Add or rename a device."""
         ...
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
-        """Record that the device was seen (and pulled, if ``pulled``); adds it if unknown."""
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    ) -> None:
+        """Record that the device was seen (and pulled, if ``pulled``, from the read position
+        ``position``: the cursor it pulled after, what log retention waits for); adds it if
+        unknown."""
         ...
 
     def devices(self, workspace_id: str) -> list[Device]:
@@ -314,6 +320,28 @@ class ServerStorage(Protocol):
         note it in the server's audit log; how many of each. InvalidInput, adding nothing, if
         a workspace with its id or name exists, or a record repeats; whatever ``records``
         raises also adds nothing."""
+        ...
+
+    # -- log retention (``cairn.server.storage.retention``) ------------------------------------
+
+    def set_retention(self, workspace_id: str, active_days: int | None) -> None:
+        """Turn the workspace's retention policy on (a reader stays active ``active_days``
+        after its last pull) or off (None); NotFound if there is no such workspace."""
+        ...
+
+    def retention(self, workspace_id: str) -> int | None:
+        """The workspace's retention policy: its active days, or None (off)."""
+        ...
+
+    def retained(self) -> list[tuple[str, int]]:
+        """Every workspace with a retention policy, and its active days."""
+        ...
+
+    def compact(
+        self, workspace_id: str, now: int, active_days: int, by: str, key_id: str | None = None
+    ) -> Compaction:
+        """Drop the superseded mutations every reader active within ``active_days`` has read
+        past, in one transaction, audited (as done ``by``); what it did."""
         ...
 
     def server_events(self, limit: int) -> list[ServerEvent]:

@@ -117,16 +117,19 @@ class Workspaces(SqlBase):
                 (workspace_id, device_id, name, now, now),
             )
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    ) -> None:
         with self._write(workspace_id) as conn:
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
-                "last_pull_at) VALUES (?, ?, '', ?, ?, ?) "
+                "last_pull_at, read_position) VALUES (?, ?, '', ?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, "
-                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at)",
-                (workspace_id, device_id, now, now, now if pulled else None),
+                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at), "
+                "read_position = COALESCE(excluded.read_position, devices.read_position)",
+                (workspace_id, device_id, now, now, now if pulled else None, position),
             )
 
     def devices(self, workspace_id: str) -> list[Device]:
