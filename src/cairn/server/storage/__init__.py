@@ -17,11 +17,13 @@ Times are Unix milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from cairn.model import Filters, Memory
 from cairn.protocol import E2E, KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
 from cairn.replication import RelationState
+from cairn.server.storage.lifecycle import Exported
 from cairn.server.storage.records import (
     DAY_MS,
     INDEX_DIM,
@@ -55,6 +57,7 @@ __all__ = [
     "SCOPES",
     "ApiKey",
     "Compaction",
+    "Exported",
     "AuditEntry",
     "Device",
     "IndexedMemory",
@@ -342,6 +345,11 @@ class ServerStorage(Protocol):
     ) -> Compaction:
         """Drop the superseded mutations every reader active within ``active_days`` has read
         past, in one transaction, audited (as done ``by``); what it did."""
+        ...
+
+    def exported(self, workspace_id: str) -> AbstractContextManager[Exported]:
+        """The workspace (its log's last seq, quota, keyring versions, devices and log) as one
+        snapshot holds it, while the block runs; NotFound if there is no such workspace."""
         ...
 
     def server_events(self, limit: int) -> list[ServerEvent]:

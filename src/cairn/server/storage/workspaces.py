@@ -7,6 +7,7 @@ from typing import Any
 
 from cairn.errors import InvalidInput, NotFound
 from cairn.protocol import E2E
+from cairn.server.storage.dialect import Conn
 from cairn.server.storage.records import ApiKey, Device, Workspace
 from cairn.server.storage.sql import ALL, SqlBase
 
@@ -133,13 +134,18 @@ class Workspaces(SqlBase):
             )
 
     def devices(self, workspace_id: str) -> list[Device]:
-        rows = self._all(
-            workspace_id,
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = ? "
-            "ORDER BY first_seen, device_id",
-            workspace_id,
-        )
-        return [Device(*row) for row in rows]
+        with self._read(workspace_id) as conn:
+            return read_devices(conn, workspace_id)
+
+
+def read_devices(conn: Conn, workspace_id: str) -> list[Device]:
+    """The workspace's devices, first seen first, read through ``conn``."""
+    rows = conn.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = ? "
+        "ORDER BY first_seen, device_id",
+        (workspace_id,),
+    ).fetchall()
+    return [Device(*row) for row in rows]
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
