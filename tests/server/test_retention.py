@@ -4,6 +4,7 @@ one) still converge through a real server."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -13,18 +14,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.errors import InvalidInput, NotFound
 from cairn.memory_rules import NewMemory
 from cairn.protocol import HOSTED, WireMutation
 from cairn.remotes.http import HttpRemote
+from cairn.server import keys, transfer
 from cairn.server.context import ServerSettings, now_ms
 from cairn.server.retention import Compactor
 from cairn.server.storage import DAY_MS, ServerStorage
+from cairn.store.db import Database
+from cairn.sync.engine import Syncer
 
 from ..conftest import SyncServer, server_storage_for
 from ..sync.conftest import snapshot, sync_all
 from ..sync.test_sync_over_http import _replica
+from .test_hosted import Agent
 from .test_server_cli import cairn, env, ok_json, serving
 from .test_server_cli import mutation as cli_mutation
 from .test_storage import envelope
@@ -265,3 +271,44 @@ def test_the_cli_sets_a_policy_and_the_server_compacts_by_it(env: dict[str, str]
     assert (again["removed"], again["mutations"], again["horizon"]) == (1, 1, 6)
     listed = ok_json(env, "workspace", "list")
     assert isinstance(listed, list) and listed[0]["mutations"] == 1
+
+
+def test_a_hosted_index_stays_right_across_a_compaction_and_a_rebuild(
+    tmp_path: Path,
+    embedder: OnnxEmbedder,
+    sync_server_factory: Callable[..., SyncServer],
+) -> None:
+    """A hosted workspace's memories and recall are the same after its log is compacted, and
+    after the index is folded again from position 0 over the compacted log (the workspace
+    exported, deleted and imported with the same id, in the same running server)."""
+    server = sync_server_factory(ServerSettings(rate_limit=0, touch_interval=0))
+    storage = server.storage
+    workspace, admin = keys.create_workspace(storage, "hosted", now_ms(), HOSTED)
+    with Store(Database(tmp_path / "laptop.db"), embedder, project="p") as laptop:
+        syncer = Syncer(laptop, HttpRemote(server.url, admin, device_id="laptop"), None)
+        made = laptop.remember_many(
+            [NewMemory(f"deploy step {i} of the runbook") for i in range(5)]
+        )
+        syncer.now()
+        target = made[0].memory.id
+        for day in ("Monday", "Tuesday", "Wednesday", "Friday"):
+            laptop.edit(target, content=f"the deploy runs on {day}")
+            syncer.now()
+        syncer.pull()  # its read position: the end of the log
+    query = "which day does the deploy run?"
+    agent = Agent(server.url, admin)
+    before = agent.client.get("/v1/memories").json()["memories"]
+    assert agent.recall(query)[0]["id"] == target
+
+    result = storage.compact(workspace.id, now_ms(), 1, by="test")
+
+    assert result.removed == 4 and result.readers == 1
+    assert agent.client.get("/v1/memories").json()["memories"] == before
+    lines = list(transfer.export(storage, workspace, now_ms()))
+    storage.delete_workspace(workspace.id, now_ms(), by="test")
+    transfer.read(io.StringIO("\n".join(lines) + "\n"), storage, now_ms(), by="test")
+    _, fresh = keys.issue(storage, workspace.id, "again", ["admin"], now_ms())
+    again = Agent(server.url, fresh)
+    assert again.client.get("/v1/memories").json()["memories"] == before
+    found = again.recall(query)[0]
+    assert (found["id"], found["content"]) == (target, "the deploy runs on Friday")
