@@ -39,7 +39,7 @@ __all__ = ["env"]  # the fixture: a fresh CAIRN_HOME, on each backend
 
 NOW = 1_700_000_000_000
 ENTITIES = ("e0", "e1", "rel-e2")
-DEVICES = ("d0", "d1", "d2")
+DEVICES = ("d0", "d1", "server-p1")  # the last: a hosted server process's own writes
 SCOPES = (None, "aaaaaaaa")
 _ids = itertools.count()
 
@@ -62,12 +62,13 @@ def wire(n: int, entity: str, device: str, clock: int, scope: str | None = None)
 
 def superseded(log: list[WireMutation], horizon: int) -> set[int]:
     """The reference rule, one mutation at a time: a later one of the same entity, device
-    and scope, with a later clock, and a seq at most ``horizon``."""
+    and scope, with a later clock, and a seq at most ``horizon``; never a hosted server's."""
     return {
         m.seq
         for m in log
         if m.seq is not None
         and m.seq <= horizon
+        and not m.device_id.startswith("server-")
         and any(
             (n.entity_id, n.device_id, n.scope) == (m.entity_id, m.device_id, m.scope)
             and n.seq is not None
@@ -130,6 +131,8 @@ def test_compaction_drops_exactly_what_is_superseded_and_passed(
     for group in {(m.entity_id, m.device_id, m.scope) for m in log}:
         newest = max((m for m in log if (m.entity_id, m.device_id, m.scope) == group), key=seq_of)
         assert newest in kept
+    hosted = [m for m in log if m.device_id.startswith("server-")]
+    assert all(m in kept for m in hosted)  # a hosted server's own states all stay
     assert storage.compact(workspace_id, NOW, 30, by="test").removed == 0  # nothing more
     assert storage.latest_seq(workspace_id) == len(log)  # seqs are never reused
     if log:

@@ -25,7 +25,7 @@ from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
 from cairn.memory_rules import NewMemory
 from cairn.model import Filters, Hit, Memory, RememberResult
-from cairn.protocol import HOSTED, WireMutation
+from cairn.protocol import HOSTED, SERVER_DEVICE_PREFIX, WireMutation
 from cairn.replication import MemoryState, RelationState
 from cairn.search import hybrid
 from cairn.server.hosted_index import HostedIndex, indexable, vector_bytes
@@ -48,7 +48,7 @@ class Hosted:
         self.storage = storage
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
-        self.device_id = f"server-{new_device_id()}"
+        self.device_id = f"{SERVER_DEVICE_PREFIX}{new_device_id()}"
         """This process's device id: each process has its own, so no two share a clock."""
         self._clock = HLC(0, 0, self.device_id)
         self._clock_lock = threading.Lock()

@@ -10,7 +10,9 @@ reader* after its last pull. Compacting drops a mutation when both hold:
   processes can push out of order). A later state from *another* device may lack this one (it
   had not pulled it, or could not open it), and the server cannot read sealed payloads to tell,
   so it never supersedes. The scope tag is kept apart so a device pulling some scopes only
-  gets what it got before.
+  gets what it got before. What a hosted workspace's server itself wrote (for agents over
+  HTTP, ``protocol.SERVER_DEVICE_PREFIX``) is always kept: concurrent requests in one process
+  each build a state from the index as it was, so a later one may lack an earlier one.
 - **passed**: its seq is at most the *horizon*, the least read position (the cursor of its
   last pull) of the workspace's active readers (a reader whose position is not known yet holds
   everything), and of a hosted workspace's search index. With no active reader, the log's end.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import InvalidInput
-from cairn.protocol import HOSTED
+from cairn.protocol import HOSTED, SERVER_DEVICE_PREFIX
 from cairn.server.storage.dialect import Conn
 from cairn.server.storage.records import DAY_MS
 from cairn.server.storage.sql import ALL, SqlBase
@@ -159,6 +161,8 @@ class Retention(SqlBase):
                 (workspace_id, before, _SCAN_PAGE),
             ).fetchall()
             for seq, entity_id, device_id, scope, hlc, size in rows:
+                if device_id.startswith(SERVER_DEVICE_PREFIX):
+                    continue  # a hosted server's states: see SERVER_DEVICE_PREFIX
                 group = (entity_id, device_id, scope)
                 newest = later.get(group)
                 # Packed clocks are fixed-width: string order is clock order (cairn.hlc).
