@@ -75,6 +75,7 @@ RANKS: dict[str, int] = {
     "cairn.server.hosted_index": 360,
     "cairn.server.keyrings": 370,
     "cairn.server.failures": 370,
+    "cairn.server.retention": 370,
     "cairn.server.hosted": 380,
     # composition: settings read, objects wired
     "cairn.config": 410,

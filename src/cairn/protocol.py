@@ -38,6 +38,11 @@ RELATION_PREFIX = "rel-"
 """How a relation's entity id starts (a memory's is a UUID): the one thing about an entity a
 remote can tell, which lets it count memories apart from relations."""
 
+SERVER_DEVICE_PREFIX = "server-"
+"""How the device id starts that a sync server writes a hosted workspace's memories under (one
+per server process): log retention never takes its states as superseding one another, since a
+process's concurrent requests each build a state from what the index held when they began."""
+
 SEALED_VERSION = 1
 SEALED_HEADER = struct.Struct(">BI16s12s")
 """A sealed payload starts ``version | key_id | salt | nonce`` and ends with a 16-byte tag

@@ -13,7 +13,7 @@ import pytest
 from cairn.model import Filters, Memory
 from cairn.replication import MemoryState
 from cairn.search.hybrid import query_terms
-from cairn.server.storage import INDEX_DIM, IndexedMemory, ServerStorage
+from cairn.server.storage import INDEX_DIM, IndexedMemory, Quota, ServerStorage
 from cairn.sync import payload
 
 from ..conftest import server_storage_for
@@ -162,8 +162,7 @@ def test_filters_hold_on_both_halves(storage: ServerStorage) -> None:
 
 def test_the_vectors_in_memory_follow_every_fold(storage: ServerStorage) -> None:
     """The first search reads a workspace's vectors all at once; later ones apply what folds
-    changed since (a forgotten memory leaves, a new one comes, an edited one moves), and one
-    given the position it folded to reads nothing when the vectors are there already."""
+    changed since (a forgotten memory leaves, a new one comes, an edited one moves)."""
     rng = np.random.default_rng(11)
     unit = [v / np.linalg.norm(v) for v in rng.standard_normal((4, INDEX_DIM))]
     folder = Folder(storage)
@@ -173,8 +172,45 @@ def test_the_vectors_in_memory_follow_every_fold(storage: ServerStorage) -> None
     assert {m for m, _ in storage.nearest("w1", query, Filters(project="p1"), 10)} == {"m1"}
     folder.fold(indexed("m0", "", deleted=True), indexed("m1", "moved", unit[3], project="p1"))
     folder.fold(indexed("m3", "new", unit[0], project="p1"))
-    near = storage.nearest("w1", query, Filters(), 10, folder.position)
+    near = storage.nearest("w1", query, Filters(), 10)
     assert [m for m, _ in near][0] == "m3" and "m0" not in {m for m, _ in near}
     moved = storage.nearest("w1", unit[3].astype("<f4").tobytes(), Filters(project="p1"), 10)
     assert moved[0][0] == "m1" and moved[0][1] == pytest.approx(1.0, abs=1e-5)
     assert {m for m, _ in moved} == {"m1", "m3"}
+
+
+@pytest.mark.parametrize("how", ["deleted and imported again", "rebuilt from position 0"])
+def test_the_vectors_in_memory_follow_an_index_that_started_again(
+    storage: ServerStorage, how: str
+) -> None:
+    """A running server's vectors in memory are dropped when the index they copy starts again
+    (its workspace deleted and imported with the same id, or its index rebuilt from 0, by
+    another process), even when the new index reaches the very position the old one had."""
+    rng = np.random.default_rng(5)
+    old, new = (v / np.linalg.norm(v) for v in rng.standard_normal((2, INDEX_DIM)))
+    folder = Folder(storage)
+    folder.fold(indexed("stale", "the old memory", old), indexed("s2", "another", old))
+    query = old.astype("<f4").tobytes()
+    assert storage.nearest("w1", query, Filters(), 10)[0][0] == "stale"
+    # Another process (the CLI, another worker) starts the index again.
+    other: Any = type(storage)(storage.path)  # type: ignore[call-arg]
+    try:
+        if how == "deleted and imported again":
+            workspace = other.workspace_by_id("w1")
+            other.delete_workspace("w1", NOW, by="test")
+            other.import_workspace(workspace, Quota(), 0, [], NOW, by="test")
+        else:
+            with other._write("w1") as conn:  # what a rebuild of the index starts with
+                for table in ("hosted_memories", "hosted_relations", "hosted_index"):
+                    conn.execute(f"DELETE FROM {table} WHERE workspace_id = ?", ("w1",))
+        again = Folder(other)
+        again.fold(indexed("fresh", "the new memory", new), indexed("f2", "another", new))
+        assert again.position == folder.position
+    finally:
+        other.close()
+    near = storage.nearest("w1", query, Filters(), 10)
+    assert {m for m, _ in near} == {"fresh", "f2"}
+    assert {m for m, _ in storage.nearest("w1", query, Filters(project="p"), 10)} == {
+        "fresh",
+        "f2",
+    }

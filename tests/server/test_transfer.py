@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,36 @@ def test_an_empty_workspace_moves_too(servers: tuple[ServerStorage, ServerStorag
     a.create_workspace(WS, "moving", NOW)
     assert imported(b, exported(a)) == {"keyrings": 0, "devices": 0, "mutations": 0}
     assert b.latest_seq(WS) == 0 and b.devices(WS) == [] and b.keyring(WS) is None
+
+
+def test_an_export_reads_one_snapshot_while_the_workspace_changes(
+    servers: tuple[ServerStorage, ServerStorage],
+) -> None:
+    """A keyring version, a device, pushes and a compaction that commit while an export runs
+    (from another thread, as a server's requests do) are wholly left out of it: the file
+    holds the workspace as it was when the export began, and imports as such."""
+    a, b = servers
+    filled(a)
+    lines = transfer.export(a, a.workspace("moving"), NOW + 10)
+    first = [next(lines) for _ in range(2)]  # the header and the first keyring version
+
+    def meanwhile() -> None:
+        a.put_keyring(WS, b"ring-3", 2, revoked=[1, 2])
+        a.register_device(WS, "dev-new", "phone", NOW + 20)
+        for n in range(3):  # later states of the first mutation's entity: it is superseded
+            a.push(WS, [replace(mutation(5000 + n, "dev-a"), entity_id="e-0")], "dev-a", NOW)
+        a.touch_device(WS, "dev-b", NOW + 20, True, 2103)  # the one reader has read it all
+        assert a.compact(WS, NOW + 20, 1, by="test").removed == 3
+
+    changer = threading.Thread(target=meanwhile)
+    changer.start()
+    changer.join(timeout=60)
+    assert not changer.is_alive()
+    rest = list(lines)
+    assert a.keyring(WS) is not None and a.keyring(WS).version == 3  # type: ignore[union-attr]
+
+    end = json.loads(rest[-1])
+    assert end == {"type": "end", "keyrings": 2, "devices": 2, "mutations": 2100}
+    assert json.loads(first[0])["latest_seq"] == 2100
+    assert imported(b, first + rest) == {"keyrings": 2, "devices": 2, "mutations": 2100}
+    assert b.keyring(WS) is not None and b.keyring(WS).version == 2  # type: ignore[union-attr]

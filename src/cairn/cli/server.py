@@ -83,6 +83,14 @@ def run(
             min=1, help="Failed authentications per client address and per key id at once."
         ),
     ] = 20.0,
+    compact_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between compactions of the logs of workspaces with a retention "
+            "policy (`cairn server workspace set-retention`); 0: never.",
+        ),
+    ] = 3600.0,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +115,7 @@ def run(
         recheck=recheck,
         auth_failure_rate=auth_failure_rate,
         auth_failure_burst=auth_failure_burst,
+        compact_interval=compact_interval,
     )
     storage = open_storage(data, db)  # created or migrated once, before any worker starts
     where = storage.path

@@ -16,6 +16,7 @@ from cairn.cli.server_lifecycle import (
     workspace_import,
 )
 from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
+from cairn.cli.server_retention import workspace_compact, workspace_set_retention
 from cairn.errors import InvalidInput
 from cairn.model import iso
 from cairn.protocol import E2E, HOSTED
@@ -30,6 +31,8 @@ workspace_app.command("delete")(workspace_delete)
 workspace_app.command("history")(workspace_history)
 workspace_app.command("export")(workspace_export)
 workspace_app.command("import")(workspace_import)
+workspace_app.command("set-retention")(workspace_set_retention)
+workspace_app.command("compact")(workspace_compact)
 
 
 class Mode(StrEnum):

@@ -77,6 +77,7 @@ def create_app(
     app.router.add_event_handler("shutdown", context.notifier.stop)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
     _while_serving(app, context.failures.run)
+    _while_serving(app, context.compactor.run)
     app.router.add_event_handler("shutdown", lambda: context.failures.flush(final=True))
     # Added last = outermost: metrics count the body limit's 413s too.
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)

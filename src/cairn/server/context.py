@@ -11,6 +11,7 @@ from cairn.server.hosted import Hosted
 from cairn.server.limits import RateLimiter, Throttle
 from cairn.server.metrics import Metrics
 from cairn.server.notify import Notifier
+from cairn.server.retention import Compactor
 from cairn.server.storage import ServerStorage
 
 MiB = 1024 * 1024
@@ -41,6 +42,9 @@ class ServerSettings:
     """Seconds between a key's ``auth_failed`` audit entries (and the failure log summaries)."""
     auth_failure_tracked: int = 10_000
     """Client addresses, and key ids, whose failures are tracked at most (oldest forgotten)."""
+    compact_interval: float = 3600.0
+    """Seconds between compactions of the logs of workspaces with a retention policy; 0: none
+    (`cairn server workspace compact` still runs one)."""
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ServerContext:
     failures: AuthFailures = field(init=False)
     touches: Throttle = field(init=False)
     hosted: Hosted = field(init=False)
+    compactor: Compactor = field(init=False)
 
     def __post_init__(self) -> None:
         self.hosted = Hosted(self.storage, self.embedder)
@@ -68,6 +73,7 @@ class ServerContext:
             self.settings.auth_failure_tracked,
         )
         self.touches = Throttle(self.settings.touch_interval)
+        self.compactor = Compactor(self.storage, self.settings.compact_interval)
 
 
 def now_ms() -> int:

@@ -25,7 +25,7 @@ from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
 from cairn.memory_rules import NewMemory
 from cairn.model import Filters, Hit, Memory, Relation, RememberResult
-from cairn.protocol import HOSTED, WireMutation
+from cairn.protocol import HOSTED, SERVER_DEVICE_PREFIX, WireMutation
 from cairn.replication import MemoryState, RelationState
 from cairn.search import hybrid
 from cairn.server.hosted_index import HostedIndex, indexable, vector_bytes
@@ -48,7 +48,7 @@ class Hosted:
         self.storage = storage
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
-        self.device_id = f"server-{new_device_id()}"
+        self.device_id = f"{SERVER_DEVICE_PREFIX}{new_device_id()}"
         """This process's device id: each process has its own, so no two share a clock."""
         self._clock = HLC(0, 0, self.device_id)
         self._clock_lock = threading.Lock()
@@ -107,7 +107,7 @@ class Hosted:
         topic's newest memory."""
         item = memory_rules.checked(item, model.DEFAULT_PROJECT)
         assert item.project is not None  # set by checked()
-        position = self.fold(workspace_id)
+        self.fold(workspace_id)
         digest = model.content_hash(item.content)
         existing = self.storage.live_by_hash(workspace_id, item.project, digest)
         if existing is not None:
@@ -120,7 +120,7 @@ class Hosted:
             return RememberResult(tagged, created=False)
         vector = vector_bytes(self.embedder.embed([item.content])[0])
         in_project, depth = Filters(project=item.project), memory_rules.NEAR_CANDIDATES
-        nearest = self.storage.nearest(workspace_id, vector, in_project, depth, position)
+        nearest = self.storage.nearest(workspace_id, vector, in_project, depth)
         found = self.storage.indexed_memories(workspace_id, [m for m, _ in nearest])
         near = memory_rules.near_duplicates(item, [(found[m], c) for m, c in nearest if m in found])
         topic = item.topic_key
@@ -141,7 +141,7 @@ class Hosted:
         """The best ``limit`` memories for ``query``, fused like a device's recall."""
         model.check_query(query)
         memory_rules.check_limit(limit)
-        position = self.fold(workspace_id)
+        self.fold(workspace_id)
         depth = hybrid.depth(limit)
         terms = hybrid.query_terms(query)
         pending = (
@@ -150,7 +150,7 @@ class Hosted:
             else None
         )
         vector = self.embedder.embed([query.strip()])[0]
-        nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth, position)
+        nearest = self.storage.nearest(workspace_id, vector_bytes(vector), filters, depth)
         semantic = hybrid.meaningful(nearest)
         keyword = pending.result() if pending else []
         found, successors = self.storage.recalled(

@@ -99,54 +99,52 @@ class _EndLine(_Line):
 
 
 def export(storage: ServerStorage, workspace: Workspace, now: int) -> Iterator[str]:
-    """The workspace as lines of the file (each without its newline), read page by page: what
-    was stored when the export began (a push during it is left for the next export)."""
-    latest = storage.latest_seq(workspace.id)
-    quota = storage.usage(workspace.id, 1, now).quota
-    yield _dump(
-        {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "exported_at": now,
-            "workspace": {
-                "id": workspace.id,
-                "name": workspace.name,
-                "mode": workspace.mode,
-                "created_at": workspace.created_at,
-            },
-            "latest_seq": latest,
-            "quota": {"max_mutations": quota.max_mutations, "max_bytes": quota.max_bytes},
-        }
-    )
-    rings = storage.keyring_versions(workspace.id, MAX_INT)[::-1]  # oldest first
-    for ring in rings:
-        proof = ring.proof
+    """The workspace as lines of the file (each without its newline), read page by page from
+    one snapshot: what was stored when the export began (a push, a keyring version or a
+    compaction during it is left for the next export)."""
+    with storage.exported(workspace.id) as found:
+        quota = found.quota
         yield _dump(
             {
-                "type": "keyring",
-                "version": ring.version,
-                "blob": base64.b64encode(ring.blob).decode("ascii"),
-                "revoked": list(ring.revoked),
-                "signature": proof.signature.hex() if proof else None,
-                "verify_key": proof.verify_key.hex() if proof else None,
-                "signed_version": proof.version if proof else None,
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "exported_at": now,
+                "workspace": {
+                    "id": workspace.id,
+                    "name": workspace.name,
+                    "mode": workspace.mode,
+                    "created_at": workspace.created_at,
+                },
+                "latest_seq": found.latest_seq,
+                "quota": {"max_mutations": quota.max_mutations, "max_bytes": quota.max_bytes},
             }
         )
-    devices = storage.devices(workspace.id)
-    for device in devices:
-        yield _dump({"type": "device", **vars(device)})
-    since, count = 0, 0
-    while since < latest:
-        page = [m for m in storage.pull(workspace.id, since, _PAGE, None).mutations]
-        for mutation in page:
-            if mutation.seq is not None and mutation.seq <= latest:
-                count += 1
-                yield _dump({"type": "mutation", **mutation.to_json()})
-        if not page:
-            break
-        since = page[-1].seq or latest
+        for ring in found.keyrings:
+            proof = ring.proof
+            yield _dump(
+                {
+                    "type": "keyring",
+                    "version": ring.version,
+                    "blob": base64.b64encode(ring.blob).decode("ascii"),
+                    "revoked": list(ring.revoked),
+                    "signature": proof.signature.hex() if proof else None,
+                    "verify_key": proof.verify_key.hex() if proof else None,
+                    "signed_version": proof.version if proof else None,
+                }
+            )
+        for device in found.devices:
+            yield _dump({"type": "device", **vars(device)})
+        count = 0
+        for mutation in found.mutations:
+            count += 1
+            yield _dump({"type": "mutation", **mutation.to_json()})
     yield _dump(
-        {"type": "end", "keyrings": len(rings), "devices": len(devices), "mutations": count}
+        {
+            "type": "end",
+            "keyrings": len(found.keyrings),
+            "devices": len(found.devices),
+            "mutations": count,
+        }
     )
 
 

@@ -17,11 +17,13 @@ Times are Unix milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from cairn.model import Filters, Memory, Relation
 from cairn.protocol import E2E, KeyringBlob, KeyringProof, PullPage, PushResult, WireMutation
 from cairn.replication import RelationState
+from cairn.server.storage.lifecycle import Exported
 from cairn.server.storage.records import (
     DAY_MS,
     INDEX_DIM,
@@ -46,6 +48,7 @@ from cairn.server.storage.records import (
     memory_of,
     memory_values,
 )
+from cairn.server.storage.retention import Compaction
 
 __all__ = [
     "DAY_MS",
@@ -53,6 +56,8 @@ __all__ = [
     "MEMORY_COLUMNS",
     "SCOPES",
     "ApiKey",
+    "Compaction",
+    "Exported",
     "AuditEntry",
     "Device",
     "IndexedMemory",
@@ -206,8 +211,12 @@ class ServerStorage(Protocol):
         """Forget a device's record; False when there was none."""
         ...
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
-        """Record that the device was seen (and pulled, if ``pulled``); adds it if unknown."""
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    ) -> None:
+        """Record that the device was seen (and pulled, if ``pulled``, from the read position
+        ``position``: the cursor it pulled after, what log retention waits for); adds it if
+        unknown."""
         ...
 
     def devices(self, workspace_id: str) -> list[Device]:
@@ -260,10 +269,9 @@ class ServerStorage(Protocol):
         vector: bytes,
         filters: Filters,
         depth: int,
-        position: int | None = None,
     ) -> Ranked:
-        """Up to ``depth`` live memories by cosine to ``vector``, highest first; ``position``:
-        the index position the caller folded to (what it must see at least)."""
+        """Up to ``depth`` live memories by cosine to ``vector``, highest first, as the index
+        stands now (so at least what a fold that just returned wrote)."""
         ...
 
     def keyword(
@@ -327,6 +335,33 @@ class ServerStorage(Protocol):
         note it in the server's audit log; how many of each. InvalidInput, adding nothing, if
         a workspace with its id or name exists, or a record repeats; whatever ``records``
         raises also adds nothing."""
+        ...
+
+    # -- log retention (``cairn.server.storage.retention``) ------------------------------------
+
+    def set_retention(self, workspace_id: str, active_days: int | None) -> None:
+        """Turn the workspace's retention policy on (a reader stays active ``active_days``
+        after its last pull) or off (None); NotFound if there is no such workspace."""
+        ...
+
+    def retention(self, workspace_id: str) -> int | None:
+        """The workspace's retention policy: its active days, or None (off)."""
+        ...
+
+    def retained(self) -> list[tuple[str, int]]:
+        """Every workspace with a retention policy, and its active days."""
+        ...
+
+    def compact(
+        self, workspace_id: str, now: int, active_days: int, by: str, key_id: str | None = None
+    ) -> Compaction:
+        """Drop the superseded mutations every reader active within ``active_days`` has read
+        past, in one transaction, audited (as done ``by``); what it did."""
+        ...
+
+    def exported(self, workspace_id: str) -> AbstractContextManager[Exported]:
+        """The workspace (its log's last seq, quota, keyring versions, devices and log) as one
+        snapshot holds it, while the block runs; NotFound if there is no such workspace."""
         ...
 
     def server_events(self, limit: int) -> list[ServerEvent]:

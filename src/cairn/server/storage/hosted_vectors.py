@@ -21,7 +21,9 @@ class HostedVectors:
     project needs no database round trip. It follows the index by position: a refresh applies
     only the rows written since the last one, by this process or another."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: str = "") -> None:
+        self.generation = generation
+        """The generation of the index these vectors copy (``HostedIndex._vectors_at``)."""
         self._lock = threading.Lock()
         self._rows = DenseMatrix(INDEX_DIM)
         self._keys: dict[str, int] = {}  # memory id -> the matrix's key for it

@@ -6,6 +6,7 @@ Which memories are nearest a vector, and which match words, each backend answers
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -74,11 +75,12 @@ class HostedIndex(SqlBase):
             # Moving the position first takes its row's lock: a second writer that read the
             # same position waits here, then sees it moved and writes nothing.
             if expected == 0:
-                moved = conn.execute(
-                    "INSERT INTO hosted_index (workspace_id, position) VALUES (?, ?) "
-                    "ON CONFLICT (workspace_id) DO UPDATE SET position = excluded.position "
+                moved = conn.execute(  # a start from 0: a new generation (``_vectors_at``)
+                    "INSERT INTO hosted_index (workspace_id, position, generation) "
+                    "VALUES (?, ?, ?) ON CONFLICT (workspace_id) DO UPDATE SET "
+                    "position = excluded.position, generation = excluded.generation "
                     "WHERE hosted_index.position = 0",
-                    (workspace_id, position),
+                    (workspace_id, position, secrets.token_hex(8)),
                 ).rowcount
             else:
                 moved = conn.execute(
@@ -245,23 +247,19 @@ class HostedIndex(SqlBase):
         vector: bytes,
         filters: Filters,
         depth: int,
-        position: int | None = None,
     ) -> Ranked:
         """Exact cosine over the workspace's vectors held in this process, brought up to the
-        index's position first (none read when they are at ``position`` already); a filter by
-        project alone reads nothing else."""
-        with self._vectors_lock:
-            cache = self._vectors.setdefault(workspace_id, HostedVectors())
+        index's position first, in the snapshot the filter reads; a filter by project alone
+        reads nothing else."""
         query = np.frombuffer(vector, dtype="<f4")
         project_only = filters.project is not None and filters == Filters(project=filters.project)
         project = filters.project if project_only else None
         if filters.empty or project_only:
-            if position is None or cache.seen < position:
-                with self._read(workspace_id) as conn:  # one statement: one snapshot
-                    cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
+            with self._read(workspace_id, snapshot=True) as conn:
+                cache = self._vectors_at(conn, workspace_id)
             return cache.search(query, depth, None, project)
         with self._read(workspace_id, snapshot=True) as conn:  # the cache and filter agree
-            cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
+            cache = self._vectors_at(conn, workspace_id)
             where, params = self._index_filter(filters)
             allowed = [
                 row[0]
@@ -271,6 +269,27 @@ class HostedIndex(SqlBase):
                 )
             ]
             return cache.search(query, depth, allowed, None)
+
+    def _vectors_at(self, conn: Conn, workspace_id: str) -> HostedVectors:
+        """This process's vectors of the workspace, as of ``conn``'s snapshot of its index.
+
+        Trigger: the index started again (its workspace deleted and imported with the same id,
+        or rebuilt from position 0), perhaps in another process. Why: positions then repeat, so
+        the highest one applied cannot tell old rows from new. Outcome: the index's generation,
+        new at every start from 0, is read in the same snapshot; another one (or a position
+        below what was applied) drops the vectors, which are read again from the start."""
+        row = conn.execute(
+            "SELECT position, generation FROM hosted_index WHERE workspace_id = ?",
+            (workspace_id,),
+        ).fetchone()
+        position, generation = (int(row[0]), row[1] or "") if row else (0, "")
+        with self._vectors_lock:
+            cache = self._vectors.get(workspace_id)
+            if cache is None or cache.generation != generation or cache.seen > position:
+                cache = self._vectors[workspace_id] = HostedVectors(generation)
+        if cache.seen < position:
+            cache.apply(self._vector_rows(conn, workspace_id, cache.seen))
+        return cache
 
     def _vector_rows(self, conn: Conn, workspace_id: str, after: int) -> list[VectorRow]:
         """The index rows written after position ``after``, in position order."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from cairn.errors import RemoteConflict
 from cairn.protocol import KeyringBlob, KeyringProof
+from cairn.server.storage.dialect import Conn, Dialect
 from cairn.server.storage.records import keyring_of, keyring_proof_values
 from cairn.server.storage.sql import SqlBase
 
@@ -20,15 +21,8 @@ class Keyrings(SqlBase):
         return found[0] if found else None
 
     def keyring_versions(self, workspace_id: str, limit: int) -> list[KeyringBlob]:
-        rows = self._all(
-            workspace_id,
-            f"SELECT {_KEYRING_COLUMNS} FROM keyring_versions WHERE workspace_id = ? "
-            "ORDER BY version DESC LIMIT ?",
-            workspace_id,
-            limit,
-        )
-        decode = self.dialect.decode_ints
-        return [keyring_of(row, decode(row[2]), _blob(row[3]), _blob(row[4])) for row in rows]
+        with self._read(workspace_id) as conn:
+            return read_versions(conn, self.dialect, workspace_id, limit)
 
     def put_keyring(
         self,
@@ -62,6 +56,17 @@ class Keyrings(SqlBase):
                 ),
             )
         return version
+
+
+def read_versions(conn: Conn, dialect: Dialect, workspace_id: str, limit: int) -> list[KeyringBlob]:
+    """Up to ``limit`` of the workspace's keyring versions, newest first, read through ``conn``."""
+    rows = conn.execute(
+        f"SELECT {_KEYRING_COLUMNS} FROM keyring_versions WHERE workspace_id = ? "
+        "ORDER BY version DESC LIMIT ?",
+        (workspace_id, limit),
+    ).fetchall()
+    decode = dialect.decode_ints
+    return [keyring_of(row, decode(row[2]), _blob(row[3]), _blob(row[4])) for row in rows]
 
 
 def _blob(value: object) -> bytes | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from cairn.errors import InvalidInput
-from cairn.protocol import KeyringBlob, WireMutation
+from cairn.protocol import MAX_SEQ, KeyringBlob, WireMutation
 from cairn.server.storage.dialect import Conn
+from cairn.server.storage.keyrings import read_versions
 from cairn.server.storage.records import (
     Device,
     Quota,
@@ -16,6 +19,7 @@ from cairn.server.storage.records import (
     keyring_proof_values,
 )
 from cairn.server.storage.sql import ALL, SqlBase
+from cairn.server.storage.workspaces import read_devices
 
 Record = KeyringBlob | Device | WireMutation
 """One record of a workspace being imported."""
@@ -37,8 +41,32 @@ rows before the ones they refer to; a backend's own index tables (``Dialect.inde
 first. ``tests/server/test_lifecycle.py`` checks every table of the schema against it."""
 
 
+@dataclass(frozen=True)
+class Exported:
+    """A workspace as one snapshot of the database holds it, for an export."""
+
+    latest_seq: int
+    quota: Quota
+    keyrings: list[KeyringBlob]
+    """Every keyring version, oldest first."""
+    devices: list[Device]
+    mutations: Iterator[WireMutation]
+    """The log in seq order, read page by page from the same snapshot while it is open."""
+
+
 class Lifecycle(SqlBase):
     """Deleting a workspace with every row it owns, and the server-level audit of it."""
+
+    @contextmanager
+    def exported(self, workspace_id: str) -> Iterator[Exported]:
+        # One read transaction for all of it: a keyring version added, a device registered or
+        # a compaction committed during an export is either wholly in it or not at all.
+        with self._read(workspace_id, snapshot=True) as conn:
+            latest = self._latest(conn, workspace_id)
+            rings = read_versions(conn, self.dialect, workspace_id, MAX_SEQ)[::-1]
+            devices = read_devices(conn, workspace_id)
+            quota = self._quota(conn, workspace_id)
+            yield Exported(latest, quota, rings, devices, _log(conn, workspace_id))
 
     def delete_workspace(self, workspace_id: str, now: int, by: str) -> dict[str, int]:
         # One transaction over every workspace's rows: the deletion and its audit entry commit
@@ -176,3 +204,19 @@ class Lifecycle(SqlBase):
 
 
 _KIND = {KeyringBlob: "keyrings", Device: "devices", WireMutation: "mutations"}
+
+
+def _log(conn: Conn, workspace_id: str) -> Iterator[WireMutation]:
+    """The workspace's log in seq order, a page per query, through ``conn``."""
+    since = 0
+    while True:
+        rows = conn.execute(
+            "SELECT seq, mutation_id, version, device_id, hlc, entity_id, scope, payload "
+            "FROM mutations WHERE workspace_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (workspace_id, since, _PAGE),
+        ).fetchall()
+        for seq, mid, version, device, hlc, entity, scope, payload in rows:
+            yield WireMutation(mid, device, hlc, entity, scope, bytes(payload), seq, version)
+        if len(rows) < _PAGE:
+            return
+        since = int(rows[-1][0])

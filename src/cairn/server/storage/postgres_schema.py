@@ -120,6 +120,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE server_audit FORCE ROW LEVEL SECURITY;
     CREATE POLICY operator ON server_audit USING ({_TENANT} = '{ALL}');
     """,
+    # 7: log retention: each device's read position (the cursor of its last pull), each
+    # workspace's retention policy, and the hosted index's generation (its vectors' cache key).
+    tables.retention(TYPES),
 )
 
 

@@ -41,4 +41,7 @@ MIGRATIONS: tuple[str, ...] = (
             VALUES ('delete', old.rowid, old.content);
     END;
     """,
+    # 7: log retention: each device's read position (the cursor of its last pull), each
+    # workspace's retention policy, and the hosted index's generation (its vectors' cache key).
+    tables.retention(TYPES),
 )

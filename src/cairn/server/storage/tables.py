@@ -199,3 +199,14 @@ def server_audit(t: Types, audit_id: str, detail: str) -> str:
     );
     CREATE INDEX server_audit_at ON server_audit (at);
     """
+
+
+def retention(t: Types) -> str:
+    """Log retention (``cairn.server.storage.retention``): each device's read position, each
+    workspace's policy (days a reader stays active; NULL: off), and a generation for a hosted
+    index, new whenever the index starts again from position 0."""
+    return f"""
+    ALTER TABLE devices ADD COLUMN read_position {t.time};
+    ALTER TABLE workspaces ADD COLUMN retention_days {t.time};
+    ALTER TABLE hosted_index ADD COLUMN generation TEXT;
+    """

@@ -7,6 +7,7 @@ from typing import Any
 
 from cairn.errors import InvalidInput, NotFound
 from cairn.protocol import E2E
+from cairn.server.storage.dialect import Conn
 from cairn.server.storage.records import ApiKey, Device, Workspace
 from cairn.server.storage.sql import ALL, SqlBase
 
@@ -125,26 +126,34 @@ class Workspaces(SqlBase):
             )
             return bool(gone.rowcount)
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    ) -> None:
         with self._write(workspace_id) as conn:
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
-                "last_pull_at) VALUES (?, ?, '', ?, ?, ?) "
+                "last_pull_at, read_position) VALUES (?, ?, '', ?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, "
-                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at)",
-                (workspace_id, device_id, now, now, now if pulled else None),
+                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at), "
+                "read_position = COALESCE(excluded.read_position, devices.read_position)",
+                (workspace_id, device_id, now, now, now if pulled else None, position),
             )
 
     def devices(self, workspace_id: str) -> list[Device]:
-        rows = self._all(
-            workspace_id,
-            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = ? "
-            "ORDER BY first_seen, device_id",
-            workspace_id,
-        )
-        return [Device(*row) for row in rows]
+        with self._read(workspace_id) as conn:
+            return read_devices(conn, workspace_id)
+
+
+def read_devices(conn: Conn, workspace_id: str) -> list[Device]:
+    """The workspace's devices, first seen first, read through ``conn``."""
+    rows = conn.execute(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE workspace_id = ? "
+        "ORDER BY first_seen, device_id",
+        (workspace_id,),
+    ).fetchall()
+    return [Device(*row) for row in rows]
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
