@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cairn import vector_bytes
 from cairn.errors import InvalidInput, NotFound
 from cairn.hlc import HLC
 from cairn.ids import uuid7
@@ -127,7 +128,7 @@ def edit(
             conn.execute(
                 "INSERT OR REPLACE INTO memory_vectors(memory_rowid, model_id, vector) "
                 "VALUES (?, ?, ?)",
-                (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
+                (rowid, memory.model_id, vector_bytes.stored(vector)),
             )
         stamped.append("content")
     if not stamped:

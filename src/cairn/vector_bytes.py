@@ -1,0 +1,48 @@
+"""Vectors as bytes: little-endian float32 as stored, at the float16 precision payloads carry.
+
+A payload carries a memory's vector as float16 (half the bytes of float32). So that every
+replica holds the same vector, a device rounds each vector it makes to float16 precision before
+storing it (still as float32, the type the index searches): what it sends is then exactly what
+it keeps. Rounding a unit vector to float16 moves each value by at most 2^-11 of itself; the
+cosine of two vectors moves by about 10^-4 at most, far below the gaps that order search results
+(docs/sync.md, "Payloads"). A vector with a value float16 cannot hold (beyond ±65504, or not a
+number) is kept and sent as float32, as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FLOAT16, FLOAT32 = 2, 4
+"""A vector's element width in bytes: what a payload says its vector is made of."""
+
+
+def _halved(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float16] | None:
+    """The values as float16, or None when one of them has no finite float16 value."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = values.astype("<f2")
+    return half if bool(np.isfinite(half).all()) else None
+
+
+def stored(vector: npt.ArrayLike) -> bytes:
+    """A vector as the store keeps it: float32 bytes, rounded to float16 precision."""
+    values = np.ascontiguousarray(vector, dtype="<f4")
+    half = _halved(values)
+    return (values if half is None else half.astype("<f4")).tobytes()
+
+
+def to_wire(blob: bytes) -> tuple[int, bytes]:
+    """A stored vector (float32 bytes) as a payload carries it: (element width, bytes)."""
+    half = _halved(np.frombuffer(blob, dtype="<f4"))
+    return (FLOAT32, blob) if half is None else (FLOAT16, half.tobytes())
+
+
+def from_wire(width: int, data: bytes) -> bytes:
+    """Float32 bytes of a vector a payload carried with element ``width``; ValueError when the
+    bytes are not whole values of that width."""
+    if width == FLOAT32 and len(data) % 4 == 0:
+        return data
+    if width == FLOAT16 and len(data) % 2 == 0:
+        return np.frombuffer(data, dtype="<f2").astype("<f4").tobytes()
+    raise ValueError(f"a vector of {len(data)} bytes is not whole values of {width} bytes")
