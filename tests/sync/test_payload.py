@@ -16,9 +16,14 @@ import pytest
 
 from cairn import vector_bytes
 from cairn.crypto.seal import open_sealed
+from cairn.device_store import Store
+from cairn.embedding.onnx import OnnxEmbedder
 from cairn.model import Memory
-from cairn.protocol import WireMutation
+from cairn.protocol import HOSTED, WireMutation
+from cairn.remotes.memory import MemoryRemote
 from cairn.replication import MemoryState, RelationState, Revision
+from cairn.store.db import Database
+from cairn.sync.engine import Syncer
 from cairn.sync.payload import (
     FORMAT,
     MAX_TEXT,
@@ -198,3 +203,33 @@ def test_every_format_1_payload_still_reads_and_carries_over_to_format_2(
         assert again == replace(state, vector=vector)
     else:
         assert decode(_wire(encode_relation(state), fixture["entity_id"])) == state
+
+
+def test_a_pull_sets_a_newer_format_aside_with_its_reason_and_applies_the_rest(
+    tmp_path: Path, embedder: OnnxEmbedder
+) -> None:
+    """What a device meets when another runs a newer Cairn: a dead letter that says so."""
+    store = Store(Database(tmp_path / "cairn.db"), embedder, project="p")
+    remote = MemoryRemote(HOSTED)  # payloads travel as they are
+    good = replace(
+        STATE,
+        memory=replace(
+            MEMORY, id="01a20000-0000-7000-8000-000000000002", model_id=embedder.model_id
+        ),
+        vector=np.ones(embedder.dim, dtype="<f4").tobytes(),
+    )
+    newer = bytes([FORMAT + 1]) + encode_memory(STATE)[1:]
+    device = "fedcba9876543210"
+    remote.push(
+        [
+            WireMutation("m-1", device, MEMORY.hlc, MEMORY.id, None, newer),
+            WireMutation("m-2", device, MEMORY.hlc, good.memory.id, None, encode_memory(good)),
+        ]
+    )
+    syncer = Syncer(store, remote, None)
+    report = syncer.pull()
+    assert (report.received, report.applied, report.failed) == (2, 1, 1)
+    [letter] = syncer.dead_letters()
+    assert (letter.entity_id, letter.code, letter.direction) == (MEMORY.id, "bad_payload", "pull")
+    assert f"payload format {FORMAT + 1}, newer than this Cairn" in letter.message
+    assert store.get(good.memory.id).content == good.memory.content

@@ -313,6 +313,7 @@ def puller(
 @example(found=_memory_with(hlc="not a clock"))
 @example(found=_memory_with(created_at=10**20))
 @example(found=_relation_with(type="likes"))
+@example(found=(SHORT.memory.id, bytes([FORMAT + 1]) + _encode(SHORT)[1:]))  # a newer format
 def test_a_pull_applies_the_rest_of_a_page_around_an_unreadable_payload(
     puller: tuple[Store, MemoryRemote, Syncer], embedder: OnnxEmbedder, found: tuple[str, bytes]
 ) -> None:
