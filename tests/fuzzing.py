@@ -156,6 +156,39 @@ def mutated_json(draw: st.DrawFn, doc: Any) -> str:
     return text
 
 
+@st.composite
+def mutated_tree(draw: st.DrawFn, doc: Any, values: st.SearchStrategy[Any]) -> Any:
+    """A copy of ``doc`` (lists and dicts, as a binary format parses) with one to three of its
+    nodes (at any depth, or the whole) replaced by one of ``values``, removed, or joined by an
+    unknown key: the structure-aware mutation ``mutated_json`` does, for formats that are not
+    text (MessagePack: bytes and integers past JSON's are values too)."""
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        return [copy(v) for v in value] if isinstance(value, list) else value
+
+    doc = copy(doc)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(doc)))
+        how = draw(st.sampled_from(["replace", "replace", "remove", "add"]))
+        if not path:
+            doc = draw(values)
+            continue
+        parent = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        if how == "replace":
+            parent[path[-1]] = draw(values)
+        elif how == "remove":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=8))] = draw(values)
+        else:
+            parent.append(draw(values))
+    return doc
+
+
 def parse_or_refuse(
     parse: Callable[..., T], *args: Any, refuse: type[Exception] = CairnError
 ) -> T | None:

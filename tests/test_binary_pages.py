@@ -8,6 +8,8 @@ and seeded (the ``ci`` profile); ``make test-slow`` soaks it.
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -22,11 +24,19 @@ from cairn.binary_pages import (
     is_binary,
     pack_page,
     pack_push,
+    packed_size,
     unpack_page,
     unpack_push,
 )
 from cairn.errors import InvalidInput
-from cairn.protocol import MAX_BATCH, MAX_PAYLOAD_BYTES, PullPage, WireMutation, problem
+from cairn.protocol import (
+    MAX_BATCH,
+    MAX_PAYLOAD_BYTES,
+    PullPage,
+    WireMutation,
+    json_size,
+    problem,
+)
 
 from .conftest import envelope
 from .fuzzing import ci, mutated, parse_or_refuse, soak
@@ -210,3 +220,24 @@ def test_any_page_a_remote_writes_reads_back_the_same_in_binary(page: PullPage) 
 def test_the_binary_wire_soak(push: bytes, page: bytes) -> None:
     _check_push(push)
     _check_page(page)
+
+
+sizes = st.sampled_from([0, 1, 31, 32, 255, 256, 65_535, 65_536])
+
+
+@ci(100)
+@given(
+    mutation=mutations,
+    payload=sizes.map(lambda n: b"\x01" * n),
+    version=st.sampled_from([0, 1, 127, 128, 2**40]),
+    long_id=sizes.map(lambda n: "i" * n),
+)
+def test_a_push_is_measured_in_the_bytes_each_form_writes(
+    mutation: WireMutation, payload: bytes, version: int, long_id: str
+) -> None:
+    """What push batches are measured in, without writing them: exact in both forms."""
+    mutation = replace(mutation, seq=None)  # a push's mutations have none yet
+    for m in (mutation, replace(mutation, payload=payload, version=version, device_id=long_id)):
+        assert packed_size(m) == len(pack_push([m])) - len(pack_push([]))
+        compact = json.dumps(m.to_json(), separators=(",", ":"))
+        assert json_size(m) == len(compact.encode())

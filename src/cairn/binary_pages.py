@@ -123,6 +123,21 @@ def pack_push(mutations: Sequence[WireMutation]) -> bytes:
     return body
 
 
+def packed_size(m: WireMutation) -> int:
+    """The bytes ``m`` takes in a binary push body (``pack_push``), counted without packing."""
+    scope = 1 if m.scope is None else _str_size(m.scope)  # nil, or the string
+    fields = (m.mutation_id, m.device_id, m.hlc, m.entity_id)
+    size = len(m.payload)
+    payload = size + (2 if size < 2**8 else 3 if size < 2**16 else 5)  # bin 8, 16 or 32
+    version = 1 if 0 <= m.version < 128 else len(msgpack.packb(m.version))
+    return 1 + version + sum(map(_str_size, fields)) + scope + payload  # 1: the array's header
+
+
+def _str_size(text: str) -> int:
+    size = len(text.encode("utf-8"))
+    return size + (1 if size < 32 else 2 if size < 2**8 else 3 if size < 2**16 else 5)
+
+
 def unpack_push(body: bytes) -> list[WireMutation]:
     """The mutations of a binary push body, each field typed (``check_batch`` checks the
     rest); InvalidInput when it is not one."""

@@ -273,6 +273,23 @@ def from_json(data: Any) -> WireMutation:
     return WireMutation(fields[0], fields[1], fields[2], fields[3], scope, payload, seq, version)
 
 
+_JSON_FRAME = len('{"v":,"mutation_id":,"device_id":,"hlc":,"entity_id":,"scope":,"payload":""}')
+
+
+def json_size(m: WireMutation) -> int:
+    """The bytes ``m`` takes in a JSON push body (``to_json``, written compactly): exact for
+    ASCII ids (the only ones ``problem`` admits), more than enough for any other."""
+    strings = [m.mutation_id, m.device_id, m.hlc, m.entity_id]
+    scope = 4 if m.scope is None else len(_string(m.scope))  # null, or the quoted string
+    return (
+        _JSON_FRAME
+        + len(str(m.version))
+        + sum(len(_string(text)) for text in strings)
+        + scope
+        + 4 * ((len(m.payload) + 2) // 3)  # base64
+    )
+
+
 def page_body(mutations: Sequence[WireMutation], cursor: str, has_more: bool) -> bytes:
     """A pull page as JSON bytes, written directly: three times faster than ``json.dumps``.
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cairn import vector_bytes
 from cairn.embedding.base import Embedder
 from cairn.errors import NotFound, SchemaTooNew, StoreError
 from cairn.hlc import HLC
@@ -167,7 +168,7 @@ def _embed(db: Database, embedder: Embedder, missing: list[tuple[str, str, str]]
         vectors = embedder.embed([content for _id, content, _hash in batch])
         with db.write() as conn:
             for (memory_id, _content, digest), vector in zip(batch, vectors, strict=True):
-                blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+                blob = vector_bytes.stored(vector)
                 replica.set_vector(conn, memory_id, digest, embedder.model_id, blob)
     return len(missing)
 

@@ -127,6 +127,9 @@ class ChaosRemote:
         self.url = inner.url
         self.calm = False  # True for the final sync: every acknowledgement arrives
 
+    def push_size(self, mutation: WireMutation) -> int:
+        return self.inner.push_size(mutation)
+
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         result = self.inner.push(mutations)
         if not self.calm and self.rng.random() < 0.25:

@@ -3,7 +3,9 @@
 ``decode`` returns a state or raises PayloadError, the one error the sync engine sets a pulled
 mutation aside for; any other exception would stop the whole pull. A state it accepts is one the
 store can hold (its clocks parse, its times display, its text is UTF-8) and encodes back to the
-same state; and a pull that meets an unreadable payload still applies the rest of the page.
+same state (its vector at float16 precision); and a pull that meets an unreadable payload still
+applies the rest of the page. Both formats are fed: format 2 (MessagePack, written today) and
+format 1 (JSON, which logs keep), the latter from payloads the old encoder wrote.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import json
 import struct
 import zlib
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cairn import model, replication
+from cairn import model, replication, vector_bytes
 from cairn.device_store import Store
 from cairn.embedding.onnx import OnnxEmbedder
 from cairn.hlc import HLC
@@ -30,6 +35,9 @@ from cairn.replication import MemoryState, RelationState, Revision
 from cairn.store.db import Database
 from cairn.sync.engine import Syncer
 from cairn.sync.payload import (
+    FORMAT,
+    MAX_TEXT,
+    MEMORY_FIELDS,
     PayloadError,
     decode,
     encode_memory,
@@ -37,10 +45,18 @@ from cairn.sync.payload import (
     relation_entity_id,
 )
 
-from ..fuzzing import ci, mutated, mutated_json, parse_or_refuse, soak
+from ..fuzzing import ci, hostile_values, mutated, mutated_json, mutated_tree, parse_or_refuse, soak
 
 HEAD = struct.Struct(">BcI")
 DIM = 384
+OLD = [
+    (p["entity_id"], bytes.fromhex(p["payload"]))
+    for p in json.loads(
+        (Path(__file__).resolve().parent.parent / "data" / "payloads_v1.json").read_text()
+    )["payloads"]
+    if "sealed" not in p
+]
+"""Format-1 payloads as the old encoder wrote them (entity id, payload)."""
 
 clocks = st.builds(
     lambda wall, counter, device: HLC(wall, counter, device).pack(),
@@ -139,29 +155,66 @@ RELATION = RelationState(
 VALID = [LONG, SHORT, RELATION]
 
 
-def _body(state: MemoryState | RelationState) -> object:
-    """The JSON document inside a valid payload of ``state``."""
-    payload = _encode(state)
+def _fields(state: MemoryState | RelationState) -> list[Any]:
+    """The MessagePack array inside a valid format-2 payload of ``state``."""
+    fields: list[Any] = msgpack.unpackb(_encode(state)[1:], raw=False)
+    return fields
+
+
+def _json_body(payload: bytes) -> Any:
+    """The JSON document inside a format-1 payload."""
     _version, kind, size = HEAD.unpack_from(payload)
     data = payload[HEAD.size : HEAD.size + size]
     return json.loads(zlib.decompress(data) if kind.isupper() else data)
 
 
+def _v2(fields: Any) -> bytes:
+    """A format-2 payload of ``fields`` (a lone surrogate becomes bytes that are not UTF-8)."""
+    return bytes([FORMAT]) + msgpack.packb(
+        fields, use_bin_type=True, unicode_errors="surrogatepass"
+    )
+
+
+def _packable(value: Any) -> bool:
+    try:
+        _v2(value)
+    except (OverflowError, ValueError, TypeError):  # integers past 64 bits
+        return False
+    return True
+
+
+msgpack_values = (
+    hostile_values.filter(_packable)
+    | st.binary(max_size=40)
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from([zlib.compress(b"\xff\xfe"), zlib.compress(b" " * (MAX_TEXT + 1), 9)])
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
+)
+"""Values of the wrong type, out of range, not UTF-8, inflating without end, or extensions."""
+
+
 @st.composite
 def payloads(draw: st.DrawFn) -> tuple[str, bytes]:
-    """(entity id, payload): a valid payload with bytes or fields mutated, or any bytes."""
+    """(entity id, payload): a valid payload of either format with bytes or fields mutated, or
+    any bytes."""
+    how = draw(st.sampled_from(["bytes", "fields", "fields", "old bytes", "old fields", "any"]))
+    if how.startswith("old"):
+        entity_id, payload = draw(st.sampled_from(OLD))
+        if how == "old bytes":
+            return entity_id, draw(mutated(payload))
+        data = draw(mutated_json(_json_body(payload))).encode()
+        kind = payload[1:2].lower()
+        if draw(st.booleans()):
+            data, kind = zlib.compress(data, 1), kind.upper()
+        tail = draw(st.sampled_from([b"", b"\x00" * 16, b"\x00" * 7]))
+        return entity_id, HEAD.pack(1, kind, len(data)) + data + tail
     state = draw(st.sampled_from(VALID))
-    how = draw(st.sampled_from(["bytes", "fields", "fields", "any"]))
     if how == "bytes":
         return _entity_id(state), draw(mutated(_encode(state)))
     if how == "any":
         return _entity_id(state), draw(st.binary(max_size=300))
-    data = draw(mutated_json(_body(state))).encode()
-    kind = b"m" if isinstance(state, MemoryState) else b"r"
-    if draw(st.booleans()):
-        data, kind = zlib.compress(data, 1), kind.upper()
-    tail = draw(st.sampled_from([b"", b"\x00" * 16, b"\x00" * 7]))
-    return _entity_id(state), HEAD.pack(1, kind, len(data)) + data + tail
+    fields = draw(mutated_tree(_fields(state), msgpack_values))
+    return _entity_id(state), _v2(fields)
 
 
 def _packed(kind: bytes, body: dict[str, object], tail: bytes = b"") -> bytes:
@@ -169,16 +222,33 @@ def _packed(kind: bytes, body: dict[str, object], tail: bytes = b"") -> bytes:
     return HEAD.pack(1, kind, len(data)) + data + tail
 
 
+def _old(name: str) -> tuple[str, dict[str, Any]]:
+    entity_id, payload = OLD[["short", "long_compressed", "tombstone", "relation"].index(name)]
+    return entity_id, _json_body(payload)
+
+
 def _memory_with(**changes: object) -> tuple[str, bytes]:
-    body = _body(SHORT)
-    assert isinstance(body, dict)
-    return MEMORY.id, _packed(b"m", {**body, **changes})
+    entity_id, body = _old("short")
+    return entity_id, _packed(b"m", {**body, **changes})
 
 
 def _relation_with(**changes: object) -> tuple[str, bytes]:
-    body = _body(RELATION)
-    assert isinstance(body, dict)
-    return relation_entity_id(RELATION), _packed(b"r", {**body, **changes})
+    entity_id, body = _old("relation")
+    return entity_id, _packed(b"r", {**body, **changes})
+
+
+def _v2_memory_with(**changes: object) -> tuple[str, bytes]:
+    fields = _fields(SHORT)
+    for name, value in changes.items():
+        fields[MEMORY_FIELDS.index(name) + 1] = value
+    return SHORT.memory.id, _v2(fields)
+
+
+def _as_sent(state: MemoryState | RelationState) -> MemoryState | RelationState:
+    """``state`` as another device reads it back: its vector at float16 precision."""
+    if isinstance(state, RelationState) or state.vector is None:
+        return state
+    return replace(state, vector=vector_bytes.stored(np.frombuffer(state.vector, "<f4")))
 
 
 def _check_decode(entity_id: str, payload: bytes) -> None:
@@ -197,7 +267,7 @@ def _check_decode(entity_id: str, payload: bytes) -> None:
     for clock in clocks:
         assert HLC.unpack(clock).pack() == clock and clock.isascii() and "\n" not in clock
     again = decode(_wire(entity_id, _encode(state)))  # encodes (UTF-8), and reads back the same
-    assert again == state
+    assert again == _as_sent(state)
 
 
 @ci(300)
@@ -210,6 +280,15 @@ def _check_decode(entity_id: str, payload: bytes) -> None:
 @example(found=_memory_with(deleted="false"))  # a string that bool() takes for True
 @example(found=_relation_with(created_at=-(10**18)))
 @example(found=_relation_with(type="likes"))
+@example(found=_v2_memory_with(content="\ud800"))
+@example(found=_v2_memory_with(content=b"\x00" * 8))  # a bin that is not zlib
+@example(found=_v2_memory_with(content=zlib.compress(b"\xff")))  # inflates to bytes, not UTF-8
+@example(found=_v2_memory_with(hlc=None, created_hlc="not a clock"))
+@example(found=_v2_memory_with(vector_width=3))
+@example(found=_v2_memory_with(vector_width=True))
+@example(found=_v2_memory_with(content_hash=b"\x01" * 31))
+@example(found=_v2_memory_with(revisions=[[1, 2]]))
+@example(found=_v2_memory_with(field_hlc={1: "x"}))  # a map key that is not a string
 def test_a_pulled_payload_decodes_or_is_set_aside(found: tuple[str, bytes]) -> None:
     _check_decode(*found)
 
@@ -217,7 +296,7 @@ def test_a_pulled_payload_decodes_or_is_set_aside(found: tuple[str, bytes]) -> N
 @ci(60)
 @given(state=memory_states | relation_states)
 def test_any_state_encodes_and_decodes_to_itself(state: MemoryState | RelationState) -> None:
-    assert decode(_wire(_entity_id(state), _encode(state))) == state
+    assert decode(_wire(_entity_id(state), _encode(state))) == _as_sent(state)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +313,7 @@ def puller(
 @example(found=_memory_with(hlc="not a clock"))
 @example(found=_memory_with(created_at=10**20))
 @example(found=_relation_with(type="likes"))
+@example(found=(SHORT.memory.id, bytes([FORMAT + 1]) + _encode(SHORT)[1:]))  # a newer format
 def test_a_pull_applies_the_rest_of_a_page_around_an_unreadable_payload(
     puller: tuple[Store, MemoryRemote, Syncer], embedder: OnnxEmbedder, found: tuple[str, bytes]
 ) -> None:
@@ -268,4 +348,4 @@ def test_a_pull_applies_the_rest_of_a_page_around_an_unreadable_payload(
 @given(found=payloads(), state=memory_states | relation_states)
 def test_payloads_soak(found: tuple[str, bytes], state: MemoryState | RelationState) -> None:
     _check_decode(*found)
-    assert decode(_wire(_entity_id(state), _encode(state))) == state
+    assert decode(_wire(_entity_id(state), _encode(state))) == _as_sent(state)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cairn.binary_pages import MEDIA_TYPE
@@ -86,6 +87,46 @@ def test_batches_over_the_body_limit_are_split_and_an_oversized_memory_set_aside
     assert b.pull().applied == 40
     assert embedder.texts_embedded == before
     assert b.store.count() == 40
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_push_batches_fill_the_body_limit_in_either_form_and_never_pass_it(
+    tmp_path: Path,
+    embedder: OnnxEmbedder,
+    sync_server_factory: Callable[..., SyncServer],
+    binary: bool,
+) -> None:
+    """Batches are measured in the bytes of the form the device sends: each push request comes
+    as close to the limit as one more memory allows, and none is refused as too large."""
+    limit = 24 * 1024
+    server = sync_server_factory(ServerSettings(max_body=limit, rate_limit=0))
+    store = Store(Database(tmp_path / "a.db"), embedder, project="p")
+    remote = HttpRemote(server.url, server.admin_key, device_id=store.device_id(), binary=binary)
+    a = Syncer(store, remote, keys_for(remote), batch_bytes=limit)
+    sizes: list[int] = []
+    statuses: list[int] = []
+
+    def sent(request: httpx.Request) -> None:
+        if request.url.path == "/v1/sync/push":
+            sizes.append(len(request.content))
+
+    def answered(response: httpx.Response) -> None:
+        if response.request.url.path == "/v1/sync/push":
+            statuses.append(response.status_code)
+
+    remote._client.event_hooks = {"request": [sent], "response": [answered]}
+    store.remember_many(
+        [
+            NewMemory(f"Runbook step {i}: drain node {i}, restart it, check the queue")
+            for i in range(60)
+        ]
+    )
+    report = a.push()
+    assert report.pushed == 60 and report.dead_lettered == 0
+    assert set(statuses) == {200} and len(sizes) == report.batches > 2
+    largest = report.bytes // report.pushed * 2  # more than one more mutation adds
+    assert all(limit - largest < size <= limit for size in sizes[:-1])
+    assert sizes[-1] <= limit
 
 
 def test_a_read_only_device_pulls_but_cannot_push(

@@ -60,6 +60,11 @@ class Remote(Protocol):
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult: ...
 
+    def push_size(self, mutation: WireMutation) -> int:
+        """The bytes ``mutation`` adds to a push as this remote sends it: what a push's batches
+        are measured in, so that each stays under the remote's limit on a request's size."""
+        ...
+
     def pull(
         self,
         cursor: str | None,

@@ -33,6 +33,7 @@ from cairn.protocol import (
     PullPage,
     PushResult,
     WireMutation,
+    json_size,
     page_from_json,
     to_json,
 )
@@ -92,6 +93,11 @@ class HttpRemote:
         """The media type pages travel in: the binary form, or JSON once this remote is told
         not to use it or the server showed it predates it."""
         return binary_pages.MEDIA_TYPE if self._binary else "application/json"
+
+    def push_size(self, mutation: WireMutation) -> int:
+        if self._binary:
+            return binary_pages.packed_size(mutation)
+        return json_size(mutation)
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         body = self._push_binary(mutations) if self._binary else None

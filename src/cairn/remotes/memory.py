@@ -13,7 +13,15 @@ from typing import Any
 
 from cairn import keyring_rules
 from cairn.errors import InvalidInput, NotFound, RemoteConflict
-from cairn.protocol import E2E, PullPage, PushResult, WireMutation, check_batch, check_pull_limit
+from cairn.protocol import (
+    E2E,
+    PullPage,
+    PushResult,
+    WireMutation,
+    check_batch,
+    check_pull_limit,
+    json_size,
+)
 from cairn.remotes.base import KEYRING_WALK, Frames, KeyringBlob, KeyringCheck, KeyringProof
 
 
@@ -35,6 +43,9 @@ class MemoryRemote:
     @property
     def url(self) -> str:
         return "memory://"
+
+    def push_size(self, mutation: WireMutation) -> int:
+        return json_size(mutation)  # no limit here: measured as a server's JSON form
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         with self._changed:

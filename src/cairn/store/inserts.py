@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from cairn import vector_bytes
 from cairn.ids import uuid7
 from cairn.model import Memory
 from cairn.replication import Mutation
@@ -74,7 +75,7 @@ def insert_many(
     conn.executemany(
         "INSERT INTO memory_vectors(memory_rowid, model_id, vector) VALUES (?, ?, ?)",
         [
-            (rowid, m.model_id, np.asarray(vector, dtype="<f4").tobytes())  # C order
+            (rowid, m.model_id, vector_bytes.stored(vector))
             for rowid, m, vector, _p in rows
             if vector is not None and m.model_id
         ],

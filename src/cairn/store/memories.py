@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cairn import memory_rules
+from cairn import memory_rules, vector_bytes
 from cairn.hlc import HLC
 from cairn.ids import uuid7
 from cairn.memory_rules import NewMemory, merged_tags
@@ -124,7 +124,7 @@ def edit(
             conn.execute(
                 "INSERT OR REPLACE INTO memory_vectors(memory_rowid, model_id, vector) "
                 "VALUES (?, ?, ?)",
-                (rowid, memory.model_id, np.ascontiguousarray(vector, dtype="<f4").tobytes()),
+                (rowid, memory.model_id, vector_bytes.stored(vector)),
             )
         stamped.append("content")
     if not stamped:

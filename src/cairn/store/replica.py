@@ -82,8 +82,9 @@ def _row(state: MemoryState) -> tuple[object, ...]:
         m.model_id if state.vector is not None else None,
         state.created_hlc,
         state.hlc,
-        json.dumps(state.field_hlc, sort_keys=True),
-        json.dumps(list(state.ancestors)),
+        # A memory never edited has neither; json.dumps was half the cost of a row (profiled).
+        json.dumps(state.field_hlc, sort_keys=True) if state.field_hlc else "{}",
+        json.dumps(list(state.ancestors)) if state.ancestors else "[]",
     )
 
 

@@ -11,8 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import numpy as np
-
+from cairn import vector_bytes
 from cairn.replication import Conflict, MemoryState, Mutation, RelationState
 from cairn.store import lease, outbox, replica
 from cairn.store.clock import device_id, next_hlc, now_ms
@@ -185,7 +184,7 @@ class SyncState:
                     state.memory.id,
                     state.memory.content_hash,
                     self.embedder.model_id,
-                    np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+                    vector_bytes.stored(vector),
                 )
         return len(todo)
 

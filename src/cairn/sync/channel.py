@@ -10,6 +10,9 @@ from cairn.store.sync_state import SyncState
 from cairn.sync import payload
 from cairn.sync.envelopes import Envelopes
 
+BATCH_BYTES = 7 * 1024 * 1024
+"""The most a push request carries: under a sync server's default limit (8 MiB, ``cairn server
+run --max-body``); a server with a lower one answers 413 and the batch is split."""
 Progress = Callable[[int, int], None]
 """progress(done, total): how far a push or pull has come (total may grow during a pull)."""
 
@@ -27,7 +30,7 @@ class Channel:
         remote: Remote,
         envelopes: Envelopes,
         rules: SyncRules | None = None,
-        batch_bytes: int = 6 * 1024 * 1024,
+        batch_bytes: int = BATCH_BYTES,
         batch_size: int = 5000,
         page_size: int = 5000,
     ) -> None:

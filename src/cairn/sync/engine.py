@@ -17,7 +17,7 @@ from cairn.model import iso
 from cairn.remotes.base import Remote
 from cairn.replication import Conflict, SyncRules
 from cairn.store import outbox
-from cairn.sync.channel import Channel, Progress
+from cairn.sync.channel import BATCH_BYTES, Channel, Progress
 from cairn.sync.envelopes import Envelopes
 from cairn.sync.pull import PullReport, pull
 from cairn.sync.push import PushReport, push
@@ -33,7 +33,7 @@ class Syncer(Channel):
         remote: Remote,
         keys: keyring.Unlocked | None,
         rules: SyncRules | None = None,
-        batch_bytes: int = 6 * 1024 * 1024,
+        batch_bytes: int = BATCH_BYTES,
         batch_size: int = 5000,
         page_size: int = 5000,
     ) -> None:

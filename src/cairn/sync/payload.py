@@ -1,36 +1,57 @@
-"""A mutation's payload: an entity's whole state as bytes, and the envelope around it.
+"""A mutation's payload: an entity's whole state as bytes, written in format 2, read in any.
 
-Layout (version 1)::
+Format 2 (written)::
 
-    b"\x01" | kind | uint32 big-endian length of the body | body (JSON) | vector
+    b"\x02" | MessagePack array
+    memory    ["m", content, kind, project, tags, topic_key, source, created_at, updated_at,
+               deleted, content_hash, model_id, hlc, created_hlc, field_hlc, ancestors,
+               revisions, vector_width, vector]
+    relation  ["r", from_id, to_id, type, created_at, deleted, hlc]
 
-kind is b"m" (memory) or b"r" (relation), upper case when the JSON is zlib-compressed: done for
-JSON of 1 KiB or more when that saves an eighth, which long texts do. The vector (little-endian
-float32) rides raw after it (it does not compress), so a pull never re-embeds and never
-base64-decodes twice.
+Fields go by position, so no name repeats. A memory's id is its mutation's entity id (which the
+sealed envelope is bound to), so it is not repeated; ``hlc`` is nil when it equals
+``created_hlc`` (a memory never edited); a content hash of 64 hex digits travels as its 32
+bytes; a text (content, a revision's content) of 1 KiB or more travels zlib-compressed, as a
+bin instead of a str, when that saves an eighth. The vector is a bin of ``vector_width``-byte
+little-endian floats: 2 (float16, half of float32's bytes; see ``cairn.vector_bytes``) unless
+a value does not fit, then 4; nil without a vector. Each revision is ``[hlc, content, hash]``.
+
+Format 1 (JSON, float32 vector) is still read (``payload_v1``): logs keep every payload ever
+pushed. A payload of a newer format is a PayloadError that names it, which a pull sets aside
+as a dead letter while it applies the rest (docs/sync.md, "Payloads").
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import re
 import struct
 import zlib
-from typing import Any
+from typing import Any, NoReturn
 
-from cairn import hlc
+import msgpack
+
+from cairn import hlc, vector_bytes
 from cairn.errors import InvalidInput
 from cairn.model import MAX_MS, MIN_MS, Memory, is_text
 from cairn.protocol import RELATION_PREFIX, WireMutation
 from cairn.replication import MemoryState, RelationState, Revision
+from cairn.sync import payload_v1
 
-FORMAT = 1
-MAX_BODY = 4 * 1024 * 1024
+FORMAT = 2
+MAX_TEXT = payload_v1.MAX_BODY
+"""The most a payload's compressed texts may inflate to, all together."""
 COMPRESS_FROM = 1024
-"""Shorter JSON is sent as is: zlib on a typical 500-byte memory saved 10 % of the bytes on the
+"""Shorter text is sent as is: zlib on a typical 500-byte memory saved 10 % of the bytes on the
 wire and cost 12 % of push and pull throughput (bench/bench_sync.py)."""
-_HEAD = struct.Struct(">BcI")
+MEMORY_FIELDS = (
+    "content", "kind", "project", "tags", "topic_key", "source", "created_at", "updated_at",
+    "deleted", "content_hash", "model_id", "hlc", "created_hlc", "field_hlc", "ancestors",
+    "revisions", "vector_width", "vector",
+)  # fmt: skip
+RELATION_FIELDS = ("from_id", "to_id", "type", "created_at", "deleted", "hlc")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class PayloadError(InvalidInput):
@@ -53,64 +74,117 @@ def relation_entity_id(state: RelationState) -> str:
     return RELATION_PREFIX + hashlib.sha256(state.key.encode("utf-8")).hexdigest()[:32]
 
 
+# --- writing (format 2) --------------------------------------------------------------------------
+
+
 def encode_memory(state: MemoryState) -> bytes:
     m = state.memory
-    body = {
-        "id": m.id,
-        "content": m.content,
-        "kind": m.kind,
-        "project": m.project,
-        "tags": list(m.tags),
-        "topic_key": m.topic_key,
-        "source": m.source,
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-        "deleted": m.deleted,
-        "content_hash": m.content_hash,
-        "model_id": m.model_id if state.vector is not None else None,
-        "hlc": state.hlc,
-        "created_hlc": state.created_hlc,
-        "field_hlc": state.field_hlc,
-        "ancestors": list(state.ancestors),
-        "revisions": [[r.hlc, r.content, r.content_hash] for r in state.revisions],
-    }
-    return _pack(b"m", body, state.vector or b"")
+    width, vector = vector_bytes.to_wire(state.vector) if state.vector else (0, None)
+    return _pack(
+        [
+            "m",
+            _text_out(m.content),
+            m.kind,
+            m.project,
+            list(m.tags),
+            m.topic_key,
+            m.source,
+            m.created_at,
+            m.updated_at,
+            m.deleted,
+            _digest_out(m.content_hash),
+            m.model_id if vector is not None else None,
+            None if m.hlc == state.created_hlc else m.hlc,
+            state.created_hlc,
+            state.field_hlc,
+            list(state.ancestors),
+            [[r.hlc, _text_out(r.content), _digest_out(r.content_hash)] for r in state.revisions],
+            width,
+            vector,
+        ]
+    )
 
 
 def encode_relation(state: RelationState) -> bytes:
-    body = {
-        "from_id": state.from_id,
-        "to_id": state.to_id,
-        "type": state.type,
-        "created_at": state.created_at,
-        "deleted": state.deleted,
-        "hlc": state.hlc,
-    }
-    return _pack(b"r", body, b"")
+    s = state
+    return _pack(["r", s.from_id, s.to_id, s.type, s.created_at, s.deleted, s.hlc])
 
 
-def _pack(kind: bytes, body: dict[str, Any], tail: bytes) -> bytes:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(data) >= COMPRESS_FROM:
-        packed = zlib.compress(data, 1)
-        if len(packed) <= len(data) * 7 // 8:
-            kind, data = kind.upper(), packed
-    return _HEAD.pack(FORMAT, kind, len(data)) + data + tail
+def _pack(fields: list[Any]) -> bytes:
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return bytes([FORMAT]) + packed
 
 
-def _unpack_body(kind: bytes, data: bytes) -> dict[str, Any]:
-    if kind.isupper():
-        inflater = zlib.decompressobj()
-        data = inflater.decompress(data, MAX_BODY)
-        if inflater.unconsumed_tail:
-            raise PayloadError(f"a payload's text inflates past {MAX_BODY} bytes")
-    try:
-        body = json.loads(data)
-    except RecursionError as exc:  # nesting past the interpreter's stack
-        raise PayloadError("a payload's text nests too deeply") from exc
-    if not isinstance(body, dict):
-        raise PayloadError("a payload's text is not a JSON object")
-    return body
+def _text_out(text: str) -> str | bytes:
+    """A text as it travels: itself, or zlib-compressed (a bin) when long and that pays."""
+    if len(text) < COMPRESS_FROM:
+        return text
+    data = text.encode("utf-8")
+    packed = zlib.compress(data, 1)
+    return packed if len(packed) <= len(data) * 7 // 8 else text
+
+
+def _digest_out(digest: str) -> str | bytes:
+    return bytes.fromhex(digest) if _HEX_DIGEST.fullmatch(digest) else digest
+
+
+# --- reading (any format) ------------------------------------------------------------------------
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    raise ValueError(f"extension type {code} is not part of the payload format")
+
+
+def _read(payload: bytes, entity_id: str) -> tuple[str, dict[str, Any], bytes]:
+    """(``"m"`` or ``"r"``, the body's fields by name, the float32 vector's bytes) of a
+    format-2 payload, in the shape format 1 has, for the checks both share."""
+    fields = msgpack.unpackb(
+        memoryview(payload)[1:], raw=False, use_list=True, ext_hook=_reject_ext, max_ext_len=0
+    )
+    if not isinstance(fields, list) or not fields or fields[0] not in ("m", "r"):
+        raise ValueError("a format-2 payload is an array that starts with 'm' or 'r'")
+    kind, names = fields[0], MEMORY_FIELDS if fields[0] == "m" else RELATION_FIELDS
+    if len(fields) != len(names) + 1:
+        raise ValueError(f"a format-2 {kind!r} payload has {len(names) + 1} fields")
+    body = dict(zip(names, fields[1:], strict=True))
+    if kind == "r":
+        return kind, body, b""
+    budget = [MAX_TEXT]
+    body["id"] = entity_id
+    body["content"] = _text_in(body["content"], budget)
+    body["content_hash"] = _digest_in(body["content_hash"])
+    if body["hlc"] is None:
+        body["hlc"] = body["created_hlc"]
+    revisions = body["revisions"]
+    if isinstance(revisions, list):
+        body["revisions"] = [
+            [r[0], _text_in(r[1], budget), _digest_in(r[2])]
+            if isinstance(r, list) and len(r) == 3
+            else r
+            for r in revisions
+        ]
+    vector, width = body.pop("vector"), body.pop("vector_width")
+    if vector is None:
+        return kind, body, b""
+    if not isinstance(vector, bytes) or not isinstance(width, int):
+        raise ValueError("a memory's vector must be a bin with an integer width")
+    return kind, body, vector_bytes.from_wire(width, vector)
+
+
+def _text_in(value: object, budget: list[int]) -> object:
+    """A text as sent: a str as is, a bin inflated (within what is left of ``budget``)."""
+    if not isinstance(value, bytes):
+        return value
+    inflater = zlib.decompressobj()
+    data = inflater.decompress(value, budget[0])
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"a payload's texts inflate past {MAX_TEXT} bytes, or are cut short")
+    budget[0] -= len(data)
+    return data.decode("utf-8")
+
+
+def _digest_in(value: object) -> object:
+    return value.hex() if isinstance(value, bytes) and len(value) == 32 else value
 
 
 def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState | RelationState:
@@ -120,16 +194,22 @@ def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState |
     Everything in it came from another device, so it is checked as the store will use it: its
     clocks are packed HLCs, its times are ones a date can show, its text is valid UTF-8."""
     payload = mutation.payload if opened is None else opened
+    version = payload[0] if payload else 0
+    if version > FORMAT:
+        raise PayloadError(
+            f"mutation {mutation.mutation_id} is in payload format {version}, newer than this "
+            f"Cairn reads (up to {FORMAT}); it was set aside: upgrade Cairn on this device"
+        )
     try:
-        version, kind, size = _HEAD.unpack_from(payload)
-        if version != FORMAT:
-            raise PayloadError(f"payload format {version} is newer than this Cairn; upgrade")
-        body = _unpack_body(kind, payload[_HEAD.size : _HEAD.size + size])
-        tail = payload[_HEAD.size + size :]
-        kind = kind.lower()
-        if kind == b"m":
-            return _memory(body, tail, mutation)
-        if kind == b"r":
+        if version == FORMAT:
+            kind, body, vector = _read(payload, mutation.entity_id)
+        elif version == payload_v1.VERSION:
+            kind, body, vector = payload_v1.read(payload)
+        else:
+            raise ValueError("it is empty or starts with no known format")
+        if kind == "m":
+            return _memory(body, vector, mutation)
+        if kind == "r":
             state = RelationState(
                 _str(body, "from_id"),
                 _str(body, "to_id"),
@@ -144,7 +224,14 @@ def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState |
         raise PayloadError(f"unknown payload kind {kind!r}")
     except PayloadError:
         raise
-    except (struct.error, ValueError, KeyError, TypeError, zlib.error) as exc:
+    except (
+        struct.error,
+        ValueError,
+        KeyError,
+        TypeError,
+        zlib.error,
+        msgpack.UnpackException,
+    ) as exc:
         raise PayloadError(
             f"mutation {mutation.mutation_id} has an unreadable payload ({exc})"
         ) from exc
@@ -153,8 +240,6 @@ def decode(mutation: WireMutation, opened: bytes | None = None) -> MemoryState |
 def _memory(body: dict[str, Any], vector: bytes, mutation: WireMutation) -> MemoryState:
     if _str(body, "id") != mutation.entity_id:
         raise PayloadError("a memory payload does not belong to its entity id")
-    if len(vector) % 4:
-        raise PayloadError("a memory's vector is not whole float32 values")
     field_hlc = body["field_hlc"]
     ancestors = body["ancestors"]
     tags = body["tags"]

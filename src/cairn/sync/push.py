@@ -19,6 +19,9 @@ from cairn.sync import payload
 from cairn.sync.channel import Channel, Progress
 
 Item = tuple[outbox.Pending, WireMutation]
+FRAME = 64
+"""Bytes a push body takes beyond its mutations (``{"mutations": [...]}``: 16 in JSON, at most
+16 in MessagePack), with room to spare."""
 
 
 @dataclass
@@ -104,14 +107,16 @@ def _envelopes(
 
 
 def _send_all(channel: Channel, items: list[Item], report: PushReport) -> None:
-    """Send ``items`` in batches under the byte budget, counting into ``report``."""
+    """Send ``items`` in batches under the byte budget, counting into ``report``: each
+    mutation costs what it adds to the request in the form the remote sends (binary or JSON),
+    plus a separator; the body's own framing has ``FRAME`` bytes kept for it."""
     batch: list[Item] = []
-    size = 0
+    size = FRAME
     for item in items:
-        cost = len(item[1].payload) * 4 // 3 + 400  # base64 and JSON keys
+        cost = channel.remote.push_size(item[1]) + 1
         if batch and size + cost > channel.batch_bytes:
             _send(channel, batch, report)
-            batch, size = [], 0
+            batch, size = [], FRAME
         batch.append(item)
         size += cost
     if batch:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cairn import binary_pages
 from cairn.errors import AuthFailed, Forbidden, InvalidInput
 from cairn.protocol import (
     KeyringBlob,
@@ -80,6 +81,10 @@ class ObjectRemote:
 
     def set_keyring_check(self, check: KeyringCheck) -> None:
         self._keyrings.set_check(check)
+
+    def push_size(self, mutation: WireMutation) -> int:
+        """A batch object holds payloads raw and ids packed, much as the binary form does."""
+        return binary_pages.packed_size(mutation)
 
     def push(self, mutations: Sequence[WireMutation]) -> PushResult:
         check_batch(mutations, True, self._keyrings.revoked())
