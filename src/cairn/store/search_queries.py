@@ -348,3 +348,20 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
             conn.execute("SELECT value FROM meta WHERE key='device_id'").fetchone() or [None]
         )[0],
     }
+
+
+def per_day(
+    conn: sqlite3.Connection, by: str, since_ms: int, filters: Filters
+) -> list[tuple[str, str, int]]:
+    """Live memories created since ``since_ms`` per UTC day and ``by`` (``kind`` or
+    ``project``): ``(YYYY-MM-DD, value, count)`` rows, oldest day first."""
+    if by not in ("kind", "project"):
+        raise ValueError(f"per_day groups by kind or project, not {by!r}")
+    where, params = filter_sql(Filters(filters.project, filters.kinds, filters.tags, since_ms))
+    rows = conn.execute(
+        f"SELECT date(m.created_at / 1000, 'unixepoch') AS day, m.{by}, count(*) "
+        "FROM memories m "
+        f"WHERE {where} GROUP BY day, m.{by} ORDER BY day",
+        params,
+    ).fetchall()
+    return [(day, value, n) for day, value, n in rows]
