@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from cairn import config, wiring
 from cairn.api import create_app
@@ -40,7 +41,7 @@ def test_memories_list_filter_page_and_search(
     assert page.locator("h1").inner_text() == "Memories"
     assert page.locator(".pager span").inner_text() == "1–25 of 32"
     page.get_by_role("link", name="Older →").click()
-    assert page.locator(".pager span").inner_text() == "26–32 of 32"
+    expect(page.locator(".pager span")).to_have_text("26–32 of 32")
     web_page.shoot("browser-memories")
 
     page.goto(url)
@@ -48,11 +49,13 @@ def test_memories_list_filter_page_and_search(
     page.get_by_label("Kind").select_option("decision")
     page.get_by_role("button", name="Search").click()
     items = page.locator(".memory-list li")
-    assert items.count() == 1 and "GitHub Actions" in items.first.inner_text()
+    expect(items).to_have_count(1)
+    assert "GitHub Actions" in items.first.inner_text()
 
     page.goto(url)
     page.get_by_label("Search by meaning and keyword").fill("where do deploys run?")
     page.get_by_role("button", name="Search").click()
+    expect(page.locator("h1")).to_have_text("Search")
     first = page.locator(".memory-list li").first
     assert "GitHub Actions" in first.inner_text()
     assert re.search(
@@ -88,11 +91,12 @@ def test_a_memory_page_edits_tags_and_forgets(
 
     page.get_by_label("Add tags (separated by spaces or commas)").fill("db, staging")
     page.get_by_role("button", name="Add tags").click()
+    expect(page.locator(".notice")).to_contain_text("Tags added")
     assert set(store.get(new.memory.id).tags) == {"db", "staging"}
 
     page.on("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Forget").click()
-    assert "Forgotten." in page.locator(".notice").inner_text()
+    expect(page.locator(".notice")).to_contain_text("Forgotten.")
     assert store.count() == 1 and store.get(old.memory.id)
     page.goto(f"{url}/memories/{new.memory.id}")
     assert page.locator(".problem").count() == 1  # gone: the page says so
@@ -113,7 +117,7 @@ def test_timeline_and_settings_pages(
     web_page.shoot("browser-timeline")
     page.get_by_label("By", exact=True).select_option("project")
     page.get_by_role("button", name="Show").click()
-    assert "api" in page.locator("table").inner_text()
+    expect(page.locator("table")).to_contain_text("api")
     page.goto(f"{url}/settings")
     assert str(store.db.path) in page.locator("dl.facts").first.inner_text()
     web_page.shoot("browser-settings")
@@ -270,4 +274,5 @@ def test_a_dead_letter_is_retried_from_the_sync_page(
     assert laptop.control.dead_letters() == []
     assert page.locator("#pending").inner_text() == "1"
     page.get_by_role("button", name="Sync now").click()
+    expect(page.locator(".notice")).to_contain_text("Synced.")
     assert page.locator("#pending").inner_text() == "0"
