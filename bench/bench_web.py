@@ -1,13 +1,16 @@
 """Web pages at 100k memories: server time to render each page of the web UIs (goal: 150 ms).
 
 Each suite is one app over a big store: ``local`` is the memory browser of ``cairn serve``
-over a copy of the cached 100k store. A page is fetched ``--repeat`` times in process (Starlette's
-test client: the app's whole handling, HTML included, without a network or a browser) after one
-warm-up fetch; the table has p50, p95 and max per page, and the JSON
+over a copy of the cached 100k store (or, with ``--near-copies 10000``, of a store made of the
+cached 10k store's memories and near copies of them, as bench_million.py makes its 1M: quick to
+build when the 100k store is not cached). A page is fetched ``--repeat`` times in process
+(Starlette's test client: the app's whole handling, HTML included, without a network or a
+browser) after one warm-up fetch; the table has p50, p95 and max per page, and the JSON
 (``bench/results/bench_web.json``) has every figure by suite and page. To add the admin console,
 add a ``Suite`` to ``SUITES``: a name and a context manager that yields a client and its pages.
 
     .venv/bin/python bench/bench_web.py [--size 100000] [--repeat 15] [--suite local]
+        [--near-copies 10000]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from bench_million import build, million_path
 from cairn import config
 from cairn.api import create_app
 from cairn.wiring import SyncControl
@@ -49,8 +53,8 @@ Pages = list[tuple[str, str]]
 @dataclass(frozen=True)
 class Suite:
     name: str
-    open: Callable[[int], contextlib.AbstractContextManager[tuple[TestClient, Pages]]]
-    """Given the store size, yields a client of the app and the pages to fetch."""
+    open: Callable[[Path], contextlib.AbstractContextManager[tuple[TestClient, Pages]]]
+    """Given a big store (not to be changed), yields a client of the app and its pages."""
 
 
 def wait_for_store(n: int) -> Path:
@@ -65,9 +69,8 @@ def wait_for_store(n: int) -> Path:
 
 
 @contextlib.contextmanager
-def local_browser(n: int) -> Iterator[tuple[TestClient, Pages]]:
-    """The memory browser of `cairn serve` over a copy of the n-memory store, sync not set up."""
-    source = wait_for_store(n)
+def local_browser(source: Path) -> Iterator[tuple[TestClient, Pages]]:
+    """The memory browser of `cairn serve` over a copy of ``source``, sync not set up."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "cairn.db"
         log(f"copying {source.name}")
@@ -86,7 +89,7 @@ def local_browser(n: int) -> Iterator[tuple[TestClient, Pages]]:
                 ("memories", "/"),
                 ("memories, page 2,000", f"/?offset={PAGE_DEEP}"),
                 ("memories of a project", f"/?project={project}"),
-                ("memories of a kind, a tag", "/?kind=decision&tag=python"),
+                ("memories of a kind, a tag", "/?kind=decision&tag=fraud"),
                 ("search", "/?q=how+do+we+deploy+the+api"),
                 ("memory", f"/memories/{first.id}"),
                 ("timeline, 30 days by kind", "/timeline"),
@@ -123,11 +126,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100_000, help="memories in the store")
     parser.add_argument("--repeat", type=int, default=15, help="fetches per page")
     parser.add_argument("--suite", choices=sorted(SUITES), action="append", help="default: all")
+    parser.add_argument(
+        "--near-copies",
+        type=int,
+        metavar="SOURCE",
+        help="use a store of the cached SOURCE store's memories and near copies of them",
+    )
     args = parser.parse_args()
-    results: dict[str, Any] = {"goal_ms": GOAL_MS, "suites": {}}
+    if args.near_copies:
+        meta = build(args.near_copies, args.size, profile=False)
+        source = million_path(args.near_copies, args.size)
+        log(f"near copies: {meta['real']:,} real memories, {meta['synthetic']:,} copies")
+    else:
+        source = wait_for_store(args.size)
+    results: dict[str, Any] = {"goal_ms": GOAL_MS, "store": source.name, "suites": {}}
     rows = []
     for name in args.suite or sorted(SUITES):
-        with SUITES[name].open(args.size) as (client, pages):
+        with SUITES[name].open(source) as (client, pages):
             found = {}
             for label, path in pages:
                 found[label] = figures = measure(client, path, args.repeat)

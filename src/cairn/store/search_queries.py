@@ -25,7 +25,10 @@ def _in_list(column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
 
 
 def _tag_rows(tags: Sequence[str]) -> Clauses:
-    clause = "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
+    # rowid IN (...), not a correlated EXISTS: SQLite then reads the tag's rows from its index
+    # and looks each memory up, where EXISTS had it scan every memory (1.5 s at 100k on a busy
+    # machine for `--kind decision --tag x`, against under a millisecond).
+    clause = "m.rowid IN (SELECT t.memory_rowid FROM memory_tags t WHERE t.tag = ?)"
     return [clause] * len(tags), list(tags)
 
 
