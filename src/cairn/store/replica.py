@@ -180,7 +180,7 @@ def _write_revisions(
 def conflicts(conn: sqlite3.Connection) -> list[Conflict]:
     """Open conflicts (a kept version whose content differs from the current one), oldest first."""
     # CROSS JOIN keeps the (few) conflicts as the outer loop: with a plain JOIN SQLite scanned
-    # every memory and probed the conflicts for each (0.6 s at 100k memories, for none).
+    # every memory and probed the conflicts for each (63 ms at 10k memories, for none).
     rows = conn.execute(
         "SELECT c.memory_id, c.hlc, c.content, m.content, "
         "coalesce(json_extract(m.field_hlc, '$.content'), m.created_hlc) FROM conflicts c "

@@ -26,8 +26,8 @@ def _in_list(column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
 
 def _tag_rows(tags: Sequence[str]) -> Clauses:
     # rowid IN (...), not a correlated EXISTS: SQLite then reads the tag's rows from its index
-    # and looks each memory up, where EXISTS had it scan every memory (1.5 s at 100k on a busy
-    # machine for `--kind decision --tag x`, against under a millisecond).
+    # and looks each memory up, where EXISTS had it scan every memory (counting a kind and a
+    # tag at 100k on a busy machine: 1,855 ms before, 35 ms after).
     clause = "m.rowid IN (SELECT t.memory_rowid FROM memory_tags t WHERE t.tag = ?)"
     return [clause] * len(tags), list(tags)
 
