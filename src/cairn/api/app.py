@@ -312,7 +312,8 @@ def run(
             bound = sock.getsockname()[1]
             where = f"[{host}]" if ":" in host else host
             on_ready(
-                f"cairn serve: the local API on http://{where}:{bound} (OpenAPI docs at /docs), "
+                f"cairn serve: the local API on http://{where}:{bound} (memory browser at /, "
+                f"OpenAPI docs at /docs), "
                 f"store {store.db.path}; Ctrl-C stops it"
             )
         server.run(sockets=[sock])
