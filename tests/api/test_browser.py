@@ -172,6 +172,9 @@ def test_with_a_token_the_browser_signs_in_first(
     [cookie] = page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert "s3cret" not in cookie["value"]
+    assert httpx.get(url).status_code == 401  # a program without the token: no redirect
+    signed_in = httpx.get(url, cookies={cookie["name"]: cookie["value"]})
+    assert signed_in.status_code == 200 and "Behind the token" in signed_in.text
 
 
 @dataclass

@@ -91,7 +91,8 @@ def create_app(
             signed_in is not None and hmac.compare_digest(cookie, signed_in.encode())
         ):
             return
-        if request.method == "GET" and not request.url.path.startswith("/v1/"):
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            # A person at a browser: the sign-in page, where a program gets the 401 below.
             raise HTTPException(303, "sign in first", headers={"Location": "/signin"})
         raise HTTPException(
             401,
