@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,17 @@ class ServerSettings:
     """Seconds between a key's ``auth_failed`` audit entries (and the failure log summaries)."""
     auth_failure_tracked: int = 10_000
     """Client addresses, and key ids, whose failures are tracked at most (oldest forgotten)."""
+    workers: int = 1
+    """Worker processes serving (shown by the admin console's health page)."""
+    console_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    """Signs the admin console's session cookies; one per server run (shared by its workers),
+    so a restart signs everyone out."""
+    console_session: float = 8 * 3600.0
+    """Seconds an admin console session lasts after signing in."""
+    operator_workspace: str | None = None
+    """The workspace whose admin keys operate the whole server in the admin console (list and
+    create workspaces, set quotas, open any workspace); None: every console session sees only
+    its own key's workspace."""
 
 
 @dataclass

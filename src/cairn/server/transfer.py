@@ -133,8 +133,9 @@ def export(storage: ServerStorage, workspace: Workspace, now: int) -> Iterator[s
             }
         )
     devices = storage.devices(workspace.id)
-    for device in devices:
-        yield _dump({"type": "device", **vars(device)})
+    for device in devices:  # without its pull cursor: format 1 has none
+        line = {k: v for k, v in vars(device).items() if k != "pulled_seq"}
+        yield _dump({"type": "device", **line})
     since, count = 0, 0
     while since < latest:
         page = [m for m in storage.pull(workspace.id, since, _PAGE, None).mutations]

@@ -148,7 +148,10 @@ async def pull(
     if waited and page.mutations:  # a key revoked meanwhile gets nothing it read
         await run_in_threadpool(keys.recheck, ctx.storage, key)
     if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
-        await run_in_threadpool(ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True)
+        cursor = int(page.cursor)
+        await run_in_threadpool(
+            ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True, cursor
+        )
     if page.mutations:  # metered and audited when it served something (not every long-poll)
         await run_in_threadpool(
             ctx.storage.record_pull, workspace, key.id, len(page.mutations), now_ms()

@@ -27,6 +27,7 @@ from cairn.server.storage.records import (
     INDEX_DIM,
     MEMORY_COLUMNS,
     SCOPES,
+    ActivityHour,
     ApiKey,
     AuditEntry,
     Device,
@@ -39,6 +40,7 @@ from cairn.server.storage.records import (
     UsageDay,
     Workspace,
     WorkspaceStats,
+    WorkspaceSummary,
     check_quota,
     day_of,
     keyring_of,
@@ -52,6 +54,7 @@ __all__ = [
     "INDEX_DIM",
     "MEMORY_COLUMNS",
     "SCOPES",
+    "ActivityHour",
     "ApiKey",
     "AuditEntry",
     "Device",
@@ -64,6 +67,7 @@ __all__ = [
     "UsageDay",
     "Workspace",
     "WorkspaceStats",
+    "WorkspaceSummary",
     "check_quota",
     "day_of",
     "keyring_of",
@@ -102,6 +106,10 @@ class ServerStorage(Protocol):
 
     def workspaces(self) -> list[Workspace]:
         """Every workspace, oldest first."""
+        ...
+
+    def summaries(self) -> list[WorkspaceSummary]:
+        """Every workspace with its latest seq, bytes stored and quota, oldest first."""
         ...
 
     def add_key(self, key: ApiKey) -> None:
@@ -155,8 +163,25 @@ class ServerStorage(Protocol):
         """Add an entry to the workspace's audit log."""
         ...
 
-    def audit_log(self, workspace_id: str, limit: int, before: int | None) -> list[AuditEntry]:
-        """The workspace's audit entries, newest first (older than ``before`` if given)."""
+    def audit_log(
+        self,
+        workspace_id: str,
+        limit: int,
+        before: int | None,
+        action: str | None = None,
+        key_id: str | None = None,
+    ) -> list[AuditEntry]:
+        """The workspace's audit entries, newest first (older than ``before`` if given; of
+        this ``action`` and by this ``key_id`` if given)."""
+        ...
+
+    def activity(self, workspace_id: str, since: int) -> list[ActivityHour]:
+        """Pushes, pulls and mutations stored per UTC hour from ``since`` on, oldest first
+        (hours with none left out), as the audit log counts them."""
+        ...
+
+    def schema_version(self) -> int:
+        """How many of its schema migrations the database has run."""
         ...
 
     def pull(
@@ -202,8 +227,11 @@ class ServerStorage(Protocol):
         """Add or rename a device."""
         ...
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
-        """Record that the device was seen (and pulled, if ``pulled``); adds it if unknown."""
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, cursor: int | None = None
+    ) -> None:
+        """Record that the device was seen (and pulled, if ``pulled``, up to the log seq
+        ``cursor`` if given); adds it if unknown."""
         ...
 
     def devices(self, workspace_id: str) -> list[Device]:

@@ -120,6 +120,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE server_audit FORCE ROW LEVEL SECURITY;
     CREATE POLICY operator ON server_audit USING ({_TENANT} = '{ALL}');
     """,
+    # 7: how far each device had pulled (the admin console shows how far behind it is).
+    tables.device_cursor(TYPES),
 )
 
 

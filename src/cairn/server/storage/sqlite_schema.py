@@ -41,4 +41,6 @@ MIGRATIONS: tuple[str, ...] = (
             VALUES ('delete', old.rowid, old.content);
     END;
     """,
+    # 7: how far each device had pulled (the admin console shows how far behind it is).
+    tables.device_cursor(TYPES),
 )

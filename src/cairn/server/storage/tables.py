@@ -199,3 +199,10 @@ def server_audit(t: Types, audit_id: str, detail: str) -> str:
     );
     CREATE INDEX server_audit_at ON server_audit (at);
     """
+
+
+def device_cursor(t: Types) -> str:
+    """The log seq up to which each device had pulled when it last pulled (how far behind)."""
+    return f"""
+    ALTER TABLE devices ADD COLUMN pulled_seq {t.time};
+    """

@@ -7,11 +7,13 @@ from typing import Any
 
 from cairn.errors import InvalidInput, NotFound
 from cairn.protocol import E2E
-from cairn.server.storage.records import ApiKey, Device, Workspace
+from cairn.server.storage.records import ApiKey, Device, Quota, Workspace, WorkspaceSummary
 from cairn.server.storage.sql import ALL, SqlBase
 
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
-_DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
+_DEVICE_COLUMNS = (
+    "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at, pulled_seq"
+)
 _WORKSPACE = "SELECT id, name, mode, created_at FROM workspaces"
 
 
@@ -51,6 +53,17 @@ class Workspaces(SqlBase):
 
     def workspaces(self) -> list[Workspace]:
         return [Workspace(*row) for row in self._all(ALL, f"{_WORKSPACE} ORDER BY created_at, id")]
+
+    def summaries(self) -> list[WorkspaceSummary]:
+        rows = self._all(
+            ALL,
+            "SELECT id, name, mode, created_at, latest_seq, stored_bytes, max_mutations, "
+            "max_bytes FROM workspaces ORDER BY created_at, id",
+        )
+        return [
+            WorkspaceSummary(Workspace(*row[:4]), row[4], row[5], Quota(row[6], row[7]))
+            for row in rows
+        ]
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -117,16 +130,19 @@ class Workspaces(SqlBase):
                 (workspace_id, device_id, name, now, now),
             )
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
+    def touch_device(
+        self, workspace_id: str, device_id: str, now: int, pulled: bool, cursor: int | None = None
+    ) -> None:
         with self._write(workspace_id) as conn:
             self._latest(conn, workspace_id)
             conn.execute(
                 "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
-                "last_pull_at) VALUES (?, ?, '', ?, ?, ?) "
+                "last_pull_at, pulled_seq) VALUES (?, ?, '', ?, ?, ?, ?) "
                 "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, "
-                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at)",
-                (workspace_id, device_id, now, now, now if pulled else None),
+                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at), "
+                "pulled_seq = COALESCE(excluded.pulled_seq, devices.pulled_seq)",
+                (workspace_id, device_id, now, now, now if pulled else None, cursor),
             )
 
     def devices(self, workspace_id: str) -> list[Device]:
