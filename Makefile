@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test lint docs test-slow bench bench-peers bench-million clean
+.PHONY: install test lint docs browser test-slow bench bench-peers bench-million clean
 
 install: $(VENV)/.installed
 
@@ -27,12 +27,22 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+# The web UI tests drive Debian's chromium (tests/conftest.py: a missing browser fails them):
+# installed here when it is not there yet (CI runs as root on a fresh machine), else nothing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM)
+
 # The whole suite less the long soak/fuzz runs (a bounded, seeded slice of those still runs).
-test: lint docs
+test: lint docs browser
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 # Everything, including the long runs.
-test-slow: install
+test-slow: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real embedder per session, a fresh store file per test, sync servers."""
+"""Shared fixtures: one real embedder per session, a fresh store file per test, sync servers,
+and a real browser (Debian's chromium through Playwright) for the web pages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -146,6 +148,23 @@ def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[Any], str]]:
+    """Serves apps on real uvicorn servers on 127.0.0.1 (``serve_app(app)`` is the base URL);
+    all stop after the test."""
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(app: Any) -> str:
+        server, thread, url = serve(app)
+        running.append((server, thread))
+        return url
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @dataclass
@@ -311,3 +330,93 @@ def a_keyring(passphrase: str = "a passphrase for tests") -> tuple[Keyring, Unlo
         passphrase, KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
     )
     return ring, keys
+
+
+# Real-browser tests: Debian's chromium (installed by `make test`) driven by Playwright.
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
+"""Where browser tests write their screenshots (git-ignored; the docs pick from them)."""
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass
+class WebPage:
+    """A Playwright page in a fresh browser context that records every request it makes:
+    any to a host other than this machine is refused and fails the test at teardown."""
+
+    page: Any  # playwright.sync_api.Page
+    requests: list[str]
+    outside: list[str]
+    errors: list[str]
+    """Uncaught script errors and console errors (a CSP violation is one), for tests to check."""
+
+    def shoot(self, name: str) -> list[Path]:
+        """Full-page screenshots of the page as it is, light then dark:
+        ``build/screenshots/<name>-light.png`` and ``-dark.png``."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for scheme in ("light", "dark"):
+            self.page.emulate_media(color_scheme=scheme)
+            path = SCREENSHOTS / f"{name}-{scheme}.png"
+            self.page.screenshot(path=str(path), full_page=True)
+            paths.append(path)
+        self.page.emulate_media(color_scheme="light")
+        return paths
+
+
+def is_local(url: str) -> bool:
+    """Whether a page's request stays on this machine (data: and blob: URLs never leave it)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("data", "blob", "about"):
+        return True
+    return parts.scheme in ("http", "https", "ws", "wss") and parts.hostname in _LOCAL_HOSTS
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Headless Debian chromium, one per test module; a missing browser fails, never skips."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the browser tests need Debian's chromium at {CHROMIUM}: run `make test` (it "
+            "installs it) or `apt-get install chromium`",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def web_page(chromium: Any) -> Iterator[WebPage]:
+    """A fresh page (1280 x 900, light) whose requests outside 127.0.0.1 are aborted and fail
+    the test; ``web_page.page`` is the Playwright page."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light")
+    context.set_default_timeout(15_000)
+    found = WebPage(context.new_page(), [], [], [])
+
+    def route(route: Any) -> None:
+        url = route.request.url
+        found.requests.append(url)
+        if is_local(url):
+            route.continue_()
+        else:
+            found.outside.append(url)
+            route.abort()
+
+    context.route("**/*", route)
+    found.page.on("pageerror", lambda exc: found.errors.append(f"page error: {exc}"))
+    found.page.on(
+        "console",
+        lambda msg: found.errors.append(msg.text) if msg.type == "error" else None,
+    )
+    yield found
+    context.close()
+    assert found.outside == [], f"the page asked for resources beyond 127.0.0.1: {found.outside}"

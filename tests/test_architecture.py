@@ -84,6 +84,7 @@ RANKS: dict[str, int] = {
     "cairn": 450,
     "cairn.http_edge": 460,
     "cairn.http_schemas": 460,
+    "cairn.web": 460,  # what both web UIs share: templates, assets, charts, CSRF checks
     # edges: parse, call, format
     "cairn.api": 510,
     "cairn.mcp_server": 510,

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,19 @@ def test_the_supported_pythons_are_declared() -> None:
     assert project["requires-python"] == ">=3.11"
     assert "Programming Language :: Python :: 3.11" in project["classifiers"]
     assert "Python >= 3.11" in (ROOT / "README.md").read_text()
+
+
+def test_the_wheel_holds_the_web_pages_templates_and_assets(wheel: Path) -> None:
+    """Every template, stylesheet, script and vendored file of the web UIs ships in the wheel:
+    the pages are served from the installed package, never from the network."""
+    web = ROOT / "src" / "cairn" / "web"
+    wanted = {
+        f"cairn/{path.relative_to(web.parent).as_posix()}"
+        for folder in ("templates", "static")
+        for path in (web / folder).rglob("*")
+        if path.is_file()
+    }
+    assert "cairn/web/static/vendor/swagger-ui/swagger-ui-bundle.js" in wanted
+    assert "cairn/web/templates/base.html" in wanted
+    with zipfile.ZipFile(wheel) as archive:
+        assert wanted - set(archive.namelist()) == set()

@@ -16,6 +16,7 @@ Each class carries a stable ``code`` (for JSON and MCP), an ``exit_code`` for th
     ├── EmbeddingError              6  500  embedding_failed
     │   └── ModelNotFound           6  500  model_not_found
     ├── ConfigError                 7  500  config_invalid
+    ├── CrossSiteRequest            1  403  cross_site_request
     └── SyncError                   8  502  sync_failed
         ├── SyncNotConfigured       8  400  sync_not_configured
         ├── RemoteUnreachable       8  503  unreachable
@@ -115,6 +116,13 @@ class ModelNotFound(EmbeddingError):
 class ConfigError(CairnError):
     code = "config_invalid"
     exit_code = 7
+
+
+class CrossSiteRequest(CairnError):
+    """A web page asked for a change without this UI's token, or from another site."""
+
+    code = "cross_site_request"
+    http_status = 403
 
 
 class SyncError(CairnError):

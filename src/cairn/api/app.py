@@ -43,6 +43,7 @@ from cairn.memory_rules import MAX_LIMIT, MAX_OFFSET
 from cairn.model import Filters
 from cairn.settings import Settings
 from cairn.version import __version__
+from cairn.web import openapi
 from cairn.wiring import SyncControl, build
 
 DEFAULT_HOST = "127.0.0.1"
@@ -111,8 +112,11 @@ def create_app(
         responses=_FOREIGN_HOST,
         generate_unique_id_function=lambda route: route.name,  # operation ids: for the links
         exception_handlers=http_edge.handlers("the `cairn serve` log"),
+        docs_url=None,  # cairn.web.openapi serves /docs from the package, not a CDN
+        redoc_url=None,
     )
     app.router.route_class = http_edge.JsonRoute
+    openapi.add_docs(app)
 
     @app.post(
         "/v1/memories",

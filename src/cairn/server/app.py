@@ -32,6 +32,7 @@ from cairn.server.metrics import RequestMetrics
 from cairn.server.notify import Notifier
 from cairn.server.routes import router
 from cairn.server.storage import ServerStorage
+from cairn.web import openapi
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -66,8 +67,11 @@ def create_app(
             '`{"error": {"code": ..., "message": ...}}`; a refused request changes nothing.'
         ),
         exception_handlers=http_edge.handlers("the `cairn server run` log", _log),
+        docs_url=None,  # cairn.web.openapi serves /docs from the package, not a CDN
+        redoc_url=None,
     )
     app.state.cairn = context
+    openapi.add_docs(app)
     app.include_router(router)
     app.router.add_event_handler("startup", context.notifier.start)
     app.router.add_event_handler("shutdown", context.notifier.stop)
