@@ -25,7 +25,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cairn import __version__, http_edge
 from cairn.embedding.base import Embedder
-from cairn.server import backends
+from cairn.server import backends, console
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
 from cairn.server.metrics import RequestMetrics
@@ -73,6 +73,7 @@ def create_app(
     app.state.cairn = context
     openapi.add_docs(app)
     app.include_router(router)
+    app.mount(console.PATH, console.console_app(context))  # its pages use the /docs assets
     app.router.add_event_handler("startup", context.notifier.start)
     app.router.add_event_handler("shutdown", context.notifier.stop)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
