@@ -69,8 +69,8 @@ def test_an_admin_key_signs_in_with_a_strict_http_only_cookie(console: SyncServe
 
 
 def test_the_cookie_is_secure_behind_https(console: SyncServer) -> None:
-    """Behind a TLS proxy the server trusts (``--forwarded-allow-ips``; the test server trusts
-    127.0.0.1, uvicorn's default), X-Forwarded-Proto says https and the cookie is Secure."""
+    """Behind a TLS proxy, X-Forwarded-Proto says https and both cookies are Secure (believed
+    from any proxy: the flag only restricts where the browser sends the cookie)."""
     headers = {"X-Forwarded-Proto": "https"}
     with httpx.Client(base_url=console.url, headers=headers) as client:
         form = client.get("/dashboard/sign-in")

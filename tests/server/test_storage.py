@@ -342,3 +342,7 @@ def test_summaries_list_every_workspace_with_its_size_and_quota(
         Quota(),
     )
     assert (hosted.workspace.mode, hosted.latest_seq, hosted.quota) == ("hosted", 0, Quota(10))
+    assert server_storage.summary(ws.id) == team
+    with pytest.raises(NotFound):
+        server_storage.summary("nope")
+    assert server_storage.usage_days(ws.id, 7, NOW) == server_storage.usage(ws.id, 7, NOW).days

@@ -14,7 +14,7 @@ from cairn.server.console.pages import Ctx, Page, open_workspace, render
 from cairn.server.console.workspace import Name
 from cairn.server.context import now_ms
 from cairn.server.schemas import KEY_ID_PATTERN
-from cairn.server.storage import DAY_MS, ActivityHour, Usage
+from cairn.server.storage import DAY_MS, ActivityHour, UsageDay, WorkspaceSummary
 from cairn.web.charts import Series, lines
 
 router = APIRouter()
@@ -39,7 +39,8 @@ def activity_page(request: Request, ctx: Ctx, session: Page, name: Name) -> Resp
     now = now_ms()
     start = now - now % _HOUR - (HOURS - 1) * _HOUR
     hours = ctx.storage.activity(workspace.id, start)
-    usage = ctx.storage.usage(workspace.id, DAYS, now)
+    summary = ctx.storage.summary(workspace.id)
+    days = ctx.storage.usage_days(workspace.id, DAYS, now)
     return render(
         request,
         "console/activity.html",
@@ -48,8 +49,9 @@ def activity_page(request: Request, ctx: Ctx, session: Page, name: Name) -> Resp
         title=f"Activity of {workspace.name}",
         activity=activity_chart(hours, start),
         totals=[sum(getattr(h, f) for h in hours) for f in ("pushes", "pulls", "mutations")],
-        held=held_chart(usage, now),
-        usage=usage,
+        held=held_chart(summary, days, now),
+        summary=summary,
+        days=days,
     )
 
 
@@ -97,16 +99,16 @@ def activity_chart(hours: list[ActivityHour], start: int) -> Markup:
     )
 
 
-def held_chart(usage: Usage, now: int) -> Markup:
+def held_chart(summary: WorkspaceSummary, days: list[UsageDay], now: int) -> Markup:
     """Changes held at the end of each of the last ``DAYS`` days, against the quota's limit."""
-    added = {d.day: d.mutations for d in usage.days}
-    held, labels, values = usage.mutations, [], []
+    added = {d.day: d.mutations for d in days}
+    held, labels, values = summary.latest_seq, [], []
     for i in range(DAYS):
         day = datetime.fromtimestamp((now - i * DAY_MS) / 1000, UTC).strftime("%Y-%m-%d")
         labels.append(day[5:])
         values.append(held)
         held = max(held - added.get(day, 0), 0)
     series = [Series("changes held", values[::-1])]
-    if usage.quota.max_mutations is not None:
-        series.append(Series("quota", [usage.quota.max_mutations] * DAYS))
+    if summary.quota.max_mutations is not None:
+        series.append(Series("quota", [summary.quota.max_mutations] * DAYS))
     return lines(f"Changes held per day, last {DAYS} days", labels[::-1], series)

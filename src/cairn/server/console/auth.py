@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response
 from cairn.errors import AuthFailed, RateLimited
 from cairn.server import keys
 from cairn.server.console.pages import FORM_COOKIE, Ctx, Page, render
-from cairn.server.console.session import PATH
+from cairn.server.console.session import PATH, over_https
 from cairn.server.context import now_ms
 
 router = APIRouter()
@@ -87,6 +87,6 @@ def _form(request: Request, problem: str | None = None, status: int = 200) -> Re
         path=PATH,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=over_https(request),
     )
     return response

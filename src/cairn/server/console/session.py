@@ -1,12 +1,12 @@
 """The admin console's sessions: a signed, expiring cookie naming the admin key that signed in.
 
-The cookie holds the key's id (public) and a random session id, signed with itsdangerous
-under the server run's secret (``ServerSettings.console_secret``, shared by its workers), and
-is HttpOnly, SameSite=Strict and, when the request came over HTTPS (directly or through a proxy
-named by ``--forwarded-allow-ips``), Secure. Every request reads the key again: a key revoked,
-or stripped of its admin scope, ends its sessions at once. Signing out clears the cookie; a
-copy taken before then lasts until it expires (``console_session``) or its key is revoked.
-Forms carry ``cairn.web.csrf`` tokens bound to the session id.
+The cookie holds the key's id (public) and a random session id, signed with itsdangerous under
+the server run's secret (``ServerSettings.console_secret``, shared by its workers). It is
+HttpOnly, SameSite=Strict and, when the request came over HTTPS, Secure (``over_https``). Every
+request reads the key again: a key revoked, or stripped of its admin scope, ends its sessions at
+once. Signing out clears the cookie; a copy taken before then lasts until it expires
+(``console_session``) or its key is revoked. Forms carry ``cairn.web.csrf`` tokens bound to the
+session id.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Sessions:
             path=PATH,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=over_https(request),
         )
 
     @staticmethod
@@ -71,7 +71,7 @@ class Sessions:
             path=PATH,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=over_https(request),
         )
 
     def claims(self, request: Request) -> tuple[str, str] | None:
@@ -104,3 +104,12 @@ class Sessions:
         home = ctx.storage.workspace_by_id(key.workspace_id)
         operator = ctx.settings.operator_workspace == home.name
         return Session(key, home, claims[1], operator)
+
+
+def over_https(request: Request) -> bool:
+    """Whether the browser reached the server over HTTPS: uvicorn's own TLS, a proxy trusted
+    with ``--forwarded-allow-ips`` (uvicorn then sets the scheme), or any proxy saying so in
+    ``X-Forwarded-Proto``. Believing that header untrusted is safe here: it can only add the
+    Secure flag, which a browser on plain HTTP answers by not sending the cookie back."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"

@@ -21,7 +21,7 @@ Name = Annotated[str, Path(max_length=64)]
 @router.get("/w/{name}/")
 def overview(request: Request, ctx: Ctx, session: Page, name: Name) -> Response:
     workspace = open_workspace(ctx, session, name)
-    usage = ctx.storage.usage(workspace.id, 30, now_ms())
+    summary = ctx.storage.summary(workspace.id)
     devices = ctx.storage.devices(workspace.id)
     pushes = [d.last_push_at for d in devices if d.last_push_at is not None]
     facts = {
@@ -35,7 +35,7 @@ def overview(request: Request, ctx: Ctx, session: Page, name: Name) -> Response:
         session,
         workspace=workspace,
         title=workspace.name,
-        usage=usage,
+        summary=summary,
         devices=devices,
         facts=facts,
     )

@@ -157,6 +157,16 @@ class ServerStorage(Protocol):
         """The workspace's totals, quota, and its last ``days`` days of usage."""
         ...
 
+    def usage_days(self, workspace_id: str, days: int, now: int) -> list[UsageDay]:
+        """``usage``'s last ``days`` days alone, newest first (without its counts of entities,
+        which read the whole log)."""
+        ...
+
+    def summary(self, workspace_id: str) -> WorkspaceSummary:
+        """The workspace with its latest seq, bytes stored and quota (one row read); NotFound
+        if there is no such workspace."""
+        ...
+
     def audit(
         self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int
     ) -> None:

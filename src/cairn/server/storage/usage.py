@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cairn.protocol import RELATION_PREFIX
+from cairn.server.storage.dialect import Conn
 from cairn.server.storage.records import (
     DAY_MS,
     HOUR_MS,
@@ -60,19 +61,27 @@ class Metering(SqlBase):
                 "WHERE workspace_id = ?",
                 (workspace_id,),
             ).fetchone()
-            rows = conn.execute(
-                "SELECT day, pushes, mutations, bytes, pulled, recalls FROM usage_days "
-                "WHERE workspace_id = ? AND day >= ? ORDER BY day DESC",
-                (workspace_id, day_of(now - (days - 1) * DAY_MS)),
-            ).fetchall()
             return Usage(
                 latest,
                 self._bytes(conn, workspace_id),
                 int(row[0]) if row else 0,
                 int(row[1]) if row else 0,
                 self._quota(conn, workspace_id),
-                [UsageDay(*r) for r in rows],
+                self._days(conn, workspace_id, days, now),
             )
+
+    def usage_days(self, workspace_id: str, days: int, now: int) -> list[UsageDay]:
+        with self._read(workspace_id) as conn:
+            return self._days(conn, workspace_id, days, now)
+
+    @staticmethod
+    def _days(conn: Conn, workspace_id: str, days: int, now: int) -> list[UsageDay]:
+        rows = conn.execute(
+            "SELECT day, pushes, mutations, bytes, pulled, recalls FROM usage_days "
+            "WHERE workspace_id = ? AND day >= ? ORDER BY day DESC",
+            (workspace_id, day_of(now - (days - 1) * DAY_MS)),
+        ).fetchall()
+        return [UsageDay(*r) for r in rows]
 
     def audit(
         self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int

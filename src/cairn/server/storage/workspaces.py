@@ -15,6 +15,10 @@ _DEVICE_COLUMNS = (
     "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at, pulled_seq"
 )
 _WORKSPACE = "SELECT id, name, mode, created_at FROM workspaces"
+_SUMMARY = (
+    "SELECT id, name, mode, created_at, latest_seq, stored_bytes, max_mutations, max_bytes "
+    "FROM workspaces"
+)
 
 
 class Workspaces(SqlBase):
@@ -55,15 +59,14 @@ class Workspaces(SqlBase):
         return [Workspace(*row) for row in self._all(ALL, f"{_WORKSPACE} ORDER BY created_at, id")]
 
     def summaries(self) -> list[WorkspaceSummary]:
-        rows = self._all(
-            ALL,
-            "SELECT id, name, mode, created_at, latest_seq, stored_bytes, max_mutations, "
-            "max_bytes FROM workspaces ORDER BY created_at, id",
-        )
-        return [
-            WorkspaceSummary(Workspace(*row[:4]), row[4], row[5], Quota(row[6], row[7]))
-            for row in rows
-        ]
+        rows = self._all(ALL, f"{_SUMMARY} ORDER BY created_at, id")
+        return [_summary(row) for row in rows]
+
+    def summary(self, workspace_id: str) -> WorkspaceSummary:
+        row = self._one(workspace_id, f"{_SUMMARY} WHERE id = ?", workspace_id)
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return _summary(row)
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -153,6 +156,10 @@ class Workspaces(SqlBase):
             workspace_id,
         )
         return [Device(*row) for row in rows]
+
+
+def _summary(row: Sequence[Any]) -> WorkspaceSummary:
+    return WorkspaceSummary(Workspace(*row[:4]), row[4], row[5], Quota(row[6], row[7]))
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
