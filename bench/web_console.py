@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from bench_hosted import device_mutations
+from cairn.model import Filters
 from cairn.server import backends, keys
 from cairn.server.app import create_app
 from cairn.server.context import ServerSettings, now_ms
@@ -25,8 +26,10 @@ from common import embedded_postgres, log, new_embedder
 
 BATCH = 2000
 PAGE_DEEP = 50_000
-"""The offset of a memories page deep in the list (page 2,001 of 25)."""
+"""Where a memories page deep in the list starts (page 2,001 of 25; the console pages by the
+last memory's creation time, so the bench finds that memory first)."""
 Pages = list[tuple[str, str]]
+MEMORIES = "/dashboard/w/bench/memories"
 
 PAGES: Pages = [
     ("workspaces", "/dashboard/"),
@@ -36,8 +39,7 @@ PAGES: Pages = [
     ("activity", "/dashboard/w/bench/activity"),
     ("audit", "/dashboard/w/bench/audit"),
     ("audit, one action", "/dashboard/w/bench/audit?action=push"),
-    ("memories", "/dashboard/w/bench/memories"),
-    ("memories, page 2,001", f"/dashboard/w/bench/memories?offset={PAGE_DEEP}"),
+    ("memories", MEMORIES),
     ("memories of a project", "/dashboard/w/bench/memories?project=atlas"),
     ("search", "/dashboard/w/bench/memories?q=how+do+we+deploy+the+api"),
     ("health", "/dashboard/health"),
@@ -77,7 +79,10 @@ def console(source: Path, backend: str) -> Iterator[tuple[TestClient, Pages]]:
                 f"{time.perf_counter() - start:.0f} s"
             )
             sign_in(client, token)
-            yield client, PAGES
+            (deep,) = storage.list_indexed(workspace.id, Filters(), 1, PAGE_DEEP)[0]
+            cursor = f"{deep.created_at}.{deep.id}"
+            pages = [*PAGES, ("memories, page 2,001", f"{MEMORIES}?before={cursor}")]
+            yield client, pages
 
 
 def sign_in(client: TestClient, token: str) -> None:

@@ -6,6 +6,7 @@ check what a browser hides: cookies' flags, answers to forged or replayed reques
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cairn.server.context import ServerSettings
+from cairn.server import keys
+from cairn.server.context import ServerSettings, now_ms
 
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
 
@@ -177,3 +179,28 @@ def test_a_tenant_admin_sees_only_its_own_workspace(console: SyncServer) -> None
         )
         assert quota.status_code == 403
     assert [w.name for w in console.storage.workspaces()] == ["test", "other"]
+
+
+def test_a_hosted_workspaces_memories_page_by_creation_time(console: SyncServer) -> None:
+    _, token = console.new_workspace("notes")  # e2e; a hosted one is made below
+    hosted, token = keys.create_workspace(console.storage, "hosted", now_ms(), "hosted")
+    auth = {"Authorization": f"Bearer {token}"}
+    for n in range(30):
+        body = {"content": f"memory number {n}", "project": "p" if n % 2 else "q"}
+        assert httpx.post(f"{console.url}/v1/remember", json=body, headers=auth).status_code == 201
+    with httpx.Client(base_url=console.url) as client:
+        sign_in(client, console.admin_key)
+        first = client.get("/dashboard/w/hosted/memories")
+        shown = re.findall(r"memory number (\d+)", first.text)
+        assert shown == [str(n) for n in range(29, 4, -1)]  # newest first, 25 a page
+        older = re.search(r'href="\?([^"]+)" rel="next"', first.text)
+        assert older
+        second = client.get(f"/dashboard/w/hosted/memories?{html.unescape(older[1])}")
+        assert re.findall(r"memory number (\d+)", second.text) == ["4", "3", "2", "1", "0"]
+        assert 'rel="next"' not in second.text and 'rel="first"' in second.text
+        odd = client.get("/dashboard/w/hosted/memories?project=p")
+        assert re.findall(r"memory number (\d+)", odd.text) == [str(n) for n in range(29, 0, -2)]
+        assert client.get("/dashboard/w/hosted/memories?before=1.x;drop").status_code == 422
+        e2e = client.get("/dashboard/w/notes/memories")
+        assert "cannot read" in e2e.text and "memory number" not in e2e.text
+    assert hosted.mode == "hosted"

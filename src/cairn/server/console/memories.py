@@ -3,13 +3,12 @@ forget. An end-to-end workspace's page says instead that the server cannot read 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from cairn.memory_rules import MAX_OFFSET
 from cairn.model import Filters, Hit, Memory
 from cairn.protocol import HOSTED
 from cairn.server.console.pages import Ctx, Page, open_workspace, render, workspace_url
@@ -20,6 +19,8 @@ router = APIRouter()
 
 PAGE = 25
 """Memories a page lists, and hits a search shows."""
+BEFORE = re.compile(r"^([0-9]{1,16})\.([0-9A-Za-z-]{1,64})$")
+"""A page's ``before``: the creation time and id of the last memory of the page above it."""
 
 
 @router.get("/w/{name}/memories")
@@ -30,18 +31,24 @@ def memories_page(
     name: Name,
     q: Annotated[str, Query(max_length=1000)] = "",
     project: Annotated[str, Query(max_length=200)] = "",
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    before: Annotated[str, Query(pattern=BEFORE.pattern)] = "",
 ) -> Response:
     workspace = open_workspace(ctx, session, name)
     found: list[Memory] = []
-    total = 0
     hits: list[Hit] | None = None
+    older = None
     if workspace.mode == HOSTED:  # an end-to-end workspace's page says why it lists nothing
         filters = Filters.parse(project or None, [], [], None, None)
         if q.strip():
             hits = ctx.hosted.recall(workspace.id, session.key.id, q, filters, PAGE, now_ms())
         else:
-            found, total = ctx.hosted.list(workspace.id, filters, PAGE, offset)
+            ctx.hosted.fold(workspace.id)
+            after = BEFORE.fullmatch(before)
+            cursor = (int(after[1]), after[2]) if after else None
+            found = ctx.storage.older_indexed(workspace.id, filters, PAGE + 1, cursor)
+            if len(found) > PAGE:
+                found = found[:PAGE]
+                older = f"{found[-1].created_at}.{found[-1].id}"
     return render(
         request,
         "console/memories.html",
@@ -49,13 +56,11 @@ def memories_page(
         workspace=workspace,
         title=f"Memories of {workspace.name}",
         memories=found,
-        total=total,
         hits=hits,
         q=q,
         project=project,
-        offset=offset,
-        limit=PAGE,
-        query=urlencode({"project": project}) + "&" if project else "",
+        before=before,
+        older=older,
     )
 
 

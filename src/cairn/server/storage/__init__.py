@@ -316,6 +316,18 @@ class ServerStorage(Protocol):
         """Live memories, newest first, and how many match in all."""
         ...
 
+    def older_indexed(
+        self,
+        workspace_id: str,
+        filters: Filters,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[Memory]:
+        """Up to ``limit`` live memories, newest first, created before ``before`` (a memory's
+        ``(created_at, id)``: the last of the previous page); read through the index of
+        creation times, so a page deep in the list costs what the first does (no count)."""
+        ...
+
     def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
         """The live memory of ``project`` with this content hash, if any."""
         ...
