@@ -200,7 +200,8 @@ class HostedIndex(SqlBase):
     ) -> list[Memory]:
         where, params = self._index_filter(filters)
         if before is not None:
-            where += " AND (m.created_at < ? OR (m.created_at = ? AND m.id < ?))"
+            # The first clause alone is a range on the creation-time index (an OR alone is not).
+            where += " AND m.created_at <= ? AND (m.created_at < ? OR m.id < ?)"
             params += [before[0], before[0], before[1]]
         rows = self._all(
             workspace_id,
