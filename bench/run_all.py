@@ -5,7 +5,7 @@ The first run builds the cached 10k and 100k stores under bench/.cache/ (~10 min
 
 .venv/bin/python bench/run_all.py [--quick] [--only NAME ...]   (embed ingest recall vector
     coldstart sync sync_postgres pages crypto autosync objects load idle hosted mcp_tokens
-    peers million)
+    peers million web)
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ PLAN: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--source", "2000", "--size", "6000", "--queries", "30"],
     ),
+    "web": ("bench_web.py", [], ["--size", "12000", "--near-copies", "10000", "--repeat", "3"]),
 }
 
 

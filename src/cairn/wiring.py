@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,8 +13,10 @@ from cairn.device_store import Store
 from cairn.errors import CairnError, InvalidInput, SyncNotConfigured
 from cairn.protocol import E2E
 from cairn.remotes.base import Remote
+from cairn.replication import Conflict
 from cairn.settings import Settings
 from cairn.store.db import Database
+from cairn.store.outbox import DeadLetter
 from cairn.sync import handoff
 from cairn.sync.channel import Progress
 from cairn.sync.engine import Syncer, local_status
@@ -147,6 +150,25 @@ def build_syncer(settings: Settings, store: Store) -> Syncer:
     except BaseException:
         remote.close()
         raise
+
+
+@contextmanager
+def saved_syncer(settings: Settings, store: Store) -> Iterator[Syncer]:
+    """A Syncer for ``store`` from the sync settings saved on disk, closed after use."""
+    syncer = build_syncer(config.reload(settings), store)
+    try:
+        yield syncer
+    finally:
+        syncer.close()
+
+
+def device_names(syncer: Syncer, own_name: str) -> dict[str, str]:
+    """Device names by id as the remote knows them (none if it cannot say), and this one's."""
+    try:
+        names = syncer.remote.devices()
+    except CairnError:
+        names = {}
+    return {**names, syncer.device_id: own_name}
 
 
 def setup_sync(
@@ -298,6 +320,29 @@ class SyncControl:
 
     def now(self, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
         return sync_now(self.settings, self.store, timeout=timeout)
+
+    def conflicts(self) -> list[Conflict]:
+        """The open conflicts (read from the store: no remote needed)."""
+        return self.store.sync_state.conflicts()
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The changes the remote refused, or pulled ones that could not be read."""
+        return self.store.sync_state.dead_letters()
+
+    def resolve(self, ref: str, keep: str) -> dict[str, Any]:
+        """Settle a conflict (``Syncer.resolve``); the choice syncs like any change."""
+        with saved_syncer(self.settings, self.store) as syncer:
+            return syncer.resolve(ref, keep)
+
+    def retry_dead_letters(self) -> int:
+        """Queue the refused changes again (``Syncer.retry_dead_letters``); how many."""
+        with saved_syncer(self.settings, self.store) as syncer:
+            return syncer.retry_dead_letters()
+
+    def device_names(self) -> dict[str, str]:
+        """Device names by id as the remote knows them (none if it cannot say), and this one's."""
+        with saved_syncer(self.settings, self.store) as syncer:
+            return device_names(syncer, config.reload(self.settings).sync.device_name)
 
     def setup(self, url: str, **options: Any) -> SyncSetup:
         """Set this store's sync up (``setup_sync``); the worker starts syncing on its own."""

@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from starlette.exceptions import HTTPException
 
 from cairn import http_edge, model, views
+from cairn.api import browser, browser_sync
 from cairn.api.schemas import (
     MemoryDetailOut,
     StatsOut,
@@ -43,7 +44,7 @@ from cairn.memory_rules import MAX_LIMIT, MAX_OFFSET
 from cairn.model import Filters
 from cairn.settings import Settings
 from cairn.version import __version__
-from cairn.web import openapi
+from cairn.web import csrf, openapi, templating
 from cairn.wiring import SyncControl, build
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,21 +74,31 @@ def create_app(
     allowed_hosts: Collection[str] | None = LOOPBACK_HOSTS,
     sync: SyncControl | None = None,
     token: str | None = None,
+    settings: Settings | None = None,
 ) -> FastAPI:
-    """The API over ``store`` (and ``sync``, for the sync routes); ``allowed_hosts=None``
-    accepts any Host header; with ``token``, every route but /healthz needs it as a bearer."""
+    """The API over ``store`` (and ``sync``, for the sync routes), and the memory browser at
+    ``/``; ``allowed_hosts=None`` accepts any Host header; with ``token``, every route but
+    /healthz and /signin needs it, as a bearer or as the browser's sign-in cookie."""
     expected = f"Bearer {token}".encode() if token else None
+    signed_in = browser.session_value(token) if token else None
 
     def check_token(request: Request) -> None:
-        if expected is None or request.url.path == "/healthz":
+        if expected is None or request.url.path in ("/healthz", "/signin"):
             return
         given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(
-                401,
-                "this Cairn API needs its token: send `Authorization: Bearer <token>` with the "
-                "value of CAIRN_LOCAL_TOKEN (or --token) that `cairn serve` was started with",
-            )
+        cookie = request.cookies.get(browser.SESSION_COOKIE, "").encode()
+        if hmac.compare_digest(given, expected) or (
+            signed_in is not None and hmac.compare_digest(cookie, signed_in.encode())
+        ):
+            return
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            # A person at a browser: the sign-in page, where a program gets the 401 below.
+            raise HTTPException(303, "sign in first", headers={"Location": "/signin"})
+        raise HTTPException(
+            401,
+            "this Cairn API needs its token: send `Authorization: Bearer <token>` with the "
+            "value of CAIRN_LOCAL_TOKEN (or --token) that `cairn serve` was started with",
+        )
 
     def check_host(request: Request) -> None:
         if allowed_hosts is None:
@@ -116,7 +127,15 @@ def create_app(
         redoc_url=None,
     )
     app.router.route_class = http_edge.JsonRoute
+    templating.mount_assets(app)
     openapi.add_docs(app)
+    pages = browser.Pages(templating.environment("cairn.api"), csrf.CsrfTokens())
+    browser.add_browser(app, store, pages)
+    browser_sync.add_sync_pages(
+        app, store, sync, settings or (sync.settings if sync else None), pages
+    )
+    if token:
+        browser.add_signin(app, pages, token)
 
     @app.post(
         "/v1/memories",
@@ -288,13 +307,14 @@ def run(
         sync = SyncControl(settings, store, autosync)
         # Listening beyond this machine was asked for, so requests will name other hosts.
         hosts = None if host in _ANY_ADDRESS else LOOPBACK_HOSTS | {_host_name(host)}
-        app = create_app(store, allowed_hosts=hosts, sync=sync, token=token)
+        app = create_app(store, allowed_hosts=hosts, sync=sync, token=token, settings=settings)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         if on_ready is not None:
             bound = sock.getsockname()[1]
             where = f"[{host}]" if ":" in host else host
             on_ready(
-                f"cairn serve: the local API on http://{where}:{bound} (OpenAPI docs at /docs), "
+                f"cairn serve: the local API on http://{where}:{bound} (memory browser at /, "
+                f"OpenAPI docs at /docs), "
                 f"store {store.db.path}; Ctrl-C stops it"
             )
         server.run(sockets=[sock])

@@ -44,7 +44,7 @@ def serve(
     ] = None,
     autosync: AutosyncFlag = True,
 ) -> None:
-    """Serve the local HTTP API (OpenAPI docs at /docs)."""
+    """Serve the local HTTP API and the memory browser at / (OpenAPI docs at /docs)."""
     # Imported here: FastAPI and uvicorn are slow to import and only this command needs them.
     from cairn import api
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from cairn import config, wiring
 from cairn.cli import output
 from cairn.cli.common import JsonFlag, open_store
-from cairn.errors import CairnError, InvalidInput
+from cairn.errors import InvalidInput
 from cairn.model import iso
 from cairn.sync.engine import Syncer
 
@@ -21,13 +21,8 @@ from cairn.sync.engine import Syncer
 @contextmanager
 def saved_syncer() -> Iterator[Syncer]:
     """A Syncer for this device's store, from the saved sync settings."""
-    settings = config.load()
-    with open_store() as store:
-        syncer = wiring.build_syncer(settings, store)
-        try:
-            yield syncer
-        finally:
-            syncer.close()
+    with open_store() as store, wiring.saved_syncer(config.load(), store) as syncer:
+        yield syncer
 
 
 def conflicts(json_: JsonFlag = False) -> None:
@@ -36,7 +31,7 @@ def conflicts(json_: JsonFlag = False) -> None:
     settings = config.load()
     with saved_syncer() as syncer:
         found = syncer.conflicts()
-        names = _device_names(syncer, settings.sync.device_name) if found else {}
+        names = wiring.device_names(syncer, settings.sync.device_name) if found else {}
     if json_:
         output.emit_json(
             [
@@ -68,15 +63,6 @@ def conflicts(json_: JsonFlag = False) -> None:
         "`--keep other` (the other version) or `--keep both` (the other version becomes a "
         "memory of its own)"
     )
-
-
-def _device_names(syncer: Syncer, own_name: str) -> dict[str, str]:
-    """Device names by id as the remote knows them (none if it cannot say), and this one's."""
-    try:
-        names = syncer.remote.devices()
-    except CairnError:
-        names = {}
-    return {**names, syncer.device_id: own_name}
 
 
 KEEP = {"current": "local", "other": "remote", "both": "both", "local": "local", "remote": "remote"}

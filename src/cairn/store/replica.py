@@ -179,10 +179,12 @@ def _write_revisions(
 
 def conflicts(conn: sqlite3.Connection) -> list[Conflict]:
     """Open conflicts (a kept version whose content differs from the current one), oldest first."""
+    # CROSS JOIN keeps the (few) conflicts as the outer loop: with a plain JOIN SQLite scanned
+    # every memory and probed the conflicts for each (63 ms at 10k memories, for none).
     rows = conn.execute(
         "SELECT c.memory_id, c.hlc, c.content, m.content, "
         "coalesce(json_extract(m.field_hlc, '$.content'), m.created_hlc) FROM conflicts c "
-        "JOIN memories m ON m.id = c.memory_id WHERE m.deleted = 0 "
+        "CROSS JOIN memories m ON m.id = c.memory_id WHERE m.deleted = 0 "
         "AND c.content_hash != m.content_hash ORDER BY c.hlc"
     ).fetchall()
     out = []

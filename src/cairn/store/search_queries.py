@@ -25,7 +25,10 @@ def _in_list(column: str, values: Sequence[str]) -> tuple[str, list[Any]]:
 
 
 def _tag_rows(tags: Sequence[str]) -> Clauses:
-    clause = "EXISTS (SELECT 1 FROM memory_tags t WHERE t.memory_rowid = m.rowid AND t.tag = ?)"
+    # rowid IN (...), not a correlated EXISTS: SQLite then reads the tag's rows from its index
+    # and looks each memory up, where EXISTS had it scan every memory (counting a kind and a
+    # tag at 100k on a busy machine: 1,855 ms before, 35 ms after).
+    clause = "m.rowid IN (SELECT t.memory_rowid FROM memory_tags t WHERE t.tag = ?)"
     return [clause] * len(tags), list(tags)
 
 
@@ -348,3 +351,20 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
             conn.execute("SELECT value FROM meta WHERE key='device_id'").fetchone() or [None]
         )[0],
     }
+
+
+def per_day(
+    conn: sqlite3.Connection, by: str, since_ms: int, filters: Filters
+) -> list[tuple[str, str, int]]:
+    """Live memories created since ``since_ms`` per UTC day and ``by`` (``kind`` or
+    ``project``): ``(YYYY-MM-DD, value, count)`` rows, oldest day first."""
+    if by not in ("kind", "project"):
+        raise ValueError(f"per_day groups by kind or project, not {by!r}")
+    where, params = filter_sql(Filters(filters.project, filters.kinds, filters.tags, since_ms))
+    rows = conn.execute(
+        f"SELECT date(m.created_at / 1000, 'unixepoch') AS day, m.{by}, count(*) "
+        "FROM memories m "
+        f"WHERE {where} GROUP BY day, m.{by} ORDER BY day",
+        params,
+    ).fetchall()
+    return [(day, value, n) for day, value, n in rows]

@@ -4,7 +4,7 @@ A UI makes one environment with ``environment("cairn.its.package")``: its own ``
 folder first, then this package's (``base.html``, ``macros.html``). Pages extend ``base.html``
 and are answered by ``render``, which adds the headers every page carries: a Content-Security-
 Policy that lets the page load nothing from another origin (no CDN can creep back in), no
-framing, no referrer, no sniffing.
+framing, no referrer to other sites, no sniffing.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ CSP = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, Chromium sends `Origin: null` on a form post, which the CSRF
+    # check must refuse (it cannot tell it from a sandboxed page of another site).
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
