@@ -8,8 +8,9 @@ build when the 100k store is not cached). A page is fetched ``--repeat`` times i
 browser) after one warm-up fetch; the table has p50, p95 and max per page, and the median CPU
 time of the process per fetch (it does not count waiting for other processes, so it reads truer
 than the clock on a busy machine); the JSON (``bench/results/bench_web.json``) has every figure
-by suite and page. To add the admin console,
-add a ``Suite`` to ``SUITES``: a name and a context manager that yields a client and its pages.
+by suite and page. ``console-sqlite`` and ``console-postgres`` are the sync server's admin
+console over a hosted workspace of the same memories (``web_console``). A suite is a name and a
+context manager that yields a client and its pages.
 
     .venv/bin/python bench/bench_web.py [--size 100000] [--repeat 15] [--suite local]
         [--near-copies 10000]
@@ -30,6 +31,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+import web_console
 from bench_million import build, million_path
 from cairn import config
 from cairn.api import create_app
@@ -108,7 +110,11 @@ def local_browser(source: Path) -> Iterator[tuple[TestClient, Pages]]:
             store.close()
 
 
-SUITES = {"local": Suite("local", local_browser)}
+SUITES = {
+    "local": Suite("local", local_browser),
+    "console-sqlite": Suite("console-sqlite", web_console.console_sqlite),
+    "console-postgres": Suite("console-postgres", web_console.console_postgres),
+}
 
 
 def measure(client: TestClient, path: str, repeat: int) -> dict[str, Any]:

@@ -98,6 +98,7 @@ RANKS: dict[str, int] = {
     "cairn.server.schemas": 520,
     "cairn.server.routes": 530,
     "cairn.server.mcp": 535,
+    "cairn.server.console": 535,  # the admin console's pages at /dashboard
     "cairn.server.app": 540,
     "cairn.cli": 590,
 }

@@ -18,6 +18,7 @@ from cairn.errors import InvalidInput, NotFound, QuotaExceeded, RemoteConflict, 
 from cairn.protocol import KeyringBlob, KeyringProof, WireMutation
 from cairn.server import keys
 from cairn.server.storage import Quota, ServerStorage
+from cairn.server.storage.postgres_schema import MIGRATIONS as POSTGRES_MIGRATIONS
 from cairn.server.storage.sqlite import SqliteStorage
 from cairn.server.storage.sqlite_file import SqliteFile
 from cairn.server.storage.sqlite_schema import MIGRATIONS
@@ -277,3 +278,71 @@ def test_a_version_4_database_keeps_its_keyring_as_an_unsigned_version(tmp_path:
     assert storage.keyring_versions("w", 10) == [KeyringBlob(b"\x00", 6, (1,))]
     assert storage.put_keyring("w", b"\x01", 6) == 7
     storage.close()
+
+
+def test_a_device_remembers_how_far_it_pulled(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    server_storage.touch_device(ws.id, "dev-a", NOW, pulled=True, position=7)
+    server_storage.touch_device(ws.id, "dev-a", NOW + 1, pulled=False)  # a push keeps it
+    (device,) = server_storage.devices(ws.id)
+    assert (device.read_position, device.last_pull_at, device.last_seen) == (7, NOW, NOW + 1)
+    server_storage.touch_device(ws.id, "dev-a", NOW + 2, pulled=True, position=9)
+    assert server_storage.devices(ws.id)[0].read_position == 9
+
+
+def test_the_audit_log_filters_by_action_and_key(server_storage: ServerStorage) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    server_storage.push(ws.id, [mutation(1)], "dev-a", NOW + 1, "key-w")
+    server_storage.record_pull(ws.id, "key-r", 1, NOW + 2)
+    server_storage.push(ws.id, [mutation(2)], "dev-a", NOW + 3, "key-x")
+    pushes = server_storage.audit_log(ws.id, 10, None, action="push")
+    assert [(e.at, e.key_id) for e in pushes] == [(NOW + 3, "key-x"), (NOW + 1, "key-w")]
+    by_w = server_storage.audit_log(ws.id, 10, None, key_id="key-w")
+    assert [e.action for e in by_w] == ["push"]
+    assert server_storage.audit_log(ws.id, 10, None, action="pull", key_id="key-w") == []
+
+
+def test_activity_counts_pushes_pulls_and_mutations_per_hour(
+    server_storage: ServerStorage,
+) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    other = server_storage.create_workspace("o", "other", NOW)
+    hour = 3_600_000
+    start = NOW - NOW % hour
+    server_storage.push(ws.id, [mutation(1), mutation(2)], "dev-a", start + 5, "k")
+    server_storage.push(ws.id, [mutation(2), mutation(3)], "dev-a", start + 6, "k")  # 1 new
+    server_storage.record_pull(ws.id, "k", 3, start + 7)
+    server_storage.record_pull(ws.id, "k", 0, start + 2 * hour)
+    server_storage.push(other.id, [mutation(1)], "dev-o", start + 8, "o")
+    found = server_storage.activity(ws.id, start)
+    assert [(a.hour, a.pushes, a.pulls, a.mutations) for a in found] == [
+        (start, 2, 1, 3),
+        (start + 2 * hour, 0, 1, 0),
+    ]
+    assert server_storage.activity(ws.id, start + hour) == found[1:]
+
+
+def test_the_schema_version_is_the_number_of_migrations(server_storage: ServerStorage) -> None:
+    assert server_storage.schema_version() == len(MIGRATIONS) == len(POSTGRES_MIGRATIONS)
+
+
+def test_summaries_list_every_workspace_with_its_size_and_quota(
+    server_storage: ServerStorage,
+) -> None:
+    ws = server_storage.create_workspace("w", "team", NOW)
+    other = server_storage.create_workspace("o", "other", NOW + 1, "hosted")
+    server_storage.push(ws.id, [mutation(1), mutation(2)], None, NOW)
+    server_storage.set_quota(other.id, Quota(max_mutations=10))
+    team, hosted = server_storage.summaries()
+    size = len(mutation(1).payload)
+    assert (team.workspace, team.latest_seq, team.stored_bytes, team.quota) == (
+        ws,
+        2,
+        2 * size,
+        Quota(),
+    )
+    assert (hosted.workspace.mode, hosted.latest_seq, hosted.quota) == ("hosted", 0, Quota(10))
+    assert server_storage.summary(ws.id) == team
+    with pytest.raises(NotFound):
+        server_storage.summary("nope")
+    assert server_storage.usage_days(ws.id, 7, NOW) == server_storage.usage(ws.id, 7, NOW).days

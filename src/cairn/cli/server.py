@@ -98,6 +98,14 @@ def run(
             "whose X-Forwarded-For then names the client. Default: trust no such header.",
         ),
     ] = None,
+    operator_workspace: Annotated[
+        str | None,
+        typer.Option(
+            help="The workspace whose admin keys operate the whole server in the admin console "
+            "at /dashboard (every workspace, new workspaces, quotas). Default: each admin key "
+            "sees its own workspace only.",
+        ),
+    ] = None,
     log_level: Annotated[
         LogLevel, typer.Option(help="Least severe log records written to standard error.")
     ] = LogLevel.warning,
@@ -116,8 +124,12 @@ def run(
         auth_failure_rate=auth_failure_rate,
         auth_failure_burst=auth_failure_burst,
         compact_interval=compact_interval,
+        workers=workers,
+        operator_workspace=operator_workspace,
     )
     storage = open_storage(data, db)  # created or migrated once, before any worker starts
+    if operator_workspace is not None:
+        storage.workspace(operator_workspace)  # NotFound, naming the command that lists them
     where = storage.path
     procs = f" with {workers} workers" if workers > 1 else ""
     output.err.print(f"cairn sync server on http://{host}:{port}{procs}, data in {where}")

@@ -25,7 +25,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from cairn import __version__, http_edge
 from cairn.embedding.base import Embedder
-from cairn.server import backends
+from cairn.server import backends, console
 from cairn.server.context import ServerContext, ServerSettings
 from cairn.server.limits import BodyLimit
 from cairn.server.mcp import McpEndpoint
@@ -77,6 +77,7 @@ def create_app(
     mcp = McpEndpoint(context)  # cloud agents' MCP clients, for hosted workspaces
     app.include_router(mcp.router())
     _while_serving(app, mcp.run)
+    app.mount(console.PATH, console.console_app(context))  # its pages use the /docs assets
     app.router.add_event_handler("startup", context.notifier.start)
     app.router.add_event_handler("shutdown", context.notifier.stop)
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes

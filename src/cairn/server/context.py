@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,17 @@ class ServerSettings:
     compact_interval: float = 3600.0
     """Seconds between compactions of the logs of workspaces with a retention policy; 0: none
     (`cairn server workspace compact` still runs one)."""
+    workers: int = 1
+    """Worker processes serving (shown by the admin console's health page)."""
+    console_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    """Signs the admin console's session cookies; one per server run (shared by its workers),
+    so a restart signs everyone out."""
+    console_session: float = 8 * 3600.0
+    """Seconds an admin console session lasts after signing in."""
+    operator_workspace: str | None = None
+    """The workspace whose admin keys operate the whole server in the admin console (list and
+    create workspaces, set quotas, open any workspace); None: every console session sees only
+    its own key's workspace."""
 
 
 @dataclass

@@ -133,7 +133,7 @@ def export(storage: ServerStorage, workspace: Workspace, now: int) -> Iterator[s
                 }
             )
         for device in found.devices:
-            yield _dump({"type": "device", **vars(device)})
+            yield _dump({"type": "device", **_without_position(device)})
         count = 0
         for mutation in found.mutations:
             count += 1
@@ -275,3 +275,9 @@ def _bad(number: int, reason: str) -> InvalidInput:
 
 def _dump(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"))
+
+
+def _without_position(device: Device) -> dict[str, object]:
+    """A device's line: format 1 carries no read position (the new server learns it at the
+    device's next pull)."""
+    return {k: v for k, v in vars(device).items() if k != "read_position"}

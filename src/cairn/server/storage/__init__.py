@@ -29,6 +29,7 @@ from cairn.server.storage.records import (
     INDEX_DIM,
     MEMORY_COLUMNS,
     SCOPES,
+    ActivityHour,
     ApiKey,
     AuditEntry,
     Device,
@@ -41,6 +42,7 @@ from cairn.server.storage.records import (
     UsageDay,
     Workspace,
     WorkspaceStats,
+    WorkspaceSummary,
     check_quota,
     day_of,
     keyring_of,
@@ -55,6 +57,7 @@ __all__ = [
     "INDEX_DIM",
     "MEMORY_COLUMNS",
     "SCOPES",
+    "ActivityHour",
     "ApiKey",
     "Compaction",
     "Exported",
@@ -69,6 +72,7 @@ __all__ = [
     "UsageDay",
     "Workspace",
     "WorkspaceStats",
+    "WorkspaceSummary",
     "check_quota",
     "day_of",
     "keyring_of",
@@ -107,6 +111,10 @@ class ServerStorage(Protocol):
 
     def workspaces(self) -> list[Workspace]:
         """Every workspace, oldest first."""
+        ...
+
+    def summaries(self) -> list[WorkspaceSummary]:
+        """Every workspace with its latest seq, bytes stored and quota, oldest first."""
         ...
 
     def add_key(self, key: ApiKey) -> None:
@@ -154,14 +162,41 @@ class ServerStorage(Protocol):
         """The workspace's totals, quota, and its last ``days`` days of usage."""
         ...
 
+    def usage_days(self, workspace_id: str, days: int, now: int) -> list[UsageDay]:
+        """``usage``'s last ``days`` days alone, newest first (without its counts of entities,
+        which read the whole log)."""
+        ...
+
+    def summary(self, workspace_id: str) -> WorkspaceSummary:
+        """The workspace with its latest seq, bytes stored and quota (one row read); NotFound
+        if there is no such workspace."""
+        ...
+
     def audit(
         self, workspace_id: str, key_id: str | None, action: str, detail: dict[str, Any], now: int
     ) -> None:
         """Add an entry to the workspace's audit log."""
         ...
 
-    def audit_log(self, workspace_id: str, limit: int, before: int | None) -> list[AuditEntry]:
-        """The workspace's audit entries, newest first (older than ``before`` if given)."""
+    def audit_log(
+        self,
+        workspace_id: str,
+        limit: int,
+        before: int | None,
+        action: str | None = None,
+        key_id: str | None = None,
+    ) -> list[AuditEntry]:
+        """The workspace's audit entries, newest first (older than ``before`` if given; of
+        this ``action`` and by this ``key_id`` if given)."""
+        ...
+
+    def activity(self, workspace_id: str, since: int) -> list[ActivityHour]:
+        """Pushes, pulls and mutations stored per UTC hour from ``since`` on, oldest first
+        (hours with none left out), as the audit log counts them."""
+        ...
+
+    def schema_version(self) -> int:
+        """How many of its schema migrations the database has run."""
         ...
 
     def pull(
@@ -296,6 +331,18 @@ class ServerStorage(Protocol):
         self, workspace_id: str, filters: Filters, limit: int, offset: int
     ) -> tuple[list[Memory], int]:
         """Live memories, newest first, and how many match in all."""
+        ...
+
+    def older_indexed(
+        self,
+        workspace_id: str,
+        filters: Filters,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[Memory]:
+        """Up to ``limit`` live memories, newest first, created before ``before`` (a memory's
+        ``(created_at, id)``: the last of the previous page); read through the index of
+        creation times, so a page deep in the list costs what the first does (no count)."""
         ...
 
     def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:

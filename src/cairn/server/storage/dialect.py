@@ -53,6 +53,12 @@ class Dialect:
     """The most values one ``in_list`` may hold."""
     index_tables: tuple[str, ...] = ()
     """Tables of a hosted workspace's search index that only this database keeps."""
+    schema_version = "PRAGMA user_version"
+    """The query whose one value is how many schema migrations ran."""
+
+    def json_int(self, column: str, key: str) -> str:
+        """SQL for the integer under ``key`` of the JSON document in ``column``."""
+        return f"CAST(json_extract({column}, '$.{key}') AS INTEGER)"
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """SQL and parameters for ``column`` being one of ``values``."""
@@ -110,6 +116,10 @@ class PostgresDialect(Dialect):
     json_marker = "?::jsonb"
     chunk = 2**62
     index_tables = ("hosted_postings", "hosted_terms")
+    schema_version = "SELECT version FROM cairn_schema"
+
+    def json_int(self, column: str, key: str) -> str:
+        return f"({column} ->> '{key}')::bigint"
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(?)", [list(values)]

@@ -216,6 +216,28 @@ class HostedIndex(SqlBase):
             ).fetchall()
         return [self._memory(r) for r in rows], int(row[0]) if row else 0
 
+    def older_indexed(
+        self,
+        workspace_id: str,
+        filters: Filters,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[Memory]:
+        where, params = self._index_filter(filters)
+        if before is not None:
+            # The first clause alone is a range on the creation-time index (an OR alone is not).
+            where += " AND m.created_at <= ? AND (m.created_at < ? OR m.id < ?)"
+            params += [before[0], before[0], before[1]]
+        rows = self._all(
+            workspace_id,
+            f"SELECT {MEMORY_COLUMNS} FROM hosted_memories m WHERE m.workspace_id = ? AND "
+            f"{where} ORDER BY m.created_at DESC, m.id DESC LIMIT ?",
+            workspace_id,
+            *params,
+            limit,
+        )
+        return [self._memory(r) for r in rows]
+
     def live_by_hash(self, workspace_id: str, project: str, content_hash: str) -> Memory | None:
         row = self._one(
             workspace_id,

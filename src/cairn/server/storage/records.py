@@ -11,6 +11,7 @@ from cairn.errors import QuotaExceeded
 from cairn.model import Memory
 from cairn.protocol import KeyringBlob, KeyringProof
 
+HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 INDEX_DIM = 384
 """Width of the vectors a hosted workspace's search index holds (the bundled model's)."""
@@ -54,6 +55,9 @@ class Device:
     pushed: int = 0
     last_push_at: int | None = None
     last_pull_at: int | None = None
+    read_position: int | None = None
+    """The log seq it had read up to when it last pulled (log retention waits for it; None: not
+    known)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class Quota:
 
     max_mutations: int | None = None
     max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceSummary:
+    """A workspace with what it holds and may hold, as its own row keeps them (cheap to list)."""
+
+    workspace: Workspace
+    latest_seq: int
+    stored_bytes: int
+    quota: Quota
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,18 @@ class Usage:
     """Memories among the entities (tombstones included); the rest are relations."""
     quota: Quota
     days: list[UsageDay]
+
+
+@dataclass(frozen=True)
+class ActivityHour:
+    """What a workspace's devices did in one UTC hour."""
+
+    hour: int
+    """The hour's first millisecond."""
+    pushes: int = 0
+    pulls: int = 0
+    mutations: int = 0
+    """Mutations stored by those pushes (duplicates not counted)."""
 
 
 @dataclass(frozen=True)

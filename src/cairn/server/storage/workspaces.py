@@ -8,12 +8,18 @@ from typing import Any
 from cairn.errors import InvalidInput, NotFound
 from cairn.protocol import E2E
 from cairn.server.storage.dialect import Conn
-from cairn.server.storage.records import ApiKey, Device, Workspace
+from cairn.server.storage.records import ApiKey, Device, Quota, Workspace, WorkspaceSummary
 from cairn.server.storage.sql import ALL, SqlBase
 
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
-_DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
+_DEVICE_COLUMNS = (
+    "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at, read_position"
+)
 _WORKSPACE = "SELECT id, name, mode, created_at FROM workspaces"
+_SUMMARY = (
+    "SELECT id, name, mode, created_at, latest_seq, stored_bytes, max_mutations, max_bytes "
+    "FROM workspaces"
+)
 
 
 class Workspaces(SqlBase):
@@ -52,6 +58,16 @@ class Workspaces(SqlBase):
 
     def workspaces(self) -> list[Workspace]:
         return [Workspace(*row) for row in self._all(ALL, f"{_WORKSPACE} ORDER BY created_at, id")]
+
+    def summaries(self) -> list[WorkspaceSummary]:
+        rows = self._all(ALL, f"{_SUMMARY} ORDER BY created_at, id")
+        return [_summary(row) for row in rows]
+
+    def summary(self, workspace_id: str) -> WorkspaceSummary:
+        row = self._one(workspace_id, f"{_SUMMARY} WHERE id = ?", workspace_id)
+        if row is None:
+            raise NotFound(f"no workspace with id {workspace_id!r}")
+        return _summary(row)
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -154,6 +170,10 @@ def read_devices(conn: Conn, workspace_id: str) -> list[Device]:
         (workspace_id,),
     ).fetchall()
     return [Device(*row) for row in rows]
+
+
+def _summary(row: Sequence[Any]) -> WorkspaceSummary:
+    return WorkspaceSummary(Workspace(*row[:4]), row[4], row[5], Quota(row[6], row[7]))
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
