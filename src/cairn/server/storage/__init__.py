@@ -53,34 +53,12 @@ from cairn.server.storage.records import (
 from cairn.server.storage.retention import Compaction
 
 __all__ = [
-    "DAY_MS",
-    "INDEX_DIM",
-    "MEMORY_COLUMNS",
-    "SCOPES",
-    "ActivityHour",
-    "ApiKey",
-    "Compaction",
-    "Exported",
-    "AuditEntry",
-    "Device",
-    "IndexedMemory",
-    "Quota",
-    "Ranked",
-    "ServerEvent",
-    "Totals",
-    "Usage",
-    "UsageDay",
-    "Workspace",
-    "WorkspaceStats",
-    "WorkspaceSummary",
-    "check_quota",
-    "day_of",
-    "keyring_of",
-    "keyring_proof_values",
-    "memory_of",
-    "memory_values",
-    "ServerStorage",
-]
+    "DAY_MS", "INDEX_DIM", "MEMORY_COLUMNS", "SCOPES", "ActivityHour", "ApiKey", "Compaction",
+    "Exported", "AuditEntry", "Device", "IndexedMemory", "Quota", "Ranked", "ServerEvent",
+    "Totals", "Usage", "UsageDay", "Workspace", "WorkspaceStats", "WorkspaceSummary",
+    "check_quota", "day_of", "keyring_of", "keyring_proof_values", "memory_of",
+    "memory_values", "ServerStorage",
+]  # fmt: skip
 
 
 class ServerStorage(Protocol):
