@@ -177,10 +177,16 @@ def test_keys_are_created_listed_and_revoked(env: dict[str, str], server_url: st
     with pytest.raises(Forbidden):
         reader.push([mutation(1)])
 
-    listed = ok_json(env, "key", "list", "--workspace", "team")
-    assert isinstance(listed, list) and [k["name"] for k in listed] == ["admin", "ci"]
+    deadline = time.monotonic() + 30
+    while True:  # the server records a key's use in a batch, within a second for a new key
+        listed = ok_json(env, "key", "list", "--workspace", "team")
+        assert isinstance(listed, list) and [k["name"] for k in listed] == ["admin", "ci"]
+        used = next(k for k in listed if k["name"] == "ci")["last_used_at"]
+        if used is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert key["key"] not in json.dumps(listed)
-    assert next(k for k in listed if k["name"] == "ci")["last_used_at"] is not None
+    assert used is not None
 
     revoked = ok_json(env, "key", "revoke", key["id"])
     assert isinstance(revoked, dict) and revoked["revoked_at"]

@@ -49,7 +49,7 @@ def filled(storage: ServerStorage) -> ServerStorage:
         scopes = ["0123abcd" if i % 2 else None for i in range(700)]
         batch = [mutation(n * 700 + i, "dev-a", scope) for i, scope in enumerate(scopes)]
         storage.push(WS, batch, "dev-a", NOW + n)
-    storage.touch_device(WS, "dev-b", NOW + 5, pulled=True)
+    storage.record_seen([], [(WS, "dev-b", NOW + 5)])
     return storage
 
 

@@ -74,6 +74,9 @@ def create_app(
     app.router.add_event_handler("shutdown", context.hosted.close)  # before the storage closes
     _while_serving(app, context.failures.run)
     app.router.add_event_handler("shutdown", lambda: context.failures.flush(final=True))
+    _while_serving(app, context.key_cache.run)
+    _while_serving(app, context.seen.run)
+    app.router.add_event_handler("shutdown", context.seen.close)
     # Added last = outermost: metrics count the body limit's 413s too.
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)
     app.add_middleware(RequestMetrics, metrics=context.metrics)

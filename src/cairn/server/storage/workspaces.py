@@ -13,6 +13,8 @@ from cairn.server.storage.sql import ALL, SqlBase
 _KEY_COLUMNS = "id, workspace_id, name, scopes, created_at, last_used_at, revoked_at, secret_hash"
 _DEVICE_COLUMNS = "device_id, name, first_seen, last_seen, pushed, last_push_at, last_pull_at"
 _WORKSPACE = "SELECT id, name, mode, created_at FROM workspaces"
+SEEN_ROWS = 1000
+"""Rows of ``record_seen`` per statement (3 parameters each)."""
 
 
 class Workspaces(SqlBase):
@@ -75,6 +77,15 @@ class Workspaces(SqlBase):
         row = self._one(ALL, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", key_id)
         return _key(row) if row else None
 
+    def find_keys(self, key_ids: Sequence[str]) -> dict[str, ApiKey]:
+        found: dict[str, ApiKey] = {}
+        with self._read(ALL) as conn:
+            for chunk in self._chunks(key_ids):
+                clause, params = self._in("id", chunk)
+                rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE {clause}", params)
+                found.update((key.id, key) for key in map(_key, rows))
+        return found
+
     def keys(self, workspace_id: str) -> list[ApiKey]:
         rows = self._all(
             workspace_id,
@@ -98,13 +109,6 @@ class Workspaces(SqlBase):
             raise NotFound(f"this workspace has no API key {key_id!r}; list them to check the id")
         return _key(row)
 
-    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
-        with self._write(workspace_id) as conn:
-            conn.execute(
-                "UPDATE api_keys SET last_used_at = ? WHERE workspace_id = ? AND id = ?",
-                (now, workspace_id, key_id),
-            )
-
     # -- devices ------------------------------------------------------------------------------
 
     def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
@@ -117,17 +121,35 @@ class Workspaces(SqlBase):
                 (workspace_id, device_id, name, now, now),
             )
 
-    def touch_device(self, workspace_id: str, device_id: str, now: int, pulled: bool) -> None:
-        with self._write(workspace_id) as conn:
-            self._latest(conn, workspace_id)
-            conn.execute(
-                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
-                "last_pull_at) VALUES (?, ?, '', ?, ?, ?) "
-                "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
-                "last_seen = excluded.last_seen, "
-                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at)",
-                (workspace_id, device_id, now, now, now if pulled else None),
-            )
+    def record_seen(
+        self, keys: Sequence[tuple[str, str, int]], devices: Sequence[tuple[str, str, int]]
+    ) -> None:
+        # One transaction over every workspace, one statement per table (per chunk of rows):
+        # a process's last-seen bookkeeping for an interval, however many devices it served.
+        # A time only moves forward (another process may have written a later one).
+        with self._write(ALL, durable=False) as conn:
+            for chunk in _batches(sorted(keys)):
+                conn.execute(
+                    "UPDATE api_keys SET last_used_at = v.column3 "
+                    f"FROM (VALUES {_rows(chunk)}) AS v "
+                    "WHERE api_keys.workspace_id = v.column1 AND api_keys.id = v.column2 "
+                    "AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column3)",
+                    [value for row in chunk for value in row],
+                )
+            for chunk in _batches(sorted(devices)):
+                conn.execute(
+                    "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                    "last_pull_at) SELECT v.column1, v.column2, '', v.column3, v.column3, "
+                    f"v.column3 FROM (VALUES {_rows(chunk)}) AS v "
+                    "WHERE EXISTS (SELECT 1 FROM workspaces WHERE workspaces.id = v.column1) "
+                    "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                    "last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
+                    "THEN excluded.last_seen ELSE devices.last_seen END, "
+                    "last_pull_at = CASE WHEN devices.last_pull_at IS NULL "
+                    "OR excluded.last_pull_at > devices.last_pull_at "
+                    "THEN excluded.last_pull_at ELSE devices.last_pull_at END",
+                    [value for row in chunk for value in row],
+                )
 
     def devices(self, workspace_id: str) -> list[Device]:
         rows = self._all(
@@ -137,6 +159,16 @@ class Workspaces(SqlBase):
             workspace_id,
         )
         return [Device(*row) for row in rows]
+
+
+def _batches(rows: list[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
+    """``rows`` by ``SEEN_ROWS``: within both databases' limits on parameters per statement."""
+    return [rows[at : at + SEEN_ROWS] for at in range(0, len(rows), SEEN_ROWS)]
+
+
+def _rows(chunk: Sequence[tuple[str, str, int]]) -> str:
+    """The placeholders of a VALUES list of (text, text, integer) rows."""
+    return ", ".join(["(?, ?, ?)"] * len(chunk))
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
