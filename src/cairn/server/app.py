@@ -37,6 +37,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 # Seconds a stopping server gives open requests (long-polls included) before closing them.
 SHUTDOWN_GRACE = 5
+WORKER_HEALTHCHECK = 30
+"""Seconds a worker may take to answer its supervisor's ping before it is killed and started
+again. uvicorn's 5 s killed workers still starting (importing, connecting) on a busy machine,
+again and again, so a server under load never came up."""
 OPEN_FILES = 16_384
 """Open files a worker wants: each waiting long-poll is a socket (5,000 devices and room)."""
 
@@ -146,6 +150,7 @@ def run_workers(
         host=host,
         port=port,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK,
         **_uvicorn_options(log_level, forwarded_allow_ips),
     )
 
