@@ -21,7 +21,7 @@ latest seq equals its mutation count and every device saw each of the seqs 1..la
 ``--scale``: 1,000 devices, 900 idle and 100 pushing, through `--workers 2` (``load_scale``):
 
     .venv/bin/python bench/bench_load.py --scale [--devices 1000] [--active 100]
-        [--workspaces 50] [--push-every 10] [--idle-seconds 120] [--seconds 300]
+        [--workspaces 50] [--push-every 10] [--idle-seconds 120] [--warmup 60] [--seconds 300]
         [--clients 4] [--backend sqlite|postgres|both] [--json PATH]
 """
 
@@ -394,6 +394,12 @@ def main() -> None:
     scale.add_argument(
         "--idle-seconds", type=float, default=120.0, help="seconds before anyone pushes"
     )
+    scale.add_argument(
+        "--warmup",
+        type=float,
+        default=60.0,
+        help="seconds of the idle phase before its load is measured (caches filling)",
+    )
     scale.add_argument("--clients", type=int, default=4, help="client processes")
     scale.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
     scale.add_argument("--trials", type=int, default=20, help="wake-ups across two hosts")
@@ -534,6 +540,8 @@ def scale_main(args: argparse.Namespace, backends: list[str]) -> None:
     args.devices = 1000 if args.devices is None else args.devices
     args.seconds = 300.0 if args.seconds is None else args.seconds
     (args.workers,) = [2] if args.workers is None else args.workers
+    if args.warmup >= args.idle_seconds:
+        raise SystemExit("--warmup must be shorter than --idle-seconds")
     if args.devices % args.workspaces or args.active % args.workspaces:
         raise SystemExit("--devices and --active must be multiples of --workspaces")
     if args.json == RESULTS / "bench_load.json":

@@ -92,8 +92,9 @@ def serving(
             except httpx.TransportError:
                 time.sleep(0.05)
         yield url, process
-    except BaseException:  # a failed test leaves no server behind
-        process.kill()
+    except BaseException:  # a failed test leaves no server (nor worker) behind
+        for leftover in [*psutil.Process(process.pid).children(recursive=True), process]:
+            leftover.kill()
         process.communicate(timeout=15)
         raise
     process.send_signal(signal.SIGINT)
