@@ -107,9 +107,14 @@ class Tally:
 
 
 async def pull_loop(
-    client: httpx.AsyncClient, device: dict[str, Any], until: float, tally: Tally
+    client: httpx.AsyncClient,
+    device: dict[str, Any],
+    until: float,
+    pushed: asyncio.Event,
+    tally: Tally,
 ) -> dict[str, Any]:
-    """Long-poll (and page) until ``until``, then pull until nothing is new; what arrived when."""
+    """Long-poll (and page) until ``until``, then, once every device everywhere stopped
+    pushing (``pushed``), pull until nothing is new; what arrived when."""
     headers = {
         "Authorization": f"Bearer {device['token']}",
         "X-Cairn-Device": device["id"],
@@ -122,6 +127,7 @@ async def pull_loop(
     while True:
         now = time.time()
         if now >= until and not final:
+            await pushed.wait()  # a batch retried past the deadline is still delivered
             final = True
         wait = 0.0 if final else min(LONG_POLL, max(until - now, 0.0))
         params: dict[str, Any] = {"since": cursor, "limit": 1000}
@@ -224,8 +230,9 @@ async def push_loop(
     return pushed
 
 
-def run_client(spec: dict[str, Any], ready: Any, go: Any, start_at: Any) -> None:
-    """A client process: its devices' loops from the common start; results to ``spec['out']``."""
+def run_client(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, all_pushed: Any) -> None:
+    """A client process: its devices' loops from the common start; results to ``spec['out']``.
+    ``all_pushed``: a barrier of every client process, passed once each stopped pushing."""
 
     async def main() -> dict[str, Any]:
         start = start_at.value
@@ -237,16 +244,24 @@ def run_client(spec: dict[str, Any], ready: Any, go: Any, start_at: Any) -> None
         )
         async with httpx.AsyncClient(base_url=spec["url"], limits=limits) as client:
             await asyncio.sleep(max(0.0, start - time.time()))
+            done = asyncio.Event()
+
+            async def pushing() -> list[list[dict[str, Any]]]:
+                pushes = [
+                    push_loop(client, device, idle_end, busy_end, spec["push_every"], tally)
+                    for device in spec["devices"]
+                    if device["active"]
+                ]
+                results = await asyncio.gather(*pushes)
+                await asyncio.to_thread(all_pushed.wait, 900)
+                done.set()
+                return list(results)
+
             pulls = [
-                pull_loop(client, device, busy_end + DRAIN, tally) for device in spec["devices"]
-            ]
-            pushes = [
-                push_loop(client, device, idle_end, busy_end, spec["push_every"], tally)
+                pull_loop(client, device, busy_end + DRAIN, done, tally)
                 for device in spec["devices"]
-                if device["active"]
             ]
-            results = await asyncio.gather(*pulls, *pushes)
-        pulled, pushed = results[: len(pulls)], results[len(pulls) :]
+            *pulled, pushed = await asyncio.gather(*pulls, pushing())
         active = [d for d in spec["devices"] if d["active"]]
         return {
             "devices": [
@@ -348,6 +363,7 @@ def one_backend(
     server.startup = 300.0  # a loaded machine: uvicorn restarts workers slow to answer its pings
     ctx = multiprocessing.get_context("spawn")
     ready, go, start_at = ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    all_pushed = ctx.Barrier(args.clients)
     with ExitStack() as stack:
         stack.enter_context(server)
         assert server.proc is not None
@@ -363,7 +379,9 @@ def one_backend(
             for c in range(args.clients)
         ]
         worker_transactions(server.url, args.workers)  # every worker is up
-        procs = [ctx.Process(target=run_client, args=(s, ready, go, start_at)) for s in specs]
+        procs = [
+            ctx.Process(target=run_client, args=(s, ready, go, start_at, all_pushed)) for s in specs
+        ]
         for proc in procs:
             proc.start()
         for _ in procs:
