@@ -17,6 +17,12 @@ latest seq equals its mutation count and every device saw each of the seqs 1..la
 
     .venv/bin/python bench/bench_load.py [--devices 8] [--seconds 20] [--workers 1,2]
         [--backend sqlite|postgres|both] [--batch 20] [--quick] [--json PATH]
+
+``--scale``: 1,000 devices, 900 idle and 100 pushing, through `--workers 2` (``load_scale``):
+
+    .venv/bin/python bench/bench_load.py --scale [--devices 1000] [--active 100]
+        [--workspaces 50] [--push-every 10] [--idle-seconds 120] [--warmup 60] [--seconds 300]
+        [--clients 4] [--backend sqlite|postgres|both] [--json PATH]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+import load_scale
 from cairn.hlc import HLC, observe, tick
 from cairn.ids import new_device_id, uuid7
 from cairn.protocol import SEALED_HEADER, SEALED_VERSION, WireMutation
@@ -368,15 +375,34 @@ def summarize_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=8, help="device processes (K)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="seconds of load per run")
+    parser.add_argument("--devices", type=int, default=None, help="devices (default 8; 1000)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds of load (20; 300)")
     parser.add_argument(
         "--workers",
         type=lambda text: [int(w) for w in text.split(",")],
-        default=[1, 2],
+        default=None,
         metavar="W,W",
-        help="server worker counts to run, comma-separated (default 1,2)",
+        help="server worker counts to run, comma-separated (default 1,2; --scale: 2)",
     )
+    scale = parser.add_argument_group("--scale: many asynchronous devices, most of them idle")
+    scale.add_argument("--scale", action="store_true", help="run the scale mode (load_scale)")
+    scale.add_argument("--active", type=int, default=100, help="devices that push")
+    scale.add_argument("--workspaces", type=int, default=50, help="devices share these evenly")
+    scale.add_argument(
+        "--push-every", type=float, default=10.0, help="mean seconds between a device's pushes"
+    )
+    scale.add_argument(
+        "--idle-seconds", type=float, default=120.0, help="seconds before anyone pushes"
+    )
+    scale.add_argument(
+        "--warmup",
+        type=float,
+        default=60.0,
+        help="seconds of the idle phase before its load is measured (caches filling)",
+    )
+    scale.add_argument("--clients", type=int, default=4, help="client processes")
+    scale.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
+    scale.add_argument("--trials", type=int, default=20, help="wake-ups across two hosts")
     parser.add_argument(
         "--backend",
         choices=["sqlite", "postgres", "both"],
@@ -391,11 +417,17 @@ def main() -> None:
         "--json", type=Path, default=RESULTS / "bench_load.json", help="where the results go"
     )
     args = parser.parse_args()
-    if args.quick:
-        args.devices, args.seconds, args.batch = 3, 3.0, 10
     if not CAIRN.exists():
         raise SystemExit(f"{CAIRN} is missing; install Cairn (make install) first")
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    if args.scale:
+        scale_main(args, backends)
+        return
+    args.devices = 8 if args.devices is None else args.devices
+    args.seconds = 20.0 if args.seconds is None else args.seconds
+    args.workers = [1, 2] if args.workers is None else args.workers
+    if args.quick:
+        args.devices, args.seconds, args.batch = 3, 3.0, 10
 
     results = []
     CACHE.mkdir(exist_ok=True)
@@ -499,6 +531,48 @@ def main() -> None:
         },
         args.json,
     )
+    if bad:
+        raise SystemExit("errors or divergence: see above")
+
+
+def scale_main(args: argparse.Namespace, backends: list[str]) -> None:
+    """``--scale``: each backend in turn, then (on PostgreSQL) wake-ups across two hosts."""
+    args.devices = 1000 if args.devices is None else args.devices
+    args.seconds = 300.0 if args.seconds is None else args.seconds
+    (args.workers,) = [2] if args.workers is None else args.workers
+    if args.warmup >= args.idle_seconds:
+        raise SystemExit("--warmup must be shorter than --idle-seconds")
+    if args.devices % args.workspaces or args.active % args.workspaces:
+        raise SystemExit("--devices and --active must be multiples of --workspaces")
+    if args.json == RESULTS / "bench_load.json":
+        args.json = RESULTS / "bench_load_scale.json"
+    results = []
+    hosts = None
+    CACHE.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
+        tmp = Path(tmp_name)
+        postgres = embedded_postgres(tmp) if "postgres" in backends else nullcontext(None)
+        with postgres as new_database:
+            for backend in backends:
+                db = new_database() if backend == "postgres" and new_database else None
+                results.append(load_scale.one_backend(backend, tmp, db, args))
+                log(f"  {json.dumps({k: v for k, v in results[-1].items() if k != 'rss_samples'})}")
+            if new_database is not None:
+                log(f"postgres: {args.trials} wake-ups across two server processes")
+                hosts = load_scale.wake_ups_across_hosts(tmp, new_database(), args.trials)
+    load_scale.report(results, hosts)
+    write_results(
+        "bench_load_scale",
+        {**vars(args), "json": str(args.json)},
+        {
+            "machine": {"cpu_count": os.cpu_count()},
+            "uncommitted_src": uncommitted_src(),
+            "results": results,
+            "wake_ups_across_hosts": hosts,
+        },
+        args.json,
+    )
+    bad = [r for r in results if r["errors"] or not r["converged"] or not r["gapless"]]
     if bad:
         raise SystemExit("errors or divergence: see above")
 

@@ -68,7 +68,7 @@ class ServerLog(MemoryRemote):
         wait: float = 0.0,
     ) -> PullPage:
         since = int(cursor or 0)
-        self.storage.touch_device(WORKSPACE, self.device, now(), True, since)
+        self.storage.record_seen([], [(WORKSPACE, self.device, now(), since)])
         page = self.storage.pull(WORKSPACE, since, limit, scopes)
         self.pulled_bytes += sum(len(m.payload) for m in page.mutations)
         return page

@@ -255,13 +255,16 @@ class BackgroundProcess:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.startup = 60.0
+        """Seconds ``launch`` waits for the process to answer."""
 
     def launch(self, command: list[str], ready: Callable[[], bool], what: str) -> None:
-        """Start ``command`` (BLAS pinned to one thread) and wait up to 60 s for ``ready()``."""
+        """Start ``command`` (BLAS pinned to one thread) and wait up to ``startup`` s for
+        ``ready()``."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.startup
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{what} exited:\n{self.log_text()}")

@@ -68,7 +68,7 @@ def console(source: Path, backend: str) -> Iterator[tuple[TestClient, Pages]]:
             )
         storage.register_device(workspace.id, "bench-device", "bench laptop", now_ms())
         head = storage.latest_seq(workspace.id)
-        storage.touch_device(workspace.id, "bench-device", now_ms(), True, head)
+        storage.record_seen([], [(workspace.id, "bench-device", now_ms(), head)])
         settings = ServerSettings(rate_limit=0, operator_workspace="bench")
         app = create_app(storage, settings, new_embedder())
         with TestClient(app, base_url="http://127.0.0.1") as client:

@@ -57,6 +57,8 @@ RANKS: dict[str, int] = {
     "cairn.server.limits": 250,
     "cairn.server.notify": 250,
     "cairn.server.metrics": 260,
+    "cairn.server.key_cache": 260,
+    "cairn.server.seen": 260,
     # the verbs: the device's store, then sync over it; the server's keys, keyrings, hosting
     "cairn.device_store": 310,
     "cairn.sync.status": 315,

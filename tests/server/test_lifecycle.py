@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from cairn.remotes.http import HttpRemote
 from cairn.replication import RelationState
 from cairn.search.hybrid import query_terms
 from cairn.server import keys
+from cairn.server.context import ServerSettings
 from cairn.server.storage import INDEX_DIM, ServerStorage
 from cairn.server.storage.postgres import PostgresStorage
 from cairn.server.storage.sqlite import SqliteStorage
@@ -164,7 +165,13 @@ def test_deleting_an_unknown_workspace_changes_nothing(database: Database) -> No
     assert storage.server_events(10) == []
 
 
-def test_a_deleted_workspaces_keys_get_401(sync_server: SyncServer) -> None:
+def test_a_deleted_workspaces_keys_get_401(
+    sync_server_factory: Callable[..., SyncServer],
+) -> None:
+    """Deleted straight in the storage, with no news to the server (the CLI sends some, which
+    drops the keys from every server's cache): a server that caches no keys refuses them at
+    once; a caching one within its `key_cache_ttl`."""
+    sync_server = sync_server_factory(ServerSettings(rate_limit=0, key_cache_ttl=0))
     workspace, token = sync_server.new_workspace("doomed")
     remote = HttpRemote(sync_server.url, token, device_id="dev-a")
     assert remote.push([mutation(1, "dev-a")]).stored == 1

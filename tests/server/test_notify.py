@@ -301,3 +301,75 @@ def test_the_server_raises_its_open_files_limit_or_says_what_to_set(enough: bool
     soft, applied = (int(n) for n in done.stdout.split())
     assert soft == applied == (16_384 if hard == resource.RLIM_INFINITY else hard)
     assert ("LimitNOFILE" in done.stderr) == (not enough), done.stderr
+
+
+def status_code(url: str, token: str) -> int:
+    answer = httpx.get(f"{url}/v1/sync/status", headers={"Authorization": f"Bearer {token}"})
+    return answer.status_code
+
+
+def until_refused(url: str, token: str) -> float:
+    """Seconds until ``url`` refuses ``token`` (401), asking every 10 ms."""
+    started = time.monotonic()
+    while (code := status_code(url, token)) != 401:
+        assert code == 200, code
+        assert time.monotonic() - started < 30, "the revoked key was never refused"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_key_revoked_through_one_process_is_refused_by_the_others(env: dict[str, str]) -> None:  # noqa: F811
+    """Two server processes (two hosts on PostgreSQL) that cache keys for an hour: a key
+    revoked through one is refused by it at once and by the other once the notifier's news
+    arrives; a key revoked by the CLI is refused by both the same way."""
+    made = ok_json(env, "workspace", "create", "team")
+    assert isinstance(made, dict)
+    tokens = [
+        ok_json(env, "key", "create", "-w", "team", "--name", f"k{n}", "--scope", "read")
+        for n in range(2)
+    ]
+    assert all(isinstance(t, dict) for t in tokens)
+    by_http, by_cli = (t["key"] for t in tokens)  # type: ignore[index]
+    cache = ("--key-cache-ttl", "3600")
+    with serving(env, *cache) as (one, _one), serving(env, *cache) as (two, _two):
+        for url in (one, two):
+            assert status_code(url, by_http) == status_code(url, by_cli) == 200
+            cached = httpx.get(f"{url}/metrics").text
+            assert re.search(r"^cairn_api_keys_cached [2-9]", cached, re.MULTILINE), cached
+        key_id = by_http.split("_")[1]
+        revoked = httpx.delete(
+            f"{one}/v1/auth/keys/{key_id}", headers={"Authorization": f"Bearer {made['key']}"}
+        )
+        assert revoked.status_code == 200, revoked.text
+        assert status_code(one, by_http) == 401  # where it was revoked: at once
+        elsewhere = until_refused(two, by_http)
+        print(f"\nrevoked over HTTP: refused by the other process after {elsewhere * 1000:.0f} ms")
+        assert ok_json(env, "key", "revoke", by_cli.split("_")[1])
+        for url in (one, two):
+            print(f"revoked by the CLI: refused after {until_refused(url, by_cli) * 1000:.0f} ms")
+        assert status_code(two, made["key"]) == 200  # the others stay cached and valid
+
+
+def test_an_idle_long_poll_costs_the_database_nothing_yet_hears_news(
+    small_server: tuple[str, str, ServerStorage],
+) -> None:
+    """Once the process has read the workspace's latest seq, long-polls at it (their key
+    cached, their device's last pull batched) begin no transaction; a push still answers one."""
+    url, token, storage = small_server
+    remote = HttpRemote(url, token, device_id="dev-a")
+    cursor = remote.pull(None).cursor  # learns the latest seq (and caches the key)
+    time.sleep(1.5)  # the new device's first pull is written
+    before = storage.transactions()
+    for _ in range(3):
+        assert remote.pull(cursor, wait=0.2).mutations == []
+    assert storage.transactions() == before
+    answer: list[Any] = []
+    waiter = threading.Thread(target=long_poll, args=(remote, cursor, answer))
+    waiter.start()
+    until_waiting(url, 1)
+    writer = HttpRemote(url, token)
+    assert writer.push([mutation(1)]).stored == 1
+    writer.close()
+    waiter.join(timeout=WAIT + 10)
+    assert [m.mutation_id for m in answer[0][0].mutations] == ["m-1"]
+    remote.close()

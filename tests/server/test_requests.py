@@ -151,7 +151,12 @@ def test_the_device_header_records_pushes_and_pulls(sync_server: SyncServer) -> 
     remote.pull(None)
     remote.close()
     headers = {"Authorization": f"Bearer {sync_server.admin_key}"}
-    (device,) = httpx.get(f"{sync_server.url}/v1/devices", headers=headers).json()["devices"]
+    deadline = time.monotonic() + 30
+    while True:  # a pull is recorded by a batched write, within a second for a new device
+        (device,) = httpx.get(f"{sync_server.url}/v1/devices", headers=headers).json()["devices"]
+        if device["last_pull_at"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert (device["device_id"], device["name"], device["pushed"]) == ("dev-a", "laptop", 2)
     assert device["last_push_at"] and device["last_pull_at"]
     bad = httpx.get(

@@ -112,7 +112,7 @@ def test_compaction_drops_exactly_what_is_superseded_and_passed(
     positions: dict[str, int] = {}
     for device, position, recent in readers:  # the last pull of each device counts
         at = NOW if recent else NOW - 31 * DAY_MS
-        storage.touch_device(workspace_id, device, at, True, position)
+        storage.record_seen([], [(workspace_id, device, at, position)])
         positions[device] = position if recent else -1
     active = [p for p in positions.values() if p >= 0]
     horizon = min([*active, len(log)])  # a position past the log's end counts as its end
@@ -149,8 +149,8 @@ def test_readers_hold_back_what_they_have_not_read(storage: ServerStorage) -> No
     storage.create_workspace("w1", "team", NOW)
     for n in range(6):  # one memory edited six times on one device: seqs 1..6
         storage.push("w1", [wire(n, "e0", "d0", n)], "d0", NOW)
-    storage.touch_device("w1", "reader", NOW, True, 3)  # has read seqs 1..3
-    storage.touch_device("w1", "gone", NOW - 40 * DAY_MS, True, 0)  # not active: ignored
+    storage.record_seen([], [("w1", "reader", NOW, 3)])  # has read seqs 1..3
+    storage.record_seen([], [("w1", "gone", NOW - 40 * DAY_MS, 0)])  # not active: ignored
     storage.register_device("w1", "pusher", "pushes only", NOW)  # never pulled: not a reader
     made = storage.compact("w1", NOW, 30, by="cli")
     assert (made.horizon, made.readers, made.removed) == (3, 1, 3)
@@ -159,7 +159,7 @@ def test_readers_hold_back_what_they_have_not_read(storage: ServerStorage) -> No
     page = storage.pull("w1", 0, 2, None)
     assert [m.seq for m in page.mutations] == [4, 5] and page.cursor == "5" and page.has_more
     # A reader that pulled before its read position was recorded holds everything back.
-    storage.touch_device("w1", "old", NOW, True)
+    storage.record_seen([], [("w1", "old", NOW, None)])
     assert storage.compact("w1", NOW, 30, by="cli").horizon == 0
     (entry, *_) = storage.audit_log("w1", 10, None)
     assert entry.action == "compact" and entry.detail["removed"] == 0
@@ -216,7 +216,7 @@ def test_a_device_offline_across_a_compaction_converges(
     sync_all(laptop, desktop, phone)
     phone_id = phone.store.device_id()
     # The phone's last pull was long ago: it no longer holds the log back.
-    server.storage.touch_device(workspace, phone_id, now_ms() - 10 * DAY_MS, True, 0)
+    server.storage.record_seen([], [(workspace, phone_id, now_ms() - 10 * DAY_MS, 0)])
     target = made[0].memory.id
     for round_ in range(6):
         laptop.store.edit(target, content=f"deploy step 0, take {round_}")

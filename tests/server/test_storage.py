@@ -152,23 +152,57 @@ def test_keyring_compare_and_swap_keeps_every_version_with_its_proof(
 def test_devices_remember_pushes_pulls_and_names(server_storage: ServerStorage) -> None:
     ws = server_storage.create_workspace("w", "team", NOW)
     server_storage.register_device(ws.id, "dev-a", "laptop", NOW)
-    server_storage.touch_device(ws.id, "dev-a", NOW + 10, pulled=True)
-    server_storage.touch_device(ws.id, "dev-a", NOW + 20, pulled=False)
-    server_storage.touch_device(ws.id, "dev-b", NOW + 30, pulled=True)
+    server_storage.record_seen([], [(ws.id, "dev-a", NOW + 10, None)])
+    server_storage.push(ws.id, [mutation(1)], "dev-a", NOW + 20)
+    server_storage.record_seen([], [(ws.id, "dev-b", NOW + 30, None)])
     a, b = server_storage.devices(ws.id)
-    assert (a.name, a.first_seen, a.last_seen, a.last_pull_at) == (
+    assert (a.name, a.first_seen, a.last_seen, a.last_pull_at, a.pushed) == (
         "laptop",
         NOW,
         NOW + 20,
         NOW + 10,
+        1,
     )
-    assert (b.device_id, b.name, b.last_pull_at) == ("dev-b", "", NOW + 30)
+    assert (b.device_id, b.name, b.first_seen, b.last_pull_at) == ("dev-b", "", NOW + 30, NOW + 30)
+
+
+def test_last_seen_of_many_keys_and_devices_is_one_write_and_never_goes_back(
+    server_storage: ServerStorage,
+) -> None:
+    """One transaction records a batch of every workspace's keys and devices (more rows than
+    one statement takes); an older time than the stored one changes nothing; a workspace
+    deleted meanwhile is skipped, not an error."""
+    ws = server_storage.create_workspace("w", "team", NOW)
+    other = server_storage.create_workspace("o", "other", NOW)
+    made = [keys.issue(server_storage, w.id, "k", ["read"], NOW)[0] for w in (ws, other)]
+    gone = server_storage.create_workspace("g", "gone", NOW)
+    server_storage.delete_workspace(gone.id, NOW, by="test")
+    devices = [(ws.id, f"dev-{n:04d}", NOW + n, n) for n in range(1500)]
+    writes = server_storage.transactions()["write"]
+    server_storage.record_seen(
+        [(k.workspace_id, k.id, NOW + 7) for k in made],
+        [*devices, (other.id, "dev-o", NOW + 9, None), (gone.id, "dev-g", NOW + 9, 1)],
+    )
+    assert server_storage.transactions()["write"] == writes + 1
+    listed = server_storage.devices(ws.id)
+    assert [(d.device_id, d.last_seen, d.last_pull_at, d.read_position) for d in listed] == [
+        (device, at, at, position) for _, device, at, position in devices
+    ]
+    assert [d.device_id for d in server_storage.devices(other.id)] == ["dev-o"]
+    used = server_storage.find_keys([k.id for k in made])
+    assert [used[k.id].last_used_at for k in made] == [NOW + 7, NOW + 7]
+    server_storage.record_seen(
+        [(k.workspace_id, k.id, NOW + 1) for k in made], [(ws.id, "dev-0000", NOW - 1, 99)]
+    )
+    assert server_storage.devices(ws.id)[0].last_pull_at == NOW
+    assert server_storage.devices(ws.id)[0].read_position == 0  # an older pull's is not taken
+    assert server_storage.find_keys([made[0].id, "000000000000"]) == {made[0].id: used[made[0].id]}
 
 
 def test_revoking_and_touching_keys(server_storage: ServerStorage) -> None:
     ws = server_storage.create_workspace("w", "team", NOW)
     key, _ = keys.issue(server_storage, ws.id, "ci", ["read"], NOW)
-    server_storage.touch_key(ws.id, key.id, NOW + 1)
+    server_storage.record_seen([(ws.id, key.id, NOW + 1)], [])
     revoked = server_storage.revoke_key(ws.id, key.id, NOW + 2)
     assert (revoked.last_used_at, revoked.revoked_at) == (NOW + 1, NOW + 2)
     assert server_storage.revoke_key(ws.id, key.id, NOW + 3).revoked_at == NOW + 2
@@ -282,11 +316,12 @@ def test_a_version_4_database_keeps_its_keyring_as_an_unsigned_version(tmp_path:
 
 def test_a_device_remembers_how_far_it_pulled(server_storage: ServerStorage) -> None:
     ws = server_storage.create_workspace("w", "team", NOW)
-    server_storage.touch_device(ws.id, "dev-a", NOW, pulled=True, position=7)
-    server_storage.touch_device(ws.id, "dev-a", NOW + 1, pulled=False)  # a push keeps it
+    server_storage.record_seen([], [(ws.id, "dev-a", NOW, 7)])
+    server_storage.push(ws.id, [mutation(1)], "dev-a", NOW + 1)  # a push keeps it
+    server_storage.record_seen([], [(ws.id, "dev-a", NOW + 1, None)])  # a pull with no position too
     (device,) = server_storage.devices(ws.id)
-    assert (device.read_position, device.last_pull_at, device.last_seen) == (7, NOW, NOW + 1)
-    server_storage.touch_device(ws.id, "dev-a", NOW + 2, pulled=True, position=9)
+    assert (device.read_position, device.last_pull_at, device.last_seen) == (7, NOW + 1, NOW + 1)
+    server_storage.record_seen([], [(ws.id, "dev-a", NOW + 2, 9)])
     assert server_storage.devices(ws.id)[0].read_position == 9
 
 

@@ -51,7 +51,7 @@ def filled(storage: ServerStorage) -> ServerStorage:
         scopes = ["0123abcd" if i % 2 else None for i in range(700)]
         batch = [mutation(n * 700 + i, "dev-a", scope) for i, scope in enumerate(scopes)]
         storage.push(WS, batch, "dev-a", NOW + n)
-    storage.touch_device(WS, "dev-b", NOW + 5, pulled=True)
+    storage.record_seen([], [(WS, "dev-b", NOW + 5, None)])
     return storage
 
 
@@ -174,7 +174,7 @@ def test_an_export_reads_one_snapshot_while_the_workspace_changes(
         a.register_device(WS, "dev-new", "phone", NOW + 20)
         for n in range(3):  # later states of the first mutation's entity: it is superseded
             a.push(WS, [replace(mutation(5000 + n, "dev-a"), entity_id="e-0")], "dev-a", NOW)
-        a.touch_device(WS, "dev-b", NOW + 20, True, 2103)  # the one reader has read it all
+        a.record_seen([], [(WS, "dev-b", NOW + 20, 2103)])  # the one reader has read it all
         assert a.compact(WS, NOW + 20, 1, by="test").removed == 3
 
     changer = threading.Thread(target=meanwhile)

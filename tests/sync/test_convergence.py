@@ -86,7 +86,7 @@ class CompactingServer(MemoryRemote):
         self, device: str, cursor: str | None, limit: int, scopes: Sequence[str] | None
     ) -> PullPage:
         since = int(cursor or 0)
-        self.storage.touch_device(self.workspace_id, device, self.clock, True, since)
+        self.storage.record_seen([], [(self.workspace_id, device, self.clock, since)])
         return self.storage.pull(self.workspace_id, since, limit, scopes)
 
     def compact(self) -> None:

@@ -61,6 +61,14 @@ def run(
             "of a push wakes it at once, from any worker or host.",
         ),
     ] = 30.0,
+    key_cache_ttl: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a worker trusts an API key it cached before reading it again (all "
+            "in one query); revocations reach every worker and host at once anyway. 0: no cache.",
+        ),
+    ] = 60.0,
     workers: Annotated[
         int,
         typer.Option(
@@ -121,6 +129,7 @@ def run(
         rate_limit=rate_limit,
         rate_burst=2 * rate_limit,
         recheck=recheck,
+        key_cache_ttl=key_cache_ttl,
         auth_failure_rate=auth_failure_rate,
         auth_failure_burst=auth_failure_burst,
         compact_interval=compact_interval,

@@ -12,7 +12,7 @@ from cairn.cli.common import App, JsonFlag
 from cairn.cli.server_options import DataOpt, DbOpt, WorkspaceOpt, now_ms, open_storage
 from cairn.errors import NotFound
 from cairn.model import iso
-from cairn.server import keys
+from cairn.server import backends, keys
 
 key_app = App(
     help="API keys of a workspace: shown once when created, stored hashed, revocable.",
@@ -92,6 +92,7 @@ def key_revoke(
         storage.audit(found.workspace_id, None, "key_revoke", detail, now_ms())
     finally:
         storage.close()
+    backends.announce_keys_changed(data, db, [key_id])  # running servers drop it from caches
     if json_:
         output.emit_json(keys.to_json(key))
     else:

@@ -12,7 +12,7 @@ from cairn.cli.common import JsonFlag
 from cairn.cli.server_options import DataOpt, DbOpt, now_ms, open_storage
 from cairn.errors import InvalidInput
 from cairn.model import iso
-from cairn.server import transfer
+from cairn.server import backends, transfer
 
 YesFlag = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask; for scripts (the deletion is final).")
@@ -47,6 +47,7 @@ def workspace_delete(
         deleted = storage.delete_workspace(workspace.id, now_ms(), by="cli")
     finally:
         storage.close()
+    backends.announce_keys_changed(data, db, None)  # its keys leave the servers' caches
     if json_:
         output.emit_json({"workspace": name, "id": workspace.id, "deleted": deleted})
         return

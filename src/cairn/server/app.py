@@ -39,6 +39,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 # Seconds a stopping server gives open requests (long-polls included) before closing them.
 SHUTDOWN_GRACE = 5
+WORKER_HEALTHCHECK = 30
+"""Seconds a worker may take to answer its supervisor's ping before it is killed and started
+again. uvicorn's 5 s killed workers still starting (importing, connecting) on a busy machine,
+again and again, so a server under load never came up."""
 OPEN_FILES = 16_384
 """Open files a worker wants: each waiting long-poll is a socket (5,000 devices and room)."""
 
@@ -84,6 +88,9 @@ def create_app(
     _while_serving(app, context.failures.run)
     _while_serving(app, context.compactor.run)
     app.router.add_event_handler("shutdown", lambda: context.failures.flush(final=True))
+    _while_serving(app, context.key_cache.run)
+    _while_serving(app, context.seen.run)
+    app.router.add_event_handler("shutdown", context.seen.close)
     # Added last = outermost: metrics count the body limit's 413s too.
     app.add_middleware(BodyLimit, max_bytes=context.settings.max_body)
     app.add_middleware(RequestMetrics, metrics=context.metrics)
@@ -153,6 +160,7 @@ def run_workers(
         host=host,
         port=port,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK,
         **_uvicorn_options(log_level, forwarded_allow_ips),
     )
 

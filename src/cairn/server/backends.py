@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from cairn.errors import InvalidInput
-from cairn.server.notify import Notifier
+from cairn.server.notify import ALL_KEYS, KEYS, Notifier
 from cairn.server.notify.unix import UnixNotifier
+from cairn.server.notify.unix import announce_once as tell_sockets
 from cairn.server.storage import ServerStorage
 from cairn.server.storage.sqlite import SqliteStorage
 
@@ -52,3 +53,16 @@ def open_notifier(data: Path | None, db: str | None = None) -> Notifier:
 
         return PostgresNotifier(db)
     return UnixNotifier(data_dir(data) / NOTIFY_FOLDER)
+
+
+def announce_keys_changed(data: Path | None, db: str | None, key_ids: list[str] | None) -> None:
+    """Tell the server processes of ``open_storage(data, db)`` that these API keys changed
+    (None: any may have), from a process that serves none (the CLI): their key caches drop
+    them at once. Unreachable processes still drop them within their cache's TTL."""
+    messages = [ALL_KEYS] if key_ids is None else [KEYS + key_id for key_id in key_ids]
+    if db:
+        from cairn.server.notify.postgres import announce_once  # psycopg only when used
+
+        announce_once(db, messages)
+        return
+    tell_sockets(data_dir(data) / NOTIFY_FOLDER, messages)

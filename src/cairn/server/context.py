@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from cairn.embedding.base import Embedder
 from cairn.server.failures import AuthFailures
 from cairn.server.hosted import Hosted
-from cairn.server.limits import RateLimiter, Throttle
+from cairn.server.key_cache import KeyCache
+from cairn.server.limits import RateLimiter
 from cairn.server.metrics import Metrics
 from cairn.server.notify import Notifier
 from cairn.server.retention import Compactor
+from cairn.server.seen import LastSeen
 from cairn.server.storage import ServerStorage
 
 MiB = 1024 * 1024
@@ -29,7 +31,12 @@ class ServerSettings:
     rate_burst: float = 400.0
     """Requests per API key allowed in a burst above the average."""
     touch_interval: float = 60.0
-    """Seconds between writes of a key's last_used_at (and a device's last pull)."""
+    """Seconds between the batched writes of keys' last use and devices' last pull (a key or
+    device new to the process is written within a second): ``cairn.server.seen``."""
+    key_cache_ttl: float = 60.0
+    """Seconds a cached API key goes at most without being read again (in one statement for
+    all of them), should news of its revocation from another process be lost; 0 turns the
+    cache off. Revocations reach every process through the notifier at once."""
     recheck: float = 30.0
     """Seconds between a waiting long-poll's safety re-reads of the database. News of pushes
     (from this process and, through the notifier, from the others) wakes it at once; the re-read
@@ -69,12 +76,15 @@ class ServerContext:
     notifier: Notifier = field(default_factory=Notifier)
     limiter: RateLimiter = field(init=False)
     failures: AuthFailures = field(init=False)
-    touches: Throttle = field(init=False)
+    key_cache: KeyCache = field(init=False)
+    seen: LastSeen = field(init=False)
     hosted: Hosted = field(init=False)
     compactor: Compactor = field(init=False)
 
     def __post_init__(self) -> None:
         self.hosted = Hosted(self.storage, self.embedder)
+        self.key_cache = KeyCache(self.storage, self.settings.key_cache_ttl)
+        self.notifier.keys_changed = self.key_cache.forget
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.failures = AuthFailures(
             self.storage,
@@ -83,9 +93,16 @@ class ServerContext:
             self.settings.auth_failure_burst,
             self.settings.auth_audit_interval,
             self.settings.auth_failure_tracked,
+            self.key_cache,
         )
-        self.touches = Throttle(self.settings.touch_interval)
         self.compactor = Compactor(self.storage, self.settings.compact_interval)
+        self.seen = LastSeen(self.storage, self.settings.touch_interval)
+
+    def key_revoked(self, key_id: str) -> None:
+        """Key ``key_id`` was revoked: refused from now on in this process, and in the others
+        once the notifier's news arrives. Any thread."""
+        self.key_cache.forget(key_id)
+        self.notifier.announce_key(key_id)
 
 
 def now_ms() -> int:

@@ -110,8 +110,11 @@ class AuthFailures:
         burst: float,
         audit_interval: float,
         capacity: int,
+        finder: keys.KeyFinder | None = None,
     ) -> None:
         self.storage = storage
+        self.finder = storage if finder is None else finder
+        """Where keys are looked up (the process's key cache; else the storage)."""
         self.metrics = metrics
         self.audit_interval = audit_interval
         self.capacity = capacity
@@ -125,7 +128,7 @@ class AuthFailures:
     def authenticate(self, authorization: str | None, host: str | None) -> ApiKey:
         """The request's live key; else RateLimited when over a failure limit, AuthFailed
         otherwise."""
-        found = keys.check(self.storage, authorization)
+        found = keys.check(self.finder, authorization)
         if isinstance(found, ApiKey):
             return found
         self._failed(found, client_address(host))

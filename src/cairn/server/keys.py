@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cairn.errors import AuthFailed, Forbidden, InvalidInput
 from cairn.ids import uuid7
@@ -106,6 +106,12 @@ def create_workspace(
     return workspace, token
 
 
+class KeyFinder(Protocol):
+    """Where a request's key is looked up: the storage, or a cache over it."""
+
+    def find_key(self, key_id: str) -> ApiKey | None: ...
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a request's credentials did not authenticate, for counting and auditing failures."""
@@ -119,7 +125,7 @@ class Rejection:
     """That key's workspace, when the key exists."""
 
 
-def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejection:
+def check(finder: KeyFinder, authorization: str | None) -> ApiKey | Rejection:
     """The live key an ``Authorization: Bearer`` header carries, or why there is none."""
     if not authorization:
         return Rejection("missing", AuthFailed(f"this server needs an API key; {_HOW_TO_GET_ONE}"))
@@ -129,7 +135,7 @@ def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejecti
         message = f"the Authorization header holds no Cairn API key; {_HOW_TO_GET_ONE}"
         return Rejection("malformed", AuthFailed(message))
     key_id = match.group(1)
-    key = storage.find_key(key_id)
+    key = finder.find_key(key_id)
     invalid = AuthFailed("this API key is not valid here; check it or create a new one")
     if key is None:
         return Rejection("unknown_key", invalid, key_id)
@@ -140,10 +146,10 @@ def check(storage: ServerStorage, authorization: str | None) -> ApiKey | Rejecti
     return key
 
 
-def recheck(storage: ServerStorage, key: ApiKey) -> None:
+def recheck(finder: KeyFinder, key: ApiKey) -> None:
     """AuthFailed if ``key`` was revoked (or removed) since it authenticated: a request that
     waited (a long-poll) must not answer with what was written after its key was revoked."""
-    current = storage.find_key(key.id)
+    current = finder.find_key(key.id)
     if current is None or current.revoked_at is not None:
         raise _revoked(key.id)
 

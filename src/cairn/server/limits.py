@@ -1,4 +1,4 @@
-"""Limits that protect the server: request rate per key, request body size, write frequency."""
+"""Limits that protect the server: request rate per key and request body size."""
 
 from __future__ import annotations
 
@@ -59,24 +59,6 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-class Throttle:
-    """Says yes at most once per ``interval`` seconds per key (for bookkeeping writes)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[Hashable, float] = {}
-        self._lock = threading.Lock()
-
-    def due(self, key: Hashable) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                return False
-            self._last[key] = now
-            return True
 
 
 class BodyLimit:

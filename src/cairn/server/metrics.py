@@ -6,8 +6,10 @@ per-workspace figures are aggregated.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -55,9 +57,16 @@ class Metrics:
         with self._lock:
             self._auth_failures[(reason, limited)] += 1
 
-    def render(self, totals: Totals, waiting: int = 0) -> str:
-        """The exposition text: these counters, then gauges over every workspace and the
-        number of long-polls ``waiting`` in this process."""
+    def render(
+        self,
+        totals: Totals,
+        waiting: int = 0,
+        transactions: Mapping[str, int] | None = None,
+        keys_cached: int = 0,
+    ) -> str:
+        """The exposition text: these counters, the database ``transactions`` this process
+        began (by access), then gauges over every workspace, the long-polls ``waiting`` and
+        the API keys cached in this process, and which process answered (its pid)."""
         with self._lock:
             requests = sorted(self._requests.items())
             counters = dict(self._counters)
@@ -80,14 +89,27 @@ class Metrics:
         for (reason, limited), count in failures:
             labels = f'reason="{reason}",limited="{str(limited).lower()}"'
             lines.append(f"cairn_auth_failures_total{{{labels}}} {count}")
+        lines += [
+            "# HELP cairn_db_transactions_total Database transactions this process began, by "
+            "access (read or write): what it costs the database.",
+            "# TYPE cairn_db_transactions_total counter",
+        ]
+        for access, count in sorted((transactions or {}).items()):
+            lines.append(f'cairn_db_transactions_total{{access="{access}"}} {count}')
         gauges = {
             "cairn_workspaces": ("Workspaces on this server.", totals.workspaces),
             "cairn_mutations_stored": ("Mutations stored, all workspaces.", totals.mutations),
             "cairn_latest_seq_max": ("The highest seq of any workspace.", totals.max_seq),
             "cairn_long_polls_waiting": ("Long-polls waiting for news in this process.", waiting),
+            "cairn_api_keys_cached": ("API keys this process keeps in memory.", keys_cached),
         }
         for name, (help_text, value) in gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        lines += [
+            "# HELP cairn_process The server process that answered (a worker, with --workers).",
+            "# TYPE cairn_process gauge",
+            f'cairn_process{{pid="{os.getpid()}"}} 1',
+        ]
         return "\n".join(lines) + "\n"
 
 

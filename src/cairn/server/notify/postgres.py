@@ -71,8 +71,8 @@ class PostgresNotifier(Notifier):
                 await task
         self._tasks = []
 
-    def _announce(self, workspace_id: str) -> None:
-        self._outbox.add(workspace_id)
+    def _announce(self, message: str) -> None:
+        self._outbox.add(message)
         self._ready.set()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
@@ -94,7 +94,7 @@ class PostgresNotifier(Notifier):
                     self._listening.set()
                     async for note in conn.notifies():
                         if note.pid != self._sender_pid:
-                            self.wake(note.payload)
+                            self._heard(note.payload)
             except psycopg.Error as exc:
                 self._listening.clear()
                 await _pause(failures, "lost the PostgreSQL connection that hears pushes", exc)
@@ -128,6 +128,23 @@ class PostgresNotifier(Notifier):
         finally:
             if conn is not None:
                 await conn.close()
+
+
+def announce_once(conninfo: str, messages: list[str]) -> None:
+    """Tell every server process of ``messages`` from a process that serves none (the CLI
+    revoking a key). A failure is logged: what changed is stored, and the servers' key caches
+    still drop it within their TTL."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True, application_name=APPLICATION) as conn:
+            conn.execute(
+                "SELECT pg_notify(%s, m) FROM unnest(%s::text[]) AS m", (CHANNEL, messages)
+            )
+    except psycopg.Error as exc:
+        _log.warning(
+            "could not tell the running servers at once (%s); they see it within "
+            "their key cache's TTL",
+            str(exc).strip() or type(exc).__name__,
+        )
 
 
 async def _pause(failures: int, what: str, exc: psycopg.Error) -> None:

@@ -68,12 +68,12 @@ class UnixNotifier(Notifier):
             os.close(self._dir)
             self._dir = -1
 
-    def _announce(self, workspace_id: str) -> None:
+    def _announce(self, message: str) -> None:
         if self._sock is None:
             return
         for peer in os.listdir(self._dir):
             if peer != self._name:
-                self._pending.setdefault(peer, set()).add(workspace_id)
+                self._pending.setdefault(peer, set()).add(message)
         if self._retry is None:  # else the retry soon sends these too
             self._flush()
 
@@ -84,11 +84,11 @@ class UnixNotifier(Notifier):
                 data = self._sock.recv(DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            for workspace_id in data.decode(errors="replace").split("\n"):
-                if workspace_id == EVERYONE:
+            for message in data.decode(errors="replace").split("\n"):
+                if message == EVERYONE:
                     self.wake_all()
                 else:
-                    self.wake(workspace_id)
+                    self._heard(message)
 
     def _flush(self) -> None:
         """Send each peer its pending ids; retry soon for peers whose queue is full."""
@@ -121,6 +121,25 @@ class UnixNotifier(Notifier):
             os.unlink(name, dir_fd=self._dir)
         except FileNotFoundError:
             pass
+
+
+def announce_once(folder: Path, messages: list[str]) -> None:
+    """Tell every server process of the data folder ``messages`` from a process that serves
+    none (the CLI revoking a key): a datagram each, waiting up to a second for a full queue."""
+    if not folder.is_dir():
+        return  # no server ever ran here
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for peer in os.listdir(folder_fd):
+                for chunk in _chunks(set(messages)):
+                    try:
+                        sock.sendto(chunk.encode(), f"/proc/self/fd/{folder_fd}/{peer}")
+                    except OSError as exc:  # stopped, died, or too busy to hear: its TTL holds
+                        _log.debug("cannot tell the server process at %s: %s", peer, exc)
+        finally:
+            os.close(folder_fd)
 
 
 def _chunks(ids: set[str]) -> list[str]:

@@ -56,8 +56,7 @@ def _caller(
     limited per client address and key id: ``cairn.server.failures``)."""
     key = ctx.failures.authenticate(authorization, request.client.host if request.client else None)
     ctx.limiter.check(key.id)
-    if ctx.touches.due(("key", key.id)):
-        ctx.storage.touch_key(key.workspace_id, key.id, now_ms())
+    ctx.seen.key_used(key.workspace_id, key.id, now_ms())
     return key
 
 

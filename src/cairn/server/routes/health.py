@@ -31,5 +31,6 @@ def health() -> dict[str, str]:
     responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 def metrics(ctx: Context) -> Response:
-    text = ctx.metrics.render(ctx.storage.totals(), ctx.notifier.waiting)
+    begun = ctx.storage.transactions()  # before this scrape's own read of the totals
+    text = ctx.metrics.render(ctx.storage.totals(), ctx.notifier.waiting, begun, len(ctx.key_cache))
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

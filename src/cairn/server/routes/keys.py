@@ -70,5 +70,6 @@ def revoke_key(
     key_id: Annotated[str, Path(pattern=KEY_ID_PATTERN)], ctx: Context, key: Admin
 ) -> dict[str, Any]:
     revoked = ctx.storage.revoke_key(key.workspace_id, key_id, now_ms())
+    ctx.key_revoked(key_id)
     ctx.storage.audit(key.workspace_id, key.id, "key_revoke", {"revoked": key_id}, now_ms())
     return keys.to_json(revoked)

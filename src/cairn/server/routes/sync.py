@@ -133,24 +133,29 @@ async def pull(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     waited = False
+    page = PullPage([], str(since), False)  # the answer of a long-poll that never read
+    reread = False
     while True:
         news = ctx.notifier.subscribe(workspace)  # before reading, so no push slips between
-        page = await run_in_threadpool(ctx.storage.pull, workspace, since, limit, wanted)
+        # A long-poll already at the latest seq this process read, with no news since, skips
+        # its first read: any push after that read sets `news`. Its re-reads never skip.
+        if reread or wait <= 0 or ctx.notifier.known_latest(workspace, news) != since:
+            page = await run_in_threadpool(ctx.storage.pull, workspace, since, limit, wanted)
+            if not page.has_more:  # its cursor is the workspace's latest seq
+                ctx.notifier.remember(workspace, int(page.cursor), news)
         left = deadline - loop.time()
         if int(page.cursor) != since or left <= 0 or await request.is_disconnected():
             break
         # On the event loop, outside any thread or database connection; news wakes it, else
         # a safety re-read every `recheck` s. Waited out with no news: answer what was read.
         woken = await ctx.notifier.wait(news, min(left, ctx.settings.recheck))
-        waited = True
+        waited = reread = True
         if not woken and loop.time() >= deadline:
             break
     if waited and page.mutations:  # a key revoked meanwhile gets nothing it read
-        await run_in_threadpool(keys.recheck, ctx.storage, key)
-    if x_cairn_device is not None and ctx.touches.due(("device", workspace, x_cairn_device)):
-        await run_in_threadpool(
-            ctx.storage.touch_device, workspace, x_cairn_device, now_ms(), True, since
-        )
+        await run_in_threadpool(keys.recheck, ctx.key_cache, key)
+    if x_cairn_device is not None:  # read position: the cursor it pulled after (retention)
+        ctx.seen.device_pulled(workspace, x_cairn_device, now_ms(), since)
     if page.mutations:  # metered and audited when it served something (not every long-poll)
         await run_in_threadpool(
             ctx.storage.record_pull, workspace, key.id, len(page.mutations), now_ms()

@@ -103,16 +103,16 @@ class ServerStorage(Protocol):
         """The key with this id in any workspace (how a request finds its workspace)."""
         ...
 
+    def find_keys(self, key_ids: Sequence[str]) -> dict[str, ApiKey]:
+        """The keys with these ids that exist, by id, in one read (a key cache's refresh)."""
+        ...
+
     def keys(self, workspace_id: str) -> list[ApiKey]:
         """The workspace's keys, revoked ones included, oldest first."""
         ...
 
     def revoke_key(self, workspace_id: str, key_id: str, now: int) -> ApiKey:
         """Revoke a key of this workspace (again is a no-op); NotFound if it is not one."""
-        ...
-
-    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
-        """Record that the key was just used."""
         ...
 
     def push(
@@ -224,12 +224,14 @@ class ServerStorage(Protocol):
         """Forget a device's record; False when there was none."""
         ...
 
-    def touch_device(
-        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    def record_seen(
+        self,
+        keys: Sequence[tuple[str, str, int]],
+        devices: Sequence[tuple[str, str, int, int | None]],
     ) -> None:
-        """Record that the device was seen (and pulled, if ``pulled``, from the read position
-        ``position``: the cursor it pulled after, what log retention waits for); adds it if
-        unknown."""
+        """In one transaction: each (workspace id, key id, time) as its key's last use, each
+        (workspace id, device id, time, read position) as its device's last pull (added if
+        unknown; a deleted workspace's are skipped). No time moves backwards."""
         ...
 
     def devices(self, workspace_id: str) -> list[Device]:
@@ -391,6 +393,11 @@ class ServerStorage(Protocol):
 
     def server_events(self, limit: int) -> list[ServerEvent]:
         """The server's own audit log (workspaces deleted, imported), newest first."""
+        ...
+
+    def transactions(self) -> dict[str, int]:
+        """Transactions begun since this storage opened, by access (``read``, ``write``): what
+        the server costs its database, for ``/metrics``."""
         ...
 
     def close(self) -> None: ...

@@ -43,6 +43,7 @@ class HostedIndex(SqlBase):
     """A hosted workspace's memories and relations as folded from its log, and its position."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._vectors: dict[str, HostedVectors] = {}
         self._vectors_lock = threading.Lock()
 

@@ -122,6 +122,7 @@ class PostgresStorage(SqlStorage):
 
     @contextmanager
     def _write(self, workspace_id: str, durable: bool = True) -> Iterator[_Conn]:
+        self._begun("write")
         with self._tx(workspace_id) as conn:
             if not durable:
                 conn.execute(_NO_FLUSH)
@@ -129,6 +130,7 @@ class PostgresStorage(SqlStorage):
 
     @contextmanager
     def _read(self, workspace_id: str, snapshot: bool = False) -> Iterator[_Conn]:
+        self._begun("read")
         with self._tx(workspace_id, snapshot) as conn:
             yield _Conn(conn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -21,6 +22,20 @@ class SqlBase:
     unique_violation: type[BaseException]
     """The driver's error for a row that breaks a unique constraint."""
     path: object
+
+    def __init__(self) -> None:
+        self._begun_lock = threading.Lock()
+        self._begun_counts = {"read": 0, "write": 0}
+
+    def transactions(self) -> dict[str, int]:
+        """Transactions begun since this storage opened, by access (read, write)."""
+        with self._begun_lock:
+            return dict(self._begun_counts)
+
+    def _begun(self, access: str) -> None:
+        """A backend counts each transaction it begins (``read`` or ``write``)."""
+        with self._begun_lock:
+            self._begun_counts[access] += 1
 
     def _write(self, workspace_id: str, durable: bool = True) -> AbstractContextManager[Conn]:
         """One write transaction over ``workspace_id``'s rows (``ALL``: every workspace's).

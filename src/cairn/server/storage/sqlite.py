@@ -37,11 +37,13 @@ class SqliteStorage(SqlStorage):
 
     @contextmanager
     def _write(self, workspace_id: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        self._begun("write")
         with self._db.write() as conn:
             yield conn
 
     @contextmanager
     def _read(self, workspace_id: str, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        self._begun("read")
         with self._db.read() as conn:  # always one snapshot
             yield conn
 
@@ -49,7 +51,7 @@ class SqliteStorage(SqlStorage):
 
     def indexed_relations(self, workspace_id: str, keys: Sequence[str]) -> dict[str, RelationState]:
         found: dict[str, RelationState] = {}
-        with self._db.read() as conn:
+        with self._read(workspace_id) as conn:
             for key in keys:
                 from_id, type_, to_id = key.split("|", 2)
                 row = conn.execute(

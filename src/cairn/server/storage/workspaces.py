@@ -20,6 +20,9 @@ _SUMMARY = (
     "SELECT id, name, mode, created_at, latest_seq, stored_bytes, max_mutations, max_bytes "
     "FROM workspaces"
 )
+SEEN_ROWS = 1000
+"""Rows of ``record_seen`` per statement (3 or 4 parameters each)."""
+Row = tuple[Any, ...]
 
 
 class Workspaces(SqlBase):
@@ -92,6 +95,15 @@ class Workspaces(SqlBase):
         row = self._one(ALL, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", key_id)
         return _key(row) if row else None
 
+    def find_keys(self, key_ids: Sequence[str]) -> dict[str, ApiKey]:
+        found: dict[str, ApiKey] = {}
+        with self._read(ALL) as conn:
+            for chunk in self._chunks(key_ids):
+                clause, params = self._in("id", chunk)
+                rows = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE {clause}", params)
+                found.update((key.id, key) for key in map(_key, rows))
+        return found
+
     def keys(self, workspace_id: str) -> list[ApiKey]:
         rows = self._all(
             workspace_id,
@@ -115,13 +127,6 @@ class Workspaces(SqlBase):
             raise NotFound(f"this workspace has no API key {key_id!r}; list them to check the id")
         return _key(row)
 
-    def touch_key(self, workspace_id: str, key_id: str, now: int) -> None:
-        with self._write(workspace_id) as conn:
-            conn.execute(
-                "UPDATE api_keys SET last_used_at = ? WHERE workspace_id = ? AND id = ?",
-                (now, workspace_id, key_id),
-            )
-
     # -- devices ------------------------------------------------------------------------------
 
     def register_device(self, workspace_id: str, device_id: str, name: str, now: int) -> None:
@@ -142,20 +147,43 @@ class Workspaces(SqlBase):
             )
             return bool(gone.rowcount)
 
-    def touch_device(
-        self, workspace_id: str, device_id: str, now: int, pulled: bool, position: int | None = None
+    def record_seen(
+        self,
+        keys: Sequence[tuple[str, str, int]],
+        devices: Sequence[tuple[str, str, int, int | None]],
     ) -> None:
-        with self._write(workspace_id) as conn:
-            self._latest(conn, workspace_id)
-            conn.execute(
-                "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
-                "last_pull_at, read_position) VALUES (?, ?, '', ?, ?, ?, ?) "
-                "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
-                "last_seen = excluded.last_seen, "
-                "last_pull_at = COALESCE(excluded.last_pull_at, devices.last_pull_at), "
-                "read_position = COALESCE(excluded.read_position, devices.read_position)",
-                (workspace_id, device_id, now, now, now if pulled else None, position),
-            )
+        # One transaction over every workspace, one statement per table (per chunk of rows):
+        # a process's last-seen bookkeeping for an interval, however many devices it served.
+        # A time only moves forward (another process may have written a later one).
+        with self._write(ALL, durable=False) as conn:
+            for chunk in _batches(sorted(keys)):
+                conn.execute(
+                    "UPDATE api_keys SET last_used_at = v.column3 "
+                    f"FROM (VALUES {_rows(chunk)}) AS v "
+                    "WHERE api_keys.workspace_id = v.column1 AND api_keys.id = v.column2 "
+                    "AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column3)",
+                    [value for row in chunk for value in row],
+                )
+            for rows in _batches(sorted(devices, key=lambda row: row[:3])):
+                conn.execute(
+                    "INSERT INTO devices (workspace_id, device_id, name, first_seen, last_seen, "
+                    "last_pull_at, read_position) SELECT v.column1, v.column2, '', v.column3, "
+                    "v.column3, v.column3, CAST(v.column4 AS BIGINT) "
+                    f"FROM (VALUES {_rows(rows)}) AS v "
+                    "WHERE EXISTS (SELECT 1 FROM workspaces WHERE workspaces.id = v.column1) "
+                    "ON CONFLICT (workspace_id, device_id) DO UPDATE SET "
+                    "last_seen = CASE WHEN excluded.last_seen > devices.last_seen "
+                    "THEN excluded.last_seen ELSE devices.last_seen END, "
+                    # The newest pull's read position counts (None keeps the one recorded).
+                    "read_position = CASE WHEN excluded.read_position IS NULL "
+                    "THEN devices.read_position WHEN devices.last_pull_at IS NULL "
+                    "OR excluded.last_pull_at >= devices.last_pull_at "
+                    "THEN excluded.read_position ELSE devices.read_position END, "
+                    "last_pull_at = CASE WHEN devices.last_pull_at IS NULL "
+                    "OR excluded.last_pull_at > devices.last_pull_at "
+                    "THEN excluded.last_pull_at ELSE devices.last_pull_at END",
+                    [value for row in rows for value in row],
+                )
 
     def devices(self, workspace_id: str) -> list[Device]:
         with self._read(workspace_id) as conn:
@@ -174,6 +202,17 @@ def read_devices(conn: Conn, workspace_id: str) -> list[Device]:
 
 def _summary(row: Sequence[Any]) -> WorkspaceSummary:
     return WorkspaceSummary(Workspace(*row[:4]), row[4], row[5], Quota(row[6], row[7]))
+
+
+def _batches(rows: list[Row]) -> list[list[Row]]:
+    """``rows`` by ``SEEN_ROWS``: within both databases' limits on parameters per statement."""
+    return [rows[at : at + SEEN_ROWS] for at in range(0, len(rows), SEEN_ROWS)]
+
+
+def _rows(chunk: Sequence[Row]) -> str:
+    """The placeholders of a VALUES list of rows as long as the first."""
+    marks = "(" + ", ".join(["?"] * len(chunk[0])) + ")"
+    return ", ".join([marks] * len(chunk))
 
 
 def _key(row: Sequence[Any]) -> ApiKey:
