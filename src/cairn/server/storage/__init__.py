@@ -9,9 +9,7 @@ another's rows.
 Contract for ``push``: one transaction, all-or-nothing; idempotent by ``mutation_id`` (a stored
 mutation is counted as a duplicate and not stored again); sequence numbers are assigned per
 workspace inside the write transaction, so commit order equals ``seq`` order and a pull of
-``seq > since`` can never skip a mutation that commits later.
-
-Times are Unix milliseconds.
+``seq > since`` can never skip a mutation that commits later. Times are Unix milliseconds.
 """
 
 from __future__ import annotations
@@ -222,7 +220,6 @@ class ServerStorage(Protocol):
 
     def remove_device(self, workspace_id: str, device_id: str) -> bool:
         """Forget a device's record; False when there was none."""
-        ...
 
     def record_seen(
         self,
