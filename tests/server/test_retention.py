@@ -110,10 +110,13 @@ def test_compaction_drops_exactly_what_is_superseded_and_passed(
         storage.push(workspace_id, [wire(n, entity, device, clock, scope)], device, NOW)
     log = list(storage.pull(workspace_id, 0, 1000, None).mutations)
     positions: dict[str, int] = {}
-    for device, position, recent in readers:  # the last pull of each device counts
+    latest: dict[str, int] = {}
+    for device, position, recent in readers:  # each device's newest pull counts (ties: the last)
         at = NOW if recent else NOW - 31 * DAY_MS
         storage.record_seen([], [(workspace_id, device, at, position)])
-        positions[device] = position if recent else -1
+        if at >= latest.get(device, at):
+            latest[device] = at
+            positions[device] = position if recent else -1
     active = [p for p in positions.values() if p >= 0]
     horizon = min([*active, len(log)])  # a position past the log's end counts as its end
 
@@ -196,6 +199,22 @@ def test_a_policy_is_set_checked_and_found_by_the_server(storage: ServerStorage)
     assert storage.retained() == []
 
 
+def pulls_recorded(storage: ServerStorage, workspace: str, devices: set[str], since: int) -> None:
+    """Waits until the server's batched last-seen (``cairn.server.seen``, written within a
+    second) holds a pull at ``since`` or later, with its read position, for each of ``devices``."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = {
+            d.device_id
+            for d in storage.devices(workspace)
+            if d.read_position is not None and (d.last_pull_at or 0) >= since
+        }
+        if devices <= done:
+            return
+        assert time.monotonic() < deadline, f"pulls not recorded: {devices - done}"
+        time.sleep(0.05)
+
+
 def test_a_device_offline_across_a_compaction_converges(
     tmp_path: Path,
     embedder: OnnxEmbedder,
@@ -213,15 +232,24 @@ def test_a_device_offline_across_a_compaction_converges(
     )
     made = laptop.store.remember_many([NewMemory(f"deploy step {i}") for i in range(6)])
     desktop.store.remember_many([NewMemory(f"rollback step {i}") for i in range(4)])
+    start = now_ms()
     sync_all(laptop, desktop, phone)
     phone_id = phone.store.device_id()
+    pulls_recorded(server.storage, workspace, {phone_id}, start)
     # The phone's last pull was long ago: it no longer holds the log back.
-    server.storage.record_seen([], [(workspace, phone_id, now_ms() - 10 * DAY_MS, 0)])
+    with server.storage._write(workspace) as conn:
+        conn.execute(
+            "UPDATE devices SET last_pull_at = ? WHERE workspace_id = ? AND device_id = ?",
+            (now_ms() - 10 * DAY_MS, workspace, phone_id),
+        )
     target = made[0].memory.id
     for round_ in range(6):
         laptop.store.edit(target, content=f"deploy step 0, take {round_}")
         desktop.store.remember_many([NewMemory(f"note {round_}")])
+        last = now_ms()
         sync_all(laptop, desktop)
+    ids = {laptop.store.device_id(), desktop.store.device_id()}
+    pulls_recorded(server.storage, workspace, ids, last)
     before = server.storage.stats(workspace).mutations
 
     result = server.storage.compact(workspace, now_ms(), 1, by="test")
@@ -297,7 +325,9 @@ def test_a_hosted_index_stays_right_across_a_compaction_and_a_rebuild(
         for day in ("Monday", "Tuesday", "Wednesday", "Friday"):
             laptop.edit(target, content=f"the deploy runs on {day}")
             syncer.now()
+        last = now_ms()
         syncer.pull()  # its read position: the end of the log
+        pulls_recorded(storage, workspace.id, {"laptop"}, last)
     query = "which day does the deploy run?"
     agent = Agent(server.url, admin)
     before = agent.client.get("/v1/memories").json()["memories"]
