@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
+
+import httpx
 
 from .conftest import CAIRN, env_for, memories_of, new_device
 
@@ -49,14 +52,13 @@ def test_a_ci_job_recalls_remembers_and_leaves_nothing_behind(
     contents = {content for _id, content, _tags in memories_of(laptop)}
     assert "The CI cache key includes the lockfile hash" in contents
     assert list((tmp_path / "tmp").glob("cairn-ephemeral-*")) == []
+    assert device_names(server) == ["laptop"]
+
+
+def device_names(server: tuple[str, str]) -> list[str]:
     url, key = server
-    devices = subprocess.run(
-        ["curl", "-sf", "-H", f"Authorization: Bearer {key}", f"{url}/v1/devices"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert [d["name"] for d in json.loads(devices.stdout)["devices"]] == ["laptop"]
+    listed = httpx.get(f"{url}/v1/devices", headers={"Authorization": f"Bearer {key}"})
+    return [d["name"] for d in listed.json()["devices"]]
 
 
 def test_the_command_s_exit_code_is_the_exit_code(tmp_path: Path, server: tuple[str, str]) -> None:
@@ -64,6 +66,8 @@ def test_the_command_s_exit_code_is_the_exit_code(tmp_path: Path, server: tuple[
     done = ephemeral(tmp_path, server, "bash", "-c", "exit 3")
     assert done.returncode == 3
     assert json.loads(done.stderr.splitlines()[-1])["removed"]
+    time.sleep(1.5)  # past the server's batched last-seen: a quick job's pull must not return
+    assert device_names(server) == ["laptop"]
 
 
 def test_a_wrong_passphrase_joins_nothing_and_leaves_nothing(

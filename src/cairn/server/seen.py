@@ -59,6 +59,13 @@ class LastSeen:
         read position, what log retention waits for); an unknown device is added."""
         self._note(self._devices, "device", (workspace_id, device_id), (at, position))
 
+    def forget_device(self, workspace_id: str, device_id: str) -> None:
+        """A device removed from its workspace: its sighting waiting here is dropped, so the
+        next flush does not add it back. (One waiting in another worker process still can,
+        until that device's record is removed again.)"""
+        with self._lock:
+            self._devices.pop((workspace_id, device_id), None)
+
     def due(self) -> bool:
         """Whether a flush has something to write now."""
         with self._lock:

@@ -53,6 +53,7 @@ def register_device(body: DeviceIn, ctx: Context, key: Writer) -> dict[str, str]
 def remove_device(
     device_id: Annotated[str, Path(pattern=ID_PATTERN)], ctx: Context, key: Writer
 ) -> dict[str, Any]:
+    ctx.seen.forget_device(key.workspace_id, device_id)  # a pending sighting would re-add it
     removed = ctx.storage.remove_device(key.workspace_id, device_id)
     if removed:
         detail = {"device": device_id}
