@@ -6,6 +6,7 @@ Every page is visited and photographed light and dark (``build/screenshots/conso
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +89,13 @@ def test_a_device_appears_after_it_syncs(console: SyncServer, web_page: WebPage)
     laptop = HttpRemote(console.url, console.new_key(["write"]), device_id="dev-laptop")
     laptop.register_device("dev-laptop", "laptop")
     laptop.push([wire(n, "dev-laptop") for n in range(3)])
-    laptop.pull(None)
+    # Its next pull confirms it applied the first page (its read position), and the server
+    # writes that within a second (last-seen is batched).
+    laptop.pull(laptop.pull(None).cursor)
+    deadline = time.monotonic() + 30
+    while console.storage.devices(console.workspace.id)[0].read_position != 3:
+        assert time.monotonic() < deadline, "the laptop's read position was never recorded"
+        time.sleep(0.05)
     sign_in(web_page, console, console.admin_key)
     page = web_page.page
     follow(page, "test")

@@ -72,6 +72,7 @@ def revoke_key(
 ) -> Response:
     workspace = open_workspace(ctx, session, name)
     ctx.storage.revoke_key(workspace.id, key_id, now_ms())
+    ctx.key_revoked(key_id)  # refused at once here, and in the other processes on their news
     detail = {"revoked": key_id, "via": "console"}
     ctx.storage.audit(workspace.id, session.key.id, "key_revoke", detail, now_ms())
     return RedirectResponse(workspace_url(workspace, "keys"), 303)
