@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from mcp import ClientSession
+import anyio
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 TIMEOUT = 60.0
 """Seconds: generous for a slow CI machine, bounded so a hung server fails instead of hanging."""
+
+
+@asynccontextmanager
+async def stdio_session(params: StdioServerParameters) -> AsyncIterator[ClientSession]:
+    """An initialised client session with the MCP server ``params`` starts, as an agent's."""
+    with anyio.fail_after(TIMEOUT):
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write, read_timeout_seconds=TIMEOUT) as session:
+                await session.initialize()
+                yield session
 
 
 async def call(session: ClientSession, tool: str, **arguments: Any) -> str:

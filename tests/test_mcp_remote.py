@@ -11,16 +11,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
 
 from cairn.cli.launch import thin_mcp
 from cairn.server import keys
 from cairn.server.context import now_ms
 
-from .agents import TIMEOUT, call, call_error, first_id, ids
+from .agents import TIMEOUT, call, call_error, first_id, ids, stdio_session
 
 CAIRN = Path(sys.executable).with_name("cairn")
 SyncServer = Any  # the tests/conftest.py fixture's type (conftest modules are not importable)
@@ -47,12 +45,10 @@ def env_for(tmp_path: Path, key: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def connect(url: str, env: dict[str, str]) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=str(CAIRN), args=["mcp", "--remote", url], env=env)
-    with anyio.fail_after(TIMEOUT):
-        async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=TIMEOUT) as session:
-                await session.initialize()
-                yield session
+    async with stdio_session(
+        StdioServerParameters(command=str(CAIRN), args=["mcp", "--remote", url], env=env)
+    ) as session:
+        yield session
 
 
 async def test_serves_the_hosted_workspace_with_no_local_store(

@@ -13,9 +13,8 @@ from typing import Any
 import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
 
-from .agents import TIMEOUT, call, call_error, first_id, ids
+from .agents import call, call_error, first_id, ids, stdio_session
 
 CAIRN = Path(sys.executable).with_name("cairn")
 
@@ -37,12 +36,10 @@ def repo(tmp_path: Path) -> Path:
 
 @asynccontextmanager
 async def connect(env: dict[str, str], cwd: Path) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=str(CAIRN), args=["mcp"], env=env, cwd=cwd)
-    with anyio.fail_after(TIMEOUT):
-        async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write, read_timeout_seconds=TIMEOUT) as session:
-                await session.initialize()
-                yield session
+    async with stdio_session(
+        StdioServerParameters(command=str(CAIRN), args=["mcp"], env=env, cwd=cwd)
+    ) as session:
+        yield session
 
 
 async def test_lists_the_tools_with_descriptions_and_schemas(
