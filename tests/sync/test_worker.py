@@ -238,6 +238,16 @@ def test_a_change_the_remote_refuses_shows_its_reason_and_the_rest_still_syncs(
     wait_for(lambda: "The cache TTL is ten minutes" in b.contents())
 
 
+def revoke(server: Server, key_id: str) -> None:
+    """Revokes a key as an admin does, through the server (which drops it from its key cache)."""
+    answer = httpx.delete(
+        f"{server.url}/v1/auth/keys/{key_id}",
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def test_a_revoked_key_stops_retrying_and_keeps_pending_changes(
     devices: Callable[[str], Device], server: Server
 ) -> None:
@@ -246,7 +256,7 @@ def test_a_revoked_key_stops_retrying_and_keeps_pending_changes(
     a.worker.start()
     a.store.remember("Synced before the key was revoked")
     wait_for(lambda: read_status(a.store)["pending"] == 0)
-    server.storage.revoke_key(server.workspace.id, made.id, now_ms())
+    revoke(server, made.id)
     a.store.remember("Written after the key was revoked")
     wait_for(lambda: read_status(a.store)["reason"] == "auth_failed")
     status = read_status(a.store)
@@ -324,7 +334,7 @@ def test_a_sync_now_on_a_worker_blocked_by_a_revoked_key_tries_once_and_raises(
     a = devices("a", token)
     a.worker.start()
     wait_for(lambda: read_status(a.store)["phase"] == "healthy")
-    server.storage.revoke_key(server.workspace.id, made.id, now_ms())
+    revoke(server, made.id)
     a.store.remember("Written after the key was revoked")
     wait_for(lambda: read_status(a.store)["reason"] == "auth_failed")
     before = a.requests
