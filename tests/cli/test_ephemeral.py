@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from cairn.server import seen
+
 from .conftest import CAIRN, env_for, memories_of, new_device
 
 
@@ -66,7 +68,7 @@ def test_the_command_s_exit_code_is_the_exit_code(tmp_path: Path, server: tuple[
     done = ephemeral(tmp_path, server, "bash", "-c", "exit 3")
     assert done.returncode == 3
     assert json.loads(done.stderr.splitlines()[-1])["removed"]
-    time.sleep(1.5)  # past the server's batched last-seen: a quick job's pull must not return
+    time.sleep(seen.FIRST + 0.5)  # past the server's batched last-seen: the pull must not return
     assert device_names(server) == ["laptop"]
 
 
